@@ -1,0 +1,74 @@
+"""Who is acting, and the audit trail of every change made in Settings."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+
+from accounts.models import AuditEvent, Organisation, User
+
+
+@dataclass(frozen=True)
+class Actor:
+    """The person (or the system, user=None) behind a change, and where the request came from."""
+
+    user: User | None
+    ip_address: str | None = None
+
+    @classmethod
+    def from_request(cls, request) -> "Actor":
+        user = request.user if request.user.is_authenticated else None
+        return cls(user=user, ip_address=client_ip(request))
+
+    @property
+    def email(self) -> str:
+        return self.user.email if self.user else ""
+
+
+SYSTEM = Actor(user=None)
+
+
+def client_ip(request) -> str | None:
+    """REMOTE_ADDR, or the hop our trusted proxy appended to X-Forwarded-For."""
+    hops = settings.TRUSTED_PROXY_COUNT
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    if hops and forwarded:
+        addresses = [part.strip() for part in forwarded.split(",") if part.strip()]
+        if len(addresses) >= hops:
+            return addresses[-hops]
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def changes_between(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The fields whose value differs, as {"field": {"old": ..., "new": ...}}."""
+    return {
+        key: {"old": old.get(key), "new": value}
+        for key, value in new.items()
+        if old.get(key) != value
+    }
+
+
+def audit_record(
+    *,
+    organisation: Organisation,
+    actor: Actor,
+    action: str,
+    now: datetime,
+    target: Any = None,
+    target_label: str = "",
+    changes: dict | None = None,
+) -> AuditEvent:
+    """Write one audit row. Call it inside the service's transaction, after the change."""
+    return AuditEvent.objects.create(
+        organisation=organisation,
+        actor=actor.user,
+        actor_email=actor.email,
+        action=action,
+        target_type=target._meta.label if target is not None else "",
+        target_id=str(getattr(target, "public_id", None) or getattr(target, "pk", "") or ""),
+        target_label=target_label or (str(target) if target is not None else ""),
+        changes=changes or {},
+        ip_address=actor.ip_address,
+        created_at=now,
+    )

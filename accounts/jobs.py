@@ -1,0 +1,15 @@
+from celery.schedules import crontab
+
+from accounts.emails import email_deliver_pending
+from accounts.services import invitation_expire_due
+from billing_portal.jobs import scheduled_job
+
+
+@scheduled_job(name="expire_invitations", schedule=crontab(minute="*/10"))
+def expire_invitations(*, now):
+    return f"{invitation_expire_due(now=now)} invitation(s) expired"
+
+
+@scheduled_job(name="deliver_pending_emails", schedule=crontab(minute="*"), order=1000)
+def deliver_pending_emails(*, now):
+    return f"{email_deliver_pending(now=now)} email(s) delivered"

@@ -1,0 +1,59 @@
+from django.urls import include, path
+
+from accounts import views
+
+app_name = "accounts"
+
+public_urlpatterns = [
+    path("", views.home, name="home"),
+    path("organisations/", views.organisations, name="organisations"),
+    path("invitations/<str:token>/", views.invitation_accept_view, name="invitation_accept"),
+    path(
+        "verify-primary-email/<str:token>/",
+        views.primary_email_verify,
+        name="primary_email_verify",
+    ),
+]
+
+organisation_urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("settings/", views.settings_index, name="settings"),
+    path("settings/users/", views.users, name="users"),
+    path("settings/users/invite/", views.user_invite, name="user_invite"),
+    path("settings/users/<uuid:member_id>/", views.member_detail, name="member_detail"),
+    path("settings/users/<uuid:member_id>/role/", views.member_role, name="member_role"),
+    path(
+        "settings/users/<uuid:member_id>/deactivate/",
+        views.member_deactivate,
+        name="member_deactivate",
+    ),
+    path(
+        "settings/users/<uuid:member_id>/reactivate/",
+        views.member_reactivate,
+        name="member_reactivate",
+    ),
+    path("settings/users/<uuid:member_id>/remove/", views.member_remove, name="member_remove"),
+    path(
+        "settings/invitations/<uuid:invitation_id>/resend/",
+        views.invitation_resend_view,
+        name="invitation_resend",
+    ),
+    path(
+        "settings/invitations/<uuid:invitation_id>/revoke/",
+        views.invitation_revoke_view,
+        name="invitation_revoke",
+    ),
+    path("settings/organisation/", views.organisation_settings, name="organisation"),
+    path(
+        "settings/organisation/primary-email/",
+        views.organisation_primary_email,
+        name="organisation_primary_email",
+    ),
+    path("settings/audit-log/", views.audit_log, name="audit_log"),
+]
+
+# Every organisation page lives under /o/<org_slug>/ and is wrapped in @tenant_view.
+urlpatterns = [
+    *public_urlpatterns,
+    path("o/<slug:org_slug>/", include(organisation_urlpatterns)),
+]

@@ -1,0 +1,409 @@
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from accounts.audit import Actor, client_ip
+from accounts.forms import (
+    InvitationForm,
+    InvitationSignupForm,
+    OrganisationForm,
+    PrimaryEmailForm,
+    RoleForm,
+)
+from accounts.models import PrimaryEmailChange, User
+from accounts.roles import ADMIN_ONLY, ALL_ROLES, sections_for
+from accounts.selectors import (
+    audit_event_list,
+    invitation_get,
+    invitation_list_pending,
+    membership_get,
+    membership_list,
+    memberships_of_user,
+)
+from accounts.services import (
+    invitation_accept,
+    invitation_accept_new_account,
+    invitation_check,
+    invitation_create,
+    invitation_resend,
+    invitation_revoke,
+    membership_change_role,
+    membership_deactivate,
+    membership_reactivate,
+    membership_remove,
+    organisation_update,
+    primary_email_change_check,
+    primary_email_change_request,
+    primary_email_change_verify,
+)
+from accounts.tenancy import SESSION_KEY, tenant_view
+from billing_portal.errors import ServiceError
+
+LINK_ERROR_STATUS = {"invalid": 404, "used": 410, "revoked": 410, "expired": 410, "superseded": 410}
+
+
+def _form_error(form, error: ServiceError) -> None:
+    form.add_error(error.field if error.field in form.fields else None, error.message)
+
+
+def _org_url(request, name: str, *args) -> str:
+    return reverse(name, args=[request.organisation.slug, *args])
+
+
+# Signed-in landing ----------------------------------------------------------------------
+
+
+@login_required
+def home(request):
+    """Send the user to the organisation they used last, or let them choose one."""
+    memberships = list(memberships_of_user(user=request.user))
+    by_slug = {m.organisation.slug: m for m in memberships}
+    current = request.session.get(SESSION_KEY)
+    if current in by_slug:
+        return redirect("accounts:dashboard", org_slug=current)
+    if len(memberships) == 1:
+        return redirect("accounts:dashboard", org_slug=memberships[0].organisation.slug)
+    return render(request, "accounts/organisations.html", {"memberships": memberships})
+
+
+@login_required
+def organisations(request):
+    memberships = list(memberships_of_user(user=request.user))
+    return render(request, "accounts/organisations.html", {"memberships": memberships})
+
+
+@tenant_view(roles=ALL_ROLES)
+def dashboard(request):
+    return render(
+        request,
+        "accounts/dashboard.html",
+        {"sections": sections_for(request.membership.role)},
+    )
+
+
+@tenant_view(roles=ALL_ROLES)
+def settings_index(request):
+    sections = sections_for(request.membership.role)
+    if not sections:
+        raise PermissionDenied("Members have no Settings pages. Ask an Admin for what you need.")
+    return redirect(sections[0].url_name, org_slug=request.organisation.slug)
+
+
+# Settings > Users ------------------------------------------------------------------------
+
+
+@tenant_view(roles=ADMIN_ONLY, section="users")
+def users(request):
+    return render(
+        request,
+        "accounts/users.html",
+        {
+            "memberships": membership_list(organisation=request.organisation),
+            "invitations": invitation_list_pending(organisation=request.organisation),
+            "now": timezone.now(),
+        },
+    )
+
+
+@tenant_view(roles=ADMIN_ONLY, section="users")
+def user_invite(request):
+    form = InvitationForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            invitation = invitation_create(
+                organisation=request.organisation,
+                actor=Actor.from_request(request),
+                email=form.cleaned_data["email"],
+                role=form.cleaned_data["role"],
+                now=timezone.now(),
+            )
+        except ServiceError as error:
+            _form_error(form, error)
+        else:
+            messages.success(
+                request,
+                f"Invitation sent to {invitation.email} as {invitation.get_role_display()}. "
+                f"The link is valid for 7 days.",
+            )
+            return redirect("accounts:users", org_slug=request.organisation.slug)
+    return render(request, "accounts/user_invite.html", {"form": form})
+
+
+@tenant_view(roles=ADMIN_ONLY, section="users")
+def member_detail(request, member_id):
+    membership = membership_get(organisation=request.organisation, public_id=member_id)
+    return render(
+        request,
+        "accounts/member_detail.html",
+        {"member": membership, "role_form": RoleForm(initial={"role": membership.role})},
+    )
+
+
+def _member_action(request, member_id, action, success_message):
+    membership = membership_get(organisation=request.organisation, public_id=member_id)
+    try:
+        action(membership=membership, actor=Actor.from_request(request), now=timezone.now())
+    except ServiceError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, success_message.format(name=membership.user.display_name))
+    return redirect(
+        "accounts:member_detail", org_slug=request.organisation.slug, member_id=member_id
+    )
+
+
+@tenant_view(roles=ADMIN_ONLY, section="users")
+@require_POST
+def member_role(request, member_id):
+    membership = membership_get(organisation=request.organisation, public_id=member_id)
+    form = RoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose one of the roles.")
+    else:
+        try:
+            membership = membership_change_role(
+                membership=membership,
+                actor=Actor.from_request(request),
+                role=form.cleaned_data["role"],
+                now=timezone.now(),
+            )
+        except ServiceError as error:
+            messages.error(request, error.message)
+        else:
+            messages.success(
+                request,
+                f"{membership.user.display_name} is now {membership.get_role_display()}.",
+            )
+    return redirect(
+        "accounts:member_detail", org_slug=request.organisation.slug, member_id=member_id
+    )
+
+
+@tenant_view(roles=ADMIN_ONLY, section="users")
+@require_POST
+def member_deactivate(request, member_id):
+    return _member_action(
+        request,
+        member_id,
+        membership_deactivate,
+        "{name} is deactivated and was signed out. Reactivate them here at any time.",
+    )
+
+
+@tenant_view(roles=ADMIN_ONLY, section="users")
+@require_POST
+def member_reactivate(request, member_id):
+    return _member_action(request, member_id, membership_reactivate, "{name} is active again.")
+
+
+@tenant_view(roles=ADMIN_ONLY, section="users")
+def member_remove(request, member_id):
+    membership = membership_get(organisation=request.organisation, public_id=member_id)
+    if request.method == "POST":
+        try:
+            membership_remove(
+                membership=membership, actor=Actor.from_request(request), now=timezone.now()
+            )
+        except ServiceError as error:
+            messages.error(request, error.message)
+            return redirect(
+                "accounts:member_detail", org_slug=request.organisation.slug, member_id=member_id
+            )
+        messages.success(
+            request,
+            f"{membership.user.display_name} was removed and signed out. Their history stays.",
+        )
+        return redirect("accounts:users", org_slug=request.organisation.slug)
+    return render(request, "accounts/member_remove.html", {"member": membership})
+
+
+@tenant_view(roles=ADMIN_ONLY, section="users")
+@require_POST
+def invitation_resend_view(request, invitation_id):
+    invitation = invitation_get(organisation=request.organisation, public_id=invitation_id)
+    try:
+        invitation_resend(
+            invitation=invitation, actor=Actor.from_request(request), now=timezone.now()
+        )
+    except ServiceError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(
+            request, f"Invitation resent to {invitation.email}. The new link is valid for 7 days."
+        )
+    return redirect("accounts:users", org_slug=request.organisation.slug)
+
+
+@tenant_view(roles=ADMIN_ONLY, section="users")
+@require_POST
+def invitation_revoke_view(request, invitation_id):
+    invitation = invitation_get(organisation=request.organisation, public_id=invitation_id)
+    try:
+        invitation_revoke(
+            invitation=invitation, actor=Actor.from_request(request), now=timezone.now()
+        )
+    except ServiceError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(
+            request, f"Invitation to {invitation.email} revoked; its link no longer works."
+        )
+    return redirect("accounts:users", org_slug=request.organisation.slug)
+
+
+# Settings > Organisation -----------------------------------------------------------------
+
+
+def _organisation_page(request, *, form=None, email_form=None, status=200):
+    organisation = request.organisation
+    form = form or OrganisationForm(
+        initial={"name": organisation.name, "time_zone": organisation.time_zone}
+    )
+    pending = PrimaryEmailChange.objects.filter(
+        organisation=organisation, status=PrimaryEmailChange.Status.PENDING
+    ).first()
+    return render(
+        request,
+        "accounts/organisation.html",
+        {"form": form, "email_form": email_form or PrimaryEmailForm(), "pending_change": pending},
+        status=status,
+    )
+
+
+@tenant_view(roles=ADMIN_ONLY, section="organisation")
+def organisation_settings(request):
+    if request.method != "POST":
+        return _organisation_page(request)
+    form = OrganisationForm(request.POST)
+    if form.is_valid():
+        try:
+            organisation_update(
+                organisation=request.organisation,
+                actor=Actor.from_request(request),
+                name=form.cleaned_data["name"],
+                time_zone=form.cleaned_data["time_zone"],
+                now=timezone.now(),
+            )
+        except ServiceError as error:
+            _form_error(form, error)
+        else:
+            messages.success(request, "Organisation details saved.")
+            return redirect("accounts:organisation", org_slug=request.organisation.slug)
+    return _organisation_page(request, form=form, status=400)
+
+
+@tenant_view(roles=ADMIN_ONLY, section="organisation")
+@require_POST
+def organisation_primary_email(request):
+    form = PrimaryEmailForm(request.POST)
+    if form.is_valid():
+        try:
+            change = primary_email_change_request(
+                organisation=request.organisation,
+                actor=Actor.from_request(request),
+                new_email=form.cleaned_data["new_email"],
+                now=timezone.now(),
+            )
+        except ServiceError as error:
+            _form_error(form, error)
+        else:
+            messages.success(
+                request,
+                f"We sent a verification link to {change.new_email}. "
+                f"{change.old_email} stays the primary email until it is used.",
+            )
+            return redirect("accounts:organisation", org_slug=request.organisation.slug)
+    return _organisation_page(request, email_form=form, status=400)
+
+
+@tenant_view(roles=ADMIN_ONLY, section="organisation")
+def audit_log(request):
+    page = Paginator(audit_event_list(organisation=request.organisation), 50).get_page(
+        request.GET.get("page")
+    )
+    return render(request, "accounts/audit_log.html", {"page": page})
+
+
+# Emailed links ---------------------------------------------------------------------------
+
+
+def _link_error(request, error: ServiceError, *, title: str):
+    return render(
+        request,
+        "accounts/link_error.html",
+        {"title": title, "message": error.message},
+        status=LINK_ERROR_STATUS.get(error.code, 400),
+    )
+
+
+def invitation_accept_view(request, token):
+    now = timezone.now()
+    try:
+        invitation = invitation_check(token=token, now=now)
+    except ServiceError as error:
+        return _link_error(request, error, title="This invitation cannot be used")
+
+    user = request.user
+    if user.is_authenticated:
+        if request.method == "POST":
+            try:
+                membership = invitation_accept(
+                    token=token, user=user, ip_address=client_ip(request), now=now
+                )
+            except ServiceError as error:
+                return _link_error(request, error, title="This invitation cannot be used")
+            messages.success(request, f"Welcome to {membership.organisation.name}.")
+            return redirect("accounts:dashboard", org_slug=membership.organisation.slug)
+        return render(request, "accounts/invitation_accept.html", {"invitation": invitation})
+
+    if User.objects.filter(email__iexact=invitation.email).exists():
+        # The account exists: sign in first, then come back here to accept.
+        return render(
+            request,
+            "accounts/invitation_accept.html",
+            {
+                "invitation": invitation,
+                "login_url": f"{reverse('account_login')}?next={request.path}",
+            },
+        )
+    form = InvitationSignupForm(request.POST or None, email=invitation.email)
+    if request.method == "POST" and form.is_valid():
+        try:
+            membership = invitation_accept_new_account(
+                token=token,
+                full_name=form.cleaned_data["full_name"],
+                password=form.cleaned_data["password"],
+                ip_address=client_ip(request),
+                now=now,
+            )
+        except ServiceError as error:
+            return _link_error(request, error, title="This invitation cannot be used")
+        login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
+        messages.success(request, f"Welcome to {membership.organisation.name}.")
+        return redirect("accounts:dashboard", org_slug=membership.organisation.slug)
+    return render(
+        request, "accounts/invitation_signup.html", {"invitation": invitation, "form": form}
+    )
+
+
+def primary_email_verify(request, token):
+    now = timezone.now()
+    try:
+        change = primary_email_change_check(token=token, now=now)
+    except ServiceError as error:
+        return _link_error(request, error, title="This verification link cannot be used")
+    if request.method == "POST":
+        try:
+            change = primary_email_change_verify(
+                token=token, actor=Actor.from_request(request), now=now
+            )
+        except ServiceError as error:
+            return _link_error(request, error, title="This verification link cannot be used")
+        return render(request, "accounts/primary_email_verified.html", {"change": change})
+    return render(request, "accounts/primary_email_verify.html", {"change": change})

@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import include, path
+
+admin.site.site_header = "Billing portal operations"
+admin.site.site_title = "Billing portal ops"
+admin.site.index_title = "Operations"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("accounts/", include("allauth.urls")),
+    path("", include("accounts.urls")),
+    path("", include("subscriptions.urls")),
+    path("", include("billing.urls")),
+    path("", include("sso.urls")),
+    path("", include("retention.urls")),
+]

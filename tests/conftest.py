@@ -1,0 +1,69 @@
+import pytest
+from django.core.cache import cache
+
+from accounts.models import Membership
+from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    # Rate-limit counters live in (a test database of) the real Redis; start each test clean.
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def org(db):
+    return OrganisationFactory(name="Acme Trading", slug="acme")
+
+
+@pytest.fixture
+def other_org(db):
+    return OrganisationFactory(name="Globex", slug="globex")
+
+
+def _member(organisation, role, email):
+    return MembershipFactory(
+        organisation=organisation, role=role, user=UserFactory(email=email)
+    ).user
+
+
+@pytest.fixture
+def admin(org):
+    return _member(org, Membership.Role.ADMIN, "admin@acme.test")
+
+
+@pytest.fixture
+def billing(org):
+    return _member(org, Membership.Role.BILLING, "billing@acme.test")
+
+
+@pytest.fixture
+def member(org):
+    return _member(org, Membership.Role.MEMBER, "member@acme.test")
+
+
+@pytest.fixture
+def outsider(other_org):
+    """An Admin of another organisation."""
+    return _member(other_org, Membership.Role.ADMIN, "admin@globex.test")
+
+
+@pytest.fixture
+def client_for(client):
+    def sign_in(user):
+        client.force_login(user)
+        return client
+
+    return sign_in
+
+
+@pytest.fixture
+def committed(django_capture_on_commit_callbacks):
+    """Run on_commit callbacks (email delivery) of the block, as a real commit would."""
+
+    def block():
+        return django_capture_on_commit_callbacks(execute=True)
+
+    return block

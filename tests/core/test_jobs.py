@@ -1,0 +1,92 @@
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from accounts.models import Invitation
+from billing_portal.celery import _schedule_registered_jobs, app
+from billing_portal.jobs import all_jobs, run_job
+from tests.factories import InvitationFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_registry_holds_the_first_jobs_in_order():
+    names = [job.name for job in all_jobs()]
+    assert names.index("expire_invitations") < names.index("deliver_pending_emails")
+
+
+def test_beat_schedule_is_built_from_the_same_registry():
+    _schedule_registered_jobs(app)
+    schedule = app.conf.beat_schedule
+    for job in all_jobs():
+        assert schedule[job.name]["task"] == "billing_portal.run_scheduled_job"
+        assert schedule[job.name]["args"] == (job.name,)
+
+
+def test_tick_runs_every_job_as_of_now_and_is_safe_twice(org):
+    invitation = InvitationFactory(organisation=org)
+    later = (invitation.expires_at + timedelta(seconds=1)).isoformat()
+    out = StringIO()
+    call_command("tick", "--now", later, stdout=out)
+    assert "expire_invitations: 1 invitation(s) expired" in out.getvalue()
+    assert "deliver_pending_emails:" in out.getvalue()
+    out = StringIO()
+    call_command("tick", "--now", later, stdout=out)
+    assert "expire_invitations: 0 invitation(s) expired" in out.getvalue()
+    assert Invitation.objects.get().status == "expired"
+
+
+def test_tick_before_expiry_changes_nothing(org):
+    invitation = InvitationFactory(organisation=org)
+    call_command(
+        "tick",
+        "--now",
+        (invitation.expires_at - timedelta(seconds=1)).isoformat(),
+        stdout=StringIO(),
+    )
+    assert Invitation.objects.get().status == "pending"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--now", "yesterday"], "is not an ISO-8601 date-time"),
+        (["--now", "2026-11-27T10:00:00"], "needs a UTC offset or Z"),
+        (["--job", "nope"], "No scheduled job named 'nope'"),
+    ],
+)
+def test_tick_refuses_bad_input_with_one_line(args, message):
+    with pytest.raises(CommandError, match=message) as caught:
+        call_command("tick", *args)
+    assert "\n" not in str(caught.value)
+
+
+def test_tick_exits_non_zero_from_the_shell():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "tick", "--now", "not-a-date"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "CommandError: --now 'not-a-date' is not an ISO-8601 date-time (e.g. 2026-11-27T09:00:00Z)."
+    )
+
+
+def test_run_job_refuses_a_naive_datetime():
+    with pytest.raises(ValueError, match="aware datetime"):
+        run_job("expire_invitations", now=timezone.now().replace(tzinfo=None))
+
+
+def test_celery_task_runs_a_job_through_the_broker_settings(org):
+    from billing_portal.tasks import run_scheduled_job
+
+    InvitationFactory(organisation=org, expires_at=timezone.now() - timedelta(minutes=1))
+    assert run_scheduled_job.delay("expire_invitations").get() == "1 invitation(s) expired"

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 from django.template.loader import render_to_string
+from django.utils import timezone
 
 from accounts.models import Organisation, OutgoingEmail
 
@@ -36,10 +37,15 @@ def email_send(
     context: dict,
     organisation: Organisation | None = None,
 ) -> list[OutgoingEmail]:
-    """Render `template` and queue one message per recipient, delivered after commit."""
-    subject, body_text, body_html = email_render(
-        template, {"organisation": organisation, **context}
-    )
+    """Render `template` and queue one message per recipient, delivered after commit.
+
+    Dates in the message show in the organisation's time zone.
+    """
+    zone = organisation.tzinfo if organisation is not None else timezone.utc
+    with timezone.override(zone):
+        subject, body_text, body_html = email_render(
+            template, {"organisation": organisation, **context}
+        )
     recipients = [to] if isinstance(to, str) else list(to)
     return [
         email_queue(

@@ -77,3 +77,22 @@ def test_failed_delivery_is_recorded_and_retried_by_the_job(org, settings):
     assert (record.status, record.attempts) == ("sent", 2)
     assert email_deliver_pending(now=timezone.now() + timedelta(minutes=3)) == 0
     assert len(mail.outbox) == 1
+
+
+def test_dates_in_emails_show_in_the_organisations_time_zone(org, committed):
+    from datetime import datetime
+    from datetime import timezone as dt_timezone
+
+    org.time_zone = "Asia/Kolkata"
+    org.save()
+    invitation = InvitationFactory(
+        organisation=org, expires_at=datetime(2026, 12, 4, 7, 0, tzinfo=dt_timezone.utc)
+    )
+    with committed():
+        email_send(
+            template="invitation",
+            to="person@example.test",
+            organisation=org,
+            context={"invitation": invitation, "accept_url": "http://x/", "valid_days": 7},
+        )
+    assert "until 4 Dec 2026, 12:30 IST" in mail.outbox[0].body

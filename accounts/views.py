@@ -223,38 +223,37 @@ def member_remove(request, member_id):
     return render(request, "accounts/member_remove.html", {"member": membership})
 
 
-@tenant_view(roles=ADMIN_ONLY, section="users")
-@require_POST
-def invitation_resend_view(request, invitation_id):
+def _invitation_action(request, invitation_id, action, success_message):
     invitation = invitation_get(organisation=request.organisation, public_id=invitation_id)
     try:
-        invitation_resend(
-            invitation=invitation, actor=Actor.from_request(request), now=timezone.now()
-        )
+        action(invitation=invitation, actor=Actor.from_request(request), now=timezone.now())
     except ServiceError as error:
         messages.error(request, error.message)
     else:
-        messages.success(
-            request, f"Invitation resent to {invitation.email}. The new link is valid for 7 days."
-        )
+        messages.success(request, success_message.format(email=invitation.email))
     return redirect("accounts:users", org_slug=request.organisation.slug)
+
+
+@tenant_view(roles=ADMIN_ONLY, section="users")
+@require_POST
+def invitation_resend_view(request, invitation_id):
+    return _invitation_action(
+        request,
+        invitation_id,
+        invitation_resend,
+        "Invitation resent to {email}. The new link is valid for 7 days.",
+    )
 
 
 @tenant_view(roles=ADMIN_ONLY, section="users")
 @require_POST
 def invitation_revoke_view(request, invitation_id):
-    invitation = invitation_get(organisation=request.organisation, public_id=invitation_id)
-    try:
-        invitation_revoke(
-            invitation=invitation, actor=Actor.from_request(request), now=timezone.now()
-        )
-    except ServiceError as error:
-        messages.error(request, error.message)
-    else:
-        messages.success(
-            request, f"Invitation to {invitation.email} revoked; its link no longer works."
-        )
-    return redirect("accounts:users", org_slug=request.organisation.slug)
+    return _invitation_action(
+        request,
+        invitation_id,
+        invitation_revoke,
+        "Invitation to {email} revoked; its link no longer works.",
+    )
 
 
 # Settings > Organisation -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from django.core import mail
@@ -81,12 +81,11 @@ def test_failed_delivery_is_recorded_and_retried_by_the_job(org, settings):
 
 def test_dates_in_emails_show_in_the_organisations_time_zone(org, committed):
     from datetime import datetime
-    from datetime import timezone as dt_timezone
 
     org.time_zone = "Asia/Kolkata"
     org.save()
     invitation = InvitationFactory(
-        organisation=org, expires_at=datetime(2026, 12, 4, 7, 0, tzinfo=dt_timezone.utc)
+        organisation=org, expires_at=datetime(2026, 12, 4, 7, 0, tzinfo=UTC)
     )
     with committed():
         email_send(

@@ -5,7 +5,21 @@ from billing import views
 app_name = "billing"
 
 organisation_urlpatterns = [
-    path("settings/billing/", views.settings, name="settings"),
+    path("settings/billing/", views.billing_settings, name="settings"),
+    path("settings/billing/invoices/", views.invoices, name="invoices"),
+    path(
+        "settings/billing/invoices/<str:invoice_number>/pdf/",
+        views.invoice_pdf,
+        name="invoice_pdf",
+    ),
+    path("settings/billing/payment-method/", views.payment_method, name="payment_method"),
+    path(
+        "settings/billing/billing-information/",
+        views.billing_information,
+        name="billing_information",
+    ),
+    path("settings/subscription/choose-plan/", views.choose_plan, name="choose_plan"),
+    path("settings/subscription/checkout/", views.checkout, name="checkout"),
 ]
 
 urlpatterns = [path("o/<slug:org_slug>/", include(organisation_urlpatterns))]

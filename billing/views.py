@@ -1,10 +1,230 @@
-from django.shortcuts import render
+from datetime import timedelta
 
-from accounts.roles import ADMIN_AND_BILLING
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+
+from accounts.audit import Actor
+from accounts.roles import ADMIN_AND_BILLING, ADMIN_ONLY
 from accounts.tenancy import tenant_view
+from billing import gateway
+from billing.forms import BillingInformationForm, CardForm, CheckoutForm, PlanChoiceForm
+from billing.models import Payment
+from billing.selectors import (
+    billing_profile_for,
+    invoice_get,
+    invoice_list,
+    payment_method_current,
+)
+from billing.services import (
+    billing_profile_update,
+    card_setup_begin,
+    card_setup_complete,
+    invoice_charge,
+    invoice_document_original,
+    subscription_start,
+    tax_for,
+)
+from billing_portal.errors import ServiceError
+from subscriptions.models import Subscription
+
+INVOICES_PER_PAGE = 20
+
+
+def _subscription(organisation):
+    return Subscription.objects.select_related("plan").filter(organisation=organisation).first()
+
+
+def _stripe_context(organisation) -> dict:
+    return {
+        "stripe_js_url": gateway.js_url(),
+        "stripe_publishable_key": gateway.publishable_key(),
+        "client_secret": card_setup_begin(organisation=organisation),
+    }
 
 
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing")
-def settings(request):
-    # Built by a later issue; until then the page says what it will hold.
-    return render(request, "settings/not_yet_available.html", {"section_label": "Billing"})
+def billing_settings(request):
+    return redirect("billing:invoices", org_slug=request.organisation.slug)
+
+
+@tenant_view(roles=ADMIN_AND_BILLING, section="billing")
+def invoices(request):
+    page = Paginator(invoice_list(organisation=request.organisation), INVOICES_PER_PAGE).get_page(
+        request.GET.get("page")
+    )
+    return render(request, "billing/invoices.html", {"page": page, "tab": "invoices"})
+
+
+@tenant_view(roles=ADMIN_AND_BILLING, section="billing")
+def invoice_pdf(request, invoice_number):
+    invoice = invoice_get(organisation=request.organisation, number=invoice_number)
+    document = invoice_document_original(invoice=invoice, now=timezone.now())
+    response = HttpResponse(bytes(document.pdf), content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{invoice.number}.pdf"'
+    return response
+
+
+@tenant_view(roles=ADMIN_AND_BILLING, section="billing")
+def payment_method(request):
+    organisation = request.organisation
+    form = CardForm(request.POST or None)
+    error = None
+    if request.method == "POST" and form.is_valid():
+        try:
+            card = card_setup_complete(
+                organisation=organisation,
+                actor=Actor.from_request(request),
+                setup_intent_id=form.cleaned_data["setup_intent_id"],
+                now=timezone.now(),
+            )
+        except (ServiceError, gateway.PaymentError) as exc:
+            error = exc.message
+        else:
+            messages.success(
+                request, f"{card} saved. It will be charged from the next billing date."
+            )
+            return redirect("billing:payment_method", org_slug=organisation.slug)
+    elif request.method == "POST":
+        error = form.errors["setup_intent_id"][0]
+    card = payment_method_current(organisation=organisation)
+    now = timezone.now()
+    context = {
+        "card": card,
+        "card_expiring": card is not None and card.expires_at <= now + timedelta(days=30),
+        "card_expired": card is not None and card.expires_at <= now,
+        "card_error": error,
+        "tab": "payment_method",
+        **_stripe_context(organisation),
+    }
+    return render(request, "billing/payment_method.html", context, status=400 if error else 200)
+
+
+@tenant_view(roles=ADMIN_AND_BILLING, section="billing")
+def billing_information(request):
+    organisation = request.organisation
+    subscription = _subscription(organisation)
+    profile = billing_profile_for(organisation=organisation)
+    form = BillingInformationForm(
+        request.POST or None, instance=profile, plan=subscription.plan if subscription else None
+    )
+    if request.method == "POST" and form.is_valid():
+        billing_profile_update(
+            organisation=organisation,
+            actor=Actor.from_request(request),
+            now=timezone.now(),
+            **{name: form.cleaned_data[name] for name in form.Meta.fields},
+        )
+        messages.success(request, "Billing information saved. It will appear on future invoices.")
+        return redirect("billing:billing_information", org_slug=organisation.slug)
+    return render(
+        request,
+        "billing/billing_information.html",
+        {"form": form, "tab": "billing_information"},
+        status=400 if form.errors else 200,
+    )
+
+
+def _can_choose_plan(subscription) -> bool:
+    return subscription is None or subscription.status == Subscription.Status.INCOMPLETE
+
+
+@tenant_view(roles=ADMIN_ONLY, section="subscription")
+def choose_plan(request):
+    organisation = request.organisation
+    if not _can_choose_plan(_subscription(organisation)):
+        messages.info(request, "You already have a subscription.")
+        return redirect("subscriptions:settings", org_slug=organisation.slug)
+    form = PlanChoiceForm(
+        request.GET or None, initial={"currency": organisation.currency, "billing_cycle": "monthly"}
+    )
+    if request.GET and form.is_valid():
+        checkout_url = reverse("billing:checkout", args=[organisation.slug])
+        return redirect(f"{checkout_url}?{request.GET.urlencode()}")
+    return render(
+        request,
+        "billing/choose_plan.html",
+        {
+            "form": form,
+            "plans": form.plans,
+            "currency": request.GET.get("currency") or organisation.currency,
+        },
+    )
+
+
+@tenant_view(roles=ADMIN_ONLY, section="subscription")
+def checkout(request):
+    organisation = request.organisation
+    subscription = _subscription(organisation)
+    if not _can_choose_plan(subscription):
+        messages.info(request, "You already have a subscription.")
+        return redirect("subscriptions:settings", org_slug=organisation.slug)
+    form = CheckoutForm(request.POST if request.method == "POST" else request.GET)
+    if not form.is_valid():
+        return render(
+            request,
+            "billing/choose_plan.html",
+            {"form": form, "plans": form.plans, "currency": organisation.currency},
+            status=400,
+        )
+    plan = form.cleaned_data["plan_object"]
+    cycle = form.cleaned_data["billing_cycle"]
+    currency = form.cleaned_data["currency"]
+    error = None
+    if request.method == "POST":
+        now = timezone.now()
+        actor = Actor.from_request(request)
+        try:
+            if form.cleaned_data["setup_intent_id"]:
+                card_setup_complete(
+                    organisation=organisation,
+                    actor=actor,
+                    setup_intent_id=form.cleaned_data["setup_intent_id"],
+                    now=now,
+                )
+            elif payment_method_current(organisation=organisation) is None:
+                raise ServiceError("Enter your card details.")
+            invoice = subscription_start(
+                organisation=organisation,
+                actor=actor,
+                plan=plan,
+                billing_cycle=cycle,
+                currency=currency,
+                now=now,
+            )
+            payment = invoice_charge(invoice=invoice, now=now)
+        except ServiceError as exc:
+            error = exc.message
+        else:
+            if payment is not None and payment.status == Payment.Status.SUCCEEDED:
+                messages.success(
+                    request,
+                    f"Welcome to the {plan.name} plan. Invoice {invoice.number} is paid; "
+                    "you find it in Settings > Billing > Invoice History.",
+                )
+                return redirect("subscriptions:settings", org_slug=organisation.slug)
+            if payment is not None and payment.status == Payment.Status.FAILED:
+                error = f"Your card was not charged: {payment.failure_message}"
+            else:
+                error = "We have not heard back from the card processor yet. Refresh in a minute."
+    profile = billing_profile_for(organisation=organisation)
+    price = plan.price_for(currency).amount_for(cycle)
+    tax = tax_for(details=profile.snapshot())
+    context = {
+        "form": form,
+        "plan": plan,
+        "cycle": cycle,
+        "currency": currency,
+        "price": price,
+        "tax": tax,
+        "tax_amount": tax.amount(price),
+        "total": price + tax.amount(price),
+        "card": payment_method_current(organisation=organisation),
+        "card_error": error,
+        "profile": profile,
+        **_stripe_context(organisation),
+    }
+    return render(request, "billing/checkout.html", context, status=402 if error else 200)

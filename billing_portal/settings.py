@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "django.forms",
     "allauth",
     "allauth.account",
+    "django_countries",
     "billing_portal",
     "accounts",
     "subscriptions",
@@ -206,7 +207,7 @@ TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
 
 INVITATION_VALID_DAYS = 7
 PRIMARY_EMAIL_CHANGE_VALID_DAYS = 3
-CURRENCIES = ["USD", "EUR", "GBP", "INR", "AUD"]
+CURRENCIES = ["USD", "EUR", "GBP"]
 
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -227,9 +228,49 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # Both log every request/render at INFO; keep their warnings and errors.
+        "stripe": {"level": "WARNING"},
+        "weasyprint": {"level": "WARNING"},
+        "fontTools": {"level": "WARNING"},
+    },
 }
 
 # In development and tests WhiteNoise serves straight from the app folders (no collectstatic).
 WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
+
+# The seller printed on invoices and used for the tax rules (EU reverse charge).
+SELLER = {
+    "name": env_str("SELLER_NAME", "APPSeCONNECT Ltd"),
+    "address": env_str("SELLER_ADDRESS", "1 Harbour Square, Dublin D02 XY00, Ireland"),
+    "country": env_str("SELLER_COUNTRY", "IE"),
+    "vat_number": env_str("SELLER_VAT_NUMBER", "IE6388047V"),
+    "email": env_str("SELLER_BILLING_EMAIL", "billing@appseconnect.com"),
+}
+# Printed on bank-transfer invoices.
+SELLER_BANK_DETAILS = env_str(
+    "SELLER_BANK_DETAILS",
+    "Bank of Ireland · IBAN IE29 AIBK 9311 5212 3456 78 · BIC AIBKIE2D",
+)
+INVOICE_PAYMENT_TERMS_DAYS = env_int("INVOICE_PAYMENT_TERMS_DAYS", 30)
+
+# Stripe is the card processor only (Customer, SetupIntent, PaymentIntent; billing/gateway.py).
+# The defaults point at localstripe, the stand-in scripts/services.sh runs for dev and tests.
+STRIPE_API_BASE = env_str("STRIPE_API_BASE", "http://127.0.0.1:58420")
+_REAL_STRIPE = STRIPE_API_BASE.startswith("https://api.stripe.com")
+if _REAL_STRIPE and not DEBUG:
+    # Real money: never fall back to the local defaults.
+    STRIPE_SECRET_KEY = env_required("STRIPE_SECRET_KEY")
+    STRIPE_WEBHOOK_SECRET = env_required("STRIPE_WEBHOOK_SECRET")
+else:
+    STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "sk_test_localstripe")
+    STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "whsec_localstripe")
+STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "pk_test_localstripe")
+STRIPE_JS_URL = env_str(
+    "STRIPE_JS_URL",
+    "https://js.stripe.com/v3/" if _REAL_STRIPE else f"{STRIPE_API_BASE}/js.stripe.com/v3/",
+)
+STRIPE_TIMEOUT_SECONDS = env_int("STRIPE_TIMEOUT_SECONDS", 20)
+ACCEPTED_CARD_BRANDS = ("visa", "mastercard", "amex")

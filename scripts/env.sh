@@ -20,6 +20,10 @@ export REDIS_PORT="${REDIS_PORT:-56379}"
 export DATABASE_URL="${DATABASE_URL:-postgres://portal@127.0.0.1:${PG_PORT}/billing_portal}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT}/0}"
 
+# localstripe, the Stripe stand-in services.sh runs; the settings read STRIPE_API_BASE.
+export STRIPE_PORT="${STRIPE_PORT:-58420}"
+export STRIPE_API_BASE="${STRIPE_API_BASE:-http://127.0.0.1:${STRIPE_PORT}}"
+
 # Postgres server binaries (initdb, pg_ctl) are not on PATH on Debian.
 if [ -z "${PG_BIN:-}" ]; then
     if [ -x /usr/lib/postgresql/15/bin/pg_ctl ]; then

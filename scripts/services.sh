@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Project-local PostgreSQL and Redis for development and tests.
+# Project-local PostgreSQL, Redis and localstripe (the Stripe stand-in) for development
+# and tests.
 #
-#   scripts/services.sh start                  start what is not running (idempotent)
-#   scripts/services.sh stop [postgres|redis]  stop the given services (default: both)
-#   scripts/services.sh status                 exit 0 if both are up, 3 otherwise
+#   scripts/services.sh start                              start what is not running (idempotent)
+#   scripts/services.sh stop [postgres|redis|localstripe]  stop the given services (default: all)
+#   scripts/services.sh status                             exit 0 if all are up, 3 otherwise
 #
 # `start` writes the services IT started (one per line) to $RUN_DIR/started-services,
 # so a caller can later stop only those: `services.sh stop $(cat .run/started-services)`.
-# Ports come from PG_PORT / REDIS_PORT (see env.sh).
+# Ports come from PG_PORT / REDIS_PORT / STRIPE_PORT (see env.sh).
 set -euo pipefail
 
 # shellcheck source=scripts/env.sh
@@ -19,6 +20,9 @@ LOCAL_PG_DIR="$RUN_DIR/pg"                  # preferred cluster location
 TMP_PG_DIR="$PG_TMP_BASE/pg"                # fallback when postgres can't reach .run
 REDIS_PID="$RUN_DIR/redis.pid"
 REDIS_LOG="$RUN_DIR/redis.log"
+STRIPE_PID="$RUN_DIR/localstripe.pid"
+STRIPE_LOG="$RUN_DIR/localstripe.log"
+VENV_PYTHON="$PROJECT_ROOT/.venv/bin/python"
 
 log() { echo "services: $*"; }
 die() { echo "services: ERROR: $*" >&2; exit 1; }
@@ -27,6 +31,7 @@ if [ -z "$PG_BIN" ] || [ ! -x "$PG_BIN/pg_ctl" ]; then
     die "PostgreSQL server binaries not found (PG_BIN='$PG_BIN'); run scripts/bootstrap.sh"
 fi
 command -v redis-server >/dev/null || die "redis-server not found; run scripts/bootstrap.sh"
+[ -x "$VENV_PYTHON" ] || die "$VENV_PYTHON not found; run scripts/bootstrap.sh"
 
 # initdb and pg_ctl refuse to run as root, so as root we switch to `postgres`.
 # `cd /` because postgres may not be allowed into the caller's cwd.
@@ -265,6 +270,76 @@ status_redis() {
     fi
 }
 
+# ------------------------------------------------------------- localstripe --
+
+# Ready = the port answers like localstripe (a Stripe list), not merely accepts connections.
+localstripe_ready() {
+    "$VENV_PYTHON" - "http://127.0.0.1:$STRIPE_PORT/v1/customers?limit=1" <<'PY' 2>/dev/null
+import json, sys, urllib.request
+request = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer sk_test_ready"})
+with urllib.request.urlopen(request, timeout=2) as response:
+    sys.exit(0 if json.load(response).get("object") == "list" else 1)
+PY
+}
+
+# PID of the localstripe we started, if it is still alive.
+localstripe_pid() {
+    local pid
+    pid="$(cat "$STRIPE_PID" 2>/dev/null || true)"
+    [ -n "$pid" ] && grep -qa 'localstripe_server\.py' "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+}
+
+start_localstripe() {
+    if localstripe_ready; then
+        log "localstripe already running on 127.0.0.1:$STRIPE_PORT, reusing it"
+        return 0
+    fi
+    local offset pid
+    pid="$(localstripe_pid || true)"
+    if [ -n "$pid" ]; then  # e.g. started with another STRIPE_PORT; keep its pid file
+        die "localstripe of this checkout (pid $pid) is running but not answering on port $STRIPE_PORT; stop it first"
+    fi
+    offset="$(log_size "$STRIPE_LOG")"
+    log "starting localstripe on 127.0.0.1:$STRIPE_PORT"
+    echo localstripe >>"$STARTED_FILE"
+    # setsid: its own session, so a Ctrl-C meant for run.sh's dev server doesn't kill it
+    # (run.sh's exit trap stops it). In a script a background child is not a group
+    # leader, so setsid execs in place and $! is the server's pid.
+    setsid "$VENV_PYTHON" "$PROJECT_ROOT/scripts/localstripe_server.py" \
+        >>"$STRIPE_LOG" 2>&1 </dev/null 9>&- &
+    echo "$!" >"$STRIPE_PID"
+    localstripe_alive() { [ -n "$(localstripe_pid)" ]; }
+    wait_for localstripe localstripe_ready localstripe_alive "$STRIPE_LOG" "$offset"
+}
+
+stop_localstripe() {
+    local pid
+    pid="$(localstripe_pid || true)"
+    if [ -n "$pid" ]; then
+        kill -TERM "$pid"
+        for _ in $(seq 1 $((TIMEOUT * 5))); do
+            [ -d "/proc/$pid" ] || break
+            sleep 0.2
+        done
+        [ -d "/proc/$pid" ] && die "localstripe (pid $pid) did not stop within ${TIMEOUT}s"
+        rm -f "$STRIPE_PID"
+        log "localstripe stopped"
+    elif localstripe_ready; then
+        log "localstripe on port $STRIPE_PORT was not started from this checkout; leaving it alone"
+    else
+        log "localstripe not running"
+    fi
+}
+
+status_localstripe() {
+    if localstripe_ready; then
+        log "localstripe: running on 127.0.0.1:$STRIPE_PORT (pid: $(localstripe_pid || echo 'not this checkout'))"
+    else
+        log "localstripe: not running (port $STRIPE_PORT)"
+        return 1
+    fi
+}
+
 # -------------------------------------------------------------------- main --
 
 cmd="${1:-}"
@@ -275,6 +350,7 @@ case "$cmd" in
         : >"$STARTED_FILE"
         start_pg
         start_redis
+        start_localstripe
         if [ -s "$STARTED_FILE" ]; then
             log "started by this call: $(tr '\n' ' ' <"$STARTED_FILE")(listed in $STARTED_FILE)"
         else
@@ -283,12 +359,13 @@ case "$cmd" in
         ;;
     stop)
         take_lock
-        [ "$#" -gt 0 ] || set -- redis postgres
+        [ "$#" -gt 0 ] || set -- localstripe redis postgres
         for svc in "$@"; do
             case "$svc" in
                 postgres) stop_pg ;;
                 redis) stop_redis ;;
-                *) die "unknown service '$svc' (expected postgres or redis)" ;;
+                localstripe) stop_localstripe ;;
+                *) die "unknown service '$svc' (expected postgres, redis or localstripe)" ;;
             esac
         done
         ;;
@@ -296,10 +373,11 @@ case "$cmd" in
         rc=0
         status_pg || rc=3
         status_redis || rc=3
+        status_localstripe || rc=3
         exit "$rc"
         ;;
     *)
-        echo "usage: $0 start | stop [postgres|redis]... | status" >&2
+        echo "usage: $0 start | stop [postgres|redis|localstripe]... | status" >&2
         exit 2
         ;;
 esac

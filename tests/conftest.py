@@ -1,8 +1,36 @@
+import importlib
+
 import pytest
 from django.core.cache import cache
 
 from accounts.models import Membership
 from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
+
+pytest_plugins = ["tests.stripe_fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def _default_catalogue(request):
+    """The plans and tax rates that migrations seed, even after a transactional test's flush.
+
+    Tests with database access get them back when an earlier transactional test (browser
+    journeys, races) emptied the tables; the check is one query inside the test's transaction.
+    """
+    if request.node.get_closest_marker("django_db") is None and not (
+        {"db", "transactional_db", "live_server"} & set(request.fixturenames)
+    ):
+        return
+    request.getfixturevalue("_django_db_helper")
+    from django.apps import apps
+
+    from subscriptions.models import Plan
+
+    if not Plan.objects.exists():
+        for module in (
+            "subscriptions.migrations.0002_seed_plans",
+            "billing.migrations.0002_seed_tax_rates",
+        ):
+            importlib.import_module(module).seed(apps, None)
 
 
 @pytest.fixture(autouse=True)

@@ -205,7 +205,7 @@ def test_organisation_menu_lists_every_organisation_to_switch(client_for, admin,
     )
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_two_admins_demoting_each_other_at_once_leave_one_admin():
     """The organisation row lock serialises membership changes, so the check cannot race."""
     import threading

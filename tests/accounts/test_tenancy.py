@@ -11,12 +11,15 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from accounts.models import AuditEvent, Invitation, Membership, Organisation
+from subscriptions.models import Connection, Environment, ProcessFlow
+from tests.billing.pdf_factories import issued_invoice
 from tests.factories import InvitationFactory, MembershipFactory
+from tests.subscriptions.factories import ProcessFlowFactory, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
 
 PARAM = re.compile(r"<(?:\w+:)?(\w+)>")
-KNOWN_PARAMS = {"org_slug", "member_id", "invitation_id"}
+KNOWN_PARAMS = {"org_slug", "member_id", "invitation_id", "flow_id", "invoice_number"}
 
 
 def organisation_routes():
@@ -42,12 +45,16 @@ def fill(route, values):
 
 @pytest.fixture
 def victim(org, admin, member):
-    """Organisation A with a member and a pending invitation, and a snapshot of its state."""
+    """Organisation A with a member, a pending invitation and a running ProcessFlow."""
     invitation = InvitationFactory(organisation=org)
+    SubscriptionFactory(organisation=org)
+    flow = ProcessFlowFactory(environment__organisation=org)
     return {
         "org_slug": org.slug,
         "member_id": Membership.objects.get(user=member).public_id,
         "invitation_id": invitation.public_id,
+        "flow_id": flow.public_id,
+        "invoice_number": issued_invoice(organisation=org, number="INV-2026-000101").number,
     }
 
 
@@ -63,6 +70,9 @@ def snapshot(org):
             Invitation.objects.filter(organisation=org).values_list("email", "status", "token_hash")
         ),
         AuditEvent.objects.filter(organisation=org).count(),
+        Environment.objects.filter(organisation=org).count(),
+        Connection.objects.filter(organisation=org).count(),
+        sorted(ProcessFlow.objects.filter(organisation=org).values_list("public_id", "status")),
     )
 
 
@@ -101,13 +111,21 @@ def test_own_organisation_url_with_another_organisations_object_ids_is_404(
         "org_slug": org.slug,  # the attacker's own organisation in the URL ...
         "member_id": Membership.objects.get(user=outsider).public_id,  # ... B's objects
         "invitation_id": InvitationFactory(organisation=other_org).public_id,
+        "flow_id": ProcessFlowFactory(environment__organisation=other_org).public_id,
+        "invoice_number": issued_invoice(organisation=other_org, number="INV-2026-000202").number,
     }
     MembershipFactory(organisation=other_org, role="member")
     before = snapshot(other_org)
     client = client_for(admin)
-    object_routes = [r for r in organisation_routes() if "_id>" in r]
+    object_routes = [r for r in organisation_routes() if "_id>" in r or "_number>" in r]
     assert object_routes
-    unknown = {**theirs, "member_id": uuid.uuid4(), "invitation_id": uuid.uuid4()}
+    unknown = {
+        **theirs,
+        "member_id": uuid.uuid4(),
+        "invitation_id": uuid.uuid4(),
+        "flow_id": uuid.uuid4(),
+        "invoice_number": "INV-2026-999999",
+    }
     for route in object_routes:
         url = fill(route, theirs)
         response = getattr(client, method)(url, {"role": "member"})

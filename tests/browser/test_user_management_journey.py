@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 from accounts.models import Membership
 from tests.browser.conftest import link_in_mail
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 
 def sign_up(page, portal):

@@ -12,7 +12,7 @@ def counts():
     return (Organisation.objects.count(), User.objects.count(), Membership.objects.count())
 
 
-def test_seed_demo_creates_the_demo_logins_and_is_idempotent(settings):
+def test_seed_demo_creates_the_demo_logins_and_is_idempotent(settings, localstripe):
     settings.DEBUG = True
     out = StringIO()
     call_command("seed_demo", stdout=out)
@@ -41,7 +41,7 @@ def test_seed_demo_refuses_with_debug_off(settings):
     assert counts() == (0, 0, 0)
 
 
-def test_demo_admin_can_sign_in(client, settings):
+def test_demo_admin_can_sign_in(client, settings, localstripe):
     settings.DEBUG = True
     call_command("seed_demo", stdout=StringIO())
     response = client.post(

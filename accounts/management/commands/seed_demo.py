@@ -1,13 +1,26 @@
 """Demo data for `make run` (DESIGN.md section 3). Idempotent; refuses to run with DEBUG off."""
 
 from allauth.account.models import EmailAddress
+from dateutil.relativedelta import relativedelta
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.audit import SYSTEM
 from accounts.models import Membership, Organisation, User
 from accounts.services import organisation_create
+from billing import gateway
+from billing.models import BillingProfile, PaymentMethod
+from billing.services import (
+    billing_run_issue,
+    card_setup_begin,
+    card_setup_complete,
+    invoice_charge,
+    invoices_charge_due,
+    subscription_start,
+)
+from subscriptions.models import Plan, Subscription
 
 DEMO_PASSWORD = "demo-pass-2026"  # noqa: S105 - published demo logins, development only
 
@@ -24,6 +37,12 @@ DEMO_ORGANISATIONS = [
     ("Globex", "globex", [("admin@globex.example", "Gina Globex", Membership.Role.ADMIN)]),
 ]
 OPS_EMAIL = "ops@example.com"
+# organisation, slug, -, plan, cycle: each gets a card and a paid invoice history.
+DEMO_SUBSCRIPTIONS = [
+    ("Acme Trading", "acme-trading", None, "professional", "monthly"),
+    ("Globex", "globex", None, "enterprise", "annual"),
+]
+HISTORY_MONTHS = 4
 
 
 def _user(email: str, full_name: str, *, staff: bool = False) -> User:
@@ -68,8 +87,57 @@ class Command(BaseCommand):
                     )
             _user(OPS_EMAIL, "Olly Ops", staff=True)
 
+        for _name, slug, _people, plan_code, cycle in DEMO_SUBSCRIPTIONS:
+            self._subscribe(Organisation.objects.get(slug=slug), plan_code, cycle, now=now)
+
         self.stdout.write(f"Demo logins (password for all: {DEMO_PASSWORD})")
         for name, _slug, people in DEMO_ORGANISATIONS:
             for email, _full_name, role in people:
                 self.stdout.write(f"  {name:<14} {role.label:<16} {email}")
         self.stdout.write(f"  {'Ops staff':<14} {'Django admin':<16} {OPS_EMAIL}  (/admin/)")
+
+    def _subscribe(self, organisation, plan_code, cycle, *, now):
+        """A card on file (re-created if the local Stripe stand-in was restarted) and, the first
+        time, a subscription started HISTORY_MONTHS ago with its invoices issued and paid."""
+        profile = BillingProfile.objects.filter(organisation=organisation).first()
+        if (
+            profile
+            and profile.stripe_customer_id
+            and not gateway.customer_exists(customer_id=profile.stripe_customer_id)
+        ):
+            BillingProfile.objects.filter(pk=profile.pk).update(stripe_customer_id="")
+            PaymentMethod.objects.filter(organisation=organisation).delete()
+        if not PaymentMethod.objects.filter(organisation=organisation, status="active").exists():
+            client_secret = card_setup_begin(organisation=organisation)
+            setup_intent_id = client_secret.split("_secret_")[0]
+            gateway.setup_intent_confirm_test_card(
+                setup_intent_id=setup_intent_id, number="4242424242424242"
+            )
+            card_setup_complete(
+                organisation=organisation, actor=SYSTEM, setup_intent_id=setup_intent_id, now=now
+            )
+        if Subscription.objects.filter(organisation=organisation).exists():
+            return
+        start = now - relativedelta(months=HISTORY_MONTHS if cycle == "monthly" else 1)
+        BillingProfile.objects.filter(organisation=organisation).update(
+            company_name=f"{organisation.name} Ltd",
+            address_line1="1 Market Street",
+            city="Dublin",
+            postal_code="D01 F5P2",
+            country="IE",
+        )
+        invoice = subscription_start(
+            organisation=organisation,
+            actor=SYSTEM,
+            plan=Plan.objects.get(code=plan_code),
+            billing_cycle=cycle,
+            currency="USD",
+            now=start,
+        )
+        invoice_charge(invoice=invoice, now=start)
+        # Renew period by period, as the scheduled billing run would have done.
+        subscription = Subscription.objects.get(organisation=organisation)
+        while subscription.current_period_end <= now:
+            billing_run_issue(now=subscription.current_period_end)
+            invoices_charge_due(now=subscription.current_period_end)
+            subscription.refresh_from_db()

@@ -1,0 +1,160 @@
+"""Ops views of billing. Issued invoices are read-only; payments are recorded by an action
+that calls the same service the app uses."""
+
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from accounts.audit import Actor, client_ip
+from billing.models import (
+    BillingProfile,
+    Invoice,
+    InvoiceDocument,
+    InvoiceLine,
+    Payment,
+    PaymentMethod,
+    TaxRate,
+)
+from billing.services import payment_record_manual
+from billing_portal.errors import ServiceError
+from billing_portal.money import format_money
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    extra = 0
+    can_delete = False
+    fields = ("position", "kind", "description", "quantity", "unit_amount", "amount")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+class PaymentInline(admin.TabularInline):
+    model = Payment
+    extra = 0
+    can_delete = False
+    fields = (
+        "attempt",
+        "method_kind",
+        "status",
+        "amount",
+        "failure_message",
+        "reference",
+        "created_at",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(ReadOnlyAdmin):
+    list_display = (
+        "number",
+        "organisation",
+        "kind",
+        "status",
+        "total_display",
+        "payment_method_kind",
+        "issued_at",
+        "due_at",
+    )
+    list_filter = ("status", "kind", "payment_method_kind", "currency")
+    search_fields = ("number", "organisation__name", "organisation__slug")
+    list_select_related = ("organisation",)
+    date_hierarchy = "issued_at"
+    inlines = [InvoiceLineInline, PaymentInline]
+    actions = ["record_payment"]
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_staff
+
+    @admin.display(description="Total", ordering="total")
+    def total_display(self, obj):
+        return format_money(obj.total, obj.currency)
+
+    @admin.action(description="Record bank transfer / PO payment received (marks paid)")
+    def record_payment(self, request, queryset):
+        actor = Actor(user=request.user, ip_address=client_ip(request))
+        for invoice in queryset.select_related("organisation"):
+            try:
+                payment_record_manual(
+                    invoice=invoice,
+                    actor=actor,
+                    reference=f"Recorded by {request.user.email}",
+                    now=timezone.now(),
+                )
+            except ServiceError as error:
+                self.message_user(request, error.message, level=messages.ERROR)
+            else:
+                self.message_user(request, f"{invoice.number} marked paid.")
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyAdmin):
+    list_display = (
+        "invoice",
+        "organisation",
+        "attempt",
+        "method_kind",
+        "status",
+        "amount",
+        "created_at",
+    )
+    list_filter = ("status", "method_kind")
+    search_fields = ("invoice__number", "organisation__name", "processor_id", "idempotency_key")
+    list_select_related = ("invoice", "organisation")
+    date_hierarchy = "created_at"
+
+
+@admin.register(PaymentMethod)
+class PaymentMethodAdmin(ReadOnlyAdmin):
+    list_display = (
+        "organisation",
+        "brand",
+        "last4",
+        "exp_month",
+        "exp_year",
+        "status",
+        "created_at",
+    )
+    list_filter = ("status", "brand")
+    search_fields = ("organisation__name", "last4")
+    list_select_related = ("organisation",)
+
+
+@admin.register(BillingProfile)
+class BillingProfileAdmin(admin.ModelAdmin):
+    list_display = ("organisation", "company_name", "country", "vat_number", "po_number")
+    search_fields = ("organisation__name", "company_name", "vat_number")
+    list_filter = ("country",)
+    list_select_related = ("organisation",)
+    readonly_fields = ("organisation", "stripe_customer_id", "updated_at")
+
+
+@admin.register(TaxRate)
+class TaxRateAdmin(admin.ModelAdmin):
+    list_display = ("country", "name", "rate_bp", "updated_at")
+    search_fields = ("country", "name")
+
+
+@admin.register(InvoiceDocument)
+class InvoiceDocumentAdmin(ReadOnlyAdmin):
+    list_display = ("invoice", "kind", "created_at")
+    list_filter = ("kind",)
+    list_select_related = ("invoice",)
+    search_fields = ("invoice__number",)
+    exclude = ("pdf",)

@@ -1,0 +1,412 @@
+"""The one door to Stripe: the only module that imports `stripe` (STYLE.md point 5).
+
+Stripe is our card processor only: a Customer per organisation, SetupIntents to save a
+card (confirmed in the browser by Stripe.js), and off-session PaymentIntents to charge it.
+Plans, invoices and proration are ours (DESIGN.md).
+
+Every failure becomes a `PaymentError` whose `message` is safe to show to the customer
+(for declines it is the processor's own wording, e.g. "Your card was declined."). A
+`GatewayUnavailable` means Stripe could not be reached or failed: the outcome of a charge
+is unknown, so retry it later with the same idempotency key and it is never charged twice.
+
+Settings are read on every call (tests change them): STRIPE_API_BASE, STRIPE_SECRET_KEY,
+STRIPE_PUBLISHABLE_KEY, STRIPE_JS_URL, STRIPE_TIMEOUT_SECONDS.
+"""
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import stripe
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+GENERIC_MESSAGE = "The payment could not be processed. Please try again later."
+UNAVAILABLE_MESSAGE = "The payment service could not be reached. Please try again in a few minutes."
+AUTHENTICATION_REQUIRED_MESSAGE = (
+    "This card needs authentication, which is not possible for an automatic payment. "
+    "Please add the card again or use another card."
+)
+SETUP_NOT_CONFIRMED_MESSAGE = "The card was not confirmed. Please enter it again."
+
+# Off-session charges that end in these states have been (or are being) paid.
+_PAID_STATUSES = frozenset({"succeeded", "processing", "requires_capture"})
+
+
+class PaymentError(Exception):
+    """A payment step failed. `message` can be shown to the customer as is.
+
+    `code` is Stripe's error code (`card_declined`, `expired_card`,
+    `authentication_required`, ...) or one of ours (`setup_intent_not_confirmed`,
+    `processor_error`, `gateway_unavailable`); `decline_code` is the issuer's reason
+    when Stripe gives one (`generic_decline`, `insufficient_funds`, ...).
+    """
+
+    def __init__(
+        self, message: str, *, code: str | None = None, decline_code: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.decline_code = decline_code
+
+
+class GatewayUnavailable(PaymentError):
+    """Network error, timeout, rate limit, 409 or 5xx: the outcome is UNKNOWN.
+
+    A charge may or may not have happened. Retry later with the same idempotency key;
+    `charge` then returns the first attempt's result instead of charging again.
+    """
+
+
+@dataclass(frozen=True)
+class CardDetails:
+    payment_method_id: str
+    brand: str  # as Stripe spells it: visa, mastercard, amex, discover, ...
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+@dataclass(frozen=True)
+class ChargeResult:
+    payment_intent_id: str
+    status: str  # Stripe's PaymentIntent status, normally "succeeded"
+    amount: int  # minor units
+    currency: str  # lower-case ISO code, as Stripe returns it
+
+
+def publishable_key() -> str:
+    """The key Stripe.js is initialised with on the card page."""
+    return settings.STRIPE_PUBLISHABLE_KEY
+
+
+def js_url() -> str:
+    """Where the card page loads Stripe.js from (localstripe's mock in development)."""
+    return settings.STRIPE_JS_URL
+
+
+def customer_create(*, name: str, email: str, organisation_id: int, idempotency_key: str) -> str:
+    """Create the Stripe Customer of an organisation and return its id (`cus_...`)."""
+    with _stripe_errors("customer_create"):
+        customer = _client().v1.customers.create(
+            params={
+                "name": name,
+                "email": email,
+                "metadata": {"organisation_id": str(organisation_id)},
+            },
+            options={"idempotency_key": idempotency_key},
+        )
+    return customer["id"]
+
+
+def setup_intent_create(*, customer_id: str) -> tuple[str, str]:
+    """Start saving a card for later off-session charges: (SetupIntent id, client secret).
+
+    The client secret goes to Stripe.js (`confirmCardSetup`) in the page; the card number
+    never reaches our server.
+    """
+    with _stripe_errors("setup_intent_create"):
+        intent = _client().v1.setup_intents.create(
+            params={
+                "customer": customer_id,
+                "usage": "off_session",
+                "payment_method_types": ["card"],
+            }
+        )
+    return intent["id"], intent["client_secret"]
+
+
+def setup_intent_card(*, setup_intent_id: str, customer_id: str) -> CardDetails:
+    """The card saved by a SetupIntent the browser confirmed.
+
+    The SetupIntent id comes back from the browser, so it is checked: it must belong to
+    `customer_id` and have succeeded, else PaymentError (one message for every case, so
+    another customer's SetupIntent ids cannot be probed).
+    """
+    with _stripe_errors("setup_intent_card"):
+        try:
+            intent = _client().v1.setup_intents.retrieve(
+                setup_intent_id, params={"expand": ["payment_method"]}
+            )
+        except stripe.InvalidRequestError as e:
+            if e.http_status != 404:
+                raise
+            intent = None
+    if intent is None or intent["customer"] != customer_id or intent["status"] != "succeeded":
+        logger.warning(
+            "SetupIntent %s not usable for customer %s: %s",
+            setup_intent_id,
+            customer_id,
+            "not found"
+            if intent is None
+            else f"customer {intent['customer']}, status {intent['status']}",
+        )
+        raise PaymentError(SETUP_NOT_CONFIRMED_MESSAGE, code="setup_intent_not_confirmed")
+    payment_method = intent["payment_method"]
+    if isinstance(payment_method, str):  # not expanded
+        with _stripe_errors("setup_intent_card"):
+            payment_method = _client().v1.payment_methods.retrieve(payment_method)
+    card = payment_method["card"]
+    return CardDetails(
+        payment_method_id=payment_method["id"],
+        brand=card["brand"],
+        last4=card["last4"],
+        exp_month=int(card["exp_month"]),
+        exp_year=int(card["exp_year"]),
+    )
+
+
+def card_make_default(*, customer_id: str, payment_method_id: str) -> None:
+    """Make the card the one Stripe (and our charges) use for the customer."""
+    with _stripe_errors("card_make_default"):
+        _client().v1.customers.update(
+            customer_id,
+            params={"invoice_settings": {"default_payment_method": payment_method_id}},
+        )
+
+
+def card_detach(*, payment_method_id: str) -> None:
+    """Detach a card from its customer; it can never be charged again. Idempotent."""
+    with _stripe_errors("card_detach"):
+        try:
+            _client().v1.payment_methods.detach(payment_method_id)
+        except stripe.InvalidRequestError as e:
+            # Stripe: "The payment method you provided is not attached to a customer so
+            # detachment is impossible." Detached is what we wanted.
+            if "not attached" not in (e.user_message or ""):
+                raise
+
+
+def charge(
+    *,
+    customer_id: str,
+    payment_method_id: str,
+    amount: int,
+    currency: str,
+    idempotency_key: str,
+    description: str,
+    metadata: dict[str, Any],
+) -> ChargeResult:
+    """Charge a saved card off-session (the customer is not there) and confirm at once.
+
+    `idempotency_key` must be derived from our own row (e.g. invoice + attempt number):
+    calling again with the same key never charges twice. It is sent as Stripe's
+    Idempotency-Key (Stripe replays the first answer for 24 hours) and stored in the
+    PaymentIntent's metadata; before creating a PaymentIntent we look for one carrying
+    the key, which also covers retries after Stripe has forgotten the key. A key that
+    already ran returns (or raises) that first outcome.
+
+    Raises PaymentError for declines (Stripe's message, code, decline_code) and for cards
+    that need 3-D Secure (code `authentication_required`), GatewayUnavailable when the
+    outcome is unknown.
+    """
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise ValueError(f"amount must be a positive integer of minor units, not {amount!r}")
+    currency = currency.lower()
+    intent = _payment_intent_with_key(customer_id=customer_id, idempotency_key=idempotency_key)
+    if intent is not None:
+        if (intent["amount"], intent["currency"]) != (amount, currency):
+            logger.error(
+                "Idempotency key %s reused for another charge: %s %s, first %s %s (%s)",
+                idempotency_key,
+                amount,
+                currency,
+                intent["amount"],
+                intent["currency"],
+                intent["id"],
+            )
+            raise PaymentError(GENERIC_MESSAGE, code="idempotency_key_reused")
+        logger.info("Charge %s was already attempted: %s", idempotency_key, intent["id"])
+    else:
+        with _stripe_errors("charge", idempotency_key=idempotency_key):
+            intent = _client().v1.payment_intents.create(
+                params={
+                    "customer": customer_id,
+                    "payment_method": payment_method_id,
+                    # Explicit, or Stripe's automatic payment methods want a return_url.
+                    "payment_method_types": ["card"],
+                    "amount": amount,
+                    "currency": currency,
+                    "confirm": True,
+                    "off_session": True,
+                    "description": description,
+                    "metadata": {
+                        **{key: str(value) for key, value in metadata.items()},
+                        "idempotency_key": idempotency_key,
+                    },
+                },
+                options={"idempotency_key": idempotency_key},
+            )
+    return _charge_outcome(intent)
+
+
+def payment_intent_find(*, customer_id: str, idempotency_key: str) -> ChargeResult | None:
+    """The PaymentIntent `charge` made with this key, whatever its status, or None.
+
+    For reconciling charges whose outcome was unknown (GatewayUnavailable). Looks through
+    the customer's PaymentIntents (Stripe's list is up to date, its Search API may lag by
+    a minute). Raises GatewayUnavailable if Stripe cannot be asked.
+    """
+    intent = _payment_intent_with_key(customer_id=customer_id, idempotency_key=idempotency_key)
+    return None if intent is None else _charge_result(intent)
+
+
+def setup_intent_confirm_test_card(*, setup_intent_id: str, number: str) -> None:
+    """Development only (seed_demo): confirm a SetupIntent with a test card number, as
+    Stripe.js would in a browser. Refused unless the API base is a local stand-in."""
+    if not settings.DEBUG or "stripe.com" in settings.STRIPE_API_BASE:
+        raise PaymentError("Test cards can only be used against the local Stripe stand-in.")
+    with _stripe_errors("setup_intent_confirm_test_card"):
+        method = _client().v1.payment_methods.create(
+            params={
+                "type": "card",
+                "card": {"number": number, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+            }
+        )
+        _client().v1.setup_intents.confirm(setup_intent_id, params={"payment_method": method["id"]})
+
+
+def customer_exists(*, customer_id: str) -> bool:
+    """Whether the processor still knows this customer (a restarted stand-in forgets all)."""
+    try:
+        with _stripe_errors("customer_retrieve"):
+            customer = _client().v1.customers.retrieve(customer_id)
+    except PaymentError:
+        return False
+    return not ("deleted" in customer and customer["deleted"])
+
+
+# ------------------------------------------------------------------- internals --
+
+
+def _client() -> stripe.StripeClient:
+    return _client_for(
+        settings.STRIPE_SECRET_KEY,
+        settings.STRIPE_API_BASE,
+        settings.STRIPE_TIMEOUT_SECONDS,
+        os.getpid(),
+    )
+
+
+@lru_cache(maxsize=8)
+def _client_for(api_key: str, api_base: str, timeout: int, pid: int) -> stripe.StripeClient:
+    # One client (and HTTP connection pool) per settings and per process: a pool must not
+    # be shared with a forked child (Celery prefork, gunicorn --preload).
+    return stripe.StripeClient(
+        api_key=api_key,
+        base_addresses={"api": api_base},
+        # Retrying is our job (same idempotency key, later): an automatic retry of a
+        # timed-out charge would hold the caller for another timeout.
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=timeout),
+    )
+
+
+def _payment_intent_with_key(*, customer_id: str, idempotency_key: str) -> Any | None:
+    with _stripe_errors("payment_intent_find", idempotency_key=idempotency_key):
+        intents = _client().v1.payment_intents.list(params={"customer": customer_id, "limit": 100})
+        for intent in intents.auto_paging_iter():
+            if intent["metadata"].to_dict().get("idempotency_key") == idempotency_key:
+                return intent
+    return None
+
+
+def _charge_result(intent: Any) -> ChargeResult:
+    return ChargeResult(
+        payment_intent_id=intent["id"],
+        status=intent["status"],
+        amount=intent["amount"],
+        currency=intent["currency"],
+    )
+
+
+def _charge_outcome(intent: Any) -> ChargeResult:
+    """The result of a confirmed off-session PaymentIntent, or the PaymentError it means."""
+    status = intent["status"]
+    if status in _PAID_STATUSES:
+        return _charge_result(intent)
+    if status == "requires_action":
+        # Stripe fails an off-session confirm with an authentication_required error
+        # instead; localstripe leaves the PaymentIntent waiting for 3-D Secure.
+        raise PaymentError(AUTHENTICATION_REQUIRED_MESSAGE, code="authentication_required")
+    error = intent["last_payment_error"]
+    if error is not None:  # declined on an earlier call with the same key
+        error = error.to_dict()
+        raise PaymentError(
+            error.get("message") or GENERIC_MESSAGE,
+            code=error.get("code"),
+            decline_code=error.get("decline_code"),
+        )
+    logger.error("PaymentIntent %s unexpectedly in status %s", intent["id"], status)
+    raise PaymentError(GENERIC_MESSAGE, code="processor_error")
+
+
+@contextmanager
+def _stripe_errors(operation: str, *, idempotency_key: str | None = None) -> Iterator[None]:
+    """Turn stripe's exceptions into ours. Logs ids and codes only, never card data."""
+    try:
+        yield
+    except stripe.CardError as e:
+        decline_code = e.error.decline_code if e.error is not None else None
+        logger.info(
+            "Stripe %s declined (key %s): code=%s decline_code=%s request=%s",
+            operation,
+            idempotency_key,
+            e.code,
+            decline_code,
+            e.request_id,
+        )
+        if "authentication_required" in (e.code, decline_code):
+            raise PaymentError(
+                AUTHENTICATION_REQUIRED_MESSAGE,
+                code="authentication_required",
+                decline_code=decline_code,
+            ) from e
+        raise PaymentError(
+            e.user_message or GENERIC_MESSAGE, code=e.code, decline_code=decline_code
+        ) from e
+    except (stripe.APIConnectionError, stripe.RateLimitError) as e:
+        _log_unavailable(operation, idempotency_key, e)
+        raise GatewayUnavailable(UNAVAILABLE_MESSAGE, code="gateway_unavailable") from e
+    except stripe.APIError as e:
+        # 5xx, and 409 (the same idempotency key is still running): outcome unknown.
+        if e.http_status is None or e.http_status >= 500 or e.http_status == 409:
+            _log_unavailable(operation, idempotency_key, e)
+            raise GatewayUnavailable(UNAVAILABLE_MESSAGE, code="gateway_unavailable") from e
+        _log_rejected(operation, idempotency_key, e)
+        raise PaymentError(GENERIC_MESSAGE, code="processor_error") from e
+    except stripe.StripeError as e:
+        # InvalidRequestError, IdempotencyError, AuthenticationError, PermissionError: a bug
+        # or a configuration error on our side, with a message not meant for customers.
+        _log_rejected(operation, idempotency_key, e)
+        raise PaymentError(GENERIC_MESSAGE, code=e.code or "processor_error") from e
+
+
+def _log_unavailable(operation: str, idempotency_key: str | None, e: stripe.StripeError) -> None:
+    logger.warning(
+        "Stripe %s outcome unknown (key %s): %s http_status=%s request=%s",
+        operation,
+        idempotency_key,
+        type(e).__name__,
+        e.http_status,
+        e.request_id,
+    )
+
+
+def _log_rejected(operation: str, idempotency_key: str | None, e: stripe.StripeError) -> None:
+    logger.error(
+        "Stripe %s rejected (key %s): %s http_status=%s code=%s message=%s request=%s",
+        operation,
+        idempotency_key,
+        type(e).__name__,
+        e.http_status,
+        e.code,
+        e.user_message,
+        e.request_id,
+    )

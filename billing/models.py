@@ -1,0 +1,290 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django_countries.fields import CountryField
+
+from accounts.models import Organisation
+from subscriptions.models import BillingCycle, PaymentMethodKind, Subscription
+
+
+class BillingProfile(models.Model):
+    """Billing Information (article section 4): what future invoices show."""
+
+    organisation = models.OneToOneField(
+        Organisation, on_delete=models.CASCADE, related_name="billing_profile"
+    )
+    company_name = models.CharField(max_length=200, blank=True)
+    address_line1 = models.CharField("address", max_length=200, blank=True)
+    address_line2 = models.CharField("address (line 2)", max_length=200, blank=True)
+    city = models.CharField(max_length=100, blank=True)
+    postal_code = models.CharField(max_length=20, blank=True)
+    region = models.CharField("state / region", max_length=100, blank=True)
+    country = CountryField(blank=True)
+    vat_number = models.CharField("VAT/GST number", max_length=32, blank=True)
+    po_number = models.CharField("PO number", max_length=64, blank=True)
+    stripe_customer_id = models.CharField(max_length=64, blank=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"Billing profile of {self.organisation}"
+
+    def snapshot(self) -> dict:
+        """The billing details as printed on an invoice issued now."""
+        return {
+            "company_name": self.company_name or self.organisation.name,
+            "address_line1": self.address_line1,
+            "address_line2": self.address_line2,
+            "city": self.city,
+            "postal_code": self.postal_code,
+            "region": self.region,
+            "country": self.country.code or "",
+            "country_name": self.country.name if self.country else "",
+            "vat_number": self.vat_number,
+            "po_number": self.po_number,
+            "email": self.organisation.primary_email,
+        }
+
+
+class TaxRate(models.Model):
+    """A country's tax rate, kept by ops in admin (DESIGN.md section 2, Invoices)."""
+
+    country = CountryField(unique=True)
+    name = models.CharField(max_length=20, default="VAT", help_text="VAT, GST, sales tax …")
+    # Basis points: 2300 is 23.00 %.
+    rate_bp = models.PositiveIntegerField("rate (basis points)")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["country"]
+
+    def __str__(self):
+        return f"{self.country.code} {self.name} {self.rate_bp / 100:.2f}%"
+
+
+class PaymentMethod(models.Model):
+    """A card on file (Stripe PaymentMethod). Card numbers never reach our server."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "On file"
+        REPLACED = "replaced", "Replaced"
+
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.CASCADE, related_name="payment_methods"
+    )
+    stripe_payment_method_id = models.CharField(max_length=64, unique=True)
+    brand = models.CharField(max_length=20)
+    last4 = models.CharField(max_length=4)
+    exp_month = models.PositiveSmallIntegerField()
+    exp_year = models.PositiveSmallIntegerField()
+    # The first instant after the expiry month (UTC): the card works until then.
+    expires_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    replaced_at = models.DateTimeField(null=True, blank=True)
+    expiry_reminder_sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organisation"],
+                condition=Q(status="active"),
+                name="payment_method_one_active_per_organisation",
+            )
+        ]
+        indexes = [models.Index(fields=["status", "expires_at"])]
+
+    def __str__(self):
+        return f"{self.get_brand_display()} •••• {self.last4}"
+
+    BRAND_NAMES = {"visa": "Visa", "mastercard": "Mastercard", "amex": "American Express"}
+
+    def get_brand_display(self) -> str:
+        return self.BRAND_NAMES.get(self.brand, self.brand.title())
+
+
+class InvoiceSequence(models.Model):
+    """The last invoice number used in a year. Its row lock makes numbering gapless."""
+
+    year = models.PositiveSmallIntegerField(primary_key=True)
+    last_number = models.PositiveIntegerField(default=0)
+
+    def __str__(self):
+        return f"{self.year}: {self.last_number}"
+
+
+class Invoice(models.Model):
+    """An issued invoice: numbered, immutable, with a snapshot of the billing details."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        PAID = "paid", "Paid"
+        VOID = "void", "Void"
+        UNCOLLECTIBLE = "uncollectible", "Uncollectible"
+
+    class Kind(models.TextChoices):
+        SUBSCRIPTION = "subscription", "Subscription period"
+        UPGRADE = "upgrade", "Plan upgrade"
+        OVERAGE = "overage", "Transaction overage"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.PROTECT, related_name="invoices"
+    )
+    subscription = models.ForeignKey(
+        Subscription, null=True, blank=True, on_delete=models.PROTECT, related_name="invoices"
+    )
+    number = models.CharField(max_length=32, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.SUBSCRIPTION)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    currency = models.CharField(max_length=3)
+    subtotal = models.BigIntegerField()
+    tax_amount = models.BigIntegerField()
+    total = models.BigIntegerField()
+    amount_paid = models.BigIntegerField(default=0)
+    # The tax rule applied, recorded so the invoice can be re-checked later.
+    tax_rule = models.CharField(max_length=32)
+    tax_rate_bp = models.PositiveIntegerField(default=0)
+    tax_name = models.CharField(max_length=20, blank=True)
+    tax_note = models.CharField(max_length=255, blank=True)
+    plan_name = models.CharField(max_length=60)
+    billing_cycle = models.CharField(max_length=16, choices=BillingCycle.choices)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    billing_details = models.JSONField()
+    payment_method_kind = models.CharField(max_length=16, choices=PaymentMethodKind.choices)
+    issued_at = models.DateTimeField()
+    due_at = models.DateTimeField()
+    paid_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # One invoice per subscription period, whatever retries or races happen.
+            models.UniqueConstraint(
+                fields=["subscription", "period_start"],
+                condition=Q(kind="subscription"),
+                name="invoice_one_per_subscription_period",
+            ),
+            models.CheckConstraint(
+                condition=Q(total=models.F("subtotal") + models.F("tax_amount")),
+                name="invoice_total_is_subtotal_plus_tax",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["organisation", "-issued_at"]),
+            models.Index(fields=["status", "payment_method_kind", "due_at"]),
+        ]
+
+    def __str__(self):
+        return self.number
+
+    @property
+    def amount_due(self) -> int:
+        return max(self.total - self.amount_paid, 0)
+
+
+class InvoiceLine(models.Model):
+    class Kind(models.TextChoices):
+        PLAN = "plan", "Plan"
+        PRORATION = "proration", "Proration"
+        OVERAGE = "overage", "Overage"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="lines")
+    position = models.PositiveSmallIntegerField()
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    description = models.CharField(max_length=255)
+    quantity = models.PositiveBigIntegerField(default=1)
+    unit_amount = models.BigIntegerField()
+    amount = models.BigIntegerField()
+    period_start = models.DateTimeField(null=True, blank=True)
+    period_end = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "position"], name="invoice_line_position")
+        ]
+        ordering = ["invoice", "position"]
+
+    def __str__(self):
+        return self.description
+
+
+class InvoiceDocument(models.Model):
+    """A rendered PDF of an invoice: the original at issue, and revised copies (never edited)."""
+
+    class Kind(models.TextChoices):
+        ORIGINAL = "original", "Original"
+        REVISED = "revised", "Revised copy"
+
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="documents")
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.ORIGINAL)
+    pdf = models.BinaryField()
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["invoice"],
+                condition=Q(kind="original"),
+                name="invoice_document_one_original",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.invoice} ({self.kind})"
+
+
+class Payment(models.Model):
+    """One attempt to collect an invoice: a card charge, or a payment ops recorded."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.PROTECT, related_name="payments"
+    )
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="payments")
+    method_kind = models.CharField(max_length=16, choices=PaymentMethodKind.choices)
+    payment_method = models.ForeignKey(
+        PaymentMethod, null=True, blank=True, on_delete=models.PROTECT, related_name="payments"
+    )
+    attempt = models.PositiveSmallIntegerField()
+    amount = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    # Sent to Stripe with the charge; derived from our own row so a retry never charges twice.
+    idempotency_key = models.CharField(max_length=80, unique=True)
+    processor_id = models.CharField(max_length=64, blank=True)
+    failure_code = models.CharField(max_length=64, blank=True)
+    failure_message = models.CharField(max_length=255, blank=True)
+    reference = models.CharField(max_length=120, blank=True, help_text="Bank or PO reference.")
+    recorded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["invoice", "attempt"], name="payment_attempt_unique"),
+            models.UniqueConstraint(
+                fields=["invoice"],
+                condition=Q(status="succeeded"),
+                name="payment_one_success_per_invoice",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "created_at"])]
+
+    def __str__(self):
+        return f"{self.invoice} attempt {self.attempt} ({self.status})"

@@ -1,0 +1,686 @@
+"""The billing engine: billing details, cards, invoices, charges and the billing run.
+
+Rules: DESIGN.md section 2 (Billing periods, Invoices, Bank transfer and purchase order, Card
+expiry). Stripe is only the card processor (billing/gateway.py); plans, periods, invoices and
+numbering are ours. Network calls to Stripe never run inside a database transaction: a payment
+attempt row is committed first (its id gives the idempotency key), then the card is charged,
+then the outcome is recorded; a retry reuses the same key, so a card is never charged twice.
+"""
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, Max, OuterRef, Q
+from django.urls import reverse
+
+from accounts.audit import Actor, audit_record, changes_between
+from accounts.emails import email_send
+from accounts.models import Organisation
+from billing import gateway
+from billing.models import (
+    BillingProfile,
+    Invoice,
+    InvoiceDocument,
+    InvoiceLine,
+    InvoiceSequence,
+    Payment,
+    PaymentMethod,
+    TaxRate,
+)
+from billing.selectors import billing_recipients
+from billing.tax import TaxDecision, tax_decide
+from billing_portal.errors import ServiceError
+from subscriptions.lifecycle import (
+    Period,
+    subscription_create,
+    subscription_next_period,
+    subscriptions_save_periods,
+)
+from subscriptions.models import BillingCycle, PaymentMethodKind, Plan, Subscription
+from subscriptions.states import RENEWING, subscription_transition
+
+logger = logging.getLogger(__name__)
+
+# A charge whose outcome we have not heard back is retried (same key) after this long.
+PENDING_RETRY_AFTER = timedelta(minutes=2)
+
+
+# Billing details ----------------------------------------------------------------------------
+
+
+def billing_details_snapshot(*, organisation: Organisation, profile: BillingProfile | None) -> dict:
+    return (profile or BillingProfile(organisation=organisation)).snapshot()
+
+
+def billing_profile_update(
+    *, organisation: Organisation, actor: Actor, now: datetime, **fields
+) -> BillingProfile:
+    """Billing Information: applies to invoices issued from now on; past invoices never change."""
+    with transaction.atomic():
+        Organisation.objects.select_for_update().get(pk=organisation.pk)
+        profile, _ = BillingProfile.objects.get_or_create(organisation=organisation)
+        old = {name: str(getattr(profile, name)) for name in fields}
+        for name, value in fields.items():
+            setattr(profile, name, value)
+        changes = changes_between(old, {name: str(value) for name, value in fields.items()})
+        if changes:
+            profile.save()
+            audit_record(
+                organisation=organisation,
+                actor=actor,
+                action="billing.details_updated",
+                target=profile,
+                target_label="Billing Information",
+                changes=changes,
+                now=now,
+            )
+    return profile
+
+
+def _tax_rates() -> dict[str, tuple[str, int]]:
+    return {rate.country.code: (rate.name, rate.rate_bp) for rate in TaxRate.objects.all()}
+
+
+def tax_for(*, details: dict, rates: dict[str, tuple[str, int]] | None = None) -> TaxDecision:
+    return tax_decide(
+        country=details.get("country", ""),
+        vat_number=details.get("vat_number", ""),
+        seller_country=settings.SELLER["country"],
+        rates=_tax_rates() if rates is None else rates,
+    )
+
+
+# Invoices -------------------------------------------------------------------------------------
+
+
+def invoice_numbers_allocate(*, year: int, count: int) -> list[str]:
+    """The next `count` invoice numbers of `year`, e.g. INV-2026-000123.
+
+    The sequence row stays locked until the caller's transaction ends, so numbers are handed
+    out in order and a rolled-back transaction gives its numbers back: no gaps, no duplicates.
+    """
+    InvoiceSequence.objects.bulk_create([InvoiceSequence(year=year)], ignore_conflicts=True)
+    sequence = InvoiceSequence.objects.select_for_update().get(year=year)
+    first = sequence.last_number + 1
+    sequence.last_number += count
+    sequence.save(update_fields=["last_number"])
+    return [f"INV-{year}-{n:06d}" for n in range(first, first + count)]
+
+
+@dataclass
+class _Draft:
+    invoice: Invoice
+    lines: list[InvoiceLine]
+
+
+def _draft_period_invoice(
+    *,
+    subscription: Subscription,
+    period: Period,
+    profile: BillingProfile | None,
+    rates: dict[str, tuple[str, int]],
+    now: datetime,
+) -> _Draft:
+    organisation = subscription.organisation
+    details = billing_details_snapshot(organisation=organisation, profile=profile)
+    decision = tax_for(details=details, rates=rates)
+    subtotal = period.price
+    tax = decision.amount(subtotal)
+    kind = subscription.payment_method_kind
+    terms = timedelta(days=settings.INVOICE_PAYMENT_TERMS_DAYS)
+    cycle_label = BillingCycle(period.billing_cycle).label.lower()
+    invoice = Invoice(
+        organisation=organisation,
+        subscription=subscription,
+        kind=Invoice.Kind.SUBSCRIPTION,
+        currency=subscription.currency,
+        subtotal=subtotal,
+        tax_amount=tax,
+        total=subtotal + tax,
+        tax_rule=decision.rule,
+        tax_rate_bp=decision.rate_bp,
+        tax_name=decision.name,
+        tax_note=decision.note,
+        plan_name=period.plan.name,
+        billing_cycle=period.billing_cycle,
+        period_start=period.start,
+        period_end=period.end,
+        billing_details=details,
+        payment_method_kind=kind,
+        issued_at=now,
+        due_at=now if kind == PaymentMethodKind.CARD else now + terms,
+    )
+    line = InvoiceLine(
+        position=1,
+        kind=InvoiceLine.Kind.PLAN,
+        description=f"{period.plan.name} plan, {cycle_label} subscription",
+        quantity=1,
+        unit_amount=subtotal,
+        amount=subtotal,
+        period_start=period.start,
+        period_end=period.end,
+    )
+    return _Draft(invoice=invoice, lines=[line])
+
+
+def _save_drafts(drafts: list[_Draft], *, now: datetime) -> list[Invoice]:
+    """Number and store invoices (inside the caller's transaction)."""
+    if not drafts:
+        return []
+    numbers = invoice_numbers_allocate(year=now.astimezone(UTC).year, count=len(drafts))
+    for draft, number in zip(drafts, numbers, strict=True):
+        draft.invoice.number = number
+    invoices = Invoice.objects.bulk_create([draft.invoice for draft in drafts])
+    lines = []
+    for draft, invoice in zip(drafts, invoices, strict=True):
+        for line in draft.lines:
+            line.invoice = invoice
+            lines.append(line)
+    InvoiceLine.objects.bulk_create(lines)
+    return invoices
+
+
+def _after_issue(invoices: Iterable[Invoice]) -> None:
+    """Render PDFs and send "invoice issued" emails in the background once committed."""
+    ids = [invoice.pk for invoice in invoices]
+    if ids:
+        transaction.on_commit(lambda: _enqueue_documents(ids))
+
+
+def _enqueue_documents(ids: list[int]) -> None:
+    from billing.tasks import render_invoice_documents
+
+    try:
+        render_invoice_documents.delay(ids)
+    except Exception:  # noqa: BLE001 - broker down: the scheduled job renders them
+        logger.warning("Could not queue PDF rendering for %s invoices; the job will", len(ids))
+
+
+def billing_run_issue(*, now: datetime, batch_size: int = 500, limit: int | None = None) -> int:
+    """Issue every period invoice due by `now` (DESIGN.md section 2, Billing periods).
+
+    Subscriptions whose period has ended are claimed in batches with SKIP LOCKED, so runs can
+    overlap; each claimed subscription moves to its next period and gets that period's invoice
+    in the same transaction. A subscription several periods behind gets one invoice per period,
+    oldest first. The unique (subscription, period_start) constraint backs all of this up.
+    """
+    issued = 0
+    while limit is None or issued < limit:
+        size = batch_size if limit is None else min(batch_size, limit - issued)
+        with transaction.atomic():
+            subscriptions = list(
+                Subscription.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("organisation", "organisation__billing_profile", "plan")
+                .prefetch_related("plan__prices")
+                .filter(status__in=RENEWING, current_period_end__lte=now)
+                .order_by("current_period_end", "pk")[:size]
+            )
+            if not subscriptions:
+                break
+            rates = _tax_rates()
+            drafts = []
+            for subscription in subscriptions:
+                period = subscription_next_period(subscription=subscription)
+                profile = getattr(subscription.organisation, "billing_profile", None)
+                drafts.append(
+                    _draft_period_invoice(
+                        subscription=subscription,
+                        period=period,
+                        profile=profile,
+                        rates=rates,
+                        now=now,
+                    )
+                )
+            subscriptions_save_periods(subscriptions)
+            invoices = _save_drafts(drafts, now=now)
+            _after_issue(invoices)
+        issued += len(invoices)
+    return issued
+
+
+def subscription_start(
+    *,
+    organisation: Organisation,
+    actor: Actor,
+    plan: Plan,
+    billing_cycle: str,
+    currency: str,
+    now: datetime,
+) -> Invoice:
+    """Choosing a plan: the subscription waits for its first invoice, issued here and charged next.
+
+    Choosing again after a failed first payment reuses the open invoice when nothing changed,
+    and otherwise voids it and issues a new one, so an organisation never owes two first invoices.
+    """
+    if currency not in settings.CURRENCIES:
+        raise ServiceError("Choose one of the offered currencies.", field="currency")
+    with transaction.atomic():
+        organisation = Organisation.objects.select_for_update().get(pk=organisation.pk)
+        if currency != organisation.currency:
+            if organisation.invoices.exclude(status=Invoice.Status.VOID).exists():
+                raise ServiceError(
+                    f"Your invoices are in {organisation.currency}; the currency cannot change.",
+                    field="currency",
+                )
+            organisation.currency = currency
+            organisation.save(update_fields=["currency"])
+        existing = Subscription.objects.filter(organisation=organisation).first()
+        if existing is not None and existing.status == Subscription.Status.INCOMPLETE:
+            open_first = existing.invoices.filter(status=Invoice.Status.OPEN).first()
+            if open_first is not None and (
+                existing.plan_id,
+                existing.billing_cycle,
+                existing.currency,
+            ) == (plan.pk, billing_cycle, currency):
+                return open_first
+            existing.invoices.filter(status=Invoice.Status.OPEN).update(
+                status=Invoice.Status.VOID, closed_at=now
+            )
+        subscription = subscription_create(
+            organisation=organisation,
+            plan=plan,
+            billing_cycle=billing_cycle,
+            currency=currency,
+            now=now,
+        )
+        period = Period(
+            start=subscription.current_period_start,
+            end=subscription.current_period_end,
+            plan=plan,
+            billing_cycle=billing_cycle,
+            price=subscription.current_price,
+        )
+        profile = BillingProfile.objects.filter(organisation=organisation).first()
+        draft = _draft_period_invoice(
+            subscription=subscription, period=period, profile=profile, rates=_tax_rates(), now=now
+        )
+        [invoice] = _save_drafts([draft], now=now)
+        audit_record(
+            organisation=organisation,
+            actor=actor,
+            action="subscription.started",
+            target=subscription,
+            target_label=f"{plan.name} {billing_cycle}",
+            changes={
+                "plan": {"old": None, "new": plan.code},
+                "billing_cycle": {"old": None, "new": billing_cycle},
+            },
+            now=now,
+        )
+        _after_issue([invoice])
+    return invoice
+
+
+# PDFs -----------------------------------------------------------------------------------------
+
+
+def invoice_document_original(*, invoice: Invoice, now: datetime) -> InvoiceDocument:
+    """The PDF rendered when the invoice was issued; rendered now if that has not happened yet.
+
+    Rendering is idempotent: the unique constraint keeps one original per invoice.
+    """
+    document = InvoiceDocument.objects.filter(
+        invoice=invoice, kind=InvoiceDocument.Kind.ORIGINAL
+    ).first()
+    if document is not None:
+        return document
+    from billing.pdf import invoice_pdf_bytes
+
+    pdf = invoice_pdf_bytes(invoice=invoice)
+    try:
+        with transaction.atomic():
+            document = InvoiceDocument.objects.create(
+                invoice=invoice, kind=InvoiceDocument.Kind.ORIGINAL, pdf=pdf, created_at=now
+            )
+            _email_invoice_issued(invoice)
+    except IntegrityError:  # another worker stored it first
+        document = InvoiceDocument.objects.get(invoice=invoice, kind=InvoiceDocument.Kind.ORIGINAL)
+    return document
+
+
+def invoice_documents_render_pending(*, now: datetime, limit: int = 200) -> int:
+    """Render the original PDF of invoices that do not have one yet (a scheduled job)."""
+    pending = (
+        Invoice.objects.filter(
+            ~Exists(
+                InvoiceDocument.objects.filter(
+                    invoice=OuterRef("pk"), kind=InvoiceDocument.Kind.ORIGINAL
+                )
+            )
+        )
+        .select_related("organisation")
+        .order_by("issued_at", "pk")[:limit]
+    )
+    rendered = 0
+    for invoice in pending:
+        invoice_document_original(invoice=invoice, now=now)
+        rendered += 1
+    return rendered
+
+
+def _invoice_url(invoice: Invoice) -> str:
+    return settings.SITE_URL + reverse("billing:invoices", args=[invoice.organisation.slug])
+
+
+def _email_invoice_issued(invoice: Invoice) -> None:
+    email_send(
+        template="invoice_issued",
+        to=billing_recipients(organisation=invoice.organisation),
+        context={"invoice": invoice, "invoice_url": _invoice_url(invoice)},
+        organisation=invoice.organisation,
+    )
+
+
+# Cards ----------------------------------------------------------------------------------------
+
+
+def stripe_customer_ensure(*, organisation: Organisation) -> str:
+    """The organisation's Stripe customer, created once (idempotency key from our own row)."""
+    profile, _ = BillingProfile.objects.get_or_create(organisation=organisation)
+    if profile.stripe_customer_id:
+        return profile.stripe_customer_id
+    customer_id = gateway.customer_create(
+        name=organisation.name,
+        email=organisation.primary_email,
+        organisation_id=organisation.pk,
+        idempotency_key=f"customer-organisation-{organisation.pk}",
+    )
+    BillingProfile.objects.filter(pk=profile.pk, stripe_customer_id="").update(
+        stripe_customer_id=customer_id
+    )
+    profile.refresh_from_db(fields=["stripe_customer_id"])
+    return profile.stripe_customer_id
+
+
+def card_setup_begin(*, organisation: Organisation) -> str:
+    """A SetupIntent's client secret for Stripe.js to collect a card (numbers never reach us)."""
+    customer_id = stripe_customer_ensure(organisation=organisation)
+    _setup_intent_id, client_secret = gateway.setup_intent_create(customer_id=customer_id)
+    return client_secret
+
+
+def _card_expires_at(exp_month: int, exp_year: int) -> datetime:
+    if exp_month == 12:
+        return datetime(exp_year + 1, 1, 1, tzinfo=UTC)
+    return datetime(exp_year, exp_month + 1, 1, tzinfo=UTC)
+
+
+def card_setup_complete(
+    *, organisation: Organisation, actor: Actor, setup_intent_id: str, now: datetime
+) -> PaymentMethod:
+    """Update Card: the confirmed card becomes the one charged from the next billing date."""
+    customer_id = stripe_customer_ensure(organisation=organisation)
+    try:
+        card = gateway.setup_intent_card(setup_intent_id=setup_intent_id, customer_id=customer_id)
+    except gateway.PaymentError as error:
+        raise ServiceError(error.message) from error
+    if card.brand not in settings.ACCEPTED_CARD_BRANDS:
+        gateway.card_detach(payment_method_id=card.payment_method_id)
+        raise ServiceError(
+            "We accept Visa, Mastercard and American Express cards. Please use one of those."
+        )
+    gateway.card_make_default(customer_id=customer_id, payment_method_id=card.payment_method_id)
+    with transaction.atomic():
+        Organisation.objects.select_for_update().get(pk=organisation.pk)
+        existing = PaymentMethod.objects.filter(
+            stripe_payment_method_id=card.payment_method_id
+        ).first()
+        if existing is not None:
+            if existing.organisation_id != organisation.pk:
+                raise ServiceError("This card could not be saved. Please enter it again.")
+            return existing
+        previous = PaymentMethod.objects.filter(
+            organisation=organisation, status=PaymentMethod.Status.ACTIVE
+        ).first()
+        if previous is not None:
+            previous.status = PaymentMethod.Status.REPLACED
+            previous.replaced_at = now
+            previous.save(update_fields=["status", "replaced_at"])
+        method = PaymentMethod.objects.create(
+            organisation=organisation,
+            stripe_payment_method_id=card.payment_method_id,
+            brand=card.brand,
+            last4=card.last4,
+            exp_month=card.exp_month,
+            exp_year=card.exp_year,
+            expires_at=_card_expires_at(card.exp_month, card.exp_year),
+            created_at=now,
+            created_by=actor.user,
+        )
+        audit_record(
+            organisation=organisation,
+            actor=actor,
+            action="billing.card_updated",
+            target=method,
+            target_label=str(method),
+            changes={"card": {"old": str(previous) if previous else None, "new": str(method)}},
+            now=now,
+        )
+    return method
+
+
+def card_expiry_reminders_send(*, now: datetime) -> int:
+    """Email Admins and Billing contacts once, 30 days before the card on file expires."""
+    due = PaymentMethod.objects.filter(
+        status=PaymentMethod.Status.ACTIVE,
+        expiry_reminder_sent_at__isnull=True,
+        expires_at__lte=now + timedelta(days=30),
+        expires_at__gt=now,
+    ).values_list("pk", flat=True)
+    sent = 0
+    for pk in list(due):
+        with transaction.atomic():
+            # The conditional update claims the reminder: a second run finds nothing to send.
+            claimed = PaymentMethod.objects.filter(
+                pk=pk, expiry_reminder_sent_at__isnull=True
+            ).update(expiry_reminder_sent_at=now)
+            if not claimed:
+                continue
+            method = PaymentMethod.objects.select_related("organisation").get(pk=pk)
+            email_send(
+                template="card_expiring",
+                to=billing_recipients(organisation=method.organisation),
+                context={
+                    "card": method,
+                    "payment_method_url": settings.SITE_URL
+                    + reverse("billing:payment_method", args=[method.organisation.slug]),
+                },
+                organisation=method.organisation,
+            )
+            sent += 1
+    return sent
+
+
+# Payments -------------------------------------------------------------------------------------
+
+
+def _claim_card_attempt(invoice: Invoice, *, now: datetime) -> Payment | None:
+    """Create (or reuse a stale pending) payment attempt for an open card invoice."""
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if invoice.status != Invoice.Status.OPEN:
+            raise ServiceError(
+                f"Invoice {invoice.number} is {invoice.get_status_display().lower()}."
+            )
+        pending = invoice.payments.filter(status=Payment.Status.PENDING).first()
+        if pending is not None:
+            if pending.created_at > now - PENDING_RETRY_AFTER:
+                return None  # someone is charging it right now
+            return pending  # outcome unknown: retry with the same idempotency key
+        method = PaymentMethod.objects.filter(
+            organisation_id=invoice.organisation_id, status=PaymentMethod.Status.ACTIVE
+        ).first()
+        attempt = (invoice.payments.aggregate(n=Max("attempt"))["n"] or 0) + 1
+        payment = Payment.objects.create(
+            organisation_id=invoice.organisation_id,
+            invoice=invoice,
+            method_kind=PaymentMethodKind.CARD,
+            payment_method=method,
+            attempt=attempt,
+            amount=invoice.amount_due,
+            currency=invoice.currency,
+            idempotency_key=f"invoice-{invoice.public_id}-attempt-{attempt}",
+            created_at=now,
+        )
+        if method is None:
+            _record_failure(payment, code="no_card", message="There is no card on file.", now=now)
+        return payment
+
+
+def invoice_charge(*, invoice: Invoice, now: datetime) -> Payment | None:
+    """Charge an open invoice to the card on file, off-session. Returns the attempt.
+
+    The attempt row is committed before Stripe is called and its key is sent with the charge;
+    an unanswered call leaves it pending, to be retried later with the same key.
+    """
+    payment = _claim_card_attempt(invoice, now=now)
+    if payment is None or payment.status != Payment.Status.PENDING:
+        return payment
+    customer_id = BillingProfile.objects.get(
+        organisation_id=payment.organisation_id
+    ).stripe_customer_id
+    try:
+        result = gateway.charge(
+            customer_id=customer_id,
+            payment_method_id=payment.payment_method.stripe_payment_method_id,
+            amount=payment.amount,
+            currency=payment.currency,
+            idempotency_key=payment.idempotency_key,
+            description=f"Invoice {payment.invoice.number}",
+            metadata={"invoice": payment.invoice.number, "payment": str(payment.pk)},
+        )
+    except gateway.GatewayUnavailable as error:
+        logger.warning("Charge of %s not answered (%s); will retry", payment.invoice.number, error)
+        return payment
+    except gateway.PaymentError as error:
+        with transaction.atomic():
+            payment = Payment.objects.select_for_update().get(pk=payment.pk)
+            _record_failure(payment, code=error.code or "declined", message=error.message, now=now)
+        return payment
+    return payment_succeeded(payment=payment, processor_id=result.payment_intent_id, now=now)
+
+
+def _record_failure(payment: Payment, *, code: str, message: str, now: datetime) -> None:
+    if payment.status != Payment.Status.PENDING:
+        return
+    payment.status = Payment.Status.FAILED
+    payment.failure_code = code[:64]
+    payment.failure_message = message[:255]
+    payment.completed_at = now
+    payment.save(update_fields=["status", "failure_code", "failure_message", "completed_at"])
+    invoice = payment.invoice
+    email_send(
+        template="payment_failed",
+        to=billing_recipients(organisation=invoice.organisation),
+        context={
+            "invoice": invoice,
+            "payment": payment,
+            "payment_method_url": settings.SITE_URL
+            + reverse("billing:payment_method", args=[invoice.organisation.slug]),
+        },
+        organisation=invoice.organisation,
+    )
+
+
+def payment_succeeded(*, payment: Payment, processor_id: str, now: datetime) -> Payment:
+    """Record a successful payment: the invoice is paid, a first payment activates the
+    subscription, and a receipt is emailed. Recording the same success twice changes nothing."""
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().select_related("invoice").get(pk=payment.pk)
+        if payment.status == Payment.Status.SUCCEEDED:
+            return payment
+        invoice = Invoice.objects.select_for_update().get(pk=payment.invoice_id)
+        payment.status = Payment.Status.SUCCEEDED
+        payment.processor_id = processor_id
+        payment.completed_at = now
+        payment.save(update_fields=["status", "processor_id", "completed_at"])
+        invoice.amount_paid = invoice.total
+        invoice.status = Invoice.Status.PAID
+        invoice.paid_at = now
+        invoice.closed_at = now
+        invoice.save(update_fields=["amount_paid", "status", "paid_at", "closed_at"])
+        if invoice.subscription_id:
+            subscription = Subscription.objects.select_for_update().get(pk=invoice.subscription_id)
+            if subscription.status == Subscription.Status.INCOMPLETE:
+                subscription_transition(
+                    subscription=subscription, to=Subscription.Status.ACTIVE, now=now
+                )
+        email_send(
+            template="payment_receipt",
+            to=billing_recipients(organisation=invoice.organisation),
+            context={"invoice": invoice, "payment": payment, "invoice_url": _invoice_url(invoice)},
+            organisation=invoice.organisation,
+        )
+    return payment
+
+
+def payment_record_manual(
+    *, invoice: Invoice, actor: Actor, reference: str, now: datetime
+) -> Payment:
+    """Ops record a bank transfer or purchase-order payment received for an invoice."""
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if invoice.status != Invoice.Status.OPEN:
+            raise ServiceError(
+                f"Invoice {invoice.number} is {invoice.get_status_display().lower()}."
+            )
+        attempt = (invoice.payments.aggregate(n=Max("attempt"))["n"] or 0) + 1
+        payment = Payment.objects.create(
+            organisation_id=invoice.organisation_id,
+            invoice=invoice,
+            method_kind=invoice.payment_method_kind,
+            attempt=attempt,
+            amount=invoice.amount_due,
+            currency=invoice.currency,
+            idempotency_key=f"invoice-{invoice.public_id}-manual-{attempt}",
+            reference=reference[:120],
+            recorded_by=actor.user,
+            created_at=now,
+        )
+        payment = payment_succeeded(payment=payment, processor_id="", now=now)
+        audit_record(
+            organisation=invoice.organisation,
+            actor=actor,
+            action="billing.payment_recorded",
+            target=invoice,
+            target_label=invoice.number,
+            changes={
+                "status": {"old": "open", "new": "paid"},
+                "reference": {"old": None, "new": reference},
+            },
+            now=now,
+        )
+    return payment
+
+
+def invoices_charge_due(*, now: datetime, limit: int = 500) -> int:
+    """Charge open card invoices never attempted, and retry unanswered attempts (a job)."""
+    never_tried = ~Exists(Payment.objects.filter(invoice=OuterRef("pk")))
+    stale = Exists(
+        Payment.objects.filter(
+            invoice=OuterRef("pk"),
+            status=Payment.Status.PENDING,
+            created_at__lte=now - PENDING_RETRY_AFTER,
+        )
+    )
+    due = (
+        Invoice.objects.filter(
+            status=Invoice.Status.OPEN, payment_method_kind=PaymentMethodKind.CARD
+        )
+        .filter(Q(never_tried) | Q(stale))
+        .exclude(subscription__status=Subscription.Status.INCOMPLETE)
+        .order_by("issued_at", "pk")[:limit]
+    )
+    charged = 0
+    for invoice in list(due):
+        try:
+            payment = invoice_charge(invoice=invoice, now=now)
+        except ServiceError:
+            continue  # paid or voided meanwhile
+        if payment is not None and payment.status == Payment.Status.SUCCEEDED:
+            charged += 1
+    return charged

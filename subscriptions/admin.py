@@ -1,0 +1,187 @@
+"""Django admin for ops: the plan catalogue, subscriptions and the control-plane objects.
+
+Plans and their prices are edited here (DESIGN.md section 2, Plans). Subscriptions change
+only through services (status through subscriptions.states), so their fields are read-only
+here; the one write ops make is scheduling the switch to annual billing (article section 7).
+"""
+
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from accounts.audit import Actor, client_ip
+from billing_portal.errors import ServiceError
+from subscriptions.models import (
+    Connection,
+    Environment,
+    Plan,
+    PlanPrice,
+    ProcessFlow,
+    Subscription,
+)
+from subscriptions.services import subscription_schedule_annual_billing
+
+
+class PlanPriceInline(admin.TabularInline):
+    model = PlanPrice
+    extra = 0
+    fields = ("currency", "monthly_amount", "annual_amount", "annual_discount", "overage_per_1000")
+    readonly_fields = ("annual_discount",)
+
+    @admin.display(description="Annual discount")
+    def annual_discount(self, obj):
+        if obj.pk is None:
+            return "—"
+        return f"{obj.annual_discount_percent:.1f} %"
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "code",
+        "rank",
+        "is_public",
+        "max_connections",
+        "max_process_flows",
+        "max_environments",
+        "monthly_transactions",
+        "support_tier",
+    )
+    list_filter = ("is_public", "support_tier")
+    search_fields = ("name", "code")
+    readonly_fields = ("updated_at",)
+    inlines = [PlanPriceInline]
+    fieldsets = (
+        (None, {"fields": ("code", "name", "rank", "description", "is_public")}),
+        (
+            "Limits",
+            {
+                "fields": (
+                    "max_connections",
+                    "max_process_flows",
+                    "max_environments",
+                    "monthly_transactions",
+                )
+            },
+        ),
+        (
+            "Service",
+            {"fields": ("support_tier", "sync_info_retention_days", "snapshot_retention_days")},
+        ),
+        ("Features", {"fields": ("allows_sso", "allows_bank_transfer", "allows_purchase_order")}),
+        ("Changes", {"fields": ("updated_at",)}),
+    )
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # subscriptions and invoices refer to plans; hide one with is_public
+
+
+@admin.register(Subscription)
+class SubscriptionAdmin(admin.ModelAdmin):
+    list_display = (
+        "organisation",
+        "plan",
+        "billing_cycle",
+        "scheduled_billing_cycle",
+        "status",
+        "current_period_end",
+        "currency",
+        "payment_method_kind",
+    )
+    list_filter = ("status", "billing_cycle", "plan")
+    list_select_related = ("organisation", "plan")
+    search_fields = ("organisation__name", "organisation__slug")
+    date_hierarchy = "current_period_end"
+    actions = ["switch_to_annual_at_renewal"]
+    readonly_fields = (
+        "public_id",
+        "organisation",
+        "plan",
+        "billing_cycle",
+        "scheduled_billing_cycle",
+        "status",
+        "currency",
+        "payment_method_kind",
+        "anchor_at",
+        "period_index",
+        "current_period_start",
+        "current_period_end",
+        "current_price",
+        "created_at",
+        "activated_at",
+        "ended_at",
+        "status_changed_at",
+    )
+
+    def has_add_permission(self, request):
+        return False  # customers subscribe in the portal; the first invoice starts it
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Switch to annual billing at next renewal", permissions=["change"])
+    def switch_to_annual_at_renewal(self, request, queryset):
+        """Each selected monthly subscription switches at its renewal; others are refused."""
+        actor = Actor(user=request.user, ip_address=client_ip(request))
+        switched = 0
+        for subscription in queryset.select_related("organisation", "plan").order_by("pk"):
+            try:
+                subscription_schedule_annual_billing(
+                    subscription=subscription, actor=actor, now=timezone.now()
+                )
+            except ServiceError as error:
+                self.message_user(request, error.message, level=messages.ERROR)
+            else:
+                switched += 1
+        if switched:
+            self.message_user(
+                request,
+                f"{switched} subscription(s) switch to annual billing at their next renewal.",
+                level=messages.SUCCESS,
+            )
+
+
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Customers manage these in the portal, within their plan limits; ops look only."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Environment)
+class EnvironmentAdmin(_ReadOnlyAdmin):
+    list_display = ("name", "organisation", "created_at", "created_by")
+    list_select_related = ("organisation", "created_by")
+    search_fields = ("name", "organisation__name", "organisation__slug")
+    date_hierarchy = "created_at"
+
+
+@admin.register(Connection)
+class ConnectionAdmin(_ReadOnlyAdmin):
+    list_display = ("name", "application", "environment", "organisation", "created_at")
+    list_select_related = ("organisation", "environment")
+    search_fields = ("name", "application", "organisation__name", "organisation__slug")
+    date_hierarchy = "created_at"
+
+
+@admin.register(ProcessFlow)
+class ProcessFlowAdmin(_ReadOnlyAdmin):
+    list_display = (
+        "name",
+        "organisation",
+        "environment",
+        "status",
+        "pause_reason",
+        "paused_at",
+        "created_at",
+    )
+    list_filter = ("status", "pause_reason")
+    list_select_related = ("organisation", "environment")
+    search_fields = ("name", "organisation__name", "organisation__slug", "environment__name")
+    date_hierarchy = "created_at"

@@ -1,0 +1,122 @@
+"""Reads for subscriptions and the control plane, always scoped to one organisation."""
+
+from dataclasses import dataclass
+
+from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.http import Http404
+
+from accounts.models import Organisation
+from subscriptions.models import Connection, Environment, Plan, ProcessFlow, Subscription
+
+
+@dataclass(frozen=True)
+class PlanLimits:
+    """What a plan includes (DESIGN.md section 2, Plans)."""
+
+    plan: Plan
+    environments: int
+    connections: int
+    active_process_flows: int
+    monthly_transactions: int
+
+    @classmethod
+    def of(cls, plan: Plan) -> "PlanLimits":
+        return cls(
+            plan=plan,
+            environments=plan.max_environments,
+            connections=plan.max_connections,
+            active_process_flows=plan.max_process_flows,
+            monthly_transactions=plan.monthly_transactions,
+        )
+
+
+def subscription_for(*, organisation: Organisation) -> Subscription | None:
+    """The organisation's subscription with its plan (and the plan's prices), or None."""
+    return (
+        Subscription.objects.select_related("plan")
+        .prefetch_related("plan__prices")
+        .filter(organisation=organisation)
+        .first()
+    )
+
+
+def plan_limits(*, organisation: Organisation) -> PlanLimits | None:
+    """The limits of the organisation's current plan; None when it has no subscription.
+
+    Uses `organisation.subscription` when it is already loaded (one query otherwise).
+    """
+    try:
+        subscription = organisation.subscription
+    except Subscription.DoesNotExist:
+        return None
+    return PlanLimits.of(subscription.plan)
+
+
+def _count_of(queryset: QuerySet) -> Coalesce:
+    """A correlated COUNT(*) of `queryset`'s rows of the outer organisation."""
+    counted = (
+        queryset.filter(organisation=OuterRef("pk"))
+        .order_by()
+        .values("organisation")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counted, output_field=IntegerField()), Value(0))
+
+
+def usage_counts(*, organisation: Organisation) -> dict[str, int]:
+    """What the organisation uses against its plan limits, in one query.
+
+    Keys: "environments", "connections", "active_process_flows" (paused flows do not count
+    against the plan, DESIGN.md section 2) and "process_flows" (all of them).
+    """
+    row = (
+        Organisation.objects.filter(pk=organisation.pk)
+        .values(
+            # Prefixed: the plain names are the reverse relations of Organisation.
+            n_environments=_count_of(Environment.objects.all()),
+            n_connections=_count_of(Connection.objects.all()),
+            n_active_process_flows=_count_of(
+                ProcessFlow.objects.filter(status=ProcessFlow.Status.ACTIVE)
+            ),
+            n_process_flows=_count_of(ProcessFlow.objects.all()),
+        )
+        .get()
+    )
+    return {key.removeprefix("n_"): value for key, value in row.items()}
+
+
+def environment_list(*, organisation: Organisation) -> QuerySet[Environment]:
+    """The environments, each with `connection_count` and `process_flow_count`."""
+    return (
+        Environment.objects.filter(organisation=organisation)
+        .annotate(
+            connection_count=Count("connections", distinct=True),
+            process_flow_count=Count("process_flows", distinct=True),
+        )
+        .order_by("name", "pk")
+    )
+
+
+def connection_list(*, organisation: Organisation) -> QuerySet[Connection]:
+    return (
+        Connection.objects.filter(organisation=organisation)
+        .select_related("environment")
+        .order_by("environment__name", "name", "pk")
+    )
+
+
+def process_flow_list(*, organisation: Organisation) -> QuerySet[ProcessFlow]:
+    return (
+        ProcessFlow.objects.filter(organisation=organisation)
+        .select_related("environment", "source", "target")
+        .order_by("-created_at", "-pk")
+    )
+
+
+def process_flow_get(*, organisation: Organisation, public_id) -> ProcessFlow:
+    flow = ProcessFlow.objects.filter(organisation=organisation, public_id=public_id).first()
+    if flow is None:
+        raise Http404("No such ProcessFlow in this organisation.")
+    return flow

@@ -1,0 +1,325 @@
+"""Invoice PDFs (DESIGN.md section 2, Invoices; help article section 4), read back as text."""
+
+import io
+import logging
+from datetime import UTC, datetime
+
+import pytest
+from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from pypdf import PdfReader
+
+from billing.models import Invoice, InvoiceDocument
+from billing.pdf import invoice_pdf_bytes, invoice_pdf_html, tax_rate_display
+from billing.tax import REVERSE_CHARGE_NOTE
+from tests.billing.pdf_factories import billing_details, issued_invoice, local, plan_line
+from tests.factories import OrganisationFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def pdf_pages(pdf: bytes) -> list[str]:
+    """Each page's text with runs of whitespace (line wraps included) as one space."""
+    return [" ".join(page.extract_text().split()) for page in PdfReader(io.BytesIO(pdf)).pages]
+
+
+def pdf_text(pdf: bytes) -> str:
+    return " ".join(pdf_pages(pdf))
+
+
+def overage_line(**fields):
+    return {
+        "kind": "overage",
+        "description": "Transaction overage, November 2026 (12 × 1,000 transactions)",
+        "quantity": 12,
+        "unit_amount": 450,
+        "period_start": local(2026, 11, 1),
+        "period_end": local(2026, 12, 1),
+        **fields,
+    }
+
+
+def test_card_invoice_with_vat():
+    invoice = issued_invoice(
+        number="INV-2026-000123",
+        lines=[
+            plan_line(period_start=local(2026, 12, 1), period_end=local(2027, 1, 1)),
+            overage_line(),
+        ],
+        tax_name="VAT",
+        tax_rate_bp=2300,
+    )
+
+    text = pdf_text(invoice_pdf_bytes(invoice=invoice))
+
+    assert text.startswith(f"{settings.PRODUCT_NAME} ")
+    assert "Invoice INV-2026-000123" in text
+    assert "Issue date 1 Dec 2026" in text
+    assert "Due date 1 Dec 2026" in text
+    assert "Status Open — due 1 Dec 2026" in text
+    # An organisation in Berlin: its December starts at 23:00 UTC on 30 November.
+    assert "Billing period 1 Dec 2026 – 31 Dec 2026" in text
+    assert "Professional plan, monthly" in text
+    assert "Professional plan (monthly) 1 Dec 2026 – 31 Dec 2026 1 €499.00 €499.00" in text
+    assert (
+        "Transaction overage, November 2026 (12 × 1,000 transactions) "
+        "1 Nov 2026 – 30 Nov 2026 12 €4.50 €54.00"
+    ) in text
+    assert "Subtotal €553.00" in text
+    assert "VAT 23% €127.19" in text
+    assert "Total €680.19" in text
+    assert "Amount paid" not in text
+    assert "Acme Trading Ltd" in text
+    assert "12 Grand Canal Street Dublin D02 F654 Ireland" in text
+    assert "VAT number: IE6388047V" in text
+    assert "accounts@acme.example" in text
+    assert "PO number" not in text
+    assert "Will be charged to the card on file." in text
+    assert "Reverse charge" not in text
+    seller = settings.SELLER
+    assert (
+        f"{seller['name']} · {seller['address']} VAT {seller['vat_number']} · {seller['email']}"
+        in (text)
+    )
+    assert "Page 1 of 1" in text
+
+
+def test_paid_card_invoice_shows_payment_and_amount_due():
+    invoice = issued_invoice(status=Invoice.Status.PAID, paid_at=local(2026, 12, 1, 0, 6))
+
+    text = pdf_text(invoice_pdf_bytes(invoice=invoice))
+
+    assert "Status Paid on 1 Dec 2026" in text
+    assert "Total €613.77 Amount paid €613.77 Amount due €0.00" in text
+    assert "Paid by card on 1 Dec 2026." in text
+    assert "Will be charged" not in text
+
+
+def test_reverse_charge_invoice_has_no_vat_and_the_legal_mention():
+    invoice = issued_invoice(
+        tax_rule="reverse_charge",
+        tax_name="VAT",
+        tax_rate_bp=0,
+        tax_note=REVERSE_CHARGE_NOTE,
+        details=billing_details(
+            company_name="Globex GmbH",
+            address_line1="Leopoldstraße 10",
+            city="München",
+            postal_code="80802",
+            region="Bayern",
+            country="DE",
+            country_name="Germany",
+            vat_number="DE136695976",
+        ),
+    )
+
+    text = pdf_text(invoice_pdf_bytes(invoice=invoice))
+
+    assert "Subtotal €499.00 VAT 0% €0.00 Total €499.00" in text
+    assert REVERSE_CHARGE_NOTE in text
+    assert "Globex GmbH Leopoldstraße 10 München 80802 Bayern Germany" in text
+    assert "VAT number: DE136695976" in text
+
+
+def test_no_tax_rule_still_prints_a_tax_line():
+    invoice = issued_invoice(tax_rule="none", tax_name="Tax", tax_rate_bp=0)
+
+    text = pdf_text(invoice_pdf_bytes(invoice=invoice))
+
+    assert "Subtotal €499.00 Tax 0% €0.00 Total €499.00" in text
+
+
+def test_bank_transfer_invoice_has_bank_details_reference_and_due_date():
+    invoice = issued_invoice(
+        number="INV-2026-000200",
+        plan_name="Enterprise",
+        billing_cycle="annual",
+        payment_method_kind="bank_transfer",
+        period_end=local(2027, 12, 1),
+        due_at=local(2026, 12, 31, 0, 5),
+        lines=[plan_line("Enterprise plan (annual)", 1_990_000)],
+    )
+
+    text = pdf_text(invoice_pdf_bytes(invoice=invoice))
+
+    assert "Enterprise plan, annual" in text
+    assert "Billing period 1 Dec 2026 – 30 Nov 2027" in text
+    assert "Due date 31 Dec 2026" in text
+    assert "Status Open — due 31 Dec 2026" in text
+    assert "Please pay by bank transfer within 30 days" in text
+    assert "Due date: 31 Dec 2026" in text
+    assert "Amount: €24,477.00" in text
+    assert settings.SELLER_BANK_DETAILS in text
+    assert "Reference: INV-2026-000200" in text
+    assert "Will be charged" not in text
+
+
+def test_purchase_order_invoice_shows_the_po_number_and_due_date():
+    invoice = issued_invoice(
+        plan_name="Enterprise",
+        billing_cycle="annual",
+        payment_method_kind="purchase_order",
+        period_end=local(2027, 12, 1),
+        due_at=local(2026, 12, 31, 0, 5),
+        lines=[plan_line("Enterprise plan (annual)", 1_990_000)],
+        details=billing_details(po_number="PO-88231"),
+    )
+
+    text = pdf_text(invoice_pdf_bytes(invoice=invoice))
+
+    assert "PO number: PO-88231" in text
+    assert "Purchase order PO-88231" in text
+    assert "Payment due by 31 Dec 2026 (30 days)" in text
+    assert settings.SELLER_BANK_DETAILS in text
+    assert f"Reference: {invoice.number}" in text
+
+
+def test_revised_copy_is_marked_and_shows_the_current_billing_details():
+    snapshot = billing_details()
+    invoice = issued_invoice(details=snapshot)
+    current = billing_details(
+        company_name="Acme Holdings GmbH",
+        address_line1="Friedrichstraße 100",
+        city="Berlin",
+        postal_code="10117",
+        country="DE",
+        country_name="Germany",
+        vat_number="DE811907980",
+        po_number="PO-2027-17",
+    )
+
+    text = pdf_text(
+        invoice_pdf_bytes(
+            invoice=invoice, revised_at=local(2027, 3, 5, 10), billing_details=current
+        )
+    )
+
+    assert f"Invoice {invoice.number} REVISED COPY — issued 5 Mar 2027" in text
+    assert "Replaces the copy issued 1 Dec 2026" in text
+    assert "Acme Holdings GmbH Friedrichstraße 100 Berlin 10117 Germany" in text
+    assert "VAT number: DE811907980" in text
+    assert "PO number: PO-2027-17" in text
+    assert "Acme Trading Ltd" not in text
+    assert "IE6388047V Acme" not in text
+    # The amounts and dates are the original's; the invoice itself is untouched.
+    assert "Issue date 1 Dec 2026" in text
+    assert "Total €613.77" in text
+    invoice.refresh_from_db()
+    assert invoice.billing_details == snapshot
+
+
+def test_the_original_has_no_revised_marking():
+    text = pdf_text(invoice_pdf_bytes(invoice=issued_invoice()))
+
+    assert "REVISED" not in text
+
+
+def test_billing_details_replace_the_snapshot_only_on_a_revised_copy():
+    invoice = issued_invoice()
+
+    with pytest.raises(ValueError, match="only on a revised copy"):
+        invoice_pdf_html(invoice=invoice, billing_details=billing_details(company_name="Other"))
+
+
+def test_customer_text_is_escaped():
+    invoice = issued_invoice(
+        details=billing_details(company_name='Smith <b>& Sons</b> "Ltd"', po_number="<PO&1>"),
+        lines=[plan_line("Setup <script>alert(1)</script> & more")],
+    )
+
+    html = invoice_pdf_html(invoice=invoice)
+    text = pdf_text(invoice_pdf_bytes(invoice=invoice))
+
+    assert "Smith &lt;b&gt;&amp; Sons&lt;/b&gt; &quot;Ltd&quot;" in html
+    assert "<b>" not in html
+    assert "<script>" not in html
+    assert 'Smith <b>& Sons</b> "Ltd"' in text
+    assert "PO number: <PO&1>" in text
+    assert "Setup <script>alert(1)</script> & more" in text
+
+
+def test_long_company_name_wraps_inside_the_bill_to_block():
+    name = "Globex Industrieanlagen und Maschinenbau Gesellschaft mit beschränkter Haftung & Co. KG"
+    unbroken = "Aktiengesellschaftfürinternationaleintegrationsdienstleistungenundsoftware"
+    invoice = issued_invoice(details=billing_details(company_name=f"{name} {unbroken}"))
+
+    pages = pdf_pages(invoice_pdf_bytes(invoice=invoice))
+
+    assert len(pages) == 1
+    assert name in pages[0]
+
+
+def test_many_lines_flow_onto_further_pages_with_the_totals_at_the_end():
+    lines = [
+        overage_line(description=f"Transaction overage, usage line {n:02d}", unit_amount=100 * n)
+        for n in range(1, 41)
+    ]
+    invoice = issued_invoice(number="INV-2026-000777", lines=lines)
+
+    pages = pdf_pages(invoice_pdf_bytes(invoice=invoice))
+
+    assert len(pages) >= 2
+    text = " ".join(pages)
+    for n in range(1, 41):
+        assert f"Transaction overage, usage line {n:02d}" in text
+    assert "Transaction overage, usage line 40 1 Nov 2026 – 30 Nov 2026 12 €40.00 €480.00" in text
+    assert f"Page 1 of {len(pages)}" in pages[0]
+    assert "continued" not in pages[0]
+    for page in pages[1:]:
+        # Continuation pages name the invoice and repeat the column headings.
+        assert "Invoice INV-2026-000777 · continued" in page
+        assert "DESCRIPTION QTY UNIT PRICE AMOUNT" in page
+    assert "Subtotal €9,840.00 VAT 23% €2,263.20 Total €12,103.20" in pages[-1]
+    assert "Total €" not in pages[0]
+
+
+def test_dates_follow_the_organisation_time_zone():
+    # 23:30 UTC on 30 Nov is already 1 Dec in Berlin, still 30 Nov in New York.
+    issued_at = datetime(2026, 11, 30, 23, 30, tzinfo=UTC)
+    berlin = issued_invoice(issued_at=issued_at)
+    new_york = issued_invoice(
+        organisation=OrganisationFactory(time_zone="America/New_York"), issued_at=issued_at
+    )
+
+    assert "Issue date 1 Dec 2026" in pdf_text(invoice_pdf_bytes(invoice=berlin))
+    assert "Issue date 30 Nov 2026" in pdf_text(invoice_pdf_bytes(invoice=new_york))
+
+
+def test_rendering_only_reads():
+    invoice = issued_invoice()
+    invoice = Invoice.objects.select_related("organisation").get(pk=invoice.pk)
+
+    with CaptureQueriesContext(connection) as queries:
+        invoice_pdf_bytes(invoice=invoice)
+
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["SELECT"]
+    assert not InvoiceDocument.objects.exists()
+
+
+def test_html_references_no_outside_resource():
+    html = invoice_pdf_html(invoice=issued_invoice(details=billing_details(po_number="PO-1")))
+
+    assert "src=" not in html
+    assert "href=" not in html
+    assert "url(" not in html
+    assert "@import" not in html
+
+
+def test_weasyprint_reports_no_problem(caplog):
+    # Unsupported CSS and refused fetches are only logged by WeasyPrint, never raised.
+    invoice = issued_invoice(
+        payment_method_kind="bank_transfer", details=billing_details(po_number="PO-1")
+    )
+
+    with caplog.at_level(logging.WARNING, logger="weasyprint"):
+        invoice_pdf_bytes(invoice=invoice)
+
+    assert [record.getMessage() for record in caplog.records] == []
+
+
+@pytest.mark.parametrize(
+    ("rate_bp", "shown"), [(2300, "23%"), (2550, "25.5%"), (825, "8.25%"), (2000, "20%"), (0, "0%")]
+)
+def test_tax_rate_display(rate_bp, shown):
+    assert tax_rate_display(rate_bp) == shown

@@ -1,0 +1,216 @@
+"""Pytest plugin for tests that talk to localstripe, the Stripe stand-in.
+
+Loaded by tests/conftest.py (`pytest_plugins = ["tests.stripe_fixtures"]`) or with
+`-p tests.stripe_fixtures`. localstripe runs as a service (scripts/services.sh, started
+by `make test`) at settings.STRIPE_API_BASE.
+
+    def test_card_is_saved(localstripe):                     # empty localstripe
+        customer_id = gateway.customer_create(...)
+        setup_intent_id = confirmed_setup_intent(customer_id=customer_id, number=AMEX)
+        card = gateway.setup_intent_card(setup_intent_id=setup_intent_id, customer_id=...)
+
+    def test_declined_card(localstripe):
+        with pytest.raises(StripeJsError) as declined:
+            confirmed_setup_intent(customer_id=customer_id, number=DECLINED)
+        assert declined.value.message == "Your card was declined."
+
+A page test whose view created the SetupIntent passes the client secret it rendered to
+`confirm_card_setup(client_secret, number=...)`, then posts the SetupIntent id back.
+The `localstripe` fixture's value is a `stripe.StripeClient` for looking at what the
+code under test did (`localstripe.v1.payment_intents.list(...)`).
+
+Where localstripe declines the test cards (as checked against its code):
+- VISA_DECLINED 4000000000000002 (and ...9995, ...9987, ...0069, ...0127, ...0119):
+  creating the PaymentMethod succeeds; attaching it to a customer, or confirming a
+  SetupIntent with it, answers 402 card_error "Your card was declined." (code
+  card_declined, decline_code generic_decline) and the SetupIntent becomes `canceled`
+  (Stripe leaves it `requires_payment_method`).
+- CHARGE_FAILS 4000000000000341: the SetupIntent succeeds; every charge is declined with
+  the same 402 and the PaymentIntent stays `requires_payment_method`.
+- NEEDS_3DS 4000002500003155 (and 4000002760003184): the SetupIntent needs 3-D Secure
+  (`confirm_card_setup(..., authenticate=True)` completes it, as a user clicking
+  "Complete authentication" in the Stripe.js mock would); an off-session charge then
+  stays `requires_action`. NB: on the real Stripe a 4000002500003155 card set up this
+  way charges off-session fine; 4000002760003184 is the one that always fails there.
+"""
+
+import json
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
+
+import pytest
+import stripe
+from django.conf import settings
+
+VISA = "4242424242424242"
+MASTERCARD = "5555555555554444"
+AMEX = "378282246310005"
+DISCOVER = "6011111111111117"
+VISA_DECLINED = "4000000000000002"
+CHARGE_FAILS = "4000000000000341"
+NEEDS_3DS = "4000002500003155"
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class StripeJsError(Exception):
+    """The `{error: ...}` Stripe.js hands to the page when confirming a card fails.
+
+    `message` is what the page shows, e.g. "Your card was declined."; `code` and
+    `decline_code` as Stripe gives them (None when Stripe.js makes the error up).
+    """
+
+    def __init__(self, error: dict) -> None:
+        super().__init__(error.get("message"))
+        self.message = error.get("message")
+        self.type = error.get("type")
+        self.code = error.get("code")
+        self.decline_code = error.get("decline_code")
+
+
+@pytest.fixture
+def localstripe() -> stripe.StripeClient:
+    """An empty localstripe, and a Stripe client to look into it."""
+    base = settings.STRIPE_API_BASE
+    if urlsplit(base).hostname not in _LOOPBACK:
+        pytest.fail(f"STRIPE_API_BASE is {base}: tests only run against localstripe on loopback")
+    try:
+        status, _ = _post("/_config/data", method="DELETE")
+    except OSError as e:
+        problem = (
+            f"localstripe is not running at {base}; use make test "
+            f"(or: bash scripts/services.sh start) [{e}]"
+        )
+    else:
+        problem = (
+            None if status == 200 else f"{base} is not localstripe? DELETE /_config/data: {status}"
+        )
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    return _client()
+
+
+def card_payment_method(
+    number: str = VISA, exp_month: int = 12, exp_year: int = 2030, cvc: str = "123"
+) -> str:
+    """Create a card PaymentMethod, as Stripe.js's createPaymentMethod would; its id.
+
+    It is not attached to anyone. localstripe never declines here: a VISA_DECLINED card
+    is declined when attached to a customer (`POST /v1/payment_methods/<id>/attach`) or
+    used to confirm a SetupIntent, with a 402 "Your card was declined.".
+    """
+    method = _client().v1.payment_methods.create(
+        params={
+            "type": "card",
+            "card": {"number": number, "exp_month": exp_month, "exp_year": exp_year, "cvc": cvc},
+        }
+    )
+    return method["id"]
+
+
+def confirmed_setup_intent(
+    *,
+    customer_id: str,
+    number: str = VISA,
+    exp_month: int = 12,
+    exp_year: int = 2030,
+    cvc: str = "123",
+) -> str:
+    """A SetupIntent of the customer, confirmed with a new card as the card page would.
+
+    Creates it as billing.gateway.setup_intent_create does, then `confirm_card_setup`.
+    Returns its id; raises StripeJsError when the card is declined.
+    """
+    intent = _client().v1.setup_intents.create(
+        params={"customer": customer_id, "usage": "off_session", "payment_method_types": ["card"]}
+    )
+    confirm_card_setup(
+        intent["client_secret"], number=number, exp_month=exp_month, exp_year=exp_year, cvc=cvc
+    )
+    return intent["id"]
+
+
+def confirm_card_setup(
+    client_secret: str,
+    *,
+    number: str = VISA,
+    exp_month: int = 12,
+    exp_year: int = 2030,
+    cvc: str = "123",
+    postal_code: str = "10001",
+    authenticate: bool = True,
+) -> str:
+    """Do what Stripe.js's `confirmCardSetup(clientSecret, {payment_method: {card}})` does.
+
+    The same requests as localstripe's Stripe.js mock, with the publishable key, card
+    fields as the card element sends them (strings). If the card asks for 3-D Secure,
+    `authenticate` says whether the user completes it. Returns the SetupIntent id;
+    raises StripeJsError with the error the page would get.
+    """
+    setup_intent_id = client_secret.split("_secret_")[0]
+    path = f"/v1/setup_intents/{setup_intent_id}/confirm"
+    payload = {
+        "key": settings.STRIPE_PUBLISHABLE_KEY,
+        "use_stripe_sdk": True,
+        "client_secret": client_secret,
+        "payment_method_data": {
+            "type": "card",
+            "card": {
+                "number": number,
+                "exp_month": str(exp_month),
+                "exp_year": str(exp_year),
+                "cvc": cvc,
+            },
+            "billing_details": {"address": {"postal_code": postal_code}},
+        },
+    }
+    status, body = _post(path, payload)
+    if status == 200 and body.get("status") == "requires_action":
+        if not authenticate:
+            path = f"/v1/setup_intents/{setup_intent_id}/cancel"
+        status, body = _post(
+            path, {k: payload[k] for k in ("key", "use_stripe_sdk", "client_secret")}
+        )
+        if status == 200 and body.get("status") != "succeeded":
+            raise StripeJsError(
+                {
+                    "message": "The latest attempt to set up the payment method has failed "
+                    "because authentication failed."
+                }
+            )
+    if status != 200 or body.get("error"):
+        raise StripeJsError(body.get("error") or {"message": f"HTTP {status}"})
+    if body.get("status") != "succeeded":
+        raise StripeJsError({"message": f"setup_intent has status {body.get('status')}"})
+    return setup_intent_id
+
+
+def _client() -> stripe.StripeClient:
+    return stripe.StripeClient(
+        api_key=settings.STRIPE_SECRET_KEY,
+        base_addresses={"api": settings.STRIPE_API_BASE},
+        max_network_retries=0,  # a retried POST repeats its side effects in localstripe
+        http_client=stripe.RequestsClient(timeout=5),
+    )
+
+
+def _post(path: str, payload: dict | None = None, *, method: str = "POST") -> tuple[int, dict]:
+    """A JSON request like Stripe.js's fetch(): (status, parsed body)."""
+    request = urllib.request.Request(  # noqa: S310 (the http:// localstripe URL of the settings)
+        settings.STRIPE_API_BASE.rstrip("/") + path,
+        data=None if payload is None else json.dumps(payload).encode(),
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return response.status, _json(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, _json(e.read())
+
+
+def _json(raw: bytes) -> dict:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {}

@@ -38,6 +38,11 @@ with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
 
 django.setup()
 
+from django.conf import settings  # noqa: E402
+
+# Production runs with DEBUG off; with it on, Django keeps every query in memory.
+settings.DEBUG = False
+
 from django.core.management import call_command  # noqa: E402
 from django.db import connection, transaction  # noqa: E402
 

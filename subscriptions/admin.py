@@ -13,12 +13,16 @@ from billing_portal.errors import ServiceError
 from subscriptions.models import (
     Connection,
     Environment,
+    PaymentMethodKind,
     Plan,
     PlanPrice,
     ProcessFlow,
     Subscription,
 )
-from subscriptions.services import subscription_schedule_annual_billing
+from subscriptions.services import (
+    subscription_schedule_annual_billing,
+    subscription_set_payment_method_kind,
+)
 
 
 class PlanPriceInline(admin.TabularInline):
@@ -92,7 +96,12 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_select_related = ("organisation", "plan")
     search_fields = ("organisation__name", "organisation__slug")
     date_hierarchy = "current_period_end"
-    actions = ["switch_to_annual_at_renewal"]
+    actions = [
+        "switch_to_annual_at_renewal",
+        "pay_by_bank_transfer",
+        "pay_by_purchase_order",
+        "pay_by_card",
+    ]
     readonly_fields = (
         "public_id",
         "organisation",
@@ -139,6 +148,40 @@ class SubscriptionAdmin(admin.ModelAdmin):
                 f"{switched} subscription(s) switch to annual billing at their next renewal.",
                 level=messages.SUCCESS,
             )
+
+    def _set_payment_method(self, request, queryset, kind):
+        actor = Actor(user=request.user, ip_address=client_ip(request))
+        changed = 0
+        for subscription in queryset.order_by("pk"):
+            try:
+                subscription_set_payment_method_kind(
+                    subscription=subscription, kind=kind, actor=actor, now=timezone.now()
+                )
+            except ServiceError as error:
+                self.message_user(request, error.message, level=messages.ERROR)
+            else:
+                changed += 1
+        if changed:
+            label = PaymentMethodKind(kind).label.lower()
+            self.message_user(
+                request,
+                f"{changed} subscription(s) are invoiced for payment by {label} from now on.",
+                level=messages.SUCCESS,
+            )
+
+    @admin.action(description="Invoice for bank transfer (annual plans)", permissions=["change"])
+    def pay_by_bank_transfer(self, request, queryset):
+        self._set_payment_method(request, queryset, PaymentMethodKind.BANK_TRANSFER)
+
+    @admin.action(
+        description="Invoice against a purchase order (Enterprise annual)", permissions=["change"]
+    )
+    def pay_by_purchase_order(self, request, queryset):
+        self._set_payment_method(request, queryset, PaymentMethodKind.PURCHASE_ORDER)
+
+    @admin.action(description="Charge the card on file", permissions=["change"])
+    def pay_by_card(self, request, queryset):
+        self._set_payment_method(request, queryset, PaymentMethodKind.CARD)
 
 
 class _ReadOnlyAdmin(admin.ModelAdmin):

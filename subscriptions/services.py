@@ -17,6 +17,7 @@ from subscriptions.models import (
     BillingCycle,
     Connection,
     Environment,
+    PaymentMethodKind,
     ProcessFlow,
     Subscription,
 )
@@ -453,6 +454,43 @@ def subscription_schedule_annual_billing(
             target=subscription,
             target_label=f"{subscription.plan.name} subscription",
             changes={"scheduled_billing_cycle": {"old": old, "new": BillingCycle.ANNUAL}},
+            now=now,
+        )
+    return subscription
+
+
+def subscription_set_payment_method_kind(
+    *, subscription: Subscription, kind: str, actor: Actor, now: datetime
+) -> Subscription:
+    """How future invoices are paid: card, bank transfer (annual plans) or purchase order
+    (Enterprise annual) — article sections 5 and 7. Set by ops for the account manager;
+    invoices already issued keep the way they were issued with."""
+    with transaction.atomic():
+        subscription = (
+            Subscription.objects.select_for_update(of=("self",))
+            .select_related("organisation", "plan")
+            .get(pk=subscription.pk)
+        )
+        organisation = subscription.organisation
+        cycle = subscription.scheduled_billing_cycle or subscription.billing_cycle
+        if not subscription.plan.allows_payment_method(kind, cycle):
+            raise ServiceError(
+                f"{PaymentMethodKind(kind).label} is not available to {organisation.name}: "
+                f"bank transfer needs annual billing, purchase orders the Enterprise plan with "
+                f"annual billing ({subscription.plan.name}, {cycle} now)."
+            )
+        old = subscription.payment_method_kind
+        if old == kind:
+            return subscription
+        subscription.payment_method_kind = kind
+        subscription.save(update_fields=["payment_method_kind"])
+        audit_record(
+            organisation=organisation,
+            actor=actor,
+            action="subscription.payment_method_changed",
+            target=subscription,
+            target_label=f"{subscription.plan.name} subscription",
+            changes={"payment_method_kind": {"old": old, "new": kind}},
             now=now,
         )
     return subscription

@@ -307,3 +307,27 @@ def test_job_runs_as_of_now(subscribed):
     assert run_job("billing_run", now=timezone.now().replace(year=2026, month=2, day=1)) == (
         "0 invoice(s) issued"
     )
+
+
+def test_ops_switch_to_bank_transfer_only_on_annual_plans(subscribed, org):
+    from subscriptions.services import subscription_set_payment_method_kind
+
+    subscription = Subscription.objects.get(organisation=org)
+    ops = Actor(user=None)
+    with pytest.raises(ServiceError, match="bank transfer needs annual billing"):
+        subscription_set_payment_method_kind(
+            subscription=subscription, kind="bank_transfer", actor=ops, now=START
+        )
+    with pytest.raises(ServiceError, match="purchase orders the Enterprise plan"):
+        subscription_set_payment_method_kind(
+            subscription=subscription, kind="purchase_order", actor=ops, now=START
+        )
+    Subscription.objects.filter(pk=subscription.pk).update(scheduled_billing_cycle="annual")
+    subscription_set_payment_method_kind(
+        subscription=subscription, kind="bank_transfer", actor=ops, now=START
+    )
+    subscription.refresh_from_db()
+    assert subscription.payment_method_kind == "bank_transfer"
+    billing_run_issue(now=datetime(2026, 2, 28, 10, 0, tzinfo=UTC))
+    invoice = Invoice.objects.order_by("-pk").first()
+    assert (invoice.payment_method_kind, invoice.billing_cycle) == ("bank_transfer", "annual")

@@ -15,19 +15,9 @@ from billing.models import (
     TaxRate,
 )
 from billing.services import payment_record_manual
+from billing_portal.admin import ReadOnlyModelAdmin
 from billing_portal.errors import ServiceError
 from billing_portal.money import format_money
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class InvoiceLineInline(admin.TabularInline):
@@ -61,7 +51,7 @@ class PaymentInline(admin.TabularInline):
 
 
 @admin.register(Invoice)
-class InvoiceAdmin(ReadOnlyAdmin):
+class InvoiceAdmin(ReadOnlyModelAdmin):
     list_display = (
         "number",
         "organisation",
@@ -104,7 +94,7 @@ class InvoiceAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Payment)
-class PaymentAdmin(ReadOnlyAdmin):
+class PaymentAdmin(ReadOnlyModelAdmin):
     list_display = (
         "invoice",
         "organisation",
@@ -121,7 +111,7 @@ class PaymentAdmin(ReadOnlyAdmin):
 
 
 @admin.register(PaymentMethod)
-class PaymentMethodAdmin(ReadOnlyAdmin):
+class PaymentMethodAdmin(ReadOnlyModelAdmin):
     list_display = (
         "organisation",
         "brand",
@@ -152,7 +142,7 @@ class TaxRateAdmin(admin.ModelAdmin):
 
 
 @admin.register(InvoiceDocument)
-class InvoiceDocumentAdmin(ReadOnlyAdmin):
+class InvoiceDocumentAdmin(ReadOnlyModelAdmin):
     list_display = ("invoice", "kind", "created_at")
     list_filter = ("kind",)
     list_select_related = ("invoice",)

@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 
 from accounts.audit import Actor, client_ip
+from billing_portal.admin import ReadOnlyModelAdmin
 from billing_portal.errors import ServiceError
 from subscriptions.models import (
     Connection,
@@ -184,21 +185,8 @@ class SubscriptionAdmin(admin.ModelAdmin):
         self._set_payment_method(request, queryset, PaymentMethodKind.CARD)
 
 
-class _ReadOnlyAdmin(admin.ModelAdmin):
-    """Customers manage these in the portal, within their plan limits; ops look only."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(Environment)
-class EnvironmentAdmin(_ReadOnlyAdmin):
+class EnvironmentAdmin(ReadOnlyModelAdmin):
     list_display = ("name", "organisation", "created_at", "created_by")
     list_select_related = ("organisation", "created_by")
     search_fields = ("name", "organisation__name", "organisation__slug")
@@ -206,7 +194,7 @@ class EnvironmentAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(Connection)
-class ConnectionAdmin(_ReadOnlyAdmin):
+class ConnectionAdmin(ReadOnlyModelAdmin):
     list_display = ("name", "application", "environment", "organisation", "created_at")
     list_select_related = ("organisation", "environment")
     search_fields = ("name", "application", "organisation__name", "organisation__slug")
@@ -214,7 +202,7 @@ class ConnectionAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(ProcessFlow)
-class ProcessFlowAdmin(_ReadOnlyAdmin):
+class ProcessFlowAdmin(ReadOnlyModelAdmin):
     list_display = (
         "name",
         "organisation",

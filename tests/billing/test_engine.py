@@ -331,3 +331,27 @@ def test_ops_switch_to_bank_transfer_only_on_annual_plans(subscribed, org):
     billing_run_issue(now=datetime(2026, 2, 28, 10, 0, tzinfo=UTC))
     invoice = Invoice.objects.order_by("-pk").first()
     assert (invoice.payment_method_kind, invoice.billing_cycle) == ("bank_transfer", "annual")
+
+
+def test_ops_record_a_payment_from_the_invoice_admin(client, subscribed, org, committed):
+    from tests.factories import UserFactory
+
+    ops = UserFactory(is_staff=True, is_superuser=True)
+    Subscription.objects.filter(organisation=org).update(
+        billing_cycle="annual", payment_method_kind="bank_transfer"
+    )
+    billing_run_issue(now=datetime(2026, 2, 28, 10, 0, tzinfo=UTC))
+    invoice = Invoice.objects.get(status="open")
+    client.force_login(ops)
+    assert client.get("/admin/billing/invoice/").status_code == 200
+    assert client.get(f"/admin/billing/invoice/{invoice.pk}/change/").status_code == 200
+    with committed():
+        response = client.post(
+            "/admin/billing/invoice/",
+            {"action": "record_payment", "_selected_action": [invoice.pk]},
+            follow=True,
+        )
+    assert f"{invoice.number} marked paid." in response.content.decode()
+    invoice.refresh_from_db()
+    assert invoice.status == "paid"
+    assert invoice.payments.get().recorded_by == ops

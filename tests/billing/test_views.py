@@ -219,3 +219,13 @@ def test_tampered_plan_is_refused(client_for, localstripe, org, admin):
 
 def test_billing_contact_cannot_choose_the_plan(client_for, org, billing):
     assert client_for(billing).get(url("choose_plan", org)).status_code == 403
+
+
+def test_dashboard_asks_a_new_admin_to_choose_a_plan(client_for, localstripe, org, admin, member):
+    dashboard = reverse("accounts:dashboard", args=[org.slug])
+    assert "Next step: choose a plan." in client_for(admin).get(dashboard).content.decode()
+    assert "Next step: choose a plan." not in client_for(member).get(dashboard).content.decode()
+    from tests.billing.conftest import subscribe
+
+    subscribe(org)
+    assert "Next step: choose a plan." not in client_for(admin).get(dashboard).content.decode()

@@ -7,7 +7,7 @@ from django.utils import timezone
 from django_countries.fields import CountryField
 
 from accounts.models import Organisation
-from subscriptions.models import BillingCycle, PaymentMethodKind, Subscription
+from subscriptions.models import BillingCycle, PaymentMethodKind, PlanChange, Subscription
 
 
 class BillingProfile(models.Model):
@@ -138,6 +138,10 @@ class Invoice(models.Model):
     )
     subscription = models.ForeignKey(
         Subscription, null=True, blank=True, on_delete=models.PROTECT, related_name="invoices"
+    )
+    # The upgrade this invoice charges (kind "upgrade").
+    plan_change = models.OneToOneField(
+        PlanChange, null=True, blank=True, on_delete=models.PROTECT, related_name="invoice"
     )
     number = models.CharField(max_length=32, unique=True)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.SUBSCRIPTION)

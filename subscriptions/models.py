@@ -95,6 +95,16 @@ class PlanPrice(models.Model):
         return round(100 * (twelve - self.annual_amount) / twelve, 1) if twelve else 0.0
 
 
+class CancellationReason(models.TextChoices):
+    TOO_EXPENSIVE = "too_expensive", "It is too expensive"
+    MISSING_FEATURES = "missing_features", "It lacks features we need"
+    SWITCHING = "switching", "We are switching to another product"
+    NOT_USING = "not_using", "We do not use it enough"
+    TECHNICAL_ISSUES = "technical_issues", "Technical problems"
+    PROJECT_ENDED = "project_ended", "Our integration project ended"
+    OTHER = "other", "Another reason"
+
+
 class Subscription(models.Model):
     """An organisation's subscription. Status changes only through subscriptions.states."""
 
@@ -128,13 +138,28 @@ class Subscription(models.Model):
     scheduled_billing_cycle = models.CharField(
         max_length=16, choices=BillingCycle.choices, blank=True
     )
+    # Cancellation (DESIGN.md section 2): no further invoice once cancelled; the service runs
+    # until the current period ends, then the subscription ends. Undo is possible until then.
+    cancel_at_period_end = models.BooleanField(default=False)
+    canceled_at = models.DateTimeField(null=True, blank=True)
+    cancellation_reason = models.CharField(
+        max_length=32, choices=CancellationReason.choices, blank=True
+    )
+    cancellation_detail = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     activated_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     status_changed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        indexes = [models.Index(fields=["status", "current_period_end"])]
+        indexes = [
+            models.Index(fields=["status", "current_period_end"]),
+            models.Index(
+                fields=["current_period_end"],
+                condition=Q(cancel_at_period_end=True),
+                name="subscription_cancel_due",
+            ),
+        ]
 
     def __str__(self):
         return f"{self.organisation}: {self.plan} {self.billing_cycle} ({self.status})"
@@ -142,6 +167,63 @@ class Subscription(models.Model):
     @property
     def renewal_date(self):
         return self.current_period_end
+
+
+class PlanChange(models.Model):
+    """A change of plan: an upgrade (applied once its prorated invoice is paid) or a downgrade
+    (scheduled for the renewal date). The rows are the subscription's plan-change history."""
+
+    class Kind(models.TextChoices):
+        UPGRADE = "upgrade", "Upgrade"
+        DOWNGRADE = "downgrade", "Downgrade"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting for payment"
+        SCHEDULED = "scheduled", "Scheduled for renewal"
+        APPLIED = "applied", "Applied"
+        CANCELED = "canceled", "Cancelled"
+        FAILED = "failed", "Payment failed"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.CASCADE, related_name="plan_changes"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    from_plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="+")
+    to_plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="+")
+    billing_cycle = models.CharField(max_length=16, choices=BillingCycle.choices)
+    # Downgrade: the renewal date it takes effect; upgrade: when it was applied.
+    effective_at = models.DateTimeField(null=True, blank=True)
+    # Downgrade: the ProcessFlows (public ids) the Admin chose to keep active.
+    keep_flow_ids = models.JSONField(default=list, blank=True)
+    # Upgrade: the quote shown before confirming, in minor units; the invoice equals it.
+    quote_subtotal = models.BigIntegerField(null=True, blank=True)
+    quote_tax = models.BigIntegerField(null=True, blank=True)
+    quote_total = models.BigIntegerField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription"],
+                condition=Q(status="scheduled"),
+                name="plan_change_one_scheduled",
+            ),
+            models.UniqueConstraint(
+                fields=["subscription"],
+                condition=Q(status="pending"),
+                name="plan_change_one_pending",
+            ),
+        ]
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} {self.from_plan} → {self.to_plan} ({self.status})"
 
 
 class Environment(models.Model):

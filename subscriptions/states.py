@@ -10,6 +10,8 @@
                                          │                   ▼         │
                                          │               suspended ────┘
                                          └─period end after cancellation─► ended
+                                                                         │ resubscribe
+                                                             incomplete ◄┘
 
 Every status change goes through `subscription_transition`, which refuses any move not
 listed in TRANSITIONS and records when the status changed.
@@ -28,7 +30,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     Status.PAST_DUE: frozenset({Status.ACTIVE, Status.GRACE, Status.ENDED}),
     Status.GRACE: frozenset({Status.ACTIVE, Status.SUSPENDED, Status.ENDED}),
     Status.SUSPENDED: frozenset({Status.ACTIVE, Status.ENDED}),
-    Status.ENDED: frozenset({Status.ACTIVE}),  # resubscribing within the retention window
+    # Resubscribing: a new first invoice, paid, makes it active again.
+    Status.ENDED: frozenset({Status.INCOMPLETE}),
 }
 
 # Statuses whose service runs (flows may execute) and which renew at period end.

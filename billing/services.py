@@ -37,11 +37,12 @@ from billing.tax import TaxDecision, tax_decide
 from billing_portal.errors import ServiceError
 from subscriptions.lifecycle import (
     Period,
+    scheduled_changes_prefetch,
     subscription_create,
     subscription_next_period,
     subscriptions_save_periods,
 )
-from subscriptions.models import BillingCycle, PaymentMethodKind, Plan, Subscription
+from subscriptions.models import BillingCycle, PaymentMethodKind, Plan, PlanChange, Subscription
 from subscriptions.states import RENEWING, subscription_transition
 
 logger = logging.getLogger(__name__)
@@ -216,16 +217,22 @@ def billing_run_issue(*, now: datetime, batch_size: int = 500, limit: int | None
             subscriptions = list(
                 Subscription.objects.select_for_update(skip_locked=True, of=("self",))
                 .select_related("organisation", "organisation__billing_profile", "plan")
-                .prefetch_related("plan__prices")
-                .filter(status__in=RENEWING, current_period_end__lte=now)
+                .prefetch_related("plan__prices", scheduled_changes_prefetch())
+                # A cancelled subscription is never invoiced again; it ends at period end.
+                .filter(
+                    status__in=RENEWING, current_period_end__lte=now, cancel_at_period_end=False
+                )
                 .order_by("current_period_end", "pk")[:size]
             )
             if not subscriptions:
                 break
             rates = _tax_rates()
             drafts = []
+            downgraded = []
             for subscription in subscriptions:
                 period = subscription_next_period(subscription=subscription)
+                if period.applied_change is not None:
+                    downgraded.append((subscription, period.applied_change))
                 profile = getattr(subscription.organisation, "billing_profile", None)
                 drafts.append(
                     _draft_period_invoice(
@@ -238,11 +245,16 @@ def billing_run_issue(*, now: datetime, batch_size: int = 500, limit: int | None
                 )
             subscriptions_save_periods(subscriptions)
             invoices = _save_drafts(drafts, now=now)
+            if downgraded:
+                from subscriptions.plan_changes import downgrade_apply_flows
+
+                for subscription, change in downgraded:
+                    downgrade_apply_flows(subscription=subscription, change=change, now=now)
             _after_issue(invoices)
         issued += len(invoices)
         # Model instances hold reference cycles (related-object caches); free each batch's
         # now, so a run over 100,000 subscriptions uses the memory of one batch.
-        del subscriptions, drafts, invoices
+        del subscriptions, drafts, invoices, downgraded
         gc.collect()
     return issued
 
@@ -564,12 +576,23 @@ def invoice_charge(*, invoice: Invoice, now: datetime) -> Payment | None:
     except gateway.PaymentError as error:
         with transaction.atomic():
             payment = Payment.objects.select_for_update().get(pk=payment.pk)
-            _record_failure(payment, code=error.code or "declined", message=error.message, now=now)
+            upgrade = payment.invoice.kind == Invoice.Kind.UPGRADE
+            _record_failure(
+                payment,
+                code=error.code or "declined",
+                message=error.message,
+                now=now,
+                notify=not upgrade,  # the Admin is on the page and sees the message
+            )
+            if upgrade:
+                _upgrade_declined(payment.invoice, now=now)
         return payment
     return payment_succeeded(payment=payment, processor_id=result.payment_intent_id, now=now)
 
 
-def _record_failure(payment: Payment, *, code: str, message: str, now: datetime) -> None:
+def _record_failure(
+    payment: Payment, *, code: str, message: str, now: datetime, notify: bool = True
+) -> None:
     if payment.status != Payment.Status.PENDING:
         return
     payment.status = Payment.Status.FAILED
@@ -577,6 +600,8 @@ def _record_failure(payment: Payment, *, code: str, message: str, now: datetime)
     payment.failure_message = message[:255]
     payment.completed_at = now
     payment.save(update_fields=["status", "failure_code", "failure_message", "completed_at"])
+    if not notify:
+        return
     invoice = payment.invoice
     email_send(
         template="payment_failed",
@@ -608,6 +633,8 @@ def payment_succeeded(*, payment: Payment, processor_id: str, now: datetime) -> 
         invoice.paid_at = now
         invoice.closed_at = now
         invoice.save(update_fields=["amount_paid", "status", "paid_at", "closed_at"])
+        if invoice.kind == Invoice.Kind.UPGRADE:
+            _upgrade_apply(invoice, now=now)
         if invoice.subscription_id:
             subscription = Subscription.objects.select_for_update().get(pk=invoice.subscription_id)
             if subscription.status == Subscription.Status.INCOMPLETE:
@@ -689,3 +716,238 @@ def invoices_charge_due(*, now: datetime, limit: int = 500) -> int:
         if payment is not None and payment.status == Payment.Status.SUCCEEDED:
             charged += 1
     return charged
+
+
+# Upgrades --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpgradeQuote:
+    """What an upgrade costs if confirmed at `at`: the prorated difference plus tax."""
+
+    plan: Plan
+    at: datetime
+    period_end: datetime
+    currency: str
+    subtotal: int
+    tax: TaxDecision
+    tax_amount: int
+
+    @property
+    def total(self) -> int:
+        return self.subtotal + self.tax_amount
+
+
+class QuoteChanged(ServiceError):
+    """The amount moved between the quote shown and the confirmation: show the new one."""
+
+    def __init__(self, quote: UpgradeQuote, *, shown: int):
+        super().__init__(
+            "The amount changed since the quote was shown, because less of your billing period "
+            "is left. Please check the new amount and confirm again.",
+            code="quote_changed",
+        )
+        self.quote = quote
+        self.shown = shown
+
+
+def upgrade_plans(*, subscription: Subscription) -> list[Plan]:
+    """The public plans above the current one that are priced in the subscription's currency."""
+    plans = Plan.objects.filter(is_public=True, rank__gt=subscription.plan.rank).prefetch_related(
+        "prices"
+    )
+    return [plan for plan in plans.order_by("rank") if plan.price_for(subscription.currency)]
+
+
+def _check_upgrade(subscription: Subscription, plan: Plan) -> None:
+    organisation = subscription.organisation
+    if subscription.status == Subscription.Status.SUSPENDED:
+        raise ServiceError(
+            "Your account is suspended for an unpaid invoice. Pay it first (Settings > Billing > "
+            "Payment Method > Retry Payment), then upgrade.",
+            code="suspended",
+        )
+    if subscription.status != Subscription.Status.ACTIVE:
+        raise ServiceError(
+            f"The subscription of {organisation.name} is "
+            f"{subscription.get_status_display().lower()}; it cannot be upgraded now."
+        )
+    if subscription.cancel_at_period_end:
+        raise ServiceError("Your subscription is cancelled. Undo the cancellation to upgrade.")
+    if plan.pk == subscription.plan_id:
+        raise ServiceError(f"You are already on the {plan.name} plan.", field="plan")
+    if plan.rank < subscription.plan.rank:
+        raise ServiceError(
+            f"{plan.name} is a lower plan: use Change Plan to downgrade at your renewal date.",
+            field="plan",
+        )
+    if not plan.is_public or plan.price_for(subscription.currency) is None:
+        raise ServiceError(f"The {plan.name} plan is not available.", field="plan")
+
+
+def upgrade_quote(*, subscription: Subscription, plan: Plan, now: datetime) -> UpgradeQuote:
+    """The prorated charge for upgrading to `plan` now (billing.proration.prorate)."""
+    from billing.proration import prorate
+
+    _check_upgrade(subscription, plan)
+    new_price = plan.price_for(subscription.currency).amount_for(subscription.billing_cycle)
+    subtotal = prorate(
+        old_price=subscription.current_price,
+        new_price=new_price,
+        period_start=subscription.current_period_start,
+        period_end=subscription.current_period_end,
+        at=now,
+    )
+    profile = BillingProfile.objects.filter(organisation_id=subscription.organisation_id).first()
+    details = billing_details_snapshot(organisation=subscription.organisation, profile=profile)
+    decision = tax_for(details=details)
+    return UpgradeQuote(
+        plan=plan,
+        at=now,
+        period_end=subscription.current_period_end,
+        currency=subscription.currency,
+        subtotal=subtotal,
+        tax=decision,
+        tax_amount=decision.amount(subtotal),
+    )
+
+
+def subscription_upgrade(
+    *, organisation: Organisation, actor: Actor, plan: Plan, quoted_total: int, now: datetime
+) -> Invoice:
+    """Upgrade Plan (article section 3): one invoice for the prorated difference, to be charged
+    at once by the caller; the new plan applies only when that charge succeeds.
+
+    The amount is recomputed here and must equal the quote the Admin confirmed, to the cent;
+    otherwise QuoteChanged carries the new quote and nothing is created. A second click while
+    the first upgrade to the same plan is in flight returns the same invoice.
+    """
+    with transaction.atomic():
+        subscription = (
+            Subscription.objects.select_for_update(of=("self",))
+            .select_related("organisation", "plan")
+            .prefetch_related("plan__prices")
+            .get(organisation=organisation)
+        )
+        pending = subscription.plan_changes.filter(status=PlanChange.Status.PENDING).first()
+        if pending is not None:
+            invoice = Invoice.objects.filter(plan_change=pending).first()
+            if pending.to_plan_id == plan.pk and invoice is not None:
+                return invoice
+            raise ServiceError(
+                f"An upgrade to {pending.to_plan.name} is being processed. Try again in a minute."
+            )
+        quote = upgrade_quote(subscription=subscription, plan=plan, now=now)
+        if quote.total != quoted_total:
+            raise QuoteChanged(quote, shown=quoted_total)
+        change = PlanChange.objects.create(
+            subscription=subscription,
+            kind=PlanChange.Kind.UPGRADE,
+            status=PlanChange.Status.PENDING,
+            from_plan=subscription.plan,
+            to_plan=plan,
+            billing_cycle=subscription.billing_cycle,
+            quote_subtotal=quote.subtotal,
+            quote_tax=quote.tax_amount,
+            quote_total=quote.total,
+            created_by=actor.user,
+            created_at=now,
+        )
+        profile = BillingProfile.objects.filter(organisation=organisation).first()
+        invoice = Invoice(
+            organisation=organisation,
+            subscription=subscription,
+            plan_change=change,
+            kind=Invoice.Kind.UPGRADE,
+            currency=subscription.currency,
+            subtotal=quote.subtotal,
+            tax_amount=quote.tax_amount,
+            total=quote.total,
+            tax_rule=quote.tax.rule,
+            tax_rate_bp=quote.tax.rate_bp,
+            tax_name=quote.tax.name,
+            tax_note=quote.tax.note,
+            plan_name=plan.name,
+            billing_cycle=subscription.billing_cycle,
+            period_start=now,
+            period_end=subscription.current_period_end,
+            billing_details=billing_details_snapshot(organisation=organisation, profile=profile),
+            payment_method_kind=PaymentMethodKind.CARD,
+            issued_at=now,
+            due_at=now,
+        )
+        line = InvoiceLine(
+            position=1,
+            kind=InvoiceLine.Kind.PRORATION,
+            description=(
+                f"Upgrade from {subscription.plan.name} to {plan.name}, "
+                "prorated for the rest of the billing period"
+            ),
+            quantity=1,
+            unit_amount=quote.subtotal,
+            amount=quote.subtotal,
+            period_start=now,
+            period_end=subscription.current_period_end,
+        )
+        [invoice] = _save_drafts([_Draft(invoice=invoice, lines=[line])], now=now)
+        audit_record(
+            organisation=organisation,
+            actor=actor,
+            action="subscription.upgrade_requested",
+            target=subscription,
+            target_label=f"{subscription.plan.name} → {plan.name}",
+            changes={
+                "plan": {"old": subscription.plan.code, "new": plan.code},
+                "quote_total": {"old": None, "new": quote.total},
+            },
+            now=now,
+        )
+        _after_issue([invoice])
+    return invoice
+
+
+def _upgrade_apply(invoice: Invoice, *, now: datetime) -> None:
+    """The upgrade invoice is paid: the new plan and its limits apply now (caller's transaction).
+
+    A downgrade scheduled for the renewal is cancelled: the customer chose a bigger plan since.
+    """
+    change = PlanChange.objects.select_for_update().get(pk=invoice.plan_change_id)
+    if change.status != PlanChange.Status.PENDING:
+        return
+    subscription = (
+        Subscription.objects.select_for_update()
+        .select_related("organisation")
+        .get(pk=change.subscription_id)
+    )
+    old_plan_id = subscription.plan_id
+    subscription.plan = change.to_plan
+    subscription.current_price = change.to_plan.price_for(subscription.currency).amount_for(
+        subscription.billing_cycle
+    )
+    subscription.save(update_fields=["plan", "current_price"])
+    change.status = PlanChange.Status.APPLIED
+    change.effective_at = now
+    change.closed_at = now
+    change.save(update_fields=["status", "effective_at", "closed_at"])
+    subscription.plan_changes.filter(status=PlanChange.Status.SCHEDULED).update(
+        status=PlanChange.Status.CANCELED, closed_at=now
+    )
+    audit_record(
+        organisation=subscription.organisation,
+        actor=Actor(user=change.created_by),
+        action="subscription.upgraded",
+        target=subscription,
+        target_label=f"{change.from_plan.name} → {change.to_plan.name}",
+        changes={"plan_id": {"old": old_plan_id, "new": change.to_plan_id}},
+        now=now,
+    )
+
+
+def _upgrade_declined(invoice: Invoice, *, now: datetime) -> None:
+    """A declined upgrade leaves the old plan: its invoice is voided, nothing is owed."""
+    Invoice.objects.filter(pk=invoice.pk, status=Invoice.Status.OPEN).update(
+        status=Invoice.Status.VOID, closed_at=now
+    )
+    PlanChange.objects.filter(pk=invoice.plan_change_id, status=PlanChange.Status.PENDING).update(
+        status=PlanChange.Status.FAILED, closed_at=now
+    )

@@ -20,6 +20,9 @@ organisation_urlpatterns = [
     ),
     path("settings/subscription/choose-plan/", views.choose_plan, name="choose_plan"),
     path("settings/subscription/checkout/", views.checkout, name="checkout"),
+    # Upgrade Plan (article section 3): choose a higher plan, see the exact quote, confirm.
+    path("settings/subscription/upgrade/", views.upgrade, name="upgrade"),
+    path("settings/subscription/upgrade/confirm/", views.upgrade_confirm, name="upgrade_confirm"),
 ]
 
 urlpatterns = [path("o/<slug:org_slug>/", include(organisation_urlpatterns))]

@@ -26,10 +26,14 @@ from billing.services import (
     invoice_charge,
     invoice_document_original,
     subscription_start,
+    subscription_upgrade,
     tax_for,
+    upgrade_plans,
+    upgrade_quote,
 )
 from billing_portal.errors import ServiceError
-from subscriptions.models import Subscription
+from billing_portal.money import format_money
+from subscriptions.models import Plan, Subscription
 
 INVOICES_PER_PAGE = 20
 
@@ -68,7 +72,7 @@ def invoice_pdf(request, invoice_number):
     return response
 
 
-@tenant_view(roles=ADMIN_AND_BILLING, section="billing")
+@tenant_view(roles=ADMIN_AND_BILLING, section="billing", allow_when_ended=True)
 def payment_method(request):
     organisation = request.organisation
     form = CardForm(request.POST or None)
@@ -103,7 +107,7 @@ def payment_method(request):
     return render(request, "billing/payment_method.html", context, status=400 if error else 200)
 
 
-@tenant_view(roles=ADMIN_AND_BILLING, section="billing")
+@tenant_view(roles=ADMIN_AND_BILLING, section="billing", allow_when_ended=True)
 def billing_information(request):
     organisation = request.organisation
     subscription = _subscription(organisation)
@@ -129,10 +133,13 @@ def billing_information(request):
 
 
 def _can_choose_plan(subscription) -> bool:
-    return subscription is None or subscription.status == Subscription.Status.INCOMPLETE
+    return subscription is None or subscription.status in (
+        Subscription.Status.INCOMPLETE,
+        Subscription.Status.ENDED,
+    )
 
 
-@tenant_view(roles=ADMIN_ONLY, section="subscription")
+@tenant_view(roles=ADMIN_ONLY, section="subscription", allow_when_ended=True)
 def choose_plan(request):
     organisation = request.organisation
     if not _can_choose_plan(_subscription(organisation)):
@@ -155,7 +162,7 @@ def choose_plan(request):
     )
 
 
-@tenant_view(roles=ADMIN_ONLY, section="subscription")
+@tenant_view(roles=ADMIN_ONLY, section="subscription", allow_when_ended=True)
 def checkout(request):
     organisation = request.organisation
     subscription = _subscription(organisation)
@@ -228,3 +235,105 @@ def checkout(request):
         **_stripe_context(organisation),
     }
     return render(request, "billing/checkout.html", context, status=402 if error else 200)
+
+
+def _subscription_for_upgrade(request):
+    subscription = (
+        Subscription.objects.select_related("plan", "organisation")
+        .prefetch_related("plan__prices")
+        .filter(organisation=request.organisation)
+        .first()
+    )
+    if subscription is None:
+        messages.info(request, "Choose a plan first.")
+    return subscription
+
+
+@tenant_view(roles=ADMIN_ONLY, section="subscription")
+def upgrade(request):
+    """Upgrade Plan: the higher plans, each with what upgrading now would charge."""
+    subscription = _subscription_for_upgrade(request)
+    if subscription is None:
+        return redirect("billing:choose_plan", org_slug=request.organisation.slug)
+    now = timezone.now()
+    options, error = [], None
+    for plan in upgrade_plans(subscription=subscription):
+        try:
+            options.append(upgrade_quote(subscription=subscription, plan=plan, now=now))
+        except ServiceError as exc:
+            error = exc.message
+            break
+    return render(
+        request,
+        "billing/upgrade.html",
+        {"subscription": subscription, "options": options, "error": error},
+    )
+
+
+@tenant_view(roles=ADMIN_ONLY, section="subscription")
+def upgrade_confirm(request):
+    """The quote for one plan, the card charged, "takes effect immediately"; POST confirms."""
+    organisation = request.organisation
+    subscription = _subscription_for_upgrade(request)
+    if subscription is None:
+        return redirect("billing:choose_plan", org_slug=organisation.slug)
+    data = request.POST if request.method == "POST" else request.GET
+    plan = Plan.objects.filter(code=data.get("plan", ""), is_public=True).first()
+    if plan is None:
+        messages.error(request, "That plan does not exist or is no longer offered.")
+        return redirect("billing:upgrade", org_slug=organisation.slug)
+    now = timezone.now()
+    notice, status = None, 200
+    if request.method == "POST":
+        try:
+            quoted_total = int(data.get("quoted_total", ""))
+        except ValueError:
+            quoted_total = -1
+        try:
+            invoice = subscription_upgrade(
+                organisation=organisation,
+                actor=Actor.from_request(request),
+                plan=plan,
+                quoted_total=quoted_total,
+                now=now,
+            )
+            payment = invoice_charge(invoice=invoice, now=now)
+        except ServiceError as exc:
+            notice, status = exc.message, (409 if exc.code == "quote_changed" else 400)
+        else:
+            if payment is not None and payment.status == Payment.Status.SUCCEEDED:
+                messages.success(
+                    request,
+                    f"You are now on the {plan.name} plan. Invoice {invoice.number} "
+                    f"({format_money(invoice.total, invoice.currency)}) is paid.",
+                )
+                return redirect("subscriptions:settings", org_slug=organisation.slug)
+            if payment is not None and payment.status == Payment.Status.FAILED:
+                notice, status = (
+                    f"Your card was not charged and you stay on {subscription.plan.name}: "
+                    f"{payment.failure_message}",
+                    402,
+                )
+            else:
+                notice, status = (
+                    "We have not heard back from the card processor yet. The upgrade applies "
+                    "as soon as the payment is confirmed.",
+                    202,
+                )
+        subscription.refresh_from_db()
+    try:
+        quote = upgrade_quote(subscription=subscription, plan=plan, now=now)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+        return redirect("subscriptions:settings", org_slug=organisation.slug)
+    return render(
+        request,
+        "billing/upgrade_confirm.html",
+        {
+            "subscription": subscription,
+            "quote": quote,
+            "card": payment_method_current(organisation=organisation),
+            "notice": notice,
+        },
+        status=status,
+    )

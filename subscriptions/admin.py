@@ -16,6 +16,7 @@ from subscriptions.models import (
     Environment,
     PaymentMethodKind,
     Plan,
+    PlanChange,
     PlanPrice,
     ProcessFlow,
     Subscription,
@@ -81,6 +82,44 @@ class PlanAdmin(admin.ModelAdmin):
         return False  # subscriptions and invoices refer to plans; hide one with is_public
 
 
+class PlanChangeInline(admin.TabularInline):
+    """The subscription's plan-change history: upgrades and downgrades, newest first."""
+
+    model = PlanChange
+    extra = 0
+    can_delete = False
+    verbose_name = "plan change"
+    verbose_name_plural = "plan change history"
+    fields = (
+        "created_at",
+        "kind",
+        "status",
+        "from_plan",
+        "to_plan",
+        "billing_cycle",
+        "effective_at",
+        "kept_flows",
+        "quote_total",
+        "created_by",
+        "closed_at",
+    )
+    readonly_fields = fields
+    ordering = ("-created_at", "-id")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("from_plan", "to_plan", "created_by")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Flows kept")
+    def kept_flows(self, obj):
+        return len(obj.keep_flow_ids) if obj.kind == PlanChange.Kind.DOWNGRADE else "—"
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):
     list_display = (
@@ -117,11 +156,34 @@ class SubscriptionAdmin(admin.ModelAdmin):
         "current_period_start",
         "current_period_end",
         "current_price",
+        "pending_downgrade",
+        "cancel_at_period_end",
+        "canceled_at",
+        "cancellation_reason",
+        "cancellation_detail",
         "created_at",
         "activated_at",
         "ended_at",
         "status_changed_at",
     )
+    inlines = [PlanChangeInline]
+
+    @admin.display(description="Pending downgrade")
+    def pending_downgrade(self, obj):
+        change = next(
+            (
+                c
+                for c in obj.plan_changes.all()
+                if c.kind == PlanChange.Kind.DOWNGRADE and c.status == PlanChange.Status.SCHEDULED
+            ),
+            None,
+        )
+        if change is None:
+            return "—"
+        return f"To {change.to_plan} on {change.effective_at:%Y-%m-%d %H:%M} UTC"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("plan_changes__to_plan")
 
     def has_add_permission(self, request):
         return False  # customers subscribe in the portal; the first invoice starts it

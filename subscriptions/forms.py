@@ -113,3 +113,26 @@ class ProcessFlowForm(forms.Form):
         )
         self.fields["source"].queryset = connections
         self.fields["target"].queryset = connections
+
+
+class DowngradeForm(forms.Form):
+    """The ProcessFlows to keep active after a downgrade, among the organisation's active ones.
+
+    An id that is not one of them (another organisation's, a paused one, a tampered form) is
+    an invalid choice; the service checks the new plan's limit.
+    """
+
+    keep = forms.MultipleChoiceField(
+        label="ProcessFlows to keep active",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={
+            "invalid_choice": (
+                "Choose the ProcessFlows to keep among your organisation's active ProcessFlows."
+            )
+        },
+    )
+
+    def __init__(self, *args, flows, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["keep"].choices = [(str(flow.public_id), flow.name) for flow in flows]

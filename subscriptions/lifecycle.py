@@ -4,11 +4,20 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection
+from django.db.models import Prefetch
 
 from accounts.models import Organisation
 from billing_portal.errors import ServiceError
-from subscriptions.models import BillingCycle, PaymentMethodKind, Plan, PlanPrice, Subscription
+from subscriptions.models import (
+    BillingCycle,
+    PaymentMethodKind,
+    Plan,
+    PlanChange,
+    PlanPrice,
+    Subscription,
+)
 from subscriptions.periods import period_bounds
+from subscriptions.states import subscription_transition
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,8 @@ class Period:
     plan: Plan
     billing_cycle: str
     price: int
+    # The scheduled downgrade this renewal applied, if any (its flows still need pausing).
+    applied_change: PlanChange | None = None
 
 
 def plan_price(*, plan: Plan, currency: str) -> PlanPrice:
@@ -73,7 +84,20 @@ def subscription_create(
             status_changed_at=now,
             **fields,
         )
-    if existing.status != Subscription.Status.INCOMPLETE:
+    if existing.status == Subscription.Status.ENDED:
+        # Resubscribing after a cancellation ended the service: a new first invoice, paid,
+        # makes it active again (the status machine allows ended -> incomplete only).
+        subscription_transition(subscription=existing, to=Subscription.Status.INCOMPLETE, now=now)
+        fields.update(
+            {
+                "cancel_at_period_end": False,
+                "canceled_at": None,
+                "cancellation_reason": "",
+                "cancellation_detail": "",
+                "ended_at": None,
+            }
+        )
+    elif existing.status != Subscription.Status.INCOMPLETE:
         raise ServiceError(f"{organisation.name} already has a subscription.")
     for name, value in fields.items():
         setattr(existing, name, value)
@@ -85,10 +109,12 @@ def subscription_next_period(*, subscription: Subscription) -> Period:
     """Advance a subscription (row locked by the caller) to its next period; not saved.
 
     A cycle switch scheduled by ops (article section 7) takes effect here, at the renewal:
-    the new cycle is anchored at the renewal instant. The price is the plan's price now, so
-    a price change applies from each subscriber's next renewal.
+    the new cycle is anchored at the renewal instant. So does a scheduled downgrade (article
+    section 3): the plan switches and the change is marked applied. The price is the plan's
+    price now, so a price change applies from each subscriber's next renewal.
     """
     zone = subscription.organisation.tzinfo
+    applied = _apply_scheduled_downgrade(subscription)
     if subscription.scheduled_billing_cycle:
         subscription.billing_cycle = subscription.scheduled_billing_cycle
         subscription.scheduled_billing_cycle = ""
@@ -114,10 +140,46 @@ def subscription_next_period(*, subscription: Subscription) -> Period:
         plan=subscription.plan,
         billing_cycle=subscription.billing_cycle,
         price=price,
+        applied_change=applied,
     )
 
 
+def scheduled_changes_prefetch() -> Prefetch:
+    """Load each subscription's scheduled downgrade with its plan and prices in two queries."""
+    return Prefetch(
+        "plan_changes",
+        queryset=PlanChange.objects.filter(status=PlanChange.Status.SCHEDULED)
+        .select_related("to_plan")
+        .prefetch_related("to_plan__prices"),
+        to_attr="scheduled_changes",
+    )
+
+
+def _apply_scheduled_downgrade(subscription: Subscription) -> PlanChange | None:
+    changes = getattr(subscription, "scheduled_changes", None)
+    if changes is None:
+        changes = list(
+            subscription.plan_changes.filter(status=PlanChange.Status.SCHEDULED).select_related(
+                "to_plan"
+            )
+        )
+    due = [
+        c
+        for c in changes
+        if c.effective_at is None or c.effective_at <= subscription.current_period_end
+    ]
+    if not due:
+        return None
+    change = due[0]
+    subscription.plan = change.to_plan
+    change.status = PlanChange.Status.APPLIED
+    change.closed_at = subscription.current_period_end
+    change.save(update_fields=["status", "closed_at"])
+    return change
+
+
 RENEWAL_FIELDS = [
+    "plan_id",
     "billing_cycle",
     "scheduled_billing_cycle",
     "anchor_at",

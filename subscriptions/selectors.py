@@ -6,8 +6,15 @@ from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, 
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
-from accounts.models import Organisation
-from subscriptions.models import Connection, Environment, Plan, ProcessFlow, Subscription
+from accounts.models import Membership, Organisation
+from subscriptions.models import (
+    Connection,
+    Environment,
+    Plan,
+    PlanChange,
+    ProcessFlow,
+    Subscription,
+)
 
 
 @dataclass(frozen=True)
@@ -120,3 +127,61 @@ def process_flow_get(*, organisation: Organisation, public_id) -> ProcessFlow:
     if flow is None:
         raise Http404("No such ProcessFlow in this organisation.")
     return flow
+
+
+# Plan changes ----------------------------------------------------------------------------
+
+
+def plan_get_by_code(*, code: str) -> Plan:
+    """A plan of the catalogue by its code, with its prices; 404 when there is none."""
+    plan = Plan.objects.prefetch_related("prices").filter(code=code).first()
+    if plan is None:
+        raise Http404("No such plan.")
+    return plan
+
+
+def plan_list_lower(*, subscription: Subscription) -> list[Plan]:
+    """The public plans below the subscription's one offered in its currency, largest first."""
+    plans = (
+        Plan.objects.filter(is_public=True, rank__lt=subscription.plan.rank)
+        .prefetch_related("prices")
+        .order_by("-rank")
+    )
+    return [plan for plan in plans if plan.price_for(subscription.currency) is not None]
+
+
+def plan_change_scheduled(*, subscription: Subscription) -> PlanChange | None:
+    """The downgrade scheduled for the subscription's renewal, with both plans, or None."""
+    return (
+        PlanChange.objects.select_related("from_plan", "to_plan")
+        .filter(
+            subscription=subscription,
+            kind=PlanChange.Kind.DOWNGRADE,
+            status=PlanChange.Status.SCHEDULED,
+        )
+        .first()
+    )
+
+
+def active_process_flows(*, organisation: Organisation) -> list[ProcessFlow]:
+    """The organisation's active ProcessFlows with their environment, oldest first."""
+    return list(
+        ProcessFlow.objects.filter(organisation=organisation, status=ProcessFlow.Status.ACTIVE)
+        .select_related("environment")
+        .order_by("created_at", "pk")
+    )
+
+
+def subscription_recipients(*, organisation: Organisation) -> list[str]:
+    """Who gets subscription emails: active Admins and Billing contacts, and the primary email.
+
+    The same people as billing emails (billing.selectors.billing_recipients); subscriptions
+    cannot import billing, so the query is repeated here.
+    """
+    emails = Membership.objects.filter(
+        organisation=organisation,
+        status=Membership.Status.ACTIVE,
+        role__in=[Membership.Role.ADMIN, Membership.Role.BILLING],
+    ).values_list("user__email", flat=True)
+    ordered = [organisation.primary_email, *sorted(emails)]
+    return list(dict.fromkeys(email.lower() for email in ordered if email))

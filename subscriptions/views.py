@@ -1,4 +1,5 @@
 from django.contrib import messages
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
@@ -7,12 +8,24 @@ from accounts.audit import Actor
 from accounts.roles import ADMIN, ADMIN_AND_BILLING, ADMIN_ONLY, ALL_ROLES
 from accounts.tenancy import tenant_view
 from billing_portal.errors import ServiceError
-from subscriptions.forms import ConnectionForm, EnvironmentForm, ProcessFlowForm
+from subscriptions.forms import ConnectionForm, DowngradeForm, EnvironmentForm, ProcessFlowForm
 from subscriptions.models import ProcessFlow
+from subscriptions.plan_changes import (
+    downgrade_cancel,
+    downgrade_flows_to_pause,
+    downgrade_refusal,
+    downgrade_review,
+    downgrade_schedule,
+    plan_change_refusal,
+    plan_differences,
+)
 from subscriptions.selectors import (
     PlanLimits,
     connection_list,
     environment_list,
+    plan_change_scheduled,
+    plan_get_by_code,
+    plan_list_lower,
     process_flow_get,
     process_flow_list,
     subscription_for,
@@ -26,6 +39,7 @@ from subscriptions.services import (
     process_flow_pause,
     process_flow_resume,
 )
+from subscriptions.states import SERVING
 
 
 def _form_error(form, error: ServiceError) -> None:
@@ -194,4 +208,115 @@ def settings(request):
         price = plan.price_for(subscription.currency)
         if subscription.scheduled_billing_cycle and price is not None:
             context["scheduled_amount"] = price.amount_for(subscription.scheduled_billing_cycle)
+        context["can_change_plan"] = (
+            request.membership.role == ADMIN and subscription.status in SERVING
+        )
+        change = plan_change_scheduled(subscription=subscription)
+        if change is not None:
+            features, limits = plan_differences(old=change.from_plan, new=change.to_plan)
+            context.update(
+                scheduled_change=change,
+                scheduled_features=features,
+                scheduled_limits=limits,
+                scheduled_pauses=downgrade_flows_to_pause(subscription=subscription, change=change),
+            )
     return render(request, "subscriptions/settings.html", context)
+
+
+# Settings > Subscription > Change Plan (article section 3, downgrade) --------------------
+
+
+def _to_subscription(request):
+    return redirect("subscriptions:settings", org_slug=request.organisation.slug)
+
+
+@tenant_view(roles=ADMIN_ONLY, section="subscription")
+def change_plan(request):
+    """Step 1 of a downgrade: the lower plans, each with its price and what it includes."""
+    subscription = subscription_for(organisation=request.organisation)
+    if subscription is None:
+        return _to_subscription(request)
+    context = {
+        "subscription": subscription,
+        "plans": [
+            (plan, plan.price_for(subscription.currency).amount_for(subscription.billing_cycle))
+            for plan in plan_list_lower(subscription=subscription)
+        ],
+        "scheduled_change": plan_change_scheduled(subscription=subscription),
+        "refusal": plan_change_refusal(subscription=subscription),
+    }
+    return render(request, "subscriptions/change_plan.html", context)
+
+
+def _review_page(request, *, review, form, status=200):
+    keep_ids = (
+        set(form["keep"].value() or [])
+        if form.is_bound
+        else {str(flow.public_id) for flow in review.default_keep}
+    )
+    context = {
+        "review": review,
+        "subscription": review.subscription,
+        "form": form,
+        "keep_ids": keep_ids,
+        "scheduled_change": plan_change_scheduled(subscription=review.subscription),
+    }
+    return render(request, "subscriptions/change_plan_review.html", context, status=status)
+
+
+@tenant_view(roles=ADMIN_ONLY, section="subscription")
+def change_plan_review(request, plan_code):
+    """Steps 2-4 of a downgrade: what is removed, the flows to keep, Confirm."""
+    plan = plan_get_by_code(code=plan_code)
+    subscription = subscription_for(organisation=request.organisation)
+    if subscription is None:
+        raise Http404("No subscription.")
+    refusal = downgrade_refusal(subscription=subscription, plan=plan)
+    if refusal:
+        messages.error(request, refusal)
+        return redirect("subscriptions:change_plan", org_slug=request.organisation.slug)
+    review = downgrade_review(subscription=subscription, plan=plan)
+    if request.method != "POST":
+        return _review_page(request, review=review, form=DowngradeForm(flows=review.active_flows))
+    form = DowngradeForm(request.POST, flows=review.active_flows)
+    if form.is_valid():
+        try:
+            change = downgrade_schedule(
+                subscription=subscription,
+                actor=Actor.from_request(request),
+                plan=plan,
+                keep_flow_ids=form.cleaned_data["keep"] or None,
+                now=timezone.now(),
+            )
+        except ServiceError as error:
+            _form_error(form, error)
+        else:
+            messages.success(
+                request,
+                f"Your plan changes to {plan.name} on "
+                f"{timezone.localtime(change.effective_at):%-d %B %Y}, at the renewal. "
+                f"Until then nothing changes; you can cancel the change here.",
+            )
+            return _to_subscription(request)
+    return _review_page(request, review=review, form=form, status=400)
+
+
+@tenant_view(roles=ADMIN_ONLY, section="subscription")
+@require_POST
+def scheduled_change_cancel(request):
+    subscription = subscription_for(organisation=request.organisation)
+    if subscription is None:
+        raise Http404("No subscription.")
+    try:
+        change = downgrade_cancel(
+            subscription=subscription, actor=Actor.from_request(request), now=timezone.now()
+        )
+    except ServiceError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(
+            request,
+            f"The change to {change.to_plan.name} is cancelled: you stay on "
+            f"{change.from_plan.name}.",
+        )
+    return _to_subscription(request)

@@ -19,7 +19,14 @@ from tests.subscriptions.factories import ProcessFlowFactory, SubscriptionFactor
 pytestmark = pytest.mark.django_db
 
 PARAM = re.compile(r"<(?:\w+:)?(\w+)>")
-KNOWN_PARAMS = {"org_slug", "member_id", "invitation_id", "flow_id", "invoice_number"}
+KNOWN_PARAMS = {
+    "org_slug",
+    "member_id",
+    "invitation_id",
+    "flow_id",
+    "invoice_number",
+    "plan_code",
+}
 
 
 def organisation_routes():
@@ -55,6 +62,7 @@ def victim(org, admin, member):
         "invitation_id": invitation.public_id,
         "flow_id": flow.public_id,
         "invoice_number": issued_invoice(organisation=org, number="INV-2026-000101").number,
+        "plan_code": "standard",
     }
 
 
@@ -113,6 +121,7 @@ def test_own_organisation_url_with_another_organisations_object_ids_is_404(
         "invitation_id": InvitationFactory(organisation=other_org).public_id,
         "flow_id": ProcessFlowFactory(environment__organisation=other_org).public_id,
         "invoice_number": issued_invoice(organisation=other_org, number="INV-2026-000202").number,
+        "plan_code": "standard",
     }
     MembershipFactory(organisation=other_org, role="member")
     before = snapshot(other_org)

@@ -355,3 +355,27 @@ def test_ops_record_a_payment_from_the_invoice_admin(client, subscribed, org, co
     invoice.refresh_from_db()
     assert invoice.status == "paid"
     assert invoice.payments.get().recorded_by == ops
+
+
+def test_resubscribing_after_the_subscription_ended(subscribed, org, admin):
+    Subscription.objects.filter(organisation=org).update(
+        status="ended", cancel_at_period_end=True, canceled_at=START
+    )
+    later = datetime(2026, 3, 10, tzinfo=UTC)
+    invoice = subscription_start(
+        organisation=org,
+        actor=Actor(user=admin),
+        plan=Plan.objects.get(code="standard"),
+        billing_cycle="monthly",
+        currency="USD",
+        now=later,
+    )
+    invoice_charge(invoice=invoice, now=later)
+    subscription = Subscription.objects.get(organisation=org)
+    assert (subscription.status, subscription.plan.code, subscription.cancel_at_period_end) == (
+        "active",
+        "standard",
+        False,
+    )
+    assert subscription.current_period_start == later
+    assert Invoice.objects.filter(organisation=org).count() == 2

@@ -1,5 +1,6 @@
 from celery.schedules import crontab
 
+from billing.dunning import dunning_advance, dunning_open_overdue
 from billing.services import (
     billing_run_issue,
     card_expiry_reminders_send,
@@ -29,3 +30,15 @@ def charge_open_invoices(*, now):
 @scheduled_job(name="card_expiry_reminders", schedule=crontab(hour="8", minute="0"), order=50)
 def card_expiry_reminders(*, now):
     return f"{card_expiry_reminders_send(now=now)} reminder(s) sent"
+
+
+# Failed payments (article section 6): overdue bank-transfer / PO invoices open a case, then
+# every open case runs the step due (day 3, 7, 14). After the charges, so day 0 is in place.
+@scheduled_job(name="dunning_open_overdue", schedule=crontab(minute="*/15"), order=35)
+def open_overdue(*, now):
+    return f"{dunning_open_overdue(now=now)} overdue invoice case(s) opened"
+
+
+@scheduled_job(name="dunning_steps", schedule=crontab(minute="*/15"), order=40)
+def dunning_steps(*, now):
+    return f"{dunning_advance(now=now)} dunning step(s) run"

@@ -292,3 +292,84 @@ class Payment(models.Model):
 
     def __str__(self):
         return f"{self.invoice} attempt {self.attempt} ({self.status})"
+
+
+class DunningCase(models.Model):
+    """The failed-payment schedule of a subscription (DESIGN.md section 2, Failed payments).
+
+    Opened at the first failure of an invoice (day 0; for bank transfer and purchase order, the
+    day an invoice passes its due date); its steps run on days 3, 7 and 14 counted from then.
+    Closed when every open invoice is paid (resolved) or by ops.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        RESOLVED = "resolved", "Paid up"
+        CLOSED = "closed", "Closed"
+
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.PROTECT, related_name="dunning_cases"
+    )
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.PROTECT, related_name="dunning_cases"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    started_at = models.DateTimeField(help_text="Day 0: the first failure.")
+    # Ops may push suspension back (admin action "extend grace period").
+    grace_extension_days = models.PositiveSmallIntegerField(default=0)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription"],
+                condition=Q(status="open"),
+                name="dunning_one_open_case_per_subscription",
+            )
+        ]
+        indexes = [models.Index(fields=["status", "started_at"])]
+
+    def __str__(self):
+        return f"Dunning of {self.organisation} from {self.started_at:%Y-%m-%d} ({self.status})"
+
+
+class DunningStep(models.Model):
+    """One step of a dunning case, recorded once: the unique (case, step) makes it run once."""
+
+    class Step(models.TextChoices):
+        DAY_0 = "day_0", "Day 0: payment failed"
+        DAY_3 = "day_3", "Day 3: second attempt"
+        DAY_7 = "day_7", "Day 7: final attempt"
+        DAY_14 = "day_14", "Day 14: suspension"
+
+    case = models.ForeignKey(DunningCase, on_delete=models.CASCADE, related_name="steps")
+    step = models.CharField(max_length=16, choices=Step.choices)
+    ran_at = models.DateTimeField()
+    # Charge attempts made by this step (0 for bank transfer / purchase order or day 14).
+    attempts = models.PositiveSmallIntegerField(default=0)
+    succeeded = models.BooleanField(default=False)
+    result = models.CharField(max_length=255, blank=True, help_text="Processor result.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["case", "step"], name="dunning_step_once")]
+        ordering = ["case", "ran_at"]
+
+    def __str__(self):
+        return f"{self.case_id} {self.step} ({'paid' if self.succeeded else self.result})"
+
+
+class StripeEvent(models.Model):
+    """A webhook event from Stripe, stored once by its id: a redelivery changes nothing."""
+
+    event_id = models.CharField(max_length=80, unique=True)
+    type = models.CharField(max_length=80)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["type", "received_at"])]
+
+    def __str__(self):
+        return f"{self.type} {self.event_id}"

@@ -548,7 +548,9 @@ def _claim_card_attempt(invoice: Invoice, *, now: datetime) -> Payment | None:
         return payment
 
 
-def invoice_charge(*, invoice: Invoice, now: datetime) -> Payment | None:
+def invoice_charge(
+    *, invoice: Invoice, now: datetime, notify_failure: bool = True
+) -> Payment | None:
     """Charge an open invoice to the card on file, off-session. Returns the attempt.
 
     The attempt row is committed before Stripe is called and its key is sent with the charge;
@@ -582,10 +584,22 @@ def invoice_charge(*, invoice: Invoice, now: datetime) -> Payment | None:
                 code=error.code or "declined",
                 message=error.message,
                 now=now,
-                notify=not upgrade,  # the Admin is on the page and sees the message
+                # The Admin on the upgrade page sees the message; dunning steps send their own.
+                notify=notify_failure and not upgrade,
             )
             if upgrade:
                 _upgrade_declined(payment.invoice, now=now)
+            elif payment.invoice.subscription_id:
+                from billing.dunning import dunning_open
+
+                # Day 0 of the failed-payment schedule (a no-op when a case is already open).
+                dunning_open(
+                    subscription=payment.invoice.subscription,
+                    started_at=now,
+                    now=now,
+                    result=error.message,
+                    attempts=1,
+                )
         return payment
     return payment_succeeded(payment=payment, processor_id=result.payment_intent_id, now=now)
 
@@ -641,6 +655,11 @@ def payment_succeeded(*, payment: Payment, processor_id: str, now: datetime) -> 
                 subscription_transition(
                     subscription=subscription, to=Subscription.Status.ACTIVE, now=now
                 )
+            else:
+                from billing.dunning import dunning_resolve_if_paid
+
+                # Paid up: close the failed-payment case, restore the service (article 6).
+                dunning_resolve_if_paid(subscription=subscription, now=now)
         email_send(
             template="payment_receipt",
             to=billing_recipients(organisation=invoice.organisation),

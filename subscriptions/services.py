@@ -494,3 +494,25 @@ def subscription_set_payment_method_kind(
             now=now,
         )
     return subscription
+
+
+def process_flows_suspend(*, organisation: Organisation, now: datetime) -> int:
+    """Suspension (article section 6, day 14): every ACTIVE flow pauses with reason
+    "suspension"; flows already paused keep their own reason. Caller holds the transaction."""
+    return ProcessFlow.objects.filter(
+        organisation=organisation, status=ProcessFlow.Status.ACTIVE
+    ).update(
+        status=ProcessFlow.Status.PAUSED,
+        pause_reason=ProcessFlow.PauseReason.SUSPENSION,
+        paused_at=now,
+    )
+
+
+def process_flows_resume_suspended(*, organisation: Organisation) -> int:
+    """Paid up: exactly the flows paused for suspension run again; flows paused by a user or by
+    a plan limit stay paused (DESIGN.md section 2, Failed payments)."""
+    return ProcessFlow.objects.filter(
+        organisation=organisation,
+        status=ProcessFlow.Status.PAUSED,
+        pause_reason=ProcessFlow.PauseReason.SUSPENSION,
+    ).update(status=ProcessFlow.Status.ACTIVE, pause_reason="", paused_at=None)

@@ -1,0 +1,440 @@
+"""Failed payments: the dunning schedule (DESIGN.md section 2, Failed payments; article 6).
+
+Day 0: a charge of an invoice fails: email, status past due, first retry scheduled.
+Day 3: second attempt, reminder email. Day 7: third and final attempt; if it fails, the
+grace period starts (email). Day 14: still unpaid: suspended, every active ProcessFlow pauses
+with reason "suspension" (email). Bank transfer and purchase-order invoices follow the same
+days from their due date, with emails but no charge attempts.
+
+Each step is a DunningStep row, unique per case: it is inserted (claimed) before the step does
+anything, so a step runs once however often `tick` runs or however many workers run it. A
+schedule running late runs only the latest step due and records the skipped ones.
+Paying every open invoice (any day, any way) resolves the case and restores the service.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.urls import reverse
+
+from accounts.audit import SYSTEM, Actor, audit_record
+from accounts.emails import email_send
+from billing.models import DunningCase, DunningStep, Invoice, Payment
+from billing.selectors import billing_recipients
+from billing_portal.errors import ServiceError
+from subscriptions.models import PaymentMethodKind, Subscription
+from subscriptions.services import process_flows_resume_suspended, process_flows_suspend
+from subscriptions.states import subscription_transition
+
+logger = logging.getLogger(__name__)
+
+Step = DunningStep.Step
+STEP_DAYS = {Step.DAY_0: 0, Step.DAY_3: 3, Step.DAY_7: 7, Step.DAY_14: 14}
+ORDER = [Step.DAY_0, Step.DAY_3, Step.DAY_7, Step.DAY_14]
+# Statuses in which unpaid invoices are chased.
+CHASED = (
+    Subscription.Status.ACTIVE,
+    Subscription.Status.PAST_DUE,
+    Subscription.Status.GRACE,
+    Subscription.Status.SUSPENDED,
+)
+
+
+def step_due_at(case: DunningCase, step: str) -> datetime:
+    extra = case.grace_extension_days if step == Step.DAY_14 else 0
+    return case.started_at + timedelta(days=STEP_DAYS[step] + extra)
+
+
+def open_invoices(subscription: Subscription):
+    return Invoice.objects.filter(subscription=subscription, status=Invoice.Status.OPEN).exclude(
+        kind=Invoice.Kind.UPGRADE
+    )
+
+
+def amount_due(subscription: Subscription) -> int:
+    return open_invoices(subscription).aggregate(total=Sum("total"))["total"] or 0
+
+
+def _context(case: DunningCase, subscription: Subscription) -> dict:
+    organisation = subscription.organisation
+    return {
+        "case": case,
+        "subscription": subscription,
+        "amount_due": amount_due(subscription),
+        "currency": subscription.currency,
+        "suspension_at": step_due_at(case, Step.DAY_14),
+        "final_attempt_at": step_due_at(case, Step.DAY_7),
+        "payment_method_url": settings.SITE_URL
+        + reverse("billing:payment_method", args=[organisation.slug]),
+    }
+
+
+def _email(template: str, case: DunningCase, subscription: Subscription) -> None:
+    email_send(
+        template=template,
+        to=billing_recipients(organisation=subscription.organisation),
+        context=_context(case, subscription),
+        organisation=subscription.organisation,
+    )
+
+
+def dunning_open(
+    *, subscription: Subscription, started_at: datetime, now: datetime, result: str, attempts: int
+) -> DunningCase | None:
+    """Day 0: open the case (once), record the step, move the subscription to past due.
+
+    Called in the transaction that recorded the failed charge (or found the overdue invoice).
+    The failed-payment email itself is the day-0 email (billing.services._record_failure, or
+    the overdue email for bank transfer / purchase order).
+    """
+    subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
+    if subscription.status not in CHASED:
+        return None
+    case = DunningCase.objects.filter(
+        subscription=subscription, status=DunningCase.Status.OPEN
+    ).first()
+    if case is not None:
+        return case
+    case = DunningCase.objects.create(
+        organisation_id=subscription.organisation_id,
+        subscription=subscription,
+        started_at=started_at,
+    )
+    DunningStep.objects.create(
+        case=case, step=Step.DAY_0, ran_at=now, attempts=attempts, result=result[:255]
+    )
+    if subscription.status == Subscription.Status.ACTIVE:
+        subscription_transition(subscription=subscription, to=Subscription.Status.PAST_DUE, now=now)
+    return case
+
+
+def dunning_open_overdue(*, now: datetime) -> int:
+    """Bank transfer / purchase order: an invoice unpaid past its due date opens the case."""
+    overdue = (
+        Invoice.objects.filter(
+            status=Invoice.Status.OPEN,
+            payment_method_kind__in=[
+                PaymentMethodKind.BANK_TRANSFER,
+                PaymentMethodKind.PURCHASE_ORDER,
+            ],
+            due_at__lte=now,
+            subscription__status=Subscription.Status.ACTIVE,
+        )
+        .exclude(subscription__dunning_cases__status=DunningCase.Status.OPEN)
+        .select_related("subscription", "subscription__organisation")
+        .order_by("due_at")
+    )
+    opened = 0
+    for invoice in overdue[:500]:
+        with transaction.atomic():
+            case = dunning_open(
+                subscription=invoice.subscription,
+                started_at=invoice.due_at,
+                now=now,
+                result=f"Invoice {invoice.number} unpaid after its due date",
+                attempts=0,
+            )
+            if case is not None and case.started_at == invoice.due_at and case.steps.count() == 1:
+                _email("payment_overdue", case, invoice.subscription)
+                opened += 1
+    return opened
+
+
+@dataclass(frozen=True)
+class RetryOutcome:
+    attempts: int
+    paid: int
+    result: str
+
+    @property
+    def succeeded(self) -> bool:
+        return self.attempts > 0 and self.paid == self.attempts
+
+
+def charge_open_invoices(*, subscription: Subscription, now: datetime) -> RetryOutcome:
+    """Charge every open card invoice of the subscription at once (Retry Payment)."""
+    from billing.services import invoice_charge
+
+    invoices = list(open_invoices(subscription).filter(payment_method_kind=PaymentMethodKind.CARD))
+    attempts = paid = 0
+    results = []
+    for invoice in invoices:
+        try:
+            payment = invoice_charge(invoice=invoice, now=now, notify_failure=False)
+        except ServiceError:
+            continue  # paid meanwhile
+        attempts += 1
+        if payment is None:
+            results.append("a charge is already in progress")
+        elif payment.status == Payment.Status.SUCCEEDED:
+            paid += 1
+        elif payment.status == Payment.Status.FAILED:
+            results.append(payment.failure_message)
+        else:
+            results.append("processor did not answer; retried later with the same key")
+    result = "paid" if attempts and paid == attempts else "; ".join(dict.fromkeys(results))
+    return RetryOutcome(attempts=attempts, paid=paid, result=result or "nothing to charge")
+
+
+def _due_step(case: DunningCase, done: set[str], now: datetime) -> tuple[str | None, list[str]]:
+    """The latest step due and not yet run, and the earlier ones it skips."""
+    due = [s for s in ORDER if s not in done and step_due_at(case, s) <= now]
+    if not due:
+        return None, []
+    return due[-1], due[:-1]
+
+
+def dunning_advance(*, now: datetime, limit: int = 200) -> int:
+    """Run the dunning steps due by `now` (a scheduled job; safe twice and concurrently)."""
+    ran = 0
+    case_ids = list(
+        DunningCase.objects.filter(status=DunningCase.Status.OPEN)
+        .order_by("started_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for case_id in case_ids:
+        if _advance_case(case_id, now=now):
+            ran += 1
+    return ran
+
+
+def _advance_case(case_id: int, *, now: datetime) -> bool:
+    # 1. Claim the step: the unique (case, step) row is the proof it runs once.
+    with transaction.atomic():
+        case = (
+            DunningCase.objects.select_for_update(skip_locked=True)
+            .filter(pk=case_id, status=DunningCase.Status.OPEN)
+            .first()
+        )
+        if case is None:
+            return False
+        done = set(case.steps.values_list("step", flat=True))
+        step, skipped = _due_step(case, done, now)
+        if step is None:
+            return False
+        try:
+            with transaction.atomic():
+                for earlier in skipped:
+                    DunningStep.objects.create(
+                        case=case, step=earlier, ran_at=now, result="skipped: the schedule ran late"
+                    )
+                record = DunningStep.objects.create(
+                    case=case, step=step, ran_at=now, result="running"
+                )
+        except IntegrityError:
+            return False
+    subscription = Subscription.objects.select_related("organisation").get(pk=case.subscription_id)
+    # 2. Do the step: charge attempts happen outside any lock (network I/O).
+    outcome = RetryOutcome(attempts=0, paid=0, result="no automatic charge (invoice)")
+    if (
+        step in (Step.DAY_3, Step.DAY_7)
+        and subscription.payment_method_kind == PaymentMethodKind.CARD
+    ):
+        outcome = charge_open_invoices(subscription=subscription, now=now)
+    # 3. Record the outcome and move on the schedule.
+    with transaction.atomic():
+        case = DunningCase.objects.select_for_update().get(pk=case.pk)
+        subscription = (
+            Subscription.objects.select_for_update()
+            .select_related("organisation")
+            .get(pk=subscription.pk)
+        )
+        record.attempts = outcome.attempts
+        record.succeeded = case.status == DunningCase.Status.RESOLVED or outcome.succeeded
+        record.result = outcome.result[:255]
+        record.save(update_fields=["attempts", "succeeded", "result"])
+        if case.status != DunningCase.Status.OPEN:
+            return True  # paid by this step: payment_succeeded resolved everything
+        if step == Step.DAY_3:
+            _email("payment_reminder", case, subscription)
+        elif step == Step.DAY_7:
+            subscription_transition(
+                subscription=subscription, to=Subscription.Status.GRACE, now=now
+            )
+            _email("grace_period", case, subscription)
+        elif step == Step.DAY_14:
+            subscription_transition(
+                subscription=subscription, to=Subscription.Status.SUSPENDED, now=now
+            )
+            paused = process_flows_suspend(organisation=subscription.organisation, now=now)
+            audit_record(
+                organisation=subscription.organisation,
+                actor=SYSTEM,
+                action="subscription.suspended",
+                target=subscription,
+                target_label=f"{paused} ProcessFlow(s) paused",
+                changes={"status": {"old": "grace", "new": "suspended"}},
+                now=now,
+            )
+            _email("account_suspended", case, subscription)
+    return True
+
+
+def dunning_resolve_if_paid(*, subscription: Subscription, now: datetime) -> bool:
+    """Every open invoice is paid: the case closes, the subscription is active again, and the
+    flows paused for suspension resume (caller's transaction, after recording a payment)."""
+    subscription = (
+        Subscription.objects.select_for_update()
+        .select_related("organisation")
+        .get(pk=subscription.pk)
+    )
+    if open_invoices(subscription).exists():
+        return False
+    case = (
+        DunningCase.objects.select_for_update()
+        .filter(subscription=subscription, status=DunningCase.Status.OPEN)
+        .first()
+    )
+    was = subscription.status
+    if case is None and was not in (
+        Subscription.Status.PAST_DUE,
+        Subscription.Status.GRACE,
+        Subscription.Status.SUSPENDED,
+    ):
+        return False
+    if case is not None:
+        case.status = DunningCase.Status.RESOLVED
+        case.closed_at = now
+        case.save(update_fields=["status", "closed_at"])
+    if was in (
+        Subscription.Status.PAST_DUE,
+        Subscription.Status.GRACE,
+        Subscription.Status.SUSPENDED,
+    ):
+        subscription_transition(subscription=subscription, to=Subscription.Status.ACTIVE, now=now)
+        resumed = process_flows_resume_suspended(organisation=subscription.organisation)
+        audit_record(
+            organisation=subscription.organisation,
+            actor=SYSTEM,
+            action="subscription.restored",
+            target=subscription,
+            target_label=f"{resumed} ProcessFlow(s) resumed",
+            changes={"status": {"old": was, "new": "active"}},
+            now=now,
+        )
+        if case is not None:
+            _email("service_restored", case, subscription)
+    return True
+
+
+def retry_payment(*, organisation, actor: Actor, now: datetime) -> RetryOutcome:
+    """Retry Payment (article section 6): charge every open invoice at once, any day."""
+    subscription = (
+        Subscription.objects.select_related("organisation")
+        .filter(organisation=organisation)
+        .first()
+    )
+    if subscription is None or not open_invoices(subscription).exists():
+        raise ServiceError("Nothing is due: every invoice is paid.")
+    if not open_invoices(subscription).filter(payment_method_kind=PaymentMethodKind.CARD).exists():
+        raise ServiceError(
+            "Your open invoices are paid by bank transfer or purchase order; see the invoice for "
+            "the payment details."
+        )
+    outcome = charge_open_invoices(subscription=subscription, now=now)
+    audit_record(
+        organisation=organisation,
+        actor=actor,
+        action="billing.retry_payment",
+        target=subscription,
+        target_label=outcome.result,
+        now=now,
+    )
+    return outcome
+
+
+def dunning_extend_grace(
+    *, case: DunningCase, days: int, actor: Actor, now: datetime
+) -> DunningCase:
+    """Ops push the suspension back by `days` (not once it happened)."""
+    with transaction.atomic():
+        case = DunningCase.objects.select_for_update().get(pk=case.pk)
+        if case.status != DunningCase.Status.OPEN:
+            raise ServiceError("This dunning case is closed.")
+        if case.steps.filter(step=Step.DAY_14).exists():
+            raise ServiceError("The account is already suspended; record the payment instead.")
+        old = case.grace_extension_days
+        case.grace_extension_days = old + days
+        case.save(update_fields=["grace_extension_days"])
+        audit_record(
+            organisation=case.organisation,
+            actor=actor,
+            action="billing.grace_extended",
+            target=case.subscription,
+            changes={"grace_extension_days": {"old": old, "new": case.grace_extension_days}},
+            now=now,
+        )
+    return case
+
+
+def invoice_mark_uncollectible(*, invoice: Invoice, actor: Actor, now: datetime) -> Invoice:
+    """Ops write an open invoice off; if nothing else is open the account is restored."""
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if invoice.status != Invoice.Status.OPEN:
+            raise ServiceError(
+                f"Invoice {invoice.number} is {invoice.get_status_display().lower()}."
+            )
+        invoice.status = Invoice.Status.UNCOLLECTIBLE
+        invoice.closed_at = now
+        invoice.save(update_fields=["status", "closed_at"])
+        audit_record(
+            organisation=invoice.organisation,
+            actor=actor,
+            action="billing.invoice_uncollectible",
+            target=invoice,
+            target_label=invoice.number,
+            changes={"status": {"old": "open", "new": "uncollectible"}},
+            now=now,
+        )
+        if invoice.subscription_id:
+            dunning_resolve_if_paid(subscription=invoice.subscription, now=now)
+    return invoice
+
+
+def timeline(*, subscription: Subscription) -> dict | None:
+    """What the customer sees on Payment Method: the steps so far and what comes next."""
+    case = (
+        DunningCase.objects.filter(subscription=subscription, status=DunningCase.Status.OPEN)
+        .prefetch_related("steps")
+        .first()
+    )
+    if case is None:
+        return None
+    done = {s.step: s for s in case.steps.all()}
+    rows = []
+    for step in ORDER:
+        rows.append(
+            {
+                "step": step,
+                "label": Step(step).label,
+                "due_at": step_due_at(case, step),
+                "record": done.get(step),
+            }
+        )
+    upcoming = next((row for row in rows if row["record"] is None), None)
+    return {
+        "case": case,
+        "rows": rows,
+        "next": upcoming,
+        "suspension_at": step_due_at(case, Step.DAY_14),
+        "amount_due": amount_due(subscription),
+    }
+
+
+def retry_after_card_update(*, organisation, now: datetime) -> RetryOutcome | None:
+    """Update Card while past due: the open invoices are retried with the new card at once."""
+    subscription = Subscription.objects.filter(organisation=organisation).first()
+    if subscription is None or subscription.status not in (
+        Subscription.Status.PAST_DUE,
+        Subscription.Status.GRACE,
+        Subscription.Status.SUSPENDED,
+    ):
+        return None
+    if not open_invoices(subscription).filter(payment_method_kind=PaymentMethodKind.CARD).exists():
+        return None
+    return charge_open_invoices(subscription=subscription, now=now)

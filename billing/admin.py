@@ -5,8 +5,11 @@ from django.contrib import admin, messages
 from django.utils import timezone
 
 from accounts.audit import Actor, client_ip
+from billing.dunning import dunning_extend_grace, invoice_mark_uncollectible, step_due_at
 from billing.models import (
     BillingProfile,
+    DunningCase,
+    DunningStep,
     Invoice,
     InvoiceDocument,
     InvoiceLine,
@@ -18,6 +21,8 @@ from billing.services import payment_record_manual
 from billing_portal.admin import ReadOnlyModelAdmin
 from billing_portal.errors import ServiceError
 from billing_portal.money import format_money
+from subscriptions.admin import SubscriptionAdmin
+from subscriptions.models import Subscription
 
 
 class InvoiceLineInline(admin.TabularInline):
@@ -67,7 +72,7 @@ class InvoiceAdmin(ReadOnlyModelAdmin):
     list_select_related = ("organisation",)
     date_hierarchy = "issued_at"
     inlines = [InvoiceLineInline, PaymentInline]
-    actions = ["record_payment"]
+    actions = ["record_payment", "mark_uncollectible"]
 
     def has_view_permission(self, request, obj=None):
         return request.user.is_staff
@@ -91,6 +96,19 @@ class InvoiceAdmin(ReadOnlyModelAdmin):
                 self.message_user(request, error.message, level=messages.ERROR)
             else:
                 self.message_user(request, f"{invoice.number} marked paid.")
+
+    @admin.action(
+        description="Mark uncollectible (write off; restores the account if nothing else is due)"
+    )
+    def mark_uncollectible(self, request, queryset):
+        actor = Actor(user=request.user, ip_address=client_ip(request))
+        for invoice in queryset.select_related("organisation", "subscription"):
+            try:
+                invoice_mark_uncollectible(invoice=invoice, actor=actor, now=timezone.now())
+            except ServiceError as error:
+                self.message_user(request, error.message, level=messages.ERROR)
+            else:
+                self.message_user(request, f"{invoice.number} marked uncollectible.")
 
 
 @admin.register(Payment)
@@ -148,3 +166,77 @@ class InvoiceDocumentAdmin(ReadOnlyModelAdmin):
     list_select_related = ("invoice",)
     search_fields = ("invoice__number",)
     exclude = ("pdf",)
+
+
+class DunningStepInline(admin.TabularInline):
+    model = DunningStep
+    extra = 0
+    can_delete = False
+    fields = ("step", "ran_at", "attempts", "succeeded", "result")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(DunningCase)
+class DunningCaseAdmin(ReadOnlyModelAdmin):
+    """The dunning timeline of each subscription, with the ops actions on it."""
+
+    list_display = (
+        "organisation",
+        "status",
+        "started_at",
+        "suspension_date",
+        "grace_extension_days",
+    )
+    list_filter = ("status",)
+    search_fields = ("organisation__name", "organisation__slug")
+    list_select_related = ("organisation",)
+    date_hierarchy = "started_at"
+    inlines = [DunningStepInline]
+    actions = ["extend_grace"]
+
+    @admin.display(description="Suspension on")
+    def suspension_date(self, obj):
+        return step_due_at(obj, DunningStep.Step.DAY_14)
+
+    @admin.action(description="Extend the grace period by 7 days")
+    def extend_grace(self, request, queryset):
+        actor = Actor(user=request.user, ip_address=client_ip(request))
+        for case in queryset.select_related("organisation", "subscription"):
+            try:
+                dunning_extend_grace(case=case, days=7, actor=actor, now=timezone.now())
+            except ServiceError as error:
+                self.message_user(request, f"{case.organisation}: {error.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"{case.organisation}: suspension moved back 7 days.")
+
+
+class DunningCaseInline(admin.TabularInline):
+    model = DunningCase
+    extra = 0
+    can_delete = False
+    fields = ("status", "started_at", "grace_extension_days", "closed_at", "timeline_link")
+    readonly_fields = fields
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Steps")
+    def timeline_link(self, obj):
+        return ", ".join(
+            f"{step.get_step_display()}: {'paid' if step.succeeded else step.result}"
+            for step in obj.steps.all()
+        )
+
+
+# The subscription admin (subscriptions app) shows the dunning timeline too; subscriptions
+# cannot import billing, so billing extends it here.
+admin.site.unregister(Subscription)
+
+
+@admin.register(Subscription)
+class SubscriptionWithDunningAdmin(SubscriptionAdmin):
+    inlines = [*SubscriptionAdmin.inlines, DunningCaseInline]

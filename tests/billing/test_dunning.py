@@ -185,3 +185,61 @@ def test_processor_down_during_a_retry_then_back(failing, org, settings, localst
         if pi["metadata"]["invoice"] == invoice.number and pi["status"] == "succeeded"
     ]
     assert len(charged) == 1
+
+
+def test_overdue_bank_transfer_follows_the_schedule_without_charges(subscribed, org, committed):
+    from billing.services import billing_run_issue, payment_record_manual
+
+    Subscription.objects.filter(organisation=org).update(
+        billing_cycle="annual", payment_method_kind="bank_transfer"
+    )
+    billing_run_issue(now=RENEWAL)
+    invoice = Invoice.objects.get(status="open")
+    due = invoice.due_at
+    mail.outbox.clear()
+    with committed():
+        tick(due - timedelta(hours=1))
+        assert status(org) == "active"
+        tick(due + timedelta(minutes=1))
+    assert status(org) == "past_due"
+    assert any(s.startswith("Payment overdue for") for s in subjects())
+    tick(due + timedelta(days=7))
+    tick(due + timedelta(days=14))
+    assert status(org) == "suspended"
+    assert invoice.payments.count() == 0  # never charged automatically
+    # Ops record the transfer: the account is restored.
+    payment_record_manual(
+        invoice=invoice, actor=Actor(user=None), reference="BANK-9", now=due + timedelta(days=15)
+    )
+    assert status(org) == "active"
+    assert DunningCase.objects.get().status == "resolved"
+
+
+def test_ops_extend_the_grace_period_and_write_off(failing, org, client):
+    from tests.factories import UserFactory
+
+    ops = UserFactory(is_staff=True, is_superuser=True)
+    client.force_login(ops)
+    tick(RENEWAL)
+    tick(RENEWAL + timedelta(days=7))
+    case = DunningCase.objects.get()
+    client.post(
+        "/admin/billing/dunningcase/", {"action": "extend_grace", "_selected_action": [case.pk]}
+    )
+    case.refresh_from_db()
+    assert case.grace_extension_days == 7
+    tick(RENEWAL + timedelta(days=14))
+    assert status(org) == "grace"  # suspension moved to day 21
+    assert client.get(f"/admin/billing/dunningcase/{case.pk}/change/").status_code == 200
+    assert (
+        client.get(f"/admin/subscriptions/subscription/{case.subscription_id}/change/").status_code
+        == 200
+    )
+    invoice = Invoice.objects.get(status="open")
+    client.post(
+        "/admin/billing/invoice/",
+        {"action": "mark_uncollectible", "_selected_action": [invoice.pk]},
+    )
+    invoice.refresh_from_db()
+    assert invoice.status == "uncollectible"
+    assert status(org) == "active"

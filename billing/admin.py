@@ -240,3 +240,6 @@ admin.site.unregister(Subscription)
 @admin.register(Subscription)
 class SubscriptionWithDunningAdmin(SubscriptionAdmin):
     inlines = [*SubscriptionAdmin.inlines, DunningCaseInline]
+
+
+from billing import admin_events  # noqa: E402,F401  (Stripe webhook events)

@@ -9,10 +9,14 @@ Every failure becomes a `PaymentError` whose `message` is safe to show to the cu
 `GatewayUnavailable` means Stripe could not be reached or failed: the outcome of a charge
 is unknown, so retry it later with the same idempotency key and it is never charged twice.
 
+Webhooks: `webhook_event` checks an incoming request's Stripe-Signature against
+STRIPE_WEBHOOK_SECRET and returns the event as a plain dict, or raises `WebhookError`.
+
 Settings are read on every call (tests change them): STRIPE_API_BASE, STRIPE_SECRET_KEY,
-STRIPE_PUBLISHABLE_KEY, STRIPE_JS_URL, STRIPE_TIMEOUT_SECONDS.
+STRIPE_PUBLISHABLE_KEY, STRIPE_JS_URL, STRIPE_TIMEOUT_SECONDS, STRIPE_WEBHOOK_SECRET.
 """
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -62,6 +66,20 @@ class GatewayUnavailable(PaymentError):
     A charge may or may not have happened. Retry later with the same idempotency key;
     `charge` then returns the first attempt's result instead of charging again.
     """
+
+
+class WebhookError(Exception):
+    """A webhook request that is not a well-formed event signed by Stripe: answer 400.
+
+    `code` is `bad_signature` (missing, stale or wrong Stripe-Signature) or `malformed`
+    (signed, but not a JSON event with an id, a type and a data object). `message` is
+    safe to return to the sender.
+    """
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -280,6 +298,38 @@ def customer_exists(*, customer_id: str) -> bool:
     except PaymentError:
         return False
     return not ("deleted" in customer and customer["deleted"])
+
+
+def webhook_event(*, payload: bytes, signature: str) -> dict[str, Any]:
+    """The event Stripe POSTed to our webhook endpoint, verified, as a plain dict.
+
+    `payload` is the raw request body and `signature` the Stripe-Signature header: an
+    HMAC-SHA256 of "{timestamp}.{body}" with STRIPE_WEBHOOK_SECRET, made at most five
+    minutes ago (Stripe's default tolerance, against replays). Raises WebhookError when
+    the signature is missing or wrong (code `bad_signature`) or the signed body is not an
+    event (code `malformed`). The dict is the body as sent (`id`, `type`, `data.object`, ...).
+    """
+    try:
+        stripe.Webhook.construct_event(payload, signature, settings.STRIPE_WEBHOOK_SECRET)
+    except stripe.SignatureVerificationError as e:
+        logger.warning("Stripe webhook refused: %s", e.user_message or e)
+        raise WebhookError("Invalid Stripe-Signature header.", code="bad_signature") from e
+    except (ValueError, TypeError, AttributeError) as e:
+        # UnicodeDecodeError and JSONDecodeError are ValueErrors; AttributeError is JSON
+        # that is not an object (stripe calls .get on it).
+        raise WebhookError("The body is not a JSON event.", code="malformed") from e
+    event = json.loads(payload)
+    data = event.get("data")
+    if not (
+        isinstance(event.get("id"), str)
+        and event["id"]
+        and isinstance(event.get("type"), str)
+        and event["type"]
+        and isinstance(data, dict)
+        and isinstance(data.get("object"), dict)
+    ):
+        raise WebhookError("The body is not a JSON event.", code="malformed")
+    return event
 
 
 # ------------------------------------------------------------------- internals --

@@ -578,30 +578,42 @@ def invoice_charge(
     except gateway.PaymentError as error:
         with transaction.atomic():
             payment = Payment.objects.select_for_update().get(pk=payment.pk)
-            upgrade = payment.invoice.kind == Invoice.Kind.UPGRADE
-            _record_failure(
-                payment,
+            payment_failed(
+                payment=payment,
                 code=error.code or "declined",
                 message=error.message,
                 now=now,
-                # The Admin on the upgrade page sees the message; dunning steps send their own.
-                notify=notify_failure and not upgrade,
+                notify=notify_failure,
             )
-            if upgrade:
-                _upgrade_declined(payment.invoice, now=now)
-            elif payment.invoice.subscription_id:
-                from billing.dunning import dunning_open
-
-                # Day 0 of the failed-payment schedule (a no-op when a case is already open).
-                dunning_open(
-                    subscription=payment.invoice.subscription,
-                    started_at=now,
-                    now=now,
-                    result=error.message,
-                    attempts=1,
-                )
         return payment
     return payment_succeeded(payment=payment, processor_id=result.payment_intent_id, now=now)
+
+
+def payment_failed(
+    *, payment: Payment, code: str, message: str, now: datetime, notify: bool = True
+) -> None:
+    """A charge was declined (told by the charge call or later by a webhook); caller's
+    transaction, payment row locked.
+
+    A declined upgrade voids its invoice (the old plan stays); any other invoice starts the
+    failed-payment schedule (day 0; nothing new when a case is already open). An invoice paid
+    or voided meanwhile owes nothing: the attempt is recorded, quietly.
+    """
+    invoice = Invoice.objects.select_for_update().get(pk=payment.invoice_id)
+    if invoice.status != Invoice.Status.OPEN:
+        _record_failure(payment, code=code, message=message, now=now, notify=False)
+        return
+    upgrade = invoice.kind == Invoice.Kind.UPGRADE
+    # The Admin on the upgrade page sees the message; dunning steps send their own emails.
+    _record_failure(payment, code=code, message=message, now=now, notify=notify and not upgrade)
+    if upgrade:
+        _upgrade_declined(invoice, now=now)
+    elif invoice.subscription_id:
+        from billing.dunning import dunning_open
+
+        dunning_open(
+            subscription=invoice.subscription, started_at=now, now=now, result=message, attempts=1
+        )
 
 
 def _record_failure(
@@ -638,10 +650,30 @@ def payment_succeeded(*, payment: Payment, processor_id: str, now: datetime) -> 
         if payment.status == Payment.Status.SUCCEEDED:
             return payment
         invoice = Invoice.objects.select_for_update().get(pk=payment.invoice_id)
+        if invoice.status != Invoice.Status.OPEN:
+            # Money arrived for an invoice already settled another way: never a second success
+            # on one invoice; ops see it in the logs and refund it.
+            logger.error(
+                "Payment %s succeeded but invoice %s is %s: needs review (refund)",
+                payment.pk,
+                invoice.number,
+                invoice.status,
+            )
+            return payment
         payment.status = Payment.Status.SUCCEEDED
-        payment.processor_id = processor_id
+        payment.processor_id = processor_id or payment.processor_id
         payment.completed_at = now
-        payment.save(update_fields=["status", "processor_id", "completed_at"])
+        payment.failure_code = ""
+        payment.failure_message = ""
+        payment.save(
+            update_fields=[
+                "status",
+                "processor_id",
+                "completed_at",
+                "failure_code",
+                "failure_message",
+            ]
+        )
         invoice.amount_paid = invoice.total
         invoice.status = Invoice.Status.PAID
         invoice.paid_at = now

@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from billing.webhook_views import stripe_webhook
+
 admin.site.site_header = "Billing portal operations"
 admin.site.site_title = "Billing portal ops"
 admin.site.index_title = "Operations"
@@ -8,6 +10,7 @@ admin.site.index_title = "Operations"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
+    path("webhooks/stripe/", stripe_webhook, name="stripe_webhook"),
     path("", include("accounts.urls")),
     path("", include("subscriptions.urls")),
     path("", include("billing.urls")),

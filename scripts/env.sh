@@ -23,6 +23,9 @@ export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:${REDIS_PORT}/0}"
 # localstripe, the Stripe stand-in services.sh runs; the settings read STRIPE_API_BASE.
 export STRIPE_PORT="${STRIPE_PORT:-58420}"
 export STRIPE_API_BASE="${STRIPE_API_BASE:-http://127.0.0.1:${STRIPE_PORT}}"
+# Secret localstripe signs webhooks with (run.sh registers the endpoint with it); the
+# settings verify the Stripe-Signature header with the same value.
+export STRIPE_WEBHOOK_SECRET="${STRIPE_WEBHOOK_SECRET:-whsec_localstripe}"
 
 # Postgres server binaries (initdb, pg_ctl) are not on PATH on Debian.
 if [ -z "${PG_BIN:-}" ]; then

@@ -39,6 +39,29 @@ bp_services_start
 pg_log="$RUN_DIR/pg/postgres.log"
 [ -f "$RUN_DIR/pg/data/PG_VERSION" ] || pg_log="$PG_TMP_BASE/pg/postgres.log"
 
+# localstripe POSTs payment events to the portal, signed with $STRIPE_WEBHOOK_SECRET
+# (a charge whose answer was lost is settled by its webhook). Registering again replaces
+# the endpoint; localstripe forgets it when it restarts.
+case "$STRIPE_API_BASE" in
+    http://127.0.0.1:*|http://localhost:*)
+        python - "$STRIPE_API_BASE/_config/webhooks/portal" <<'PY' \
+            || echo "run: WARNING: could not register the webhook endpoint with localstripe" >&2
+import os, sys, urllib.parse, urllib.request
+body = urllib.parse.urlencode([
+    ("url", "http://127.0.0.1:8000/webhooks/stripe/"),
+    ("secret", os.environ["STRIPE_WEBHOOK_SECRET"]),
+    # The events the portal acts on (billing/webhooks.py), as a Stripe endpoint would list.
+    ("events[]", "payment_intent.succeeded"),
+    ("events[]", "payment_intent.payment_failed"),
+]).encode()
+try:
+    urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=body), timeout=5)
+except OSError as error:
+    sys.exit(f"run: {sys.argv[1]}: {error}")
+PY
+        ;;
+esac
+
 python manage.py migrate --noinput
 python manage.py seed_demo
 

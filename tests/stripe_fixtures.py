@@ -14,6 +14,12 @@ by `make test`) at settings.STRIPE_API_BASE.
             confirmed_setup_intent(customer_id=customer_id, number=DECLINED)
         assert declined.value.message == "Your card was declined."
 
+Webhooks: `register_webhook(url)` has localstripe POST its events to `url` (a live
+server's /webhooks/stripe/), signed with settings.STRIPE_WEBHOOK_SECRET, one second after
+they happen; `unregister_webhook(webhook_id)` stops it. Registrations survive
+`DELETE /_config/data` and are shared by everyone using the same localstripe, so each
+test run uses its own id and unregisters at the end.
+
 A page test whose view created the SetupIntent passes the client secret it rendered to
 `confirm_card_setup(client_secret, number=...)`, then posts the SetupIntent id back.
 The `localstripe` fixture's value is a `stripe.StripeClient` for looking at what the
@@ -35,6 +41,7 @@ Where localstripe declines the test cards (as checked against its code):
 """
 
 import json
+import os
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
@@ -184,6 +191,46 @@ def confirm_card_setup(
     if body.get("status") != "succeeded":
         raise StripeJsError({"message": f"setup_intent has status {body.get('status')}"})
     return setup_intent_id
+
+
+PAYMENT_INTENT_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed")
+# localstripe cannot delete a webhook: this event filter matches no event it sends.
+_NO_EVENTS = ["webhook.disabled"]
+
+
+def register_webhook(
+    url: str,
+    *,
+    events: tuple[str, ...] | None = PAYMENT_INTENT_EVENTS,
+    secret: str | None = None,
+    webhook_id: str | None = None,
+) -> str:
+    """Have localstripe POST its events of these types (None: all) to `url`; the webhook id.
+
+    Signed as Stripe does (Stripe-Signature `t=...,v1=...`) with `secret`, by default
+    settings.STRIPE_WEBHOOK_SECRET. Registering an id again replaces it. Delivered once,
+    a second after the event, never retried (unlike Stripe).
+    """
+    if urlsplit(url).hostname not in _LOOPBACK:
+        raise ValueError(f"webhooks go to loopback only, not {url}")
+    webhook_id = webhook_id or f"tests-{os.getpid()}"
+    payload = {"url": url, "secret": secret or settings.STRIPE_WEBHOOK_SECRET}
+    if events is not None:
+        payload["events"] = list(events)
+    status, body = _post(f"/_config/webhooks/{webhook_id}", payload)
+    if status != 200:
+        raise RuntimeError(f"localstripe refused the webhook {webhook_id}: {status} {body}")
+    return webhook_id
+
+
+def unregister_webhook(webhook_id: str) -> None:
+    """Stop localstripe's deliveries to a webhook registered by `register_webhook`."""
+    status, body = _post(
+        f"/_config/webhooks/{webhook_id}",
+        {"url": "http://127.0.0.1:9/unregistered/", "secret": "-", "events": _NO_EVENTS},
+    )
+    if status != 200:
+        raise RuntimeError(f"localstripe refused to unregister {webhook_id}: {status} {body}")
 
 
 def _client() -> stripe.StripeClient:

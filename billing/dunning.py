@@ -261,6 +261,8 @@ def _advance_case(case_id: int, *, now: datetime) -> bool:
                 subscription=subscription, to=Subscription.Status.SUSPENDED, now=now
             )
             paused = process_flows_suspend(organisation=subscription.organisation, now=now)
+            record.result = f"account suspended; {paused} active ProcessFlow(s) paused"
+            record.save(update_fields=["result"])
             audit_record(
                 organisation=subscription.organisation,
                 actor=SYSTEM,

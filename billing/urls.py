@@ -13,6 +13,12 @@ organisation_urlpatterns = [
         name="invoice_pdf",
     ),
     path("settings/billing/payment-method/", views.payment_method, name="payment_method"),
+    # Retry Payment (article section 6): charge every open invoice now (POST).
+    path(
+        "settings/billing/payment-method/retry/",
+        views.retry_payment_view,
+        name="retry_payment",
+    ),
     path(
         "settings/billing/billing-information/",
         views.billing_information,

@@ -1,3 +1,4 @@
+import math
 from datetime import timedelta
 
 from django.contrib import messages
@@ -6,11 +7,19 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.http import require_POST
 
 from accounts.audit import Actor
 from accounts.roles import ADMIN_AND_BILLING, ADMIN_ONLY
 from accounts.tenancy import tenant_view
 from billing import gateway
+from billing.dunning import (
+    Step,
+    amount_due,
+    retry_after_card_update,
+    retry_payment,
+    timeline,
+)
 from billing.forms import BillingInformationForm, CardForm, CheckoutForm, PlanChoiceForm
 from billing.models import Payment
 from billing.selectors import (
@@ -33,7 +42,7 @@ from billing.services import (
 )
 from billing_portal.errors import ServiceError
 from billing_portal.money import format_money
-from subscriptions.models import Plan, Subscription
+from subscriptions.models import PaymentMethodKind, Plan, Subscription
 
 INVOICES_PER_PAGE = 20
 
@@ -72,39 +81,176 @@ def invoice_pdf(request, invoice_number):
     return response
 
 
+FAILING = (Subscription.Status.PAST_DUE, Subscription.Status.GRACE, Subscription.Status.SUSPENDED)
+# What each step of the schedule does, said before it happens (DESIGN.md section 2).
+PLANNED = {
+    Step.DAY_0: "The payment fails and we email you.",
+    Step.DAY_3: "Second charge attempt, with a reminder email.",
+    Step.DAY_7: "Final charge attempt. If it fails, the grace period starts.",
+    Step.DAY_14: "Account suspended and every ProcessFlow paused, unless paid by then.",
+}
+PLANNED_INVOICE = {
+    **PLANNED,
+    Step.DAY_3: "Reminder email.",
+    Step.DAY_7: "Last reminder. If still unpaid, the grace period starts.",
+}
+
+
+def _sentence(text: str) -> str:
+    text = text.strip() or "The payment did not go through."
+    text = text[0].upper() + text[1:]
+    return text if text.endswith(".") else text + "."
+
+
+def _countdown(at, now) -> str:
+    """Time left until `at`, said as a countdown: "in 5 days", "in 3 hours", "today"."""
+    seconds = (at - now).total_seconds()
+    if seconds <= 0:
+        return "today"
+    if seconds >= 86400:
+        days = round(seconds / 86400)
+        return f"in {days} day{'s' if days != 1 else ''}"
+    hours = math.ceil(seconds / 3600)
+    return f"in {hours} hour{'s' if hours != 1 else ''}"
+
+
+def _step_outcome(step: str, record) -> tuple[str, str]:
+    """(state, what happened) of a step that ran, from its record."""
+    if record.result.startswith("skipped"):
+        return "skipped", "Skipped: the schedule ran late."
+    if record.succeeded:
+        return "paid", "Paid."
+    if record.result == "running":
+        return "running", "In progress."
+    if step == Step.DAY_14:
+        return "failed", "Account suspended; active ProcessFlows paused."
+    happened = {
+        Step.DAY_0: "",
+        Step.DAY_3: " Reminder email sent.",
+        Step.DAY_7: " Grace period started.",
+    }[step]
+    if record.attempts:
+        tries = "Charge" if record.attempts == 1 else f"{record.attempts} charges"
+        return "failed", f"{tries} failed: {_sentence(record.result)}{happened}"
+    return "failed", (_sentence(record.result) if step == Step.DAY_0 else happened.strip())
+
+
+def _timeline_display(dunning: dict, subscription, now) -> dict:
+    by_card = subscription.payment_method_kind == PaymentMethodKind.CARD
+    planned = PLANNED if by_card else PLANNED_INVOICE
+    rows = []
+    for row in dunning["rows"]:
+        record = row["record"]
+        state, text = (
+            _step_outcome(row["step"], record) if record else ("scheduled", planned[row["step"]])
+        )
+        rows.append({**row, "state": state, "text": text, "at": record.ran_at if record else None})
+    upcoming = dunning["next"]
+    suspended = next((r["record"] for r in rows if r["step"] == Step.DAY_14 and r["record"]), None)
+    return {
+        **dunning,
+        "rows": rows,
+        "next_text": planned[upcoming["step"]] if upcoming else "",
+        "next_in": _countdown(upcoming["due_at"], now) if upcoming else "",
+        "suspended_since": suspended.ran_at if suspended else None,
+        "suspension_in": _countdown(dunning["suspension_at"], now),
+        "currency": subscription.currency,
+        "by_card": by_card,
+    }
+
+
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing", allow_when_ended=True)
 def payment_method(request):
+    """Payment Method: the card on file, Update Card and, while a payment is failing, the
+    dunning timeline with Retry Payment (article section 6; DESIGN.md section 2b)."""
     organisation = request.organisation
     form = CardForm(request.POST or None)
     error = None
     if request.method == "POST" and form.is_valid():
+        now = timezone.now()
         try:
             card = card_setup_complete(
                 organisation=organisation,
                 actor=Actor.from_request(request),
                 setup_intent_id=form.cleaned_data["setup_intent_id"],
-                now=timezone.now(),
+                now=now,
             )
         except (ServiceError, gateway.PaymentError) as exc:
             error = exc.message
         else:
-            messages.success(
-                request, f"{card} saved. It will be charged from the next billing date."
-            )
+            # Update Card while past due retries the open invoices with the new card at once.
+            subscription = _subscription(organisation)
+            before = amount_due(subscription) if subscription else 0
+            outcome = retry_after_card_update(organisation=organisation, now=now)
+            if outcome is None:
+                messages.success(
+                    request, f"{card} saved. It will be charged from the next billing date."
+                )
+            elif outcome.succeeded:
+                paid = format_money(before - amount_due(subscription), subscription.currency)
+                messages.success(
+                    request,
+                    f"{card} saved and the open invoices were paid with it: {paid} paid. "
+                    "Your service is running normally.",
+                )
+            else:
+                messages.error(
+                    request,
+                    f"{card} saved, but the open invoices could not be paid with it: "
+                    f"{_sentence(outcome.result)}",
+                )
             return redirect("billing:payment_method", org_slug=organisation.slug)
     elif request.method == "POST":
         error = form.errors["setup_intent_id"][0]
     card = payment_method_current(organisation=organisation)
     now = timezone.now()
+    subscription = _subscription(organisation)
+    payment_failing = subscription is not None and subscription.status in FAILING
+    dunning = timeline(subscription=subscription) if payment_failing else None
     context = {
         "card": card,
         "card_expiring": card is not None and card.expires_at <= now + timedelta(days=30),
         "card_expired": card is not None and card.expires_at <= now,
         "card_error": error,
         "tab": "payment_method",
+        "subscription": subscription,
+        "payment_failing": payment_failing,
+        "dunning": _timeline_display(dunning, subscription, now) if dunning else None,
         **_stripe_context(organisation),
     }
     return render(request, "billing/payment_method.html", context, status=400 if error else 200)
+
+
+@tenant_view(roles=ADMIN_AND_BILLING, section="billing", allow_when_ended=False)
+@require_POST
+def retry_payment_view(request):
+    """Retry Payment (article section 6): charge every open invoice now, whatever the day.
+
+    Two clicks at once charge once: the second finds the first one's attempt pending.
+    """
+    organisation = request.organisation
+    subscription = _subscription(organisation)
+    before = amount_due(subscription) if subscription else 0
+    try:
+        outcome = retry_payment(
+            organisation=organisation, actor=Actor.from_request(request), now=timezone.now()
+        )
+    except ServiceError as exc:
+        messages.info(request, exc.message)
+    else:
+        if outcome.succeeded:
+            paid = format_money(before - amount_due(subscription), subscription.currency)
+            messages.success(
+                request, f"Payment received: {paid} paid. Your service is running normally."
+            )
+        elif outcome.attempts == 0:
+            messages.info(request, "Nothing is due: every invoice is paid.")
+        else:
+            partly = (
+                f"{outcome.paid} of {outcome.attempts} open invoices paid. " if outcome.paid else ""
+            )
+            messages.error(request, partly + _sentence(outcome.result))
+    return redirect("billing:payment_method", org_slug=organisation.slug)
 
 
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing", allow_when_ended=True)

@@ -71,3 +71,15 @@ def invitation_get(*, organisation: Organisation, public_id) -> Invitation:
 
 def audit_event_list(*, organisation: Organisation) -> QuerySet[AuditEvent]:
     return AuditEvent.objects.filter(organisation=organisation).order_by("-created_at", "-id")
+
+
+def billing_recipients(*, organisation: Organisation) -> list[str]:
+    """Who gets billing and subscription emails: the primary email, then the active Admins and
+    Billing contacts, each address once."""
+    emails = Membership.objects.filter(
+        organisation=organisation,
+        status=Membership.Status.ACTIVE,
+        role__in=[Membership.Role.ADMIN, Membership.Role.BILLING],
+    ).values_list("user__email", flat=True)
+    ordered = [organisation.primary_email, *sorted(emails)]
+    return list(dict.fromkeys(email.lower() for email in ordered if email))

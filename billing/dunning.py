@@ -23,8 +23,8 @@ from django.urls import reverse
 
 from accounts.audit import SYSTEM, Actor, audit_record
 from accounts.emails import email_send
+from accounts.selectors import billing_recipients
 from billing.models import DunningCase, DunningStep, Invoice, Payment
-from billing.selectors import billing_recipients
 from billing_portal.errors import ServiceError
 from subscriptions.models import PaymentMethodKind, Subscription
 from subscriptions.services import process_flows_resume_suspended, process_flows_suspend

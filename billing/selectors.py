@@ -3,7 +3,7 @@
 from django.db.models import QuerySet
 from django.http import Http404
 
-from accounts.models import Membership, Organisation
+from accounts.models import Organisation
 from billing.models import BillingProfile, Invoice, PaymentMethod
 
 
@@ -32,14 +32,3 @@ def billing_profile_for(*, organisation: Organisation) -> BillingProfile:
     """The organisation's profile, or an unsaved blank one (nothing entered yet)."""
     profile = BillingProfile.objects.filter(organisation=organisation).first()
     return profile or BillingProfile(organisation=organisation)
-
-
-def billing_recipients(*, organisation: Organisation) -> list[str]:
-    """Who gets billing emails: active Admins and Billing contacts, and the primary email."""
-    emails = Membership.objects.filter(
-        organisation=organisation,
-        status=Membership.Status.ACTIVE,
-        role__in=[Membership.Role.ADMIN, Membership.Role.BILLING],
-    ).values_list("user__email", flat=True)
-    ordered = [organisation.primary_email, *sorted(emails)]
-    return list(dict.fromkeys(email.lower() for email in ordered if email))

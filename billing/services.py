@@ -21,6 +21,7 @@ from django.urls import reverse
 from accounts.audit import Actor, audit_record, changes_between
 from accounts.emails import email_send
 from accounts.models import Organisation
+from accounts.selectors import billing_recipients
 from billing import gateway
 from billing.models import (
     BillingProfile,
@@ -32,7 +33,6 @@ from billing.models import (
     PaymentMethod,
     TaxRate,
 )
-from billing.selectors import billing_recipients
 from billing.tax import TaxDecision, tax_decide
 from billing_portal.errors import ServiceError
 from subscriptions.lifecycle import (

@@ -24,7 +24,8 @@ from django.utils.formats import date_format
 
 from accounts.audit import SYSTEM, Actor, audit_record
 from accounts.emails import email_send
-from accounts.models import Membership, Organisation
+from accounts.models import Organisation
+from accounts.selectors import billing_recipients as subscription_recipients
 from billing_portal.errors import ServiceError
 from subscriptions.models import (
     BillingCycle,
@@ -56,17 +57,6 @@ def data_deletion_at(subscription: Subscription) -> datetime:
     if subscription.status == Status.ENDED and subscription.ended_at is not None:
         return subscription.ended_at + DATA_KEPT_AFTER_END
     return subscription.current_period_end + DATA_KEPT_AFTER_END
-
-
-def subscription_recipients(*, organisation: Organisation) -> list[str]:
-    """Active Admins and Billing contacts, and the primary email (as billing emails go)."""
-    emails = Membership.objects.filter(
-        organisation=organisation,
-        status=Membership.Status.ACTIVE,
-        role__in=[Membership.Role.ADMIN, Membership.Role.BILLING],
-    ).values_list("user__email", flat=True)
-    ordered = [organisation.primary_email, *sorted(emails)]
-    return list(dict.fromkeys(email.lower() for email in ordered if email))
 
 
 def _day(moment: datetime, organisation: Organisation) -> str:

@@ -6,7 +6,8 @@ from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, 
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
-from accounts.models import Membership, Organisation
+from accounts.models import Organisation
+from accounts.selectors import billing_recipients as subscription_recipients  # noqa: F401
 from subscriptions.models import (
     Connection,
     Environment,
@@ -170,18 +171,3 @@ def active_process_flows(*, organisation: Organisation) -> list[ProcessFlow]:
         .select_related("environment")
         .order_by("created_at", "pk")
     )
-
-
-def subscription_recipients(*, organisation: Organisation) -> list[str]:
-    """Who gets subscription emails: active Admins and Billing contacts, and the primary email.
-
-    The same people as billing emails (billing.selectors.billing_recipients); subscriptions
-    cannot import billing, so the query is repeated here.
-    """
-    emails = Membership.objects.filter(
-        organisation=organisation,
-        status=Membership.Status.ACTIVE,
-        role__in=[Membership.Role.ADMIN, Membership.Role.BILLING],
-    ).values_list("user__email", flat=True)
-    ordered = [organisation.primary_email, *sorted(emails)]
-    return list(dict.fromkeys(email.lower() for email in ordered if email))

@@ -49,3 +49,16 @@ def test_demo_admin_can_sign_in(client, settings, localstripe):
     )
     assert response.status_code == 302
     assert client.get("/", follow=True).redirect_chain[-1][0] == "/o/acme-trading/"
+
+
+def test_seed_demo_again_after_the_stripe_stand_in_forgot_everything(settings, localstripe):
+    from billing.models import PaymentMethod
+    from tests.stripe_fixtures import _post
+
+    settings.DEBUG = True
+    call_command("seed_demo", stdout=StringIO())
+    _post("/_config/data", method="DELETE")  # as a restarted localstripe
+    call_command("seed_demo", stdout=StringIO())
+    acme = Organisation.objects.get(slug="acme-trading")
+    assert PaymentMethod.objects.filter(organisation=acme, status="active").count() == 1
+    assert PaymentMethod.objects.filter(organisation=acme, status="replaced").count() == 1

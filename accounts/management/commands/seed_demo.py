@@ -105,8 +105,12 @@ class Command(BaseCommand):
             and profile.stripe_customer_id
             and not gateway.customer_exists(customer_id=profile.stripe_customer_id)
         ):
+            # The local stand-in keeps its data in memory: after a restart the demo customer and
+            # card are gone there, so they are made again (the old card stays as history).
             BillingProfile.objects.filter(pk=profile.pk).update(stripe_customer_id="")
-            PaymentMethod.objects.filter(organisation=organisation).delete()
+            PaymentMethod.objects.filter(organisation=organisation, status="active").update(
+                status=PaymentMethod.Status.REPLACED, replaced_at=now
+            )
         if not PaymentMethod.objects.filter(organisation=organisation, status="active").exists():
             client_secret = card_setup_begin(organisation=organisation)
             setup_intent_id = client_secret.split("_secret_")[0]

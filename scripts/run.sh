@@ -18,6 +18,10 @@ bg_pids=()
 cleanup() {
     local rc=$? pid alive
     trap - EXIT INT TERM
+    # Finish the shutdown even if our stdout is gone (`make run | tee log`, then Ctrl-C kills
+    # tee): with no terminal, the shutdown messages go to a log file instead.
+    trap '' PIPE
+    if [ ! -t 1 ]; then exec >>"$RUN_DIR/shutdown.log" 2>&1; fi
     # Celery runs in its own process group (setsid), so a group kill also
     # reaches the worker's pool processes. TERM = warm shutdown; KILL after 10s.
     for pid in "${bg_pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done

@@ -275,3 +275,6 @@ STRIPE_JS_URL = env_str(
 )
 STRIPE_TIMEOUT_SECONDS = env_int("STRIPE_TIMEOUT_SECONDS", 20)
 ACCEPTED_CARD_BRANDS = ("visa", "mastercard", "amex")
+
+# The machine API accepts batches of up to 10 MB (usage/api.py checks the exact limit).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 11 * 1024 * 1024

@@ -16,4 +16,5 @@ urlpatterns = [
     path("", include("billing.urls")),
     path("", include("sso.urls")),
     path("", include("retention.urls")),
+    path("", include("usage.urls")),
 ]

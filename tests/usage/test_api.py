@@ -1,0 +1,299 @@
+"""The machine API: POST /api/v1/sync-info and GET /api/v1/flows (issue 6)."""
+
+import json
+import threading
+from datetime import timedelta
+
+import pytest
+from django.core import mail
+from django.db import connection
+from django.utils import timezone
+
+from accounts.audit import Actor
+from subscriptions.models import Plan
+from tests.subscriptions.factories import (
+    EnvironmentFactory,
+    ProcessFlowFactory,
+    SubscriptionFactory,
+)
+from usage.models import IngestBatch, SyncInfo, UsageAlert, UsageCounter
+from usage.services import api_key_create, api_key_revoke, month_usage
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def setup(org, admin):
+    subscription = SubscriptionFactory(organisation=org, plan=Plan.objects.get(code="standard"))
+    environment = EnvironmentFactory(organisation=org, name="Production")
+    flow = ProcessFlowFactory(organisation=org, environment=environment)
+    key, plain = api_key_create(
+        environment=environment, actor=Actor(user=admin), name="runtime", now=timezone.now()
+    )
+    return {
+        "subscription": subscription,
+        "environment": environment,
+        "flow": flow,
+        "key": key,
+        "plain": plain,
+    }
+
+
+def record(flow, n=0, **overrides):
+    return {
+        "flow_id": str(flow.public_id),
+        "record_key": f"order-{n}",
+        "status": "success",
+        "direction": "outbound",
+        "synced_at": timezone.now().isoformat(),
+        "message": "ok",
+        **overrides,
+    }
+
+
+def post(client, plain, records, key="batch-1", **extra):
+    return client.post(
+        "/api/v1/sync-info",
+        data=json.dumps({"records": records}),
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {plain}",
+        HTTP_IDEMPOTENCY_KEY=key,
+        **extra,
+    )
+
+
+def used(org, subscription):
+    from usage.months import usage_month_of
+
+    return month_usage(
+        organisation=org, month_start=usage_month_of(subscription, timezone.now())[0]
+    )
+
+
+def test_a_batch_is_stored_and_counted(client, setup, org):
+    flow = setup["flow"]
+    records = [record(flow, n) for n in range(3)]
+    records[1]["snapshot"] = {"order": {"id": 7, "total": "12.50"}}
+    response = post(client, setup["plain"], records)
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["accepted"] == 3
+    assert body["usage"]["used"] == 3
+    assert body["usage"]["limit"] == 50_000
+    assert SyncInfo.objects.filter(organisation=org).count() == 3
+    assert used(org, setup["subscription"]) == 3
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT payload FROM usage_snapshot")
+        [(payload,)] = cursor.fetchall()
+    assert json.loads(payload) == {"order": {"id": 7, "total": "12.50"}}
+    setup["key"].refresh_from_db()
+    assert setup["key"].last_used_at is not None
+
+
+def test_a_resent_batch_is_counted_once_and_answered_the_same(client, setup, org):
+    records = [record(setup["flow"], n) for n in range(5)]
+    first = post(client, setup["plain"], records)
+    again = post(client, setup["plain"], records)
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    assert SyncInfo.objects.count() == 5
+    assert used(org, setup["subscription"]) == 5
+
+
+def test_same_key_with_another_body_is_a_conflict(client, setup):
+    post(client, setup["plain"], [record(setup["flow"], 1)])
+    response = post(client, setup["plain"], [record(setup["flow"], 2)])
+    assert response.status_code == 409
+    assert "already used for a different batch" in response.json()["error"]
+    assert SyncInfo.objects.count() == 1
+
+
+def test_an_invalid_record_rejects_the_whole_batch(client, setup):
+    flow = setup["flow"]
+    records = [
+        record(flow, 0),
+        record(flow, 1, status="maybe"),
+        record(flow, 2, synced_at="yesterday"),
+        record(flow, 3, record_key=""),
+        "not an object",
+    ]
+    response = post(client, setup["plain"], records)
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert [(e["index"], e["field"]) for e in errors] == [
+        (1, "status"),
+        (2, "synced_at"),
+        (3, "record_key"),
+        (4, None),
+    ]
+    assert SyncInfo.objects.count() == 0
+    assert not IngestBatch.objects.exists()
+    assert not UsageCounter.objects.exists()
+
+
+def test_a_flow_of_another_organisation_is_refused(client, setup, other_org):
+    theirs = ProcessFlowFactory(
+        organisation=other_org, environment=EnvironmentFactory(organisation=other_org)
+    )
+    response = post(client, setup["plain"], [record(setup["flow"], 0), record(theirs, 1)])
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"index": 1, "field": "flow_id", "message": "Unknown ProcessFlow for this environment."}
+    ]
+    assert SyncInfo.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"HTTP_AUTHORIZATION": "Bearer ak_nope"}, 401),
+        ({"HTTP_AUTHORIZATION": "Basic x"}, 401),
+    ],
+)
+def test_missing_or_unknown_key(client, setup, headers, status):
+    response = client.post(
+        "/api/v1/sync-info",
+        data=json.dumps({"records": [record(setup["flow"])]}),
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="k",
+        **headers,
+    )
+    assert response.status_code == status
+    assert "API key" in response.json()["error"]
+
+
+def test_a_revoked_key_is_refused(client, setup, admin):
+    api_key_revoke(key=setup["key"], actor=Actor(user=admin), now=timezone.now())
+    response = post(client, setup["plain"], [record(setup["flow"])])
+    assert response.status_code == 401
+    assert SyncInfo.objects.count() == 0
+
+
+def test_bad_bodies(client, setup):
+    flow = setup["flow"]
+    too_many = post(client, setup["plain"], [record(flow, n) for n in range(5001)], key="big")
+    assert too_many.status_code == 413
+    no_key = post(client, setup["plain"], [record(flow)], key="")
+    assert no_key.status_code == 400
+    broken = client.post(
+        "/api/v1/sync-info",
+        data="{not json",
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {setup['plain']}",
+        HTTP_IDEMPOTENCY_KEY="broken",
+    )
+    assert (broken.status_code, broken.json()["error"]) == (400, "The body is not valid JSON.")
+    huge = client.post(
+        "/api/v1/sync-info",
+        data="x",
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {setup['plain']}",
+        HTTP_IDEMPOTENCY_KEY="huge",
+        CONTENT_LENGTH=str(20 * 1024 * 1024),
+    )
+    assert huge.status_code == 413
+    assert SyncInfo.objects.count() == 0
+
+
+def test_usage_figure_equals_the_rows_stored(client, setup, org):
+    flow = setup["flow"]
+    for batch in range(4):
+        post(client, setup["plain"], [record(flow, n) for n in range(25)], key=f"b{batch}")
+    assert (
+        used(org, setup["subscription"]) == SyncInfo.objects.filter(organisation=org).count() == 100
+    )
+
+
+def test_alerts_at_80_and_100_percent_once_each(client, setup, org, committed):
+    Plan.objects.filter(code="standard").update(monthly_transactions=10)
+    flow = setup["flow"]
+    with committed():
+        post(client, setup["plain"], [record(flow, n) for n in range(7)], key="a")
+        post(client, setup["plain"], [record(flow, n) for n in range(1)], key="b")  # 80%
+        post(client, setup["plain"], [record(flow, n) for n in range(1)], key="c")
+        post(client, setup["plain"], [record(flow, n) for n in range(5)], key="d")  # 140%
+    alerts = [m.subject for m in mail.outbox if "monthly transactions" in m.subject]
+    recipients = 2  # the primary email and the Admin
+    assert sum("80%" in s for s in alerts) == recipients
+    assert sum("100%" in s for s in alerts) == recipients
+    assert UsageAlert.objects.count() == 2
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_two_concurrent_batches_crossing_80_percent_send_one_alert(client):
+    from tests.factories import MembershipFactory, OrganisationFactory
+
+    org = OrganisationFactory()
+    admin = MembershipFactory(organisation=org, role="admin").user
+    Plan.objects.filter(code="standard").update(monthly_transactions=100)
+    SubscriptionFactory(organisation=org, plan=Plan.objects.get(code="standard"))
+    environment = EnvironmentFactory(organisation=org)
+    flow = ProcessFlowFactory(organisation=org, environment=environment)
+    _, plain = api_key_create(
+        environment=environment, actor=Actor(user=admin), name="k", now=timezone.now()
+    )
+    from django.test import Client
+
+    post(Client(), plain, [record(flow, n) for n in range(70)], key="warm")
+    barrier = threading.Barrier(2)
+    codes = []
+
+    def send(name):
+        try:
+            barrier.wait()
+            codes.append(
+                post(Client(), plain, [record(flow, n) for n in range(10)], key=name).status_code
+            )
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=(f"t{i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert codes == [201, 201]
+    assert UsageAlert.objects.filter(organisation=org, threshold=80).count() == 1
+    assert SyncInfo.objects.filter(organisation=org).count() == 90
+
+
+def test_flows_lists_the_environments_flows_and_whether_they_may_run(client, setup, org):
+    paused = ProcessFlowFactory(
+        organisation=org, environment=setup["environment"], status="paused", pause_reason="user"
+    )
+    ProcessFlowFactory(
+        organisation=org, environment=EnvironmentFactory(organisation=org, name="Test")
+    )
+    response = client.get("/api/v1/flows", HTTP_AUTHORIZATION=f"Bearer {setup['plain']}")
+    assert response.status_code == 200
+    flows = {f["id"]: f for f in response.json()["flows"]}
+    assert set(flows) == {str(setup["flow"].public_id), str(paused.public_id)}
+    assert flows[str(setup["flow"].public_id)]["may_run"] is True
+    assert flows[str(paused.public_id)]["may_run"] is False
+    setup["subscription"].status = "suspended"
+    setup["subscription"].save()
+    response = client.get("/api/v1/flows", HTTP_AUTHORIZATION=f"Bearer {setup['plain']}")
+    assert not any(f["may_run"] for f in response.json()["flows"])
+    assert client.get("/api/v1/flows").status_code == 401
+
+
+def test_the_openapi_document_describes_both_endpoints(client, db):
+    document = client.get("/api/v1/openapi.json").json()
+    assert set(document["paths"]) == {"/api/v1/sync-info", "/api/v1/flows"}
+    assert document["openapi"].startswith("3.")
+
+
+def test_records_in_the_past_count_in_their_usage_month(client, setup, org):
+    from usage.months import usage_month_of
+
+    subscription = setup["subscription"]
+    subscription.anchor_at = timezone.now() - timedelta(days=75)
+    subscription.save(update_fields=["anchor_at"])
+    current = usage_month_of(subscription, timezone.now())[0]
+    earlier = current - timedelta(hours=1)
+    post(client, setup["plain"], [record(setup["flow"], synced_at=earlier.isoformat())])
+    assert used(org, subscription) == 0
+    previous = usage_month_of(subscription, earlier)[0]
+    assert previous < current
+    assert month_usage(organisation=org, month_start=previous) == 1

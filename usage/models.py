@@ -1,0 +1,142 @@
+"""Transaction metering (DESIGN.md section 2, Usage). Each Sync Info record is one transaction.
+
+Sync Info rows live in `usage_syncinfo`, a table partitioned by month on synced_at (created by
+migration SQL; Django reads it through the unmanaged SyncInfo model). Usage counters per
+organisation, usage month and day are updated in the same transaction as each batch, so the
+usage figure is exact and never needs a scan of Sync Info.
+"""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import Organisation
+from subscriptions.models import Environment, ProcessFlow
+
+
+class ApiKey(models.Model):
+    """A per-environment key for the integration runtime's machine API. Only a hash is kept."""
+
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=80)
+    # The first characters, shown so people can tell keys apart; the rest is never stored.
+    prefix = models.CharField(max_length=16)
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+
+class IngestBatch(models.Model):
+    """One accepted (or rejected) batch, by its idempotency key: a resend gets the same answer."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="+")
+    idempotency_key = models.CharField(max_length=128)
+    body_sha256 = models.CharField(max_length=64)
+    status_code = models.PositiveSmallIntegerField()
+    response = models.JSONField()
+    record_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["environment", "idempotency_key"], name="ingest_batch_idempotency"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.environment_id}/{self.idempotency_key}"
+
+
+class SyncInfo(models.Model):
+    """One synced record (read-only model over the partitioned table `usage_syncinfo`)."""
+
+    class Status(models.TextChoices):
+        SUCCESS = "success", "Success"
+        FAILED = "failed", "Failed"
+
+    class Direction(models.TextChoices):
+        INBOUND = "inbound", "Inbound"
+        OUTBOUND = "outbound", "Outbound"
+
+    id = models.BigIntegerField(primary_key=True)
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+    )
+    environment = models.ForeignKey(
+        Environment, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+    )
+    flow = models.ForeignKey(
+        ProcessFlow, on_delete=models.DO_NOTHING, related_name="+", db_constraint=False
+    )
+    batch_id = models.BigIntegerField()
+    record_key = models.CharField(max_length=255)
+    status = models.CharField(max_length=8, choices=Status.choices)
+    direction = models.CharField(max_length=16, choices=Direction.choices)
+    synced_at = models.DateTimeField()
+    message = models.CharField(max_length=500, blank=True)
+    has_snapshot = models.BooleanField(default=False)
+
+    class Meta:
+        managed = False
+        db_table = "usage_syncinfo"
+
+    def __str__(self):
+        return f"{self.record_key} ({self.status})"
+
+
+class UsageCounter(models.Model):
+    """Transactions of one organisation on one day of one usage month."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    month_start = models.DateTimeField(help_text="Start of the usage month.")
+    day = models.DateField(help_text="The day, in the organisation's time zone.")
+    transactions = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organisation", "month_start", "day"], name="usage_counter_unique_day"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.organisation_id} {self.day}: {self.transactions}"
+
+
+class UsageAlert(models.Model):
+    """An 80% or 100% alert, sent once per organisation and usage month."""
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    month_start = models.DateTimeField()
+    threshold = models.PositiveSmallIntegerField()
+    sent_at = models.DateTimeField(default=timezone.now)
+    transactions = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organisation", "month_start", "threshold"], name="usage_alert_once"
+            ),
+            models.CheckConstraint(
+                condition=Q(threshold__in=[80, 100]), name="usage_alert_threshold"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.organisation_id} {self.month_start:%Y-%m} {self.threshold}%"

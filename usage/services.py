@@ -1,0 +1,403 @@
+"""Machine API keys and Sync Info ingestion (DESIGN.md section 3, machine API; issue 6).
+
+A batch is validated whole first; any invalid record rejects it with every error listed and
+nothing stored. An accepted batch is written with COPY, and the per-day usage counters are
+updated in the same transaction, so the usage figure is exact. The idempotency key makes a
+resend return the first answer without counting anything again; the same key with another
+body is a conflict. The 80% / 100% alerts are claimed by a unique row: one email each per
+usage month, however many batches cross the threshold at once.
+"""
+
+import contextlib
+import hashlib
+import json
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from uuid import UUID
+
+from dateutil.relativedelta import relativedelta
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Sum
+from django.urls import reverse
+
+from accounts.audit import Actor, audit_record
+from accounts.emails import email_send
+from accounts.models import Organisation
+from accounts.selectors import billing_recipients
+from billing_portal.errors import ServiceError
+from subscriptions.models import Environment, ProcessFlow, Subscription
+from usage.models import ApiKey, IngestBatch, UsageCounter
+from usage.months import usage_month_of
+
+MAX_RECORDS = 5_000
+MAX_MESSAGE = 500
+MAX_SNAPSHOT_BYTES = 64 * 1024
+# synced_at must be recent: older records would be past every plan's retention.
+OLDEST = timedelta(days=400)
+NEWEST = timedelta(days=1)
+THRESHOLDS = (80, 100)
+KEY_PREFIX = "ak_"
+
+
+# API keys -------------------------------------------------------------------------------------
+
+
+def _key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_key_create(
+    *, environment: Environment, actor: Actor, name: str, now: datetime
+) -> tuple[ApiKey, str]:
+    """A new key for `environment`; the plain key is returned once and never stored."""
+    name = " ".join((name or "").split())
+    if not name:
+        raise ServiceError("Give the key a name, e.g. the server that uses it.", field="name")
+    if len(name) > 80:
+        raise ServiceError("The name can be at most 80 characters.", field="name")
+    plain = KEY_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        key = ApiKey.objects.create(
+            organisation_id=environment.organisation_id,
+            environment=environment,
+            name=name,
+            prefix=plain[:10],
+            key_hash=_key_digest(plain),
+            created_at=now,
+            created_by=actor.user,
+        )
+        audit_record(
+            organisation=environment.organisation,
+            actor=actor,
+            action="api_key.created",
+            target=key,
+            target_label=f"{name} ({environment.name})",
+            now=now,
+        )
+    return key, plain
+
+
+def api_key_revoke(*, key: ApiKey, actor: Actor, now: datetime) -> ApiKey:
+    with transaction.atomic():
+        key = ApiKey.objects.select_for_update().select_related("environment").get(pk=key.pk)
+        if key.revoked_at is not None:
+            raise ServiceError("This key is already revoked.")
+        key.revoked_at = now
+        key.save(update_fields=["revoked_at"])
+        audit_record(
+            organisation=key.environment.organisation,
+            actor=actor,
+            action="api_key.revoked",
+            target=key,
+            target_label=f"{key.name} ({key.environment.name})",
+            now=now,
+        )
+    return key
+
+
+def api_key_authenticate(*, plain: str, now: datetime) -> ApiKey | None:
+    """The live key for an `Authorization: Bearer` value, or None (unknown or revoked)."""
+    if not plain.startswith(KEY_PREFIX):
+        return None
+    key = (
+        ApiKey.objects.select_related("environment", "organisation")
+        .filter(key_hash=_key_digest(plain), revoked_at__isnull=True)
+        .first()
+    )
+    if key is None or key.organisation.status != Organisation.Status.ACTIVE:
+        return None
+    # Last-used time to the minute: one write a minute per key, not one per request.
+    if key.last_used_at is None or key.last_used_at < now - timedelta(minutes=1):
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+    return key
+
+
+# Ingestion ------------------------------------------------------------------------------------
+
+
+@dataclass
+class IngestResult:
+    status_code: int
+    body: dict
+    errors: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Row:
+    flow_id: int
+    record_key: str
+    status: str
+    direction: str
+    synced_at: datetime
+    message: str
+    snapshot: str | None
+
+
+def _parse_instant(value) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def _validate(records, *, flows: dict[str, int], now: datetime) -> tuple[list[_Row], list[dict]]:
+    rows, errors = [], []
+
+    def error(index, name, message):
+        errors.append({"index": index, "field": name, "message": message})
+
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            error(index, None, "Each record must be a JSON object.")
+            continue
+        flow_value = record.get("flow_id")
+        flow_pk = None
+        with contextlib.suppress(ValueError):
+            flow_pk = flows.get(str(UUID(str(flow_value))))
+        if flow_pk is None:
+            error(index, "flow_id", "Unknown ProcessFlow for this environment.")
+        key = record.get("record_key")
+        if not isinstance(key, str) or not key.strip() or len(key) > 255:
+            error(index, "record_key", "A record key of 1 to 255 characters is required.")
+        status = record.get("status")
+        if status not in ("success", "failed"):
+            error(index, "status", 'Must be "success" or "failed".')
+        direction = record.get("direction")
+        if direction not in ("inbound", "outbound"):
+            error(index, "direction", 'Must be "inbound" or "outbound".')
+        synced_at = _parse_instant(record.get("synced_at"))
+        if synced_at is None:
+            error(index, "synced_at", "An ISO-8601 date-time with a UTC offset is required.")
+        elif not (now - OLDEST <= synced_at <= now + NEWEST):
+            error(index, "synced_at", "Must be within the last 400 days and not in the future.")
+        message = record.get("message", "")
+        if message is None:
+            message = ""
+        if not isinstance(message, str) or len(message) > MAX_MESSAGE:
+            error(index, "message", f"At most {MAX_MESSAGE} characters of text.")
+        snapshot = record.get("snapshot")
+        snapshot_json = None
+        if snapshot is not None:
+            if not isinstance(snapshot, dict | list):
+                error(index, "snapshot", "A snapshot must be a JSON object or array.")
+            else:
+                snapshot_json = json.dumps(snapshot, separators=(",", ":"))
+                if len(snapshot_json.encode()) > MAX_SNAPSHOT_BYTES:
+                    error(index, "snapshot", "A snapshot can be at most 64 KB.")
+        if not errors or errors[-1]["index"] != index:
+            rows.append(
+                _Row(
+                    flow_id=flow_pk,
+                    record_key=key.strip(),
+                    status=status,
+                    direction=direction,
+                    synced_at=synced_at,
+                    message=message,
+                    snapshot=snapshot_json,
+                )
+            )
+    return rows, errors
+
+
+def sync_info_ingest(
+    *, key: ApiKey, idempotency_key: str, body: bytes, now: datetime
+) -> IngestResult:
+    """POST /api/v1/sync-info: validate, store and count one batch (see the module docstring)."""
+    idempotency_key = (idempotency_key or "").strip()
+    if not idempotency_key or len(idempotency_key) > 128:
+        return IngestResult(
+            400, {"error": "An Idempotency-Key header of 1 to 128 characters is required."}
+        )
+    digest = hashlib.sha256(body).hexdigest()
+    previous = IngestBatch.objects.filter(
+        environment_id=key.environment_id, idempotency_key=idempotency_key
+    ).first()
+    if previous is not None:
+        return _replay(previous, digest)
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return IngestResult(400, {"error": "The body is not valid JSON."})
+    records = payload.get("records") if isinstance(payload, dict) else None
+    if not isinstance(records, list) or not records:
+        return IngestResult(
+            400, {"error": 'The body must be {"records": [ ... ]} with at least one record.'}
+        )
+    if len(records) > MAX_RECORDS:
+        return IngestResult(413, {"error": f"A batch holds at most {MAX_RECORDS} records."})
+    flows = {
+        str(public_id): pk
+        for public_id, pk in ProcessFlow.objects.filter(
+            organisation_id=key.organisation_id, environment_id=key.environment_id
+        ).values_list("public_id", "pk")
+    }
+    rows, errors = _validate(records, flows=flows, now=now)
+    if errors:
+        return IngestResult(
+            400, {"error": "The batch was rejected; nothing was stored.", "errors": errors}, errors
+        )
+    try:
+        with transaction.atomic():
+            batch = IngestBatch.objects.create(
+                organisation_id=key.organisation_id,
+                environment_id=key.environment_id,
+                idempotency_key=idempotency_key,
+                body_sha256=digest,
+                status_code=201,
+                response={},
+                record_count=len(rows),
+                created_at=now,
+            )
+            usage = _store(batch=batch, key=key, rows=rows, now=now)
+            batch.response = {"batch": batch.pk, "accepted": len(rows), "usage": usage}
+            batch.save(update_fields=["response"])
+    except IntegrityError:
+        # The same key arrived twice at once: the first one won; answer as it did.
+        previous = IngestBatch.objects.get(
+            environment_id=key.environment_id, idempotency_key=idempotency_key
+        )
+        return _replay(previous, digest)
+    return IngestResult(201, batch.response)
+
+
+def _replay(previous: IngestBatch, digest: str) -> IngestResult:
+    if previous.body_sha256 != digest:
+        return IngestResult(
+            409,
+            {"error": "This Idempotency-Key was already used for a different batch."},
+        )
+    return IngestResult(previous.status_code, previous.response)
+
+
+def _store(*, batch: IngestBatch, key: ApiKey, rows: list[_Row], now: datetime) -> dict:
+    organisation = key.organisation
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence('usage_syncinfo', 'id')) "
+            "FROM generate_series(1, %s)",
+            [len(rows)],
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+        raw = cursor.cursor
+        with raw.copy(
+            "COPY usage_syncinfo (id, organisation_id, environment_id, flow_id, batch_id, "
+            "record_key, status, direction, synced_at, message, has_snapshot) FROM STDIN"
+        ) as copy:
+            for pk, row in zip(ids, rows, strict=True):
+                copy.write_row(
+                    (
+                        pk,
+                        organisation.pk,
+                        key.environment_id,
+                        row.flow_id,
+                        batch.pk,
+                        row.record_key,
+                        row.status,
+                        row.direction,
+                        row.synced_at,
+                        row.message,
+                        row.snapshot is not None,
+                    )
+                )
+        snapshots = [(pk, row) for pk, row in zip(ids, rows, strict=True) if row.snapshot]
+        if snapshots:
+            with raw.copy(
+                "COPY usage_snapshot (sync_info_id, organisation_id, synced_at, payload) FROM STDIN"
+            ) as copy:
+                for pk, row in snapshots:
+                    copy.write_row((pk, organisation.pk, row.synced_at, row.snapshot))
+    return _count(organisation=organisation, rows=rows, now=now)
+
+
+def _count(*, organisation: Organisation, rows: list[_Row], now: datetime) -> dict:
+    subscription = (
+        Subscription.objects.select_related("organisation", "plan")
+        .filter(organisation=organisation)
+        .first()
+    )
+    zone = organisation.tzinfo
+    months: list[tuple[datetime, datetime]] = []
+
+    def month_of(moment: datetime) -> datetime:
+        # Nearly every record falls in one or two usage months: compute each once.
+        for start, end in months:
+            if start <= moment < end:
+                return start
+        if subscription is not None:
+            bounds = usage_month_of(subscription, moment)
+        else:
+            local = moment.astimezone(zone)
+            start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            bounds = (start, start + relativedelta(months=1))
+        months.append(bounds)
+        return bounds[0]
+
+    buckets: dict[tuple[datetime, object], int] = {}
+    for row in rows:
+        bucket = (month_of(row.synced_at), row.synced_at.astimezone(zone).date())
+        buckets[bucket] = buckets.get(bucket, 0) + 1
+    # Upserts in a fixed order, so concurrent batches lock the same rows in the same order.
+    with connection.cursor() as cursor:
+        for (month, day), count in sorted(buckets.items()):
+            cursor.execute(
+                "INSERT INTO usage_usagecounter (organisation_id, month_start, day, transactions) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (organisation_id, month_start, day) "
+                "DO UPDATE SET transactions = "
+                "usage_usagecounter.transactions + EXCLUDED.transactions",
+                [organisation.pk, month, day, count],
+            )
+    if subscription is None:
+        return {"used": None, "limit": None}
+    current_start, current_end = usage_month_of(subscription, now)
+    used = month_usage(organisation=organisation, month_start=current_start)
+    limit = subscription.plan.monthly_transactions
+    _alerts(subscription=subscription, month_start=current_start, used=used, limit=limit, now=now)
+    return {
+        "month_start": current_start.isoformat(),
+        "month_end": current_end.isoformat(),
+        "used": used,
+        "limit": limit,
+    }
+
+
+def month_usage(*, organisation: Organisation, month_start: datetime) -> int:
+    return (
+        UsageCounter.objects.filter(organisation=organisation, month_start=month_start).aggregate(
+            total=Sum("transactions")
+        )["total"]
+        or 0
+    )
+
+
+def _alerts(*, subscription, month_start, used: int, limit: int, now: datetime) -> None:
+    for threshold in THRESHOLDS:
+        if limit and used * 100 >= limit * threshold:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "INSERT INTO usage_usagealert (organisation_id, month_start, threshold, "
+                    "sent_at, transactions) VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT (organisation_id, month_start, threshold) DO NOTHING RETURNING id",
+                    [subscription.organisation_id, month_start, threshold, now, used],
+                )
+                claimed = cursor.fetchone() is not None
+            if claimed:
+                organisation = subscription.organisation
+                email_send(
+                    template="usage_alert",
+                    to=billing_recipients(organisation=organisation),
+                    context={
+                        "threshold": threshold,
+                        "used": used,
+                        "limit": limit,
+                        "plan": subscription.plan,
+                        "subscription_url": settings.SITE_URL
+                        + reverse("subscriptions:settings", args=[organisation.slug]),
+                    },
+                    organisation=organisation,
+                )

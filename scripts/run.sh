@@ -67,6 +67,8 @@ PY
 esac
 
 python manage.py migrate --noinput
+# Monthly Sync Info partitions exist before the first record arrives (then a daily job).
+python manage.py tick --job sync_info_partitions
 python manage.py seed_demo
 
 # setsid: own process group (killable as a whole) and deaf to the terminal's Ctrl-C,

@@ -13,6 +13,7 @@ from billing.models import (
     Invoice,
     InvoiceDocument,
     InvoiceLine,
+    OverageCharge,
     Payment,
     PaymentMethod,
     TaxRate,
@@ -240,6 +241,16 @@ admin.site.unregister(Subscription)
 @admin.register(Subscription)
 class SubscriptionWithDunningAdmin(SubscriptionAdmin):
     inlines = [*SubscriptionAdmin.inlines, DunningCaseInline]
+
+
+@admin.register(OverageCharge)
+class OverageChargeAdmin(ReadOnlyModelAdmin):
+    """Which usage months were billed for overage, and on which invoice."""
+
+    list_display = ("subscription", "month_start", "transactions", "units", "amount", "invoice")
+    list_select_related = ("subscription__organisation", "invoice")
+    search_fields = ("subscription__organisation__name", "invoice__number")
+    date_hierarchy = "month_start"
 
 
 from billing import admin_events  # noqa: E402,F401  (Stripe webhook events)

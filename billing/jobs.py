@@ -6,6 +6,7 @@ from billing.services import (
     card_expiry_reminders_send,
     invoice_documents_render_pending,
     invoices_charge_due,
+    overage_invoices_issue,
 )
 from billing_portal.jobs import scheduled_job
 
@@ -15,6 +16,13 @@ from billing_portal.jobs import scheduled_job
 @scheduled_job(name="billing_run", schedule=crontab(minute="*/15"), order=10)
 def billing_run(*, now):
     return f"{billing_run_issue(now=now)} invoice(s) issued"
+
+
+# Annual plans: an overage-only invoice at the close of each usage month over the limit,
+# before the PDFs and charges, so it is rendered and charged in the same tick.
+@scheduled_job(name="overage_invoices", schedule=crontab(minute="*/15"), order=15)
+def overage_invoices(*, now):
+    return f"{overage_invoices_issue(now=now)} overage invoice(s) issued"
 
 
 @scheduled_job(name="render_invoice_pdfs", schedule=crontab(minute="*/5"), order=20)

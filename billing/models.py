@@ -219,6 +219,42 @@ class InvoiceLine(models.Model):
         return self.description
 
 
+class OverageCharge(models.Model):
+    """A usage month's overage, billed once (DESIGN.md section 2, Billing periods and Usage).
+
+    Monthly plans: a line of the renewal invoice issued when the month closes; annual plans: an
+    overage-only invoice at the close of each usage month over the limit. The unique (subscription,
+    month_start) row is what makes a month billed at most once, whatever runs twice.
+    """
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.PROTECT, related_name="overage_charges"
+    )
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="overage_charges")
+    month_start = models.DateTimeField()
+    month_end = models.DateTimeField()
+    transactions = models.BigIntegerField()
+    transaction_limit = models.BigIntegerField()
+    units = models.PositiveBigIntegerField(help_text="Started thousands above the limit.")
+    unit_amount = models.BigIntegerField(help_text="Price per 1,000, minor units.")
+    amount = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "month_start"], name="overage_charge_once_per_month"
+            )
+        ]
+
+    def __str__(self):
+        return (
+            f"{self.subscription_id} {self.month_start:%Y-%m-%d}: {self.units} × {self.unit_amount}"
+        )
+
+
 class InvoiceDocument(models.Model):
     """A rendered PDF of an invoice: the original at issue, and revised copies (never edited)."""
 

@@ -29,12 +29,14 @@ from billing.models import (
     InvoiceDocument,
     InvoiceLine,
     InvoiceSequence,
+    OverageCharge,
     Payment,
     PaymentMethod,
     TaxRate,
 )
 from billing.tax import TaxDecision, tax_decide
 from billing_portal.errors import ServiceError
+from billing_portal.money import format_money
 from subscriptions.lifecycle import (
     Period,
     scheduled_changes_prefetch,
@@ -44,6 +46,9 @@ from subscriptions.lifecycle import (
 )
 from subscriptions.models import BillingCycle, PaymentMethodKind, Plan, PlanChange, Subscription
 from subscriptions.states import RENEWING, subscription_transition
+from usage.billing import annual_months_over_limit, months_usage
+from usage.months import usage_month_of
+from usage.overage import overage_units
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +118,71 @@ def invoice_numbers_allocate(*, year: int, count: int) -> list[str]:
     return [f"INV-{year}-{n:06d}" for n in range(first, first + count)]
 
 
+@dataclass(frozen=True)
+class _Overage:
+    """A closed usage month's overage: every started 1,000 above the limit at the plan's rate."""
+
+    plan: Plan
+    month_start: datetime
+    month_end: datetime
+    transactions: int
+    limit: int
+    units: int
+    unit_amount: int
+
+    @property
+    def amount(self) -> int:
+        return self.units * self.unit_amount
+
+
 @dataclass
 class _Draft:
     invoice: Invoice
     lines: list[InvoiceLine]
+    overage: _Overage | None = None
+
+
+def _overage_for(
+    *, subscription: Subscription, plan: Plan, month_start: datetime, month_end: datetime, used: int
+) -> _Overage | None:
+    """The overage of one usage month at `plan`'s limit and rate (DESIGN.md section 2, Usage);
+    None when the month stayed within the limit or the plan has no overage rate."""
+    limit = plan.monthly_transactions
+    units = overage_units(used=used, limit=limit)
+    price = plan.price_for(subscription.currency)
+    if not units or price is None or not price.overage_per_1000:
+        return None
+    return _Overage(
+        plan=plan,
+        month_start=month_start,
+        month_end=month_end,
+        transactions=used,
+        limit=limit,
+        units=units,
+        unit_amount=price.overage_per_1000,
+    )
+
+
+def _overage_line(overage: _Overage, *, position: int, zone, currency: str) -> InvoiceLine:
+    def day(moment: datetime) -> str:
+        local = moment.astimezone(zone)
+        return f"{local.day} {local:%b}"
+
+    thousands = "thousand" if overage.units == 1 else "thousands"
+    return InvoiceLine(
+        position=position,
+        kind=InvoiceLine.Kind.OVERAGE,
+        description=(
+            f"Overage: {overage.units:,} started {thousands} above {overage.limit:,} "
+            f"transactions ({day(overage.month_start)} – {day(overage.month_end)}) "
+            f"× {format_money(overage.unit_amount, currency)}"
+        ),
+        quantity=overage.units,
+        unit_amount=overage.unit_amount,
+        amount=overage.amount,
+        period_start=overage.month_start,
+        period_end=overage.month_end,
+    )
 
 
 def _draft_period_invoice(
@@ -126,11 +192,13 @@ def _draft_period_invoice(
     profile: BillingProfile | None,
     rates: dict[str, tuple[str, int]],
     now: datetime,
+    overage: _Overage | None = None,
 ) -> _Draft:
+    """A period invoice, with the overage of the usage month that just closed, if any."""
     organisation = subscription.organisation
     details = billing_details_snapshot(organisation=organisation, profile=profile)
     decision = tax_for(details=details, rates=rates)
-    subtotal = period.price
+    subtotal = period.price + (overage.amount if overage is not None else 0)
     tax = decision.amount(subtotal)
     kind = subscription.payment_method_kind
     terms = timedelta(days=settings.INVOICE_PAYMENT_TERMS_DAYS)
@@ -161,12 +229,62 @@ def _draft_period_invoice(
         kind=InvoiceLine.Kind.PLAN,
         description=f"{period.plan.name} plan, {cycle_label} subscription",
         quantity=1,
-        unit_amount=subtotal,
-        amount=subtotal,
+        unit_amount=period.price,
+        amount=period.price,
         period_start=period.start,
         period_end=period.end,
     )
-    return _Draft(invoice=invoice, lines=[line])
+    lines = [line]
+    if overage is not None:
+        lines.append(
+            _overage_line(
+                overage, position=2, zone=organisation.tzinfo, currency=subscription.currency
+            )
+        )
+    return _Draft(invoice=invoice, lines=lines, overage=overage)
+
+
+def _draft_overage_invoice(
+    *,
+    subscription: Subscription,
+    overage: _Overage,
+    profile: BillingProfile | None,
+    rates: dict[str, tuple[str, int]],
+    now: datetime,
+) -> _Draft:
+    """An overage-only invoice for one closed usage month of an annual plan."""
+    organisation = subscription.organisation
+    details = billing_details_snapshot(organisation=organisation, profile=profile)
+    decision = tax_for(details=details, rates=rates)
+    subtotal = overage.amount
+    tax = decision.amount(subtotal)
+    kind = subscription.payment_method_kind
+    terms = timedelta(days=settings.INVOICE_PAYMENT_TERMS_DAYS)
+    invoice = Invoice(
+        organisation=organisation,
+        subscription=subscription,
+        kind=Invoice.Kind.OVERAGE,
+        currency=subscription.currency,
+        subtotal=subtotal,
+        tax_amount=tax,
+        total=subtotal + tax,
+        tax_rule=decision.rule,
+        tax_rate_bp=decision.rate_bp,
+        tax_name=decision.name,
+        tax_note=decision.note,
+        plan_name=overage.plan.name,
+        billing_cycle=subscription.billing_cycle,
+        period_start=overage.month_start,
+        period_end=overage.month_end,
+        billing_details=details,
+        payment_method_kind=kind,
+        issued_at=now,
+        due_at=now if kind == PaymentMethodKind.CARD else now + terms,
+    )
+    line = _overage_line(
+        overage, position=1, zone=organisation.tzinfo, currency=subscription.currency
+    )
+    return _Draft(invoice=invoice, lines=[line], overage=overage)
 
 
 def _save_drafts(drafts: list[_Draft], *, now: datetime) -> list[Invoice]:
@@ -183,6 +301,26 @@ def _save_drafts(drafts: list[_Draft], *, now: datetime) -> list[Invoice]:
             line.invoice = invoice
             lines.append(line)
     InvoiceLine.objects.bulk_create(lines)
+    charges = [
+        OverageCharge(
+            organisation_id=invoice.organisation_id,
+            subscription_id=invoice.subscription_id,
+            invoice=invoice,
+            month_start=draft.overage.month_start,
+            month_end=draft.overage.month_end,
+            transactions=draft.overage.transactions,
+            transaction_limit=draft.overage.limit,
+            units=draft.overage.units,
+            unit_amount=draft.overage.unit_amount,
+            amount=draft.overage.amount,
+            currency=invoice.currency,
+            created_at=now,
+        )
+        for draft, invoice in zip(drafts, invoices, strict=True)
+        if draft.overage is not None
+    ]
+    if charges:
+        OverageCharge.objects.bulk_create(charges)
     return invoices
 
 
@@ -209,6 +347,10 @@ def billing_run_issue(*, now: datetime, batch_size: int = 500, limit: int | None
     overlap; each claimed subscription moves to its next period and gets that period's invoice
     in the same transaction. A subscription several periods behind gets one invoice per period,
     oldest first. The unique (subscription, period_start) constraint backs all of this up.
+
+    A monthly plan's renewal invoice also carries the overage of the usage month that just
+    closed (the period before), at the plan of that month; its usage comes from one aggregate
+    query per batch, and an OverageCharge row records the month as billed.
     """
     issued = 0
     while limit is None or issued < limit:
@@ -227,9 +369,12 @@ def billing_run_issue(*, now: datetime, batch_size: int = 500, limit: int | None
             if not subscriptions:
                 break
             rates = _tax_rates()
+            overages = _closed_months_overage(subscriptions)
             drafts = []
             downgraded = []
             for subscription in subscriptions:
+                # Before the period advances: the closed month's plan, before any downgrade.
+                overage = overages.get(subscription.pk)
                 period = subscription_next_period(subscription=subscription)
                 if period.applied_change is not None:
                     downgraded.append((subscription, period.applied_change))
@@ -241,6 +386,7 @@ def billing_run_issue(*, now: datetime, batch_size: int = 500, limit: int | None
                         profile=profile,
                         rates=rates,
                         now=now,
+                        overage=overage,
                     )
                 )
             subscriptions_save_periods(subscriptions)
@@ -254,8 +400,123 @@ def billing_run_issue(*, now: datetime, batch_size: int = 500, limit: int | None
         issued += len(invoices)
         # Model instances hold reference cycles (related-object caches); free each batch's
         # now, so a run over 100,000 subscriptions uses the memory of one batch.
-        del subscriptions, drafts, invoices, downgraded
+        del subscriptions, drafts, invoices, downgraded, overages
         gc.collect()
+    return issued
+
+
+def _closed_months_overage(subscriptions: list[Subscription]) -> dict[int, _Overage]:
+    """The overage of each monthly subscription's closing period (its usage month), by
+    subscription id, skipping months already billed. One aggregate query for the batch, plus
+    one for the billed months only when some month went over its limit."""
+    monthly = [s for s in subscriptions if s.billing_cycle == BillingCycle.MONTHLY]
+    usage = months_usage([(s.organisation_id, s.current_period_start) for s in monthly])
+    overages = {}
+    for subscription in monthly:
+        used = usage.get((subscription.organisation_id, subscription.current_period_start), 0)
+        overage = _overage_for(
+            subscription=subscription,
+            plan=subscription.plan,
+            month_start=subscription.current_period_start,
+            month_end=subscription.current_period_end,
+            used=used,
+        )
+        if overage is not None:
+            overages[subscription.pk] = overage
+    if overages:
+        billed = set(
+            OverageCharge.objects.filter(
+                subscription_id__in=list(overages),
+                month_start__in={o.month_start for o in overages.values()},
+            ).values_list("subscription_id", "month_start")
+        )
+        overages = {pk: o for pk, o in overages.items() if (pk, o.month_start) not in billed}
+    return overages
+
+
+# Annual plans bill a usage month's overage on its own invoice once it closes. Only months that
+# started within this window are looked at: it bounds the scan and still covers a job that did
+# not run for two months. A closed month started at least 27 days ago (28 days, less an hour
+# over a daylight-saving change).
+OVERAGE_LOOKBACK = timedelta(days=100)
+# Overage is owed for the transactions made, so a suspended subscription is billed too.
+OVERAGE_STATUSES = RENEWING | {Subscription.Status.SUSPENDED}
+
+
+def overage_invoices_issue(*, now: datetime, batch_size: int = 200) -> int:
+    """Issue an overage-only invoice for each closed usage month of an annual plan that went
+    over the plan's monthly limit (DESIGN.md section 2, Billing periods), once per month.
+
+    Candidates come from one aggregate query over the usage counters; each batch then locks its
+    subscriptions (SKIP LOCKED, so runs can overlap), re-checks what is billed under the lock,
+    and issues the invoices and their OverageCharge rows (unique per subscription and month) in
+    one transaction. The limit and rate are those of the subscription's current plan. Card
+    invoices are charged by the charge job; bank transfer and PO ones are due in N days.
+    """
+    candidates = annual_months_over_limit(
+        since=now - OVERAGE_LOOKBACK, before=now - timedelta(days=27), statuses=OVERAGE_STATUSES
+    )
+    if not candidates:
+        return 0
+    billed = set(
+        OverageCharge.objects.filter(
+            subscription_id__in={c.subscription_id for c in candidates},
+            month_start__gte=now - OVERAGE_LOOKBACK,
+        ).values_list("subscription_id", "month_start")
+    )
+    due = [c for c in candidates if (c.subscription_id, c.month_start) not in billed]
+    issued = 0
+    for offset in range(0, len(due), batch_size):
+        chunk = due[offset : offset + batch_size]
+        with transaction.atomic():
+            locked = {
+                s.pk: s
+                for s in Subscription.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("organisation", "organisation__billing_profile", "plan")
+                .prefetch_related("plan__prices")
+                .filter(
+                    pk__in={c.subscription_id for c in chunk},
+                    billing_cycle=BillingCycle.ANNUAL,
+                    status__in=OVERAGE_STATUSES,
+                    cancel_at_period_end=False,
+                )
+            }
+            billed = set(
+                OverageCharge.objects.filter(
+                    subscription_id__in=list(locked),
+                    month_start__in={c.month_start for c in chunk},
+                ).values_list("subscription_id", "month_start")
+            )
+            rates = _tax_rates()
+            drafts = []
+            for candidate in chunk:
+                subscription = locked.get(candidate.subscription_id)
+                if subscription is None or (subscription.pk, candidate.month_start) in billed:
+                    continue
+                start, end = usage_month_of(subscription, candidate.month_start)
+                if start != candidate.month_start or end > now:
+                    continue  # still open (or not a month of this term)
+                overage = _overage_for(
+                    subscription=subscription,
+                    plan=subscription.plan,
+                    month_start=start,
+                    month_end=end,
+                    used=candidate.transactions,
+                )
+                if overage is None:
+                    continue
+                drafts.append(
+                    _draft_overage_invoice(
+                        subscription=subscription,
+                        overage=overage,
+                        profile=getattr(subscription.organisation, "billing_profile", None),
+                        rates=rates,
+                        now=now,
+                    )
+                )
+            invoices = _save_drafts(drafts, now=now)
+            _after_issue(invoices)
+        issued += len(invoices)
     return issued
 
 

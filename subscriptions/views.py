@@ -191,18 +191,19 @@ def flow_resume_view(request, flow_id):
 
 @tenant_view(roles=ADMIN_AND_BILLING, section="subscription")
 def settings(request):
-    """Settings > Subscription (article section 2): plan, cycle, renewal date, limits."""
+    """Settings > Subscription (article sections 2 and 11): plan, cycle, renewal date, limits,
+    and the Usage section (this usage month's transactions, overage so far, daily chart)."""
     subscription = subscription_for(organisation=request.organisation)
     context = {"subscription": subscription}
     if subscription is not None:
         plan = subscription.plan
+        subscription.organisation = request.organisation  # already loaded: no query
         counts = usage_counts(organisation=request.organisation)
+        # The transactions row and the Usage section come from the usage app's template tag.
         context["limit_rows"] = [
             ("Integrations (app connections)", plan.max_connections, counts["connections"]),
             ("ProcessFlows (active)", plan.max_process_flows, counts["active_process_flows"]),
             ("Environments", plan.max_environments, counts["environments"]),
-            # Metering of transactions arrives with Sync Info: the limit only, for now.
-            ("Transactions per month", plan.monthly_transactions, None),
         ]
         context["paused_flows"] = counts["process_flows"] - counts["active_process_flows"]
         price = plan.price_for(subscription.currency)

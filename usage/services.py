@@ -157,9 +157,11 @@ def _validate(records, *, flows: dict[str, int], now: datetime) -> tuple[list[_R
             error(index, None, "Each record must be a JSON object.")
             continue
         flow_value = record.get("flow_id")
-        flow_pk = None
-        with contextlib.suppress(ValueError):
-            flow_pk = flows.get(str(UUID(str(flow_value))))
+        # The canonical spelling is a plain dict hit; other spellings of a UUID are normalised.
+        flow_pk = flows.get(flow_value) if isinstance(flow_value, str) else None
+        if flow_pk is None:
+            with contextlib.suppress(ValueError):
+                flow_pk = flows.get(str(UUID(str(flow_value))))
         if flow_pk is None:
             error(index, "flow_id", "Unknown ProcessFlow for this environment.")
         key = record.get("record_key")
@@ -277,41 +279,49 @@ def _replay(previous: IngestBatch, digest: str) -> IngestResult:
 
 def _store(*, batch: IngestBatch, key: ApiKey, rows: list[_Row], now: datetime) -> dict:
     organisation = key.organisation
+    columns = (
+        "organisation_id, environment_id, flow_id, batch_id, record_key, status, direction, "
+        "synced_at, message, has_snapshot"
+    )
+    values = [
+        (
+            organisation.pk,
+            key.environment_id,
+            row.flow_id,
+            batch.pk,
+            row.record_key,
+            row.status,
+            row.direction,
+            row.synced_at,
+            row.message,
+            row.snapshot is not None,
+        )
+        for row in rows
+    ]
     with connection.cursor() as cursor:
+        raw = cursor.cursor
+        if not any(row.snapshot for row in rows):
+            # Nothing links to the rows: the identity column numbers them (no id round trip).
+            with raw.copy(f"COPY usage_syncinfo ({columns}) FROM STDIN") as copy:
+                for value in values:
+                    copy.write_row(value)
+            return _count(organisation=organisation, rows=rows, now=now)
+        # Snapshots point at their Sync Info row: take the ids first.
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence('usage_syncinfo', 'id')) "
             "FROM generate_series(1, %s)",
             [len(rows)],
         )
         ids = [row[0] for row in cursor.fetchall()]
-        raw = cursor.cursor
-        with raw.copy(
-            "COPY usage_syncinfo (id, organisation_id, environment_id, flow_id, batch_id, "
-            "record_key, status, direction, synced_at, message, has_snapshot) FROM STDIN"
-        ) as copy:
-            for pk, row in zip(ids, rows, strict=True):
-                copy.write_row(
-                    (
-                        pk,
-                        organisation.pk,
-                        key.environment_id,
-                        row.flow_id,
-                        batch.pk,
-                        row.record_key,
-                        row.status,
-                        row.direction,
-                        row.synced_at,
-                        row.message,
-                        row.snapshot is not None,
-                    )
-                )
+        with raw.copy(f"COPY usage_syncinfo (id, {columns}) FROM STDIN") as copy:
+            for pk, value in zip(ids, values, strict=True):
+                copy.write_row((pk, *value))
         snapshots = [(pk, row) for pk, row in zip(ids, rows, strict=True) if row.snapshot]
-        if snapshots:
-            with raw.copy(
-                "COPY usage_snapshot (sync_info_id, organisation_id, synced_at, payload) FROM STDIN"
-            ) as copy:
-                for pk, row in snapshots:
-                    copy.write_row((pk, organisation.pk, row.synced_at, row.snapshot))
+        with raw.copy(
+            "COPY usage_snapshot (sync_info_id, organisation_id, synced_at, payload) FROM STDIN"
+        ) as copy:
+            for pk, row in snapshots:
+                copy.write_row((pk, organisation.pk, row.synced_at, row.snapshot))
     return _count(organisation=organisation, rows=rows, now=now)
 
 
@@ -342,16 +352,25 @@ def _count(*, organisation: Organisation, rows: list[_Row], now: datetime) -> di
     for row in rows:
         bucket = (month_of(row.synced_at), row.synced_at.astimezone(zone).date())
         buckets[bucket] = buckets.get(bucket, 0) + 1
-    # Upserts in a fixed order, so concurrent batches lock the same rows in the same order.
+    # One upsert, rows in a fixed order, so concurrent batches lock the same rows in the same
+    # order (no deadlock).
+    ordered = sorted(buckets.items())
     with connection.cursor() as cursor:
-        for (month, day), count in sorted(buckets.items()):
-            cursor.execute(
-                "INSERT INTO usage_usagecounter (organisation_id, month_start, day, transactions) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (organisation_id, month_start, day) "
-                "DO UPDATE SET transactions = "
-                "usage_usagecounter.transactions + EXCLUDED.transactions",
-                [organisation.pk, month, day, count],
-            )
+        cursor.execute(
+            "INSERT INTO usage_usagecounter (organisation_id, month_start, day, transactions) "
+            "SELECT %s, b.month_start, b.day, b.transactions "
+            "FROM unnest(%s::timestamptz[], %s::date[], %s::bigint[]) "
+            "WITH ORDINALITY AS b(month_start, day, transactions, position) "
+            "ORDER BY b.position "
+            "ON CONFLICT (organisation_id, month_start, day) "
+            "DO UPDATE SET transactions = usage_usagecounter.transactions + EXCLUDED.transactions",
+            [
+                organisation.pk,
+                [month for (month, _), _ in ordered],
+                [day for (_, day), _ in ordered],
+                [count for _, count in ordered],
+            ],
+        )
     if subscription is None:
         return {"used": None, "limit": None}
     current_start, current_end = usage_month_of(subscription, now)

@@ -15,6 +15,7 @@ from subscriptions.models import Connection, Environment, ProcessFlow
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import InvitationFactory, MembershipFactory
 from tests.subscriptions.factories import ProcessFlowFactory, SubscriptionFactory
+from usage.models import ApiKey
 
 pytestmark = pytest.mark.django_db
 
@@ -26,6 +27,7 @@ KNOWN_PARAMS = {
     "flow_id",
     "invoice_number",
     "plan_code",
+    "key_id",
 }
 
 
@@ -63,7 +65,20 @@ def victim(org, admin, member):
         "flow_id": flow.public_id,
         "invoice_number": issued_invoice(organisation=org, number="INV-2026-000101").number,
         "plan_code": "standard",
+        "key_id": api_key_of(org).pk,
     }
+
+
+def api_key_of(organisation):
+    """An API key of `organisation` (usage:api_key_revoke takes its integer id)."""
+    environment = ProcessFlowFactory(environment__organisation=organisation).environment
+    return ApiKey.objects.create(
+        organisation=organisation,
+        environment=environment,
+        name="Runtime",
+        prefix="ak_test",
+        key_hash=uuid.uuid4().hex,
+    )
 
 
 def snapshot(org):
@@ -81,6 +96,7 @@ def snapshot(org):
         Environment.objects.filter(organisation=org).count(),
         Connection.objects.filter(organisation=org).count(),
         sorted(ProcessFlow.objects.filter(organisation=org).values_list("public_id", "status")),
+        sorted(ApiKey.objects.filter(organisation=org).values_list("pk", "name", "revoked_at")),
     )
 
 
@@ -122,6 +138,7 @@ def test_own_organisation_url_with_another_organisations_object_ids_is_404(
         "flow_id": ProcessFlowFactory(environment__organisation=other_org).public_id,
         "invoice_number": issued_invoice(organisation=other_org, number="INV-2026-000202").number,
         "plan_code": "standard",
+        "key_id": api_key_of(other_org).pk,
     }
     MembershipFactory(organisation=other_org, role="member")
     before = snapshot(other_org)
@@ -134,6 +151,7 @@ def test_own_organisation_url_with_another_organisations_object_ids_is_404(
         "invitation_id": uuid.uuid4(),
         "flow_id": uuid.uuid4(),
         "invoice_number": "INV-2026-999999",
+        "key_id": 2_000_000_000,
     }
     for route in object_routes:
         url = fill(route, theirs)

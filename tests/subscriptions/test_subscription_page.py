@@ -63,7 +63,7 @@ def test_admin_and_billing_contact_see_plan_cycle_renewal_and_limits(
     assert limit_row(body, "Integrations (app connections)") == "10 4"
     assert limit_row(body, "ProcessFlows (active)") == "50 3"
     assert limit_row(body, "Environments") == "2 1"
-    assert limit_row(body, "Transactions per month") == "250,000"
+    assert limit_row(body, "Transactions per month") == "250,000 0"
     assert "you have 2 paused" in facts
     assert 'aria-current="page">Subscription</a>' in body
 

@@ -1,0 +1,297 @@
+"""Sync Info page (issue 6, point 1 UI): filters, keyset pagination, constant queries."""
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from tests.subscriptions.factories import EnvironmentFactory, ProcessFlowFactory
+from usage.models import SyncInfo
+from usage.views import STALE_CURSOR
+
+pytestmark = pytest.mark.django_db
+
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+def insert_rows(flow, rows):
+    """Sync Info rows for `flow`: dicts with synced_at and optionally the other columns."""
+    with connection.cursor() as cursor:
+        for n, row in enumerate(rows):
+            cursor.execute(
+                "INSERT INTO usage_syncinfo (organisation_id, environment_id, flow_id, batch_id, "
+                "record_key, status, direction, synced_at, message) "
+                "VALUES (%s, %s, %s, 0, %s, %s, %s, %s, %s)",
+                [
+                    flow.organisation_id,
+                    flow.environment_id,
+                    flow.pk,
+                    row.get("record_key", f"rec-{n}"),
+                    row.get("status", "success"),
+                    row.get("direction", "outbound"),
+                    row["synced_at"],
+                    row.get("message", "ok"),
+                ],
+            )
+
+
+def insert_series(flow, count, *, newest=T0, step=timedelta(seconds=1), same_every=1):
+    """`count` rows, newest at `newest`, going back one `step` per `same_every` rows (so
+    `same_every` > 1 makes rows share synced_at). Record keys are rec-1 ... rec-<count>."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO usage_syncinfo (organisation_id, environment_id, flow_id, batch_id, "
+            "record_key, status, direction, synced_at, message) "
+            "SELECT %s, %s, %s, 0, 'rec-' || g, "
+            "CASE WHEN g %% 10 = 0 THEN 'failed' ELSE 'success' END, 'outbound', "
+            "%s - ((g - 1) / %s) * %s, 'message ' || g FROM generate_series(1, %s) g",
+            [
+                flow.organisation_id,
+                flow.environment_id,
+                flow.pk,
+                newest,
+                same_every,
+                step,
+                count,
+            ],
+        )
+
+
+@pytest.fixture
+def flow(org):
+    environment = EnvironmentFactory(organisation=org, name="Production")
+    return ProcessFlowFactory(organisation=org, environment=environment, name="Orders to SAP")
+
+
+def url(org, **params):
+    from urllib.parse import urlencode
+
+    return f"/o/{org.slug}/sync-info/" + (f"?{urlencode(params)}" if params else "")
+
+
+def record_keys(response) -> list[str]:
+    return re.findall(r'<code class="record-key">([^<]+)</code>', response.content.decode())
+
+
+def older_link(response) -> str | None:
+    match = re.search(r'href="(\?[^"]*before=[^"]+)" rel="next"', response.content.decode())
+    return match.group(1).replace("&amp;", "&") if match else None
+
+
+def newer_link(response) -> str | None:
+    match = re.search(r'href="(\?[^"]*after=[^"]+)" rel="prev"', response.content.decode())
+    return match.group(1).replace("&amp;", "&") if match else None
+
+
+def test_a_member_sees_rows_newest_first_in_the_organisation_zone(client_for, org, member, flow):
+    org.time_zone = "Europe/Berlin"
+    org.save(update_fields=["time_zone"])
+    insert_rows(
+        flow,
+        [
+            {"record_key": "SO-1", "synced_at": T0, "message": "Created order 1"},
+            {
+                "record_key": "SO-2",
+                "synced_at": T0 + timedelta(minutes=5),
+                "status": "failed",
+                "direction": "inbound",
+                "message": "Customer <b>missing</b>",
+            },
+        ],
+    )
+    response = client_for(member).get(url(org))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert record_keys(response) == ["SO-2", "SO-1"]
+    assert "20 Nov 2026, 10:05:00" in html  # 09:05 UTC in Berlin
+    assert "20 Nov 2026, 10:00:00" in html
+    assert "Orders to SAP" in html
+    assert "Production" in html
+    assert '<span class="badge badge--err">Failed</span>' in html
+    assert '<span class="badge badge--ok">Success</span>' in html
+    assert "Inbound" in html
+    assert "Customer &lt;b&gt;missing&lt;/b&gt;" in html
+    assert "Times in Europe/Berlin." in html
+    assert f'href="/o/{org.slug}/sync-info/" aria-current="page">Sync Info</a>' in html
+
+
+def test_the_empty_state_says_what_will_appear(client_for, org, admin, flow):
+    html = client_for(admin).get(url(org)).content.decode()
+    assert "No Sync Info yet." in html
+    assert "API key" in html
+
+
+def test_another_organisations_rows_never_show(client_for, org, member, flow, other_org):
+    theirs = ProcessFlowFactory(organisation=other_org, environment__organisation=other_org)
+    insert_rows(theirs, [{"record_key": "THEIRS", "synced_at": T0}])
+    insert_rows(flow, [{"record_key": "OURS", "synced_at": T0}])
+    assert record_keys(client_for(member).get(url(org))) == ["OURS"]
+
+
+def test_filter_by_flow_status_and_days_in_the_organisation_zone(client_for, org, member, flow):
+    org.time_zone = "Europe/Berlin"
+    org.save(update_fields=["time_zone"])
+    other_flow = ProcessFlowFactory(organisation=org, environment=flow.environment, name="B")
+    insert_rows(
+        flow,
+        [
+            # 19 Nov 23:30 UTC is 20 Nov 00:30 in Berlin: inside 20 Nov.
+            {"record_key": "early", "synced_at": datetime(2026, 11, 19, 23, 30, tzinfo=UTC)},
+            # 19 Nov 22:59 UTC is 19 Nov 23:59 in Berlin: outside.
+            {"record_key": "before", "synced_at": datetime(2026, 11, 19, 22, 59, tzinfo=UTC)},
+            # 20 Nov 23:00 UTC is 21 Nov 00:00 in Berlin: outside.
+            {"record_key": "after", "synced_at": datetime(2026, 11, 20, 23, 0, tzinfo=UTC)},
+            {"record_key": "late", "synced_at": datetime(2026, 11, 20, 22, 59, tzinfo=UTC)},
+            {"record_key": "bad", "synced_at": T0, "status": "failed"},
+        ],
+    )
+    insert_rows(other_flow, [{"record_key": "other", "synced_at": T0}])
+    client = client_for(member)
+
+    days = client.get(url(org, date_from="2026-11-20", date_to="2026-11-20"))
+    assert record_keys(days) == ["late", "other", "bad", "early"]
+    by_flow = client.get(url(org, flow=str(other_flow.public_id)))
+    assert record_keys(by_flow) == ["other"]
+    failed = client.get(url(org, status="failed"))
+    assert record_keys(failed) == ["bad"]
+    both = client.get(url(org, flow=str(flow.public_id), status="success", date_to="2026-11-20"))
+    assert record_keys(both) == ["late", "early", "before"]
+    none = client.get(url(org, status="failed", date_from="2026-11-21"))
+    assert record_keys(none) == []
+    assert "No records match these filters." in none.content.decode()
+    # The Export link carries the filters over.
+    assert (
+        f'href="/o/{org.slug}/sync-info/export/?flow={other_flow.public_id}"'
+        in by_flow.content.decode()
+    )
+
+
+@pytest.mark.parametrize("value", ["not-a-uuid", "00000000-0000-0000-0000-000000000000", "theirs"])
+def test_a_tampered_flow_id_is_a_form_error(client_for, org, member, flow, other_org, value):
+    if value == "theirs":
+        value = str(ProcessFlowFactory(environment__organisation=other_org).public_id)
+    insert_rows(flow, [{"record_key": "OURS", "synced_at": T0}])
+    response = client_for(member).get(url(org, flow=value))
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "Choose one of your organisation&#x27;s ProcessFlows." in html
+    assert record_keys(response) == []
+
+
+def test_an_end_before_the_start_is_a_form_error(client_for, org, member, flow):
+    response = client_for(member).get(url(org, date_from="2026-11-20", date_to="2026-11-19"))
+    assert response.status_code == 400
+    assert "The end date must be on or after the start date." in response.content.decode()
+
+
+def test_keyset_pages_walk_every_row_once_with_ties_in_synced_at(client_for, org, member, flow):
+    # 130 rows, ten at each instant: page boundaries fall inside groups of equal synced_at.
+    insert_series(flow, 130, same_every=10)
+    expected = list(
+        SyncInfo.objects.filter(organisation=org)
+        .order_by("-synced_at", "-id")
+        .values_list("record_key", flat=True)
+    )
+    client = client_for(member)
+    pages, response = [], client.get(url(org))
+    while True:
+        pages.append(record_keys(response))
+        link = older_link(response)
+        if link is None:
+            break
+        response = client.get(url(org) + link)
+        assert response.status_code == 200
+    assert [len(page) for page in pages] == [50, 50, 30]
+    assert [key for page in pages for key in page] == expected
+
+    # And back: "Newer" from the last page gives the middle page again, then the first.
+    middle = client.get(url(org) + newer_link(response))
+    assert record_keys(middle) == pages[1]
+    first = client.get(url(org) + newer_link(middle))
+    assert record_keys(first) == pages[0]
+    assert newer_link(first) is None
+
+
+def test_page_links_keep_the_filters(client_for, org, member, flow):
+    insert_series(flow, 120)
+    insert_series(flow, 200, newest=T0 - timedelta(days=1))
+    client = client_for(member)
+    response = client.get(url(org, date_from="2026-11-20"))
+    link = older_link(response)
+    assert link.startswith("?date_from=2026-11-20&before=")
+    second = client.get(url(org) + link)
+    assert record_keys(second) == [f"rec-{n}" for n in range(51, 101)]
+    third = client.get(url(org) + older_link(second))
+    assert record_keys(third) == [f"rec-{n}" for n in range(101, 121)]
+    assert older_link(third) is None
+
+
+@pytest.mark.parametrize("cursor", ["garbage!", "bm90LWEtZGF0ZXwx", "MjAyNi0xMS0yMFQwOTowMDowMHx4"])
+def test_an_invalid_cursor_shows_the_first_page_with_a_message(
+    client_for, org, member, flow, cursor
+):
+    insert_series(flow, 60)
+    response = client_for(member).get(url(org, before=cursor))
+    assert response.status_code == 200
+    assert record_keys(response) == [f"rec-{n}" for n in range(1, 51)]
+    assert STALE_CURSOR in response.content.decode()
+
+
+def test_a_cursor_past_the_end_says_there_is_nothing_older(client_for, org, member, flow):
+    from usage.views import cursor_encode
+
+    insert_series(flow, 3)
+    oldest = SyncInfo.objects.filter(organisation=org).order_by("synced_at", "id").first()
+    response = client_for(member).get(url(org, before=cursor_encode(oldest)))
+    assert record_keys(response) == []
+    assert "No older records." in response.content.decode()
+
+
+def test_a_newer_link_with_less_than_a_page_above_shows_the_newest_page(
+    client_for, org, member, flow
+):
+    from usage.views import cursor_encode
+
+    insert_series(flow, 60)
+    tenth = SyncInfo.objects.filter(organisation=org).order_by("-synced_at", "-id")[9]
+    response = client_for(member).get(url(org, after=cursor_encode(tenth)))
+    assert record_keys(response) == [f"rec-{n}" for n in range(1, 51)]
+    assert newer_link(response) is None
+    assert older_link(response) is not None
+
+
+def _queries(client, path) -> list[str]:
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(path)
+    assert response.status_code == 200
+    return [query["sql"] for query in captured.captured_queries]
+
+
+def test_query_count_is_constant_and_pages_use_neither_offset_nor_count(
+    client_for, org, member, flow
+):
+    client = client_for(member)
+    client.get(url(org))  # the first visit stores the organisation in the session
+    empty = _queries(client, url(org))
+    insert_series(flow, 5_000)
+    full = _queries(client, url(org))
+    deep = client.get(url(org))
+    for _ in range(3):
+        deep = client.get(url(org) + older_link(deep))
+    assert record_keys(deep)[0] == "rec-151"
+    later = _queries(client, url(org) + older_link(deep))
+    filtered = _queries(client, url(org, flow=str(flow.public_id), status="failed"))
+    assert len(empty) == len(full) == len(later) == len(filtered)
+    sync_info_sql = [sql for sql in full + later + filtered if "usage_syncinfo" in sql]
+    assert len(sync_info_sql) == 3
+    for sql in sync_info_sql:
+        assert "OFFSET" not in sql.upper()
+        assert "COUNT(" not in sql.upper()
+        assert "LIMIT 51" in sql
+
+
+def test_every_role_may_open_sync_info(client_for, org, admin, billing, member, flow):
+    for user in (admin, billing, member):
+        assert client_for(user).get(url(org)).status_code == 200

@@ -1,0 +1,288 @@
+"""Sync Info (with its CSV export) and the API keys page (issue 6 and 7)."""
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.db.models import Q
+from django.http import Http404, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from accounts.audit import Actor
+from accounts.roles import ADMIN_ONLY, ALL_ROLES
+from accounts.tenancy import tenant_view
+from billing_portal.errors import ServiceError
+from subscriptions.models import Environment, ProcessFlow
+from subscriptions.selectors import subscription_for
+from usage.export import sync_info_csv
+from usage.forms import ApiKeyForm, SyncInfoExportForm, SyncInfoFilterForm
+from usage.models import ApiKey, SyncInfo
+from usage.services import api_key_create, api_key_revoke
+
+PAGE_SIZE = 50
+FILTERS = ("flow", "status", "date_from", "date_to")
+STALE_CURSOR = "That page link is no longer valid, so the newest records are shown."
+EXPORT_DAYS_DEFAULT = 30
+
+
+# Sync Info ------------------------------------------------------------------------------------
+
+
+def _flows(organisation) -> list[ProcessFlow]:
+    """The organisation's ProcessFlows: the filter's choices and the names shown in rows."""
+    return list(
+        ProcessFlow.objects.filter(organisation=organisation)
+        .select_related("environment")
+        .order_by("name", "pk")
+    )
+
+
+def cursor_encode(row: SyncInfo) -> str:
+    """An opaque page position: the row's (synced_at, id), the sort key of the list."""
+    raw = f"{row.synced_at.astimezone(UTC).isoformat()}|{row.pk}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def cursor_decode(value: str) -> tuple[datetime, int] | None:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        moment, pk = raw.split("|")
+        moment, pk = datetime.fromisoformat(moment), int(pk)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment, pk
+
+
+@dataclass
+class Page:
+    rows: list[SyncInfo]
+    newer: str | None  # cursor of the page before (newer rows), or None on the first page
+    older: str | None  # cursor of the page after (older rows), or None on the last page
+    first: bool
+
+
+def sync_info_page(queryset, *, before=None, after=None) -> Page:
+    """One page of `queryset`, newest first, by keyset on (synced_at, id): no OFFSET and no
+    COUNT, so any page costs what the first does (index organisation_id, synced_at, id)."""
+    if after is not None:
+        moment, pk = after
+        rows = list(
+            queryset.filter(synced_at__gte=moment)
+            .filter(Q(synced_at__gt=moment) | Q(id__gt=pk))
+            .order_by("synced_at", "id")[: PAGE_SIZE + 1]
+        )
+        more_newer = len(rows) > PAGE_SIZE
+        if more_newer or len(rows) == PAGE_SIZE:
+            rows = rows[:PAGE_SIZE][::-1]
+            return Page(
+                rows=rows,
+                newer=cursor_encode(rows[0]) if more_newer else None,
+                older=cursor_encode(rows[-1]),
+                first=not more_newer,
+            )
+        # Fewer than a page above the cursor (rows purged, an old link): the newest page.
+        return sync_info_page(queryset)
+    if before is not None:
+        moment, pk = before
+        queryset = queryset.filter(synced_at__lte=moment).filter(
+            Q(synced_at__lt=moment) | Q(id__lt=pk)
+        )
+    rows = list(queryset.order_by("-synced_at", "-id")[: PAGE_SIZE + 1])
+    more_older = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    return Page(
+        rows=rows,
+        newer=cursor_encode(rows[0]) if before is not None and rows else None,
+        older=cursor_encode(rows[-1]) if more_older else None,
+        first=before is None,
+    )
+
+
+def _filter_query(form) -> str:
+    """The submitted filters as a query string, for the page links and the export link."""
+    if not form.is_bound:
+        return ""
+    return urlencode({name: form.data.get(name, "") for name in FILTERS if form.data.get(name)})
+
+
+@tenant_view(roles=ALL_ROLES)
+def sync_info(request):
+    """Sync Info: every synced record (one transaction each), newest first, with filters."""
+    organisation = request.organisation
+    flows = _flows(organisation)
+    filtered = any(request.GET.get(name) for name in FILTERS)
+    form = SyncInfoFilterForm(request.GET if filtered else None, flows=flows)
+    context = {
+        "form": form,
+        "filtered": filtered,
+        "filter_query": _filter_query(form),
+        "subscription": subscription_for(organisation=organisation),
+        "time_zone": organisation.time_zone,
+    }
+    if form.is_bound and not form.is_valid():
+        return render(request, "usage/sync_info.html", {**context, "page": None}, status=400)
+
+    queryset = SyncInfo.objects.filter(organisation=organisation).only(
+        "id", "flow_id", "record_key", "status", "direction", "synced_at", "message"
+    )
+    if form.is_bound:
+        start, end = form.bounds(organisation.tzinfo)
+        if form.cleaned_data["flow"] is not None:
+            queryset = queryset.filter(flow=form.cleaned_data["flow"])
+        if form.cleaned_data["status"]:
+            queryset = queryset.filter(status=form.cleaned_data["status"])
+        if start is not None:
+            queryset = queryset.filter(synced_at__gte=start)
+        if end is not None:
+            queryset = queryset.filter(synced_at__lt=end)
+
+    before = after = None
+    if request.GET.get("before") or request.GET.get("after"):
+        before = cursor_decode(request.GET.get("before", "")) if "before" in request.GET else None
+        after = cursor_decode(request.GET.get("after", "")) if "after" in request.GET else None
+        if before is None and after is None:
+            messages.info(request, STALE_CURSOR)
+    page = sync_info_page(queryset, before=before, after=after)
+    names = {flow.pk: flow for flow in flows}
+    for row in page.rows:
+        row.process_flow = names.get(row.flow_id)
+    return render(request, "usage/sync_info.html", {**context, "page": page})
+
+
+@tenant_view(roles=ALL_ROLES)
+def sync_info_export(request):
+    """Sync Info > Export: a date range (and optionally the page's filters) as a CSV download.
+
+    Without `export=csv` the form is shown, prefilled from the Sync Info page's filters.
+    """
+    organisation = request.organisation
+    flows = _flows(organisation)
+    subscription = subscription_for(organisation=organisation)
+    if request.GET.get("export") != "csv":
+        today = timezone.localdate()
+        initial = {
+            "date_from": today - timedelta(days=EXPORT_DAYS_DEFAULT - 1),
+            "date_to": today,
+            **{name: request.GET[name] for name in FILTERS if request.GET.get(name)},
+        }
+        form = SyncInfoExportForm(initial=initial, flows=flows)
+        return render(
+            request, "usage/sync_info_export.html", {"form": form, "subscription": subscription}
+        )
+    form = SyncInfoExportForm(request.GET, flows=flows)
+    if not form.is_valid():
+        return render(
+            request,
+            "usage/sync_info_export.html",
+            {"form": form, "subscription": subscription},
+            status=400,
+        )
+    start, end = form.bounds(organisation.tzinfo)
+    flow = form.cleaned_data["flow"]
+    response = StreamingHttpResponse(
+        sync_info_csv(
+            organisation_id=organisation.pk,
+            start=start,
+            end=end,
+            flow_id=flow.pk if flow else None,
+            status=form.cleaned_data["status"] or None,
+        ),
+        content_type="text/csv; charset=utf-8",
+    )
+    filename = f"sync-info-{form.cleaned_data['date_from']}-{form.cleaned_data['date_to']}.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "private, no-store"
+    # Let a reverse proxy pass the chunks on as they come rather than buffer the file.
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+# API keys -------------------------------------------------------------------------------------
+
+
+def _environments(organisation):
+    return Environment.objects.filter(organisation=organisation).order_by("name", "pk")
+
+
+def _api_keys_page(request, *, form=None, status=200):
+    organisation = request.organisation
+    environments = list(_environments(organisation))
+    keys = list(
+        ApiKey.objects.filter(organisation=organisation)
+        .select_related("created_by")
+        .order_by("revoked_at", "-created_at", "-pk")
+    )
+    by_environment = {environment.pk: [] for environment in environments}
+    for key in keys:
+        by_environment.setdefault(key.environment_id, []).append(key)
+    context = {
+        "groups": [(environment, by_environment[environment.pk]) for environment in environments],
+        "form": form or ApiKeyForm(environments=_environments(organisation)),
+        "has_keys": bool(keys),
+    }
+    return render(request, "usage/api_keys.html", context, status=status)
+
+
+def api_key_get(*, organisation, key_id: int) -> ApiKey:
+    """One of the organisation's keys; another organisation's key is a 404, like no key."""
+    key = (
+        ApiKey.objects.select_related("environment")
+        .filter(organisation=organisation, pk=key_id)
+        .first()
+    )
+    if key is None:
+        raise Http404("No such API key in this organisation.")
+    return key
+
+
+@tenant_view(roles=ADMIN_ONLY)
+def api_keys(request):
+    """API keys: the per-environment keys the integration runtime sends Sync Info with."""
+    return _api_keys_page(request)
+
+
+@tenant_view(roles=ADMIN_ONLY)
+@require_POST
+def api_key_create_view(request):
+    """Create key: the plain key is on this response only; it is never stored or shown again."""
+    form = ApiKeyForm(request.POST, environments=_environments(request.organisation))
+    if form.is_valid():
+        try:
+            key, plain = api_key_create(
+                environment=form.cleaned_data["environment"],
+                actor=Actor.from_request(request),
+                name=form.cleaned_data["name"],
+                now=timezone.now(),
+            )
+        except ServiceError as error:
+            form.add_error(error.field if error.field in form.fields else None, error.message)
+        else:
+            response = render(request, "usage/api_key_created.html", {"key": key, "plain": plain})
+            response["Cache-Control"] = "private, no-store"
+            return response
+    return _api_keys_page(request, form=form, status=400)
+
+
+@tenant_view(roles=ADMIN_ONLY)
+def api_key_revoke_view(request, key_id):
+    """Revoke: GET asks to confirm, POST revokes (the runtime's next call with it gets 401)."""
+    key = api_key_get(organisation=request.organisation, key_id=key_id)
+    if request.method != "POST":
+        return render(request, "usage/api_key_revoke.html", {"key": key})
+    try:
+        api_key_revoke(key=key, actor=Actor.from_request(request), now=timezone.now())
+    except ServiceError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(
+            request,
+            f"The key {key.name} ({key.prefix}…) is revoked: calls with it are now refused.",
+        )
+    return redirect("usage:api_keys", org_slug=request.organisation.slug)

@@ -6,7 +6,7 @@ portal can show what was sent and a delivery that failed is retried by a schedul
 """
 
 import logging
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
@@ -41,7 +41,7 @@ def email_send(
 
     Dates in the message show in the organisation's time zone.
     """
-    zone = organisation.tzinfo if organisation is not None else timezone.utc
+    zone = organisation.tzinfo if organisation is not None else UTC
     with timezone.override(zone):
         subject, body_text, body_html = email_render(
             template, {"organisation": organisation, **context}

@@ -1,3 +1,6 @@
+from datetime import UTC
+
+from django.apps import apps
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -6,6 +9,7 @@ from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.views.decorators.http import require_POST
 
 from accounts.audit import Actor, client_ip
@@ -59,6 +63,34 @@ def _org_url(request, name: str, *args) -> str:
 # Signed-in landing ----------------------------------------------------------------------
 
 
+def _deleted_organisation_notices(user) -> list[str]:
+    """The notice "Acme Trading was deleted on 31 December 2026 (...)." for each organisation
+    the user belonged to when it was deleted (retention.deletion keeps their ids, no emails).
+
+    accounts sits below retention, so the model is looked up by name, not imported.
+    """
+    record_model = apps.get_model("retention", "DeletionRecord")
+    why = {
+        record_model.Kind.CANCELLATION: "30 days after its subscription ended",
+        record_model.Kind.GDPR_ORGANISATION: "at its request to delete all of its data",
+    }
+    records = (
+        record_model.objects.filter(
+            kind__in=list(why),
+            counts__completed=True,
+            counts__former_member_ids__contains=[user.pk],
+        )
+        .select_related("organisation")
+        .order_by("-created_at", "-id")[:10]
+    )
+    notices = []
+    for record in records:
+        zone = record.organisation.tzinfo if record.organisation else UTC
+        day = date_format(timezone.localtime(record.created_at, zone), "j F Y")
+        notices.append(f"{record.organisation_label} was deleted on {day} ({why[record.kind]}).")
+    return notices
+
+
 @login_required
 def home(request):
     """Send the user to the organisation they used last, or let them choose one."""
@@ -69,13 +101,23 @@ def home(request):
         return redirect("accounts:dashboard", org_slug=current)
     if len(memberships) == 1:
         return redirect("accounts:dashboard", org_slug=memberships[0].organisation.slug)
-    return render(request, "accounts/organisations.html", {"memberships": memberships})
+    return _organisations_page(request, memberships)
 
 
 @login_required
 def organisations(request):
-    memberships = list(memberships_of_user(user=request.user))
-    return render(request, "accounts/organisations.html", {"memberships": memberships})
+    return _organisations_page(request, list(memberships_of_user(user=request.user)))
+
+
+def _organisations_page(request, memberships):
+    return render(
+        request,
+        "accounts/organisations.html",
+        {
+            "memberships": memberships,
+            "deleted_notices": _deleted_organisation_notices(request.user),
+        },
+    )
 
 
 @tenant_view(roles=ALL_ROLES)

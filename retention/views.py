@@ -1,10 +1,53 @@
-from django.shortcuts import render
+from django.contrib import messages
+from django.shortcuts import redirect, render
+from django.utils import timezone
 
+from accounts.audit import Actor
 from accounts.roles import ADMIN_ONLY
 from accounts.tenancy import tenant_view
+from billing_portal.errors import ServiceError
+from retention.forms import DeletionRequestForm
+from retention.gdpr import deletion_request_create
+from retention.models import DataDeletionRequest
+from subscriptions.selectors import subscription_for
 
 
-@tenant_view(roles=ADMIN_ONLY, section="privacy")
+# GDPR rights do not end with the subscription: the request stays possible once it has ended.
+@tenant_view(roles=ADMIN_ONLY, section="privacy", allow_when_ended=True)
 def privacy(request):
-    # Built by a later issue; until then the page says what it will hold.
-    return render(request, "settings/not_yet_available.html", {"section_label": "Privacy"})
+    """Settings > Privacy: what is kept and for how long, the exports, and Data Deletion
+    Request (article section 12)."""
+    organisation = request.organisation
+    form = DeletionRequestForm(request.POST or None, organisation=organisation)
+    if request.method == "POST" and form.is_valid():
+        try:
+            deletion_request = deletion_request_create(
+                organisation=organisation,
+                actor=Actor.from_request(request),
+                scope=form.cleaned_data["scope"],
+                subject_user=form.cleaned_data["subject"],
+                reason=form.cleaned_data["reason"],
+                now=timezone.now(),
+            )
+        except ServiceError as error:
+            form.add_error(error.field if error.field in form.fields else None, error.message)
+        else:
+            messages.success(
+                request,
+                f"Deletion request sent ({deletion_request.get_scope_display()}). "
+                "We email you when it has been reviewed.",
+            )
+            return redirect("retention:privacy", org_slug=organisation.slug)
+    subscription = subscription_for(organisation=organisation)
+    deletion_requests = DataDeletionRequest.objects.filter(
+        organisation=organisation
+    ).select_related("subject_user", "requested_by", "record")
+    return render(
+        request,
+        "retention/privacy.html",
+        {
+            "form": form,
+            "plan": subscription.plan if subscription else None,
+            "deletion_requests": deletion_requests,
+        },
+    )

@@ -95,3 +95,29 @@ def test_dates_in_emails_show_in_the_organisations_time_zone(org, committed):
             context={"invitation": invitation, "accept_url": "http://x/", "valid_days": 7},
         )
     assert "until 4 Dec 2026, 12:30 IST" in mail.outbox[0].body
+
+
+def test_an_email_without_an_organisation_renders_in_utc(committed, db):
+    from datetime import datetime
+
+    with committed():
+        [record] = email_send(
+            template="card_expiring",
+            to="someone@example.test",
+            context={
+                "card": type(
+                    "Card",
+                    (),
+                    {
+                        "get_brand_display": "Visa",
+                        "last4": "4242",
+                        "exp_month": 1,
+                        "exp_year": 2031,
+                    },
+                )(),
+                "payment_method_url": "http://x/",
+                "at": datetime(2026, 1, 1, tzinfo=UTC),
+            },
+        )
+    assert record.organisation is None
+    assert mail.outbox[0].to == ["someone@example.test"]

@@ -1,0 +1,452 @@
+"""GDPR data deletion requests (article section 12; DESIGN.md section 2, Data retention).
+
+Settings > Privacy > Data Deletion Request creates a request; ops approve or reject it in
+Django admin; approval queues the deletion, which runs once and records what it deleted.
+
+Allowed transitions, written down in one place:
+
+    pending  -> approved   (ops approve; the deletion is queued after commit)
+    pending  -> rejected   (ops reject, with a note the requester sees)
+    approved -> done       (the deletion ran; `record` says what it removed)
+"""
+
+import json
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.urls import reverse
+from django.utils.crypto import salted_hmac
+
+from accounts.audit import Actor, audit_record
+from accounts.emails import email_send
+from accounts.models import (
+    AuditEvent,
+    Invitation,
+    Membership,
+    Organisation,
+    OutgoingEmail,
+    User,
+)
+from billing_portal.errors import ServiceError
+from retention.models import DataDeletionRequest, DeletionRecord
+
+Status = DataDeletionRequest.Status
+Scope = DataDeletionRequest.Scope
+
+TRANSITIONS = {
+    Status.PENDING: {Status.APPROVED, Status.REJECTED},
+    Status.APPROVED: {Status.DONE},
+    Status.REJECTED: set(),
+    Status.DONE: set(),
+}
+
+_REFUSED = {
+    Status.APPROVED: "This request is already approved; the deletion is running.",
+    Status.REJECTED: "This request was already rejected.",
+    Status.DONE: "This request was already executed.",
+}
+
+
+def _ensure_transition(request: DataDeletionRequest, to: str) -> None:
+    if to not in TRANSITIONS[request.status]:
+        raise ServiceError(_REFUSED.get(request.status, "This request cannot change now."))
+
+
+def _lock_request(request: DataDeletionRequest) -> DataDeletionRequest:
+    return (
+        DataDeletionRequest.objects.select_for_update(of=["self"])
+        .select_related("organisation", "subject_user", "requested_by")
+        .get(pk=request.pk)
+    )
+
+
+def _privacy_url(organisation: Organisation) -> str:
+    return settings.SITE_URL.rstrip("/") + reverse("retention:privacy", args=[organisation.slug])
+
+
+def _requester_email(request: DataDeletionRequest) -> str:
+    # Set by each service from the email recorded when the request was made: for the
+    # organisation scope the audit trail (and memberships) are gone by the time it is done.
+    return getattr(request, "requested_by_email", "")
+
+
+def _notify(request: DataDeletionRequest, template: str) -> None:
+    to = _requester_email(request)
+    if to:
+        email_send(
+            template=template,
+            to=to,
+            context={
+                "deletion_request": request,
+                "privacy_url": _privacy_url(request.organisation),
+            },
+            organisation=request.organisation,
+        )
+
+
+def _is_last_active_admin(*, organisation: Organisation, user: User) -> bool:
+    admins = Membership.objects.filter(
+        organisation=organisation, role=Membership.Role.ADMIN, status=Membership.Status.ACTIVE
+    )
+    return admins.filter(user=user).exists() and admins.count() == 1
+
+
+# Requests --------------------------------------------------------------------------------
+
+
+def deletion_request_create(
+    *,
+    organisation: Organisation,
+    actor: Actor,
+    scope: str,
+    subject_user: User | None = None,
+    reason: str = "",
+    now: datetime,
+) -> DataDeletionRequest:
+    """An Admin asks for one person's personal data, or all the organisation's data, to be
+    deleted (article section 12). One open request per subject: the unique constraint on open
+    requests backs the check against two clicks at once."""
+    if scope not in Scope.values:
+        raise ServiceError("Choose what to delete.", field="scope")
+    subject_email = ""
+    if scope == Scope.PERSON:
+        if subject_user is None:
+            raise ServiceError("Choose the person whose data is deleted.", field="subject")
+        if not Membership.objects.filter(organisation=organisation, user=subject_user).exists():
+            raise ServiceError("That person is not a user of this organisation.", field="subject")
+        if _is_last_active_admin(organisation=organisation, user=subject_user):
+            raise ServiceError(
+                "This is the organisation's only Admin. Make another user Admin first.",
+                field="subject",
+            )
+        subject_email = subject_user.email.lower()
+    else:
+        subject_user = None
+    open_requests = DataDeletionRequest.objects.filter(
+        organisation=organisation, status__in=[Status.PENDING, Status.APPROVED]
+    )
+    if scope == Scope.ORGANISATION and open_requests.filter(scope=Scope.ORGANISATION).exists():
+        raise ServiceError(
+            "A request to delete all of the organisation's data is already open.", field="scope"
+        )
+    duplicate = ServiceError(
+        f"A deletion request for {subject_email} is already open."
+        if subject_email
+        else "A request to delete all of the organisation's data is already open.",
+        field="subject" if subject_email else "scope",
+    )
+    if open_requests.filter(scope=scope, subject_email=subject_email).exists():
+        raise duplicate
+    try:
+        with transaction.atomic():
+            request = DataDeletionRequest.objects.create(
+                organisation=organisation,
+                scope=scope,
+                subject_user=subject_user,
+                subject_email=subject_email,
+                reason=reason.strip(),
+                requested_by=actor.user,
+                requested_at=now,
+            )
+            request.requested_by_email = actor.email
+            audit_record(
+                organisation=organisation,
+                actor=actor,
+                action="deletion_request.created",
+                now=now,
+                target=request,
+                target_label=subject_email or "All organisation data",
+                changes={"scope": {"old": None, "new": scope}},
+            )
+            _notify(request, "deletion_request_received")
+    except IntegrityError as error:
+        raise duplicate from error
+    return request
+
+
+def _reviewed(
+    *, request: DataDeletionRequest, reviewer: Actor, note: str, now: datetime, to: str
+) -> DataDeletionRequest:
+    request = _lock_request(request)
+    _ensure_transition(request, to)
+    old = request.status
+    request.status = to
+    request.reviewed_by = reviewer.user
+    request.reviewed_at = now
+    request.review_note = note.strip()
+    request.save(update_fields=["status", "reviewed_by", "reviewed_at", "review_note"])
+    request.requested_by_email = _requester_email_at_request(request)
+    audit_record(
+        organisation=request.organisation,
+        actor=reviewer,
+        action=f"deletion_request.{to}",
+        now=now,
+        target=request,
+        target_label=request.subject_email or "All organisation data",
+        changes={"status": {"old": old, "new": to}},
+    )
+    return request
+
+
+def _requester_email_at_request(request: DataDeletionRequest) -> str:
+    """The requester's email as the audit row of the request recorded it (their account may
+    be anonymised since); falls back to the account's current email."""
+    row = (
+        AuditEvent.objects.filter(
+            organisation=request.organisation,
+            action="deletion_request.created",
+            target_type=DataDeletionRequest._meta.label,
+            target_id=str(request.pk),
+        )
+        .values_list("actor_email", flat=True)
+        .first()
+    )
+    if row:
+        return row
+    return request.requested_by.email if request.requested_by else ""
+
+
+def deletion_request_approve(
+    *, request: DataDeletionRequest, reviewer: Actor, note: str = "", now: datetime
+) -> DataDeletionRequest:
+    """Ops approve a pending request; the deletion runs in a task queued after commit."""
+    with transaction.atomic():
+        request = _reviewed(
+            request=request, reviewer=reviewer, note=note, now=now, to=Status.APPROVED
+        )
+        subject = request.subject_user
+        if (
+            request.scope == Scope.PERSON
+            and subject is not None
+            and _is_last_active_admin(organisation=request.organisation, user=subject)
+        ):
+            raise ServiceError(
+                "This person is now the organisation's only Admin; the deletion would leave "
+                "it without one."
+            )
+        _notify(request, "deletion_request_approved")
+        request_id = request.pk
+        transaction.on_commit(lambda: _enqueue_execute(request_id))
+    return request
+
+
+def _enqueue_execute(request_id: int) -> None:
+    from retention.tasks import execute_deletion_request
+
+    try:
+        execute_deletion_request.delay(request_id)
+    except Exception:  # noqa: BLE001 - broker down: the scheduled job runs approved requests
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "Could not queue deletion request %s; the scheduled job runs it", request_id
+        )
+
+
+def deletion_request_reject(
+    *, request: DataDeletionRequest, reviewer: Actor, note: str, now: datetime
+) -> DataDeletionRequest:
+    """Ops reject a pending request; the requester is told why, so a note is required."""
+    if not note.strip():
+        raise ServiceError("Give the reason for rejecting the request.", field="review_note")
+    with transaction.atomic():
+        request = _reviewed(
+            request=request, reviewer=reviewer, note=note, now=now, to=Status.REJECTED
+        )
+        _notify(request, "deletion_request_rejected")
+    return request
+
+
+def deletion_request_execute(*, request_id: int, now: datetime) -> DataDeletionRequest | None:
+    """Run an approved request's deletion once; safe to run twice.
+
+    Person scope: the row is claimed under a lock and moves approved -> done in the same
+    transaction as the deletion. Organisation scope: the deletion commits in small batches and
+    resumes where a crashed run stopped (retention/deletion.py), so it runs before the claim;
+    a rerun after it finished is refused there as "already deleted" and reuses its record.
+    """
+    pending = (
+        DataDeletionRequest.objects.select_related("organisation", "requested_by", "reviewed_by")
+        .filter(pk=request_id, status=Status.APPROVED)
+        .first()
+    )
+    if pending is None:
+        return None
+    # Read before the deletion: the organisation scope removes the audit trail.
+    requester_email = _requester_email_at_request(pending)
+    record = None
+    if pending.scope == Scope.ORGANISATION:
+        record = _organisation_delete(pending, now=now)
+    with transaction.atomic():
+        request = (
+            DataDeletionRequest.objects.select_for_update(of=["self"])
+            .select_related("organisation", "subject_user", "requested_by", "reviewed_by")
+            .filter(pk=request_id, status=Status.APPROVED)
+            .first()
+        )
+        if request is None:
+            return None
+        if request.scope == Scope.PERSON:
+            record = _person_delete(request, now=now)
+        _ensure_transition(request, Status.DONE)
+        request.status = Status.DONE
+        request.completed_at = now
+        request.record = record
+        # The email stays out of the request once the person's data is gone.
+        if request.subject_user is not None:
+            request.subject_email = _pseudonym_for(request.subject_user)
+        request.save(update_fields=["status", "completed_at", "record", "subject_email"])
+        request.requested_by_email = requester_email
+        _notify(request, "deletion_request_done")
+    return request
+
+
+def _person_delete(request: DataDeletionRequest, *, now: datetime) -> DeletionRecord:
+    actor = Actor(user=request.reviewed_by)
+    if request.subject_user is not None:
+        return person_data_delete(
+            organisation=request.organisation, user=request.subject_user, actor=actor, now=now
+        )
+    # The account was deleted meanwhile; record that nothing was left to delete.
+    return DeletionRecord.objects.create(
+        organisation=request.organisation,
+        organisation_label=request.organisation.name,
+        kind=DeletionRecord.Kind.GDPR_PERSON,
+        counts={},
+        detail="The person's account no longer existed.",
+        actor=actor.user,
+        created_at=now,
+    )
+
+
+def _organisation_delete(request: DataDeletionRequest, *, now: datetime) -> DeletionRecord:
+    from retention.deletion import organisation_data_delete
+
+    organisation = request.organisation
+    try:
+        return organisation_data_delete(
+            organisation=organisation,
+            kind=DeletionRecord.Kind.GDPR_ORGANISATION,
+            actor=Actor(user=request.reviewed_by),
+            now=now,
+            detail=f"GDPR data deletion request {request.pk}",
+        )
+    except ServiceError as error:
+        if error.code != "already_deleted":
+            raise
+        # An earlier run (or the cancellation deletion) finished it: link the record it left.
+        return (
+            DeletionRecord.objects.filter(organisation=organisation, counts__completed=True)
+            .order_by("-created_at", "-pk")
+            .first()
+        )
+
+
+# Deleting one person's data ---------------------------------------------------------------
+
+
+def _pseudonym_for(user: User) -> str:
+    # Stable per user, so every trace of the same person reads the same; not reversible.
+    digest = salted_hmac("retention.gdpr.pseudonym", str(user.pk), algorithm="sha256")
+    return f"deleted-user-{digest.hexdigest()[:6]}"
+
+
+def _replace_in(value, needles: list[str], pseudonym: str):
+    text = json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value
+    for needle in needles:
+        # Case-insensitive replace of every occurrence.
+        lowered = text.lower()
+        start = lowered.find(needle.lower())
+        while start != -1:
+            text = text[:start] + pseudonym + text[start + len(needle) :]
+            lowered = text.lower()
+            start = lowered.find(needle.lower(), start + len(pseudonym))
+    if isinstance(value, str):
+        return text
+    try:
+        return json.loads(text)
+    except ValueError:
+        # A name with characters JSON escapes; keep the structure, the label is replaced.
+        return value
+
+
+def person_data_delete(
+    *, organisation: Organisation, user: User, actor: Actor, now: datetime
+) -> DeletionRecord:
+    """Delete one person's personal data in one organisation (GDPR, article section 12).
+
+    Their membership goes; this organisation's audit rows stay but name a pseudonym instead of
+    them; their pending invitations and the emails sent to them here are deleted. If they
+    belong to no other organisation the account itself is anonymised and signed out.
+    """
+    pseudonym = _pseudonym_for(user)
+    email = user.email
+    needles = [email] + ([user.full_name] if len(user.full_name.strip()) >= 3 else [])
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=user.pk)
+        counts: dict[str, int] = {}
+        counts["memberships"], _ = Membership.objects.filter(
+            organisation=organisation, user=user
+        ).delete()
+        match = Q(actor=user) | Q(actor_email__iexact=email) | Q(target_label__icontains=email)
+        if len(needles) > 1:
+            match |= Q(target_label__icontains=needles[1])
+        events = list(AuditEvent.objects.filter(Q(organisation=organisation) & match))
+        for event in events:
+            if event.actor_id == user.pk or event.actor_email.lower() == email.lower():
+                event.actor = None
+                event.actor_email = pseudonym
+            event.target_label = _replace_in(event.target_label, needles, pseudonym)[:254]
+            event.changes = _replace_in(event.changes, needles, pseudonym)
+        AuditEvent.objects.bulk_update(events, ["actor", "actor_email", "target_label", "changes"])
+        counts["audit_events_pseudonymised"] = len(events)
+        counts["invitations"], _ = Invitation.objects.filter(
+            organisation=organisation, email__iexact=email, status=Invitation.Status.PENDING
+        ).delete()
+        counts["outgoing_emails"], _ = OutgoingEmail.objects.filter(
+            organisation=organisation, to_email__iexact=email
+        ).delete()
+        counts["accounts_anonymised"] = 0
+        if not Membership.objects.filter(user=user).exists():
+            from allauth.account.models import EmailAddress
+
+            counts["email_addresses"], _ = EmailAddress.objects.filter(user=user).delete()
+            user.email = f"{pseudonym}@deleted.invalid"
+            user.full_name = ""
+            user.is_active = False
+            user.set_unusable_password()
+            user.save(update_fields=["email", "full_name", "is_active", "password"])
+            # Ends every session (the session hash includes the epoch and the password).
+            User.objects.filter(pk=user.pk).update(session_epoch=F("session_epoch") + 1)
+            counts["accounts_anonymised"] = 1
+        audit_record(
+            organisation=organisation,
+            actor=actor,
+            action="gdpr.person_deleted",
+            now=now,
+            target_label=pseudonym,
+            changes={"counts": {"old": None, "new": counts}},
+        )
+        return DeletionRecord.objects.create(
+            organisation=organisation,
+            organisation_label=organisation.name,
+            kind=DeletionRecord.Kind.GDPR_PERSON,
+            counts=counts,
+            detail=f"Personal data of {pseudonym}",
+            actor=actor.user,
+            created_at=now,
+        )
+
+
+def deletion_requests_execute_stuck(*, now: datetime, older_than: timedelta) -> int:
+    """Run approved requests whose task never ran (broker down when they were approved)."""
+    ids = list(
+        DataDeletionRequest.objects.filter(
+            status=Status.APPROVED, reviewed_at__lte=now - older_than
+        )
+        .order_by("reviewed_at")
+        .values_list("pk", flat=True)[:50]
+    )
+    return sum(deletion_request_execute(request_id=pk, now=now) is not None for pk in ids)

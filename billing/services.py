@@ -185,6 +185,49 @@ def _overage_line(overage: _Overage, *, position: int, zone, currency: str) -> I
     )
 
 
+def _invoice_for(
+    *,
+    subscription: Subscription,
+    kind: str,
+    subtotal: int,
+    plan_name: str,
+    billing_cycle: str,
+    period_start: datetime,
+    period_end: datetime,
+    profile: BillingProfile | None,
+    rates: dict[str, tuple[str, int]],
+    now: datetime,
+) -> Invoice:
+    """An unsaved invoice with the billing details, tax and due date as of `now`."""
+    organisation = subscription.organisation
+    details = billing_details_snapshot(organisation=organisation, profile=profile)
+    decision = tax_for(details=details, rates=rates)
+    tax = decision.amount(subtotal)
+    method = subscription.payment_method_kind
+    terms = timedelta(days=settings.INVOICE_PAYMENT_TERMS_DAYS)
+    return Invoice(
+        organisation=organisation,
+        subscription=subscription,
+        kind=kind,
+        currency=subscription.currency,
+        subtotal=subtotal,
+        tax_amount=tax,
+        total=subtotal + tax,
+        tax_rule=decision.rule,
+        tax_rate_bp=decision.rate_bp,
+        tax_name=decision.name,
+        tax_note=decision.note,
+        plan_name=plan_name,
+        billing_cycle=billing_cycle,
+        period_start=period_start,
+        period_end=period_end,
+        billing_details=details,
+        payment_method_kind=method,
+        issued_at=now,
+        due_at=now if method == PaymentMethodKind.CARD else now + terms,
+    )
+
+
 def _draft_period_invoice(
     *,
     subscription: Subscription,
@@ -196,33 +239,18 @@ def _draft_period_invoice(
 ) -> _Draft:
     """A period invoice, with the overage of the usage month that just closed, if any."""
     organisation = subscription.organisation
-    details = billing_details_snapshot(organisation=organisation, profile=profile)
-    decision = tax_for(details=details, rates=rates)
-    subtotal = period.price + (overage.amount if overage is not None else 0)
-    tax = decision.amount(subtotal)
-    kind = subscription.payment_method_kind
-    terms = timedelta(days=settings.INVOICE_PAYMENT_TERMS_DAYS)
     cycle_label = BillingCycle(period.billing_cycle).label.lower()
-    invoice = Invoice(
-        organisation=organisation,
+    invoice = _invoice_for(
         subscription=subscription,
         kind=Invoice.Kind.SUBSCRIPTION,
-        currency=subscription.currency,
-        subtotal=subtotal,
-        tax_amount=tax,
-        total=subtotal + tax,
-        tax_rule=decision.rule,
-        tax_rate_bp=decision.rate_bp,
-        tax_name=decision.name,
-        tax_note=decision.note,
+        subtotal=period.price + (overage.amount if overage is not None else 0),
         plan_name=period.plan.name,
         billing_cycle=period.billing_cycle,
         period_start=period.start,
         period_end=period.end,
-        billing_details=details,
-        payment_method_kind=kind,
-        issued_at=now,
-        due_at=now if kind == PaymentMethodKind.CARD else now + terms,
+        profile=profile,
+        rates=rates,
+        now=now,
     )
     line = InvoiceLine(
         position=1,
@@ -254,32 +282,17 @@ def _draft_overage_invoice(
 ) -> _Draft:
     """An overage-only invoice for one closed usage month of an annual plan."""
     organisation = subscription.organisation
-    details = billing_details_snapshot(organisation=organisation, profile=profile)
-    decision = tax_for(details=details, rates=rates)
-    subtotal = overage.amount
-    tax = decision.amount(subtotal)
-    kind = subscription.payment_method_kind
-    terms = timedelta(days=settings.INVOICE_PAYMENT_TERMS_DAYS)
-    invoice = Invoice(
-        organisation=organisation,
+    invoice = _invoice_for(
         subscription=subscription,
         kind=Invoice.Kind.OVERAGE,
-        currency=subscription.currency,
-        subtotal=subtotal,
-        tax_amount=tax,
-        total=subtotal + tax,
-        tax_rule=decision.rule,
-        tax_rate_bp=decision.rate_bp,
-        tax_name=decision.name,
-        tax_note=decision.note,
+        subtotal=overage.amount,
         plan_name=overage.plan.name,
         billing_cycle=subscription.billing_cycle,
         period_start=overage.month_start,
         period_end=overage.month_end,
-        billing_details=details,
-        payment_method_kind=kind,
-        issued_at=now,
-        due_at=now if kind == PaymentMethodKind.CARD else now + terms,
+        profile=profile,
+        rates=rates,
+        now=now,
     )
     line = _overage_line(
         overage, position=1, zone=organisation.tzinfo, currency=subscription.currency

@@ -12,7 +12,6 @@ from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
-from django.urls import reverse
 from django.utils.text import slugify
 
 from accounts.audit import Actor, audit_record, changes_between
@@ -20,6 +19,7 @@ from accounts.emails import email_send
 from accounts.models import Invitation, Membership, Organisation, PrimaryEmailChange, User
 from accounts.tokens import new_token, token_digest
 from billing_portal.errors import ServiceError
+from billing_portal.links import absolute_url
 
 ORGANISATION_NAME_MAX = 100
 
@@ -28,11 +28,8 @@ def _normalise_email(email: str) -> str:
     return User.objects.normalize_email((email or "").strip()).lower()
 
 
-def _absolute(path: str) -> str:
-    return f"{settings.SITE_URL}{path}"
-
-
-def _lock_organisation(organisation: Organisation) -> Organisation:
+def organisation_lock(organisation: Organisation) -> Organisation:
+    """The organisation row, locked: the one mutex for changes across an organisation."""
     return Organisation.objects.select_for_update().get(pk=organisation.pk)
 
 
@@ -112,7 +109,7 @@ def organisation_update(
     """Settings > Organisation: change the Organisation Name (and its time zone)."""
     name = _clean_organisation_name(name)
     with transaction.atomic():
-        organisation = _lock_organisation(organisation)
+        organisation = organisation_lock(organisation)
         changes = changes_between(
             {"name": organisation.name, "time_zone": organisation.time_zone},
             {"name": name, "time_zone": time_zone},
@@ -142,7 +139,7 @@ def primary_email_change_request(
     """
     new_email = _normalise_email(new_email)
     with transaction.atomic():
-        organisation = _lock_organisation(organisation)
+        organisation = organisation_lock(organisation)
         if new_email == organisation.primary_email.lower():
             raise ServiceError("That is already the primary email address.", field="new_email")
         superseded = PrimaryEmailChange.objects.filter(
@@ -169,7 +166,7 @@ def primary_email_change_request(
         context = {
             "change": change,
             "requested_by": actor.user,
-            "verify_url": _absolute(reverse("accounts:primary_email_verify", args=[token])),
+            "verify_url": absolute_url("accounts:primary_email_verify", token),
             "valid_days": settings.PRIMARY_EMAIL_CHANGE_VALID_DAYS,
             "superseded": superseded,
         }
@@ -232,7 +229,7 @@ def primary_email_change_verify(*, token: str, actor: Actor, now: datetime) -> P
             .first()
         )
         change = _valid_primary_email_change(change, now=now)
-        organisation = _lock_organisation(change.organisation)
+        organisation = organisation_lock(change.organisation)
         old_email = organisation.primary_email
         organisation.primary_email = change.new_email
         organisation.save(update_fields=["primary_email"])
@@ -265,7 +262,7 @@ def _send_invitation(invitation: Invitation, token: str) -> None:
         to=invitation.email,
         context={
             "invitation": invitation,
-            "accept_url": _absolute(reverse("accounts:invitation_accept", args=[token])),
+            "accept_url": absolute_url("accounts:invitation_accept", token),
             "valid_days": settings.INVITATION_VALID_DAYS,
         },
         organisation=invitation.organisation,
@@ -280,7 +277,7 @@ def invitation_create(
     if role not in Membership.Role.values:
         raise ServiceError("Choose a role.", field="role")
     with transaction.atomic():
-        organisation = _lock_organisation(organisation)
+        organisation = organisation_lock(organisation)
         existing = (
             Membership.objects.filter(organisation=organisation, user__email__iexact=email)
             .only("status")
@@ -456,7 +453,7 @@ def invitation_accept(
                 f"{user.email}. Sign out, then open the link again.",
                 code="wrong_user",
             )
-        organisation = _lock_organisation(invitation.organisation)
+        organisation = organisation_lock(invitation.organisation)
         membership, created = Membership.objects.get_or_create(
             organisation=organisation,
             user=user,
@@ -537,7 +534,7 @@ def user_end_sessions(*, user: User) -> None:
 
 
 def _lock_membership(membership: Membership) -> tuple[Organisation, Membership]:
-    organisation = _lock_organisation(membership.organisation)
+    organisation = organisation_lock(membership.organisation)
     membership = Membership.objects.select_related("user").get(pk=membership.pk)
     return organisation, membership
 

@@ -48,12 +48,9 @@ from accounts.services import (
 )
 from accounts.tenancy import SESSION_KEY, tenant_view
 from billing_portal.errors import ServiceError
+from billing_portal.forms import form_error
 
 LINK_ERROR_STATUS = {"invalid": 404, "used": 410, "revoked": 410, "expired": 410, "superseded": 410}
-
-
-def _form_error(form, error: ServiceError) -> None:
-    form.add_error(error.field if error.field in form.fields else None, error.message)
 
 
 def _org_url(request, name: str, *args) -> str:
@@ -166,7 +163,7 @@ def user_invite(request):
                 now=timezone.now(),
             )
         except ServiceError as error:
-            _form_error(form, error)
+            form_error(form, error)
         else:
             messages.success(
                 request,
@@ -332,7 +329,7 @@ def organisation_settings(request):
                 now=timezone.now(),
             )
         except ServiceError as error:
-            _form_error(form, error)
+            form_error(form, error)
         else:
             messages.success(request, "Organisation details saved.")
             return redirect("accounts:organisation", org_slug=request.organisation.slug)
@@ -352,7 +349,7 @@ def organisation_primary_email(request):
                 now=timezone.now(),
             )
         except ServiceError as error:
-            _form_error(form, error)
+            form_error(form, error)
         else:
             messages.success(
                 request,

@@ -22,6 +22,7 @@ from accounts.audit import Actor, audit_record, changes_between
 from accounts.emails import email_send
 from accounts.models import Organisation
 from accounts.selectors import billing_recipients
+from accounts.services import organisation_lock
 from billing import gateway
 from billing.models import (
     BillingProfile,
@@ -68,7 +69,7 @@ def billing_profile_update(
 ) -> BillingProfile:
     """Billing Information: applies to invoices issued from now on; past invoices never change."""
     with transaction.atomic():
-        Organisation.objects.select_for_update().get(pk=organisation.pk)
+        organisation_lock(organisation)
         profile, _ = BillingProfile.objects.get_or_create(organisation=organisation)
         old = {name: str(getattr(profile, name)) for name in fields}
         for name, value in fields.items():
@@ -550,7 +551,7 @@ def subscription_start(
     if currency not in settings.CURRENCIES:
         raise ServiceError("Choose one of the offered currencies.", field="currency")
     with transaction.atomic():
-        organisation = Organisation.objects.select_for_update().get(pk=organisation.pk)
+        organisation = organisation_lock(organisation)
         if currency != organisation.currency:
             if organisation.invoices.exclude(status=Invoice.Status.VOID).exists():
                 raise ServiceError(
@@ -716,7 +717,7 @@ def card_setup_complete(
         )
     gateway.card_make_default(customer_id=customer_id, payment_method_id=card.payment_method_id)
     with transaction.atomic():
-        Organisation.objects.select_for_update().get(pk=organisation.pk)
+        organisation_lock(organisation)
         existing = PaymentMethod.objects.filter(
             stripe_payment_method_id=card.payment_method_id
         ).first()

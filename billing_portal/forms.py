@@ -6,3 +6,8 @@ class FormRenderer(TemplatesSetting):
 
     form_template_name = "forms/form.html"
     field_template_name = "forms/field.html"
+
+
+def form_error(form, error) -> None:
+    """Show a service's refusal (ServiceError) on its field, or above the form."""
+    form.add_error(error.field if error.field in form.fields else None, error.message)

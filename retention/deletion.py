@@ -33,7 +33,6 @@ from django.conf import settings
 from django.db import connection, models, transaction
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.formats import date_format
 
 from accounts.audit import Actor
 from accounts.emails import email_queue, email_render
@@ -48,6 +47,7 @@ from accounts.models import (
 from accounts.selectors import billing_recipients
 from billing.models import BillingProfile
 from billing_portal.errors import ServiceError
+from billing_portal.links import absolute_url, organisation_day
 from retention.models import DeletionRecord
 from subscriptions.cancellation import DATA_KEPT_AFTER_END, data_deletion_at
 from subscriptions.models import Connection, Environment, ProcessFlow, Subscription
@@ -198,14 +198,6 @@ def organisation_data_delete(
 # The scheduled job ---------------------------------------------------------------------
 
 
-def _day(moment: datetime, organisation: Organisation) -> str:
-    return date_format(timezone.localtime(moment, organisation.tzinfo), "j F Y")
-
-
-def _url(name: str, organisation: Organisation) -> str:
-    return settings.SITE_URL + reverse(name, args=[organisation.slug])
-
-
 def _ended():
     """Ended subscriptions of organisations not deleted yet, oldest end first."""
     return Subscription.objects.filter(
@@ -244,9 +236,11 @@ def _reminder_send(subscription: Subscription, *, days: int, now: datetime) -> i
         "ended_at": subscription.ended_at,
         "deletion_at": deletion_at,
         "days": days,
-        "choose_plan_url": _url("billing:choose_plan", organisation),
-        "configuration_export_url": _url("retention:configuration_export", organisation),
-        "sync_info_export_url": _url("usage:sync_info_export", organisation),
+        "choose_plan_url": absolute_url("billing:choose_plan", organisation.slug),
+        "configuration_export_url": absolute_url(
+            "retention:configuration_export", organisation.slug
+        ),
+        "sync_info_export_url": absolute_url("usage:sync_info_export", organisation.slug),
     }
     with timezone.override(organisation.tzinfo):
         subject, body_text, body_html = email_render(REMINDER_TEMPLATE, context)
@@ -292,8 +286,8 @@ def _deleted_email_send(organisation, *, recipients: list[str], ended_at, now) -
     """Not tied to the organisation: none of its emails is kept after the deletion."""
     context = {
         "organisation_name": organisation.name,
-        "ended_day": _day(ended_at, organisation),
-        "deleted_day": _day(now, organisation),
+        "ended_day": organisation_day(ended_at, organisation),
+        "deleted_day": organisation_day(now, organisation),
         "sign_in_url": settings.SITE_URL + reverse("account_login"),
     }
     subject, body_text, body_html = email_render(DELETED_TEMPLATE, context)
@@ -336,7 +330,7 @@ def cancelled_organisations_delete(*, now: datetime) -> int:
                 kind=DeletionRecord.Kind.CANCELLATION,
                 actor=None,
                 now=now,
-                detail=f"Subscription ended on {_day(ended_at, organisation)}.",
+                detail=f"Subscription ended on {organisation_day(ended_at, organisation)}.",
             )
             _deleted_email_send(organisation, recipients=recipients, ended_at=ended_at, now=now)
             deleted += 1

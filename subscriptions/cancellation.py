@@ -16,17 +16,13 @@ Subscriptions never import billing, so the recipients of the emails are read her
 
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import transaction
-from django.urls import reverse
-from django.utils import timezone
-from django.utils.formats import date_format
 
 from accounts.audit import SYSTEM, Actor, audit_record
 from accounts.emails import email_send
-from accounts.models import Organisation
 from accounts.selectors import billing_recipients as subscription_recipients
 from billing_portal.errors import ServiceError
+from billing_portal.links import absolute_url, organisation_day
 from subscriptions.models import (
     BillingCycle,
     CancellationReason,
@@ -59,15 +55,6 @@ def data_deletion_at(subscription: Subscription) -> datetime:
     return subscription.current_period_end + DATA_KEPT_AFTER_END
 
 
-def _day(moment: datetime, organisation: Organisation) -> str:
-    """A date as customers read it, in the organisation's time zone: "1 December 2026"."""
-    return date_format(timezone.localtime(moment, organisation.tzinfo), "j F Y")
-
-
-def _url(name: str, organisation: Organisation) -> str:
-    return settings.SITE_URL + reverse(name, args=[organisation.slug])
-
-
 def _lock(subscription: Subscription) -> Subscription:
     return (
         Subscription.objects.select_for_update(of=("self",))
@@ -82,11 +69,12 @@ def cancellation_refusal(subscription: Subscription | None) -> str | None:
         return "Your organisation has no subscription to cancel."
     organisation = subscription.organisation
     if subscription.status == Status.ENDED:
-        return f"Your subscription already ended on {_day(subscription.ended_at, organisation)}."
+        ended = organisation_day(subscription.ended_at, organisation)
+        return f"Your subscription already ended on {ended}."
     if subscription.cancel_at_period_end:
         return (
             f"Your subscription is already cancelled; it ends on "
-            f"{_day(subscription.current_period_end, organisation)}."
+            f"{organisation_day(subscription.current_period_end, organisation)}."
         )
     if subscription.status == Status.INCOMPLETE:
         return (
@@ -190,8 +178,8 @@ def subscription_cancel(
                 "deletion_at": data_deletion_at(subscription),
                 "canceled_by": actor.email,
                 "reason_label": CancellationReason(reason).label,
-                "subscription_url": _url("subscriptions:settings", organisation),
-                "export_url": _url("retention:privacy", organisation),
+                "subscription_url": absolute_url("subscriptions:settings", organisation.slug),
+                "export_url": absolute_url("retention:privacy", organisation.slug),
             },
         )
     return subscription
@@ -212,8 +200,8 @@ def subscription_cancel_undo(
         ):
             ended = subscription.ended_at or subscription.current_period_end
             raise ServiceError(
-                f"The period ended on {_day(ended, organisation)}; choose a plan to subscribe "
-                f"again.",
+                f"The period ended on {organisation_day(ended, organisation)}; "
+                "choose a plan to subscribe again.",
                 code="ended",
             )
         if not subscription.cancel_at_period_end:
@@ -288,8 +276,8 @@ def _end(subscription: Subscription, *, now: datetime) -> int:
             "ended_at": subscription.ended_at,
             "deletion_at": data_deletion_at(subscription),
             "process_flows_stopped": paused,
-            "choose_plan_url": _url("billing:choose_plan", organisation),
-            "export_url": _url("retention:privacy", organisation),
+            "choose_plan_url": absolute_url("billing:choose_plan", organisation.slug),
+            "export_url": absolute_url("retention:privacy", organisation.slug),
         },
     )
     return paused

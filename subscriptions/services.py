@@ -12,6 +12,7 @@ from django.db import transaction
 
 from accounts.audit import Actor, audit_record
 from accounts.models import Organisation
+from accounts.services import organisation_lock
 from billing_portal.errors import ServiceError
 from subscriptions.models import (
     BillingCycle,
@@ -36,10 +37,6 @@ LIMIT_FIELDS = {
     "connections": "max_connections",
     "active_process_flows": "max_process_flows",
 }
-
-
-def _lock_organisation(organisation: Organisation) -> Organisation:
-    return Organisation.objects.select_for_update().get(pk=organisation.pk)
 
 
 def _subscription_of(organisation: Organisation) -> Subscription | None:
@@ -149,7 +146,7 @@ def environment_create(
     """
     name = _clean_name(name, label="environment name", max_length=NAME_MAX["environment"])
     with transaction.atomic():
-        organisation = _lock_organisation(organisation)
+        organisation = organisation_lock(organisation)
         environments = Environment.objects.filter(organisation=organisation)
         _refuse_creation(organisation, limit="environments", count=environments.count())
         if environments.filter(name__iexact=name).exists():
@@ -195,7 +192,7 @@ def connection_create(
     if environment.organisation_id != organisation.pk:
         raise ServiceError("Choose one of your organisation's environments.", field="environment")
     with transaction.atomic():
-        organisation = _lock_organisation(organisation)
+        organisation = organisation_lock(organisation)
         count = Connection.objects.filter(organisation=organisation).count()
         _refuse_creation(organisation, limit="connections", count=count)
         if Connection.objects.filter(environment=environment, name__iexact=name).exists():
@@ -272,7 +269,7 @@ def process_flow_create(
             "The source and the target must be different connections.", field="target"
         )
     with transaction.atomic():
-        organisation = _lock_organisation(organisation)
+        organisation = organisation_lock(organisation)
         _refuse_creation(
             organisation, limit="active_process_flows", count=_active_flow_count(organisation)
         )
@@ -360,7 +357,7 @@ def process_flow_resume(
     free place.
     """
     with transaction.atomic():
-        organisation = _lock_organisation(organisation)
+        organisation = organisation_lock(organisation)
         flow = _lock_flow(organisation, flow)
         if flow.status == ProcessFlow.Status.ACTIVE:
             raise ServiceError(f"{flow.name} is already running.")

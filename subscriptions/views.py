@@ -8,6 +8,7 @@ from accounts.audit import Actor
 from accounts.roles import ADMIN, ADMIN_AND_BILLING, ADMIN_ONLY, ALL_ROLES
 from accounts.tenancy import tenant_view
 from billing_portal.errors import ServiceError
+from billing_portal.forms import form_error
 from subscriptions.forms import ConnectionForm, DowngradeForm, EnvironmentForm, ProcessFlowForm
 from subscriptions.models import ProcessFlow
 from subscriptions.plan_changes import (
@@ -40,11 +41,6 @@ from subscriptions.services import (
     process_flow_resume,
 )
 from subscriptions.states import SERVING
-
-
-def _form_error(form, error: ServiceError) -> None:
-    form.add_error(error.field if error.field in form.fields else None, error.message)
-
 
 # ProcessFlows ----------------------------------------------------------------------------
 
@@ -102,7 +98,7 @@ def _create(request, form, key, service, fields, success):
                 **{name: form.cleaned_data[name] for name in fields},
             )
         except ServiceError as error:
-            _form_error(form, error)
+            form_error(form, error)
         else:
             messages.success(request, success.format(name=created.name))
             return redirect("subscriptions:flows", org_slug=request.organisation.slug)
@@ -290,7 +286,7 @@ def change_plan_review(request, plan_code):
                 now=timezone.now(),
             )
         except ServiceError as error:
-            _form_error(form, error)
+            form_error(form, error)
         else:
             messages.success(
                 request,

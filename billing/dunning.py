@@ -16,16 +16,15 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
-from django.urls import reverse
 
 from accounts.audit import SYSTEM, Actor, audit_record
 from accounts.emails import email_send
 from accounts.selectors import billing_recipients
 from billing.models import DunningCase, DunningStep, Invoice, Payment
 from billing_portal.errors import ServiceError
+from billing_portal.links import absolute_url
 from subscriptions.models import PaymentMethodKind, Subscription
 from subscriptions.services import process_flows_resume_suspended, process_flows_suspend
 from subscriptions.states import subscription_transition
@@ -68,8 +67,7 @@ def _context(case: DunningCase, subscription: Subscription) -> dict:
         "currency": subscription.currency,
         "suspension_at": step_due_at(case, Step.DAY_14),
         "final_attempt_at": step_due_at(case, Step.DAY_7),
-        "payment_method_url": settings.SITE_URL
-        + reverse("billing:payment_method", args=[organisation.slug]),
+        "payment_method_url": absolute_url("billing:payment_method", organisation.slug),
     }
 
 

@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, Max, OuterRef, Q
-from django.urls import reverse
 
 from accounts.audit import Actor, audit_record, changes_between
 from accounts.emails import email_send
@@ -37,6 +36,7 @@ from billing.models import (
 )
 from billing.tax import TaxDecision, tax_decide
 from billing_portal.errors import ServiceError
+from billing_portal.links import absolute_url
 from billing_portal.money import format_money
 from subscriptions.lifecycle import (
     Period,
@@ -655,7 +655,7 @@ def invoice_documents_render_pending(*, now: datetime, limit: int = 200) -> int:
 
 
 def _invoice_url(invoice: Invoice) -> str:
-    return settings.SITE_URL + reverse("billing:invoices", args=[invoice.organisation.slug])
+    return absolute_url("billing:invoices", invoice.organisation.slug)
 
 
 def _email_invoice_issued(invoice: Invoice) -> None:
@@ -778,8 +778,9 @@ def card_expiry_reminders_send(*, now: datetime) -> int:
                 to=billing_recipients(organisation=method.organisation),
                 context={
                     "card": method,
-                    "payment_method_url": settings.SITE_URL
-                    + reverse("billing:payment_method", args=[method.organisation.slug]),
+                    "payment_method_url": absolute_url(
+                        "billing:payment_method", method.organisation.slug
+                    ),
                 },
                 organisation=method.organisation,
             )
@@ -910,8 +911,7 @@ def _record_failure(
         context={
             "invoice": invoice,
             "payment": payment,
-            "payment_method_url": settings.SITE_URL
-            + reverse("billing:payment_method", args=[invoice.organisation.slug]),
+            "payment_method_url": absolute_url("billing:payment_method", invoice.organisation.slug),
         },
         organisation=invoice.organisation,
     )

@@ -29,9 +29,7 @@ at once cannot both send it. A resubscribe then a later cancellation counts from
 import logging
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import connection, models, transaction
-from django.urls import reverse
 from django.utils import timezone
 
 from accounts.audit import Actor
@@ -288,7 +286,7 @@ def _deleted_email_send(organisation, *, recipients: list[str], ended_at, now) -
         "organisation_name": organisation.name,
         "ended_day": organisation_day(ended_at, organisation),
         "deleted_day": organisation_day(now, organisation),
-        "sign_in_url": settings.SITE_URL + reverse("account_login"),
+        "sign_in_url": absolute_url("account_login"),
     }
     subject, body_text, body_html = email_render(DELETED_TEMPLATE, context)
     with transaction.atomic():

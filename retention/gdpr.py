@@ -13,10 +13,8 @@ Allowed transitions, written down in one place:
 import json
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
-from django.urls import reverse
 from django.utils.crypto import salted_hmac
 
 from accounts.audit import Actor, audit_record
@@ -30,6 +28,7 @@ from accounts.models import (
     User,
 )
 from billing_portal.errors import ServiceError
+from billing_portal.links import absolute_url
 from retention.models import DataDeletionRequest, DeletionRecord
 
 Status = DataDeletionRequest.Status
@@ -63,7 +62,7 @@ def _lock_request(request: DataDeletionRequest) -> DataDeletionRequest:
 
 
 def _privacy_url(organisation: Organisation) -> str:
-    return settings.SITE_URL.rstrip("/") + reverse("retention:privacy", args=[organisation.slug])
+    return absolute_url("retention:privacy", organisation.slug)
 
 
 def _requester_email(request: DataDeletionRequest) -> str:

@@ -13,13 +13,12 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.conf import settings
 from django.db import transaction
-from django.urls import reverse
 
 from accounts.audit import SYSTEM, Actor, audit_record
 from accounts.emails import email_send
 from billing_portal.errors import ServiceError
+from billing_portal.links import absolute_url
 from subscriptions.models import (
     Connection,
     Environment,
@@ -238,8 +237,7 @@ def _lock_subscription(subscription: Subscription) -> Subscription:
 
 
 def _subscription_url(subscription: Subscription) -> str:
-    path = reverse("subscriptions:settings", args=[subscription.organisation.slug])
-    return f"{settings.SITE_URL}{path}"
+    return absolute_url("subscriptions:settings", subscription.organisation.slug)
 
 
 def downgrade_schedule(

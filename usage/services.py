@@ -17,16 +17,15 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from dateutil.relativedelta import relativedelta
-from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
-from django.urls import reverse
 
 from accounts.audit import Actor, audit_record
 from accounts.emails import email_send
 from accounts.models import Organisation
 from accounts.selectors import billing_recipients
 from billing_portal.errors import ServiceError
+from billing_portal.links import absolute_url
 from subscriptions.models import Environment, ProcessFlow, Subscription
 from usage.models import ApiKey, IngestBatch, UsageCounter
 from usage.months import usage_month_of
@@ -415,8 +414,9 @@ def _alerts(*, subscription, month_start, used: int, limit: int, now: datetime) 
                         "used": used,
                         "limit": limit,
                         "plan": subscription.plan,
-                        "subscription_url": settings.SITE_URL
-                        + reverse("subscriptions:settings", args=[organisation.slug]),
+                        "subscription_url": absolute_url(
+                            "subscriptions:settings", organisation.slug
+                        ),
                     },
                     organisation=organisation,
                 )

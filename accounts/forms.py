@@ -1,3 +1,4 @@
+from allauth.account.forms import LoginForm as AllauthLoginForm
 from allauth.account.forms import SignupForm as AllauthSignupForm
 from django import forms
 from django.conf import settings
@@ -5,6 +6,20 @@ from django.contrib.auth.password_validation import validate_password
 
 from accounts.models import Membership, User, time_zone_choices
 from accounts.services import ORGANISATION_NAME_MAX
+from accounts.tenancy import password_sign_in_refusal
+
+
+class LoginForm(AllauthLoginForm):
+    """Password sign-in, refused for people whose organisations enforce SSO on them."""
+
+    def clean(self):
+        cleaned_data = super().clean()
+        user = getattr(self, "user", None)
+        if user is not None:
+            refusal = password_sign_in_refusal(user)
+            if refusal:
+                raise forms.ValidationError(refusal, code="sso_required")
+        return cleaned_data
 
 
 class SignupForm(AllauthSignupForm):

@@ -453,6 +453,39 @@ def invitation_accept(
                 f"{user.email}. Sign out, then open the link again.",
                 code="wrong_user",
             )
+        return _invitation_accept_locked(invitation, user=user, ip_address=ip_address, now=now)
+
+
+def invitation_accept_by_email(
+    *, organisation: Organisation, user: User, ip_address: str | None, now: datetime
+) -> Membership | None:
+    """Accept the organisation's pending invitation to `user`'s address, if there is one.
+
+    For a sign-in through the organisation's IdP, which proves the address as the link does.
+    """
+    with transaction.atomic():
+        invitation = (
+            Invitation.objects.select_for_update(of=("self",))
+            .select_related("organisation")
+            .filter(
+                organisation=organisation,
+                email__iexact=user.email,
+                status=Invitation.Status.PENDING,
+                expires_at__gt=now,
+            )
+            .order_by("-created_at")
+            .first()
+        )
+        if invitation is None:
+            return None
+        return _invitation_accept_locked(invitation, user=user, ip_address=ip_address, now=now)
+
+
+def _invitation_accept_locked(
+    invitation: Invitation, *, user: User, ip_address: str | None, now: datetime
+) -> Membership:
+    """Accept a valid, locked invitation for `user` (inside the caller's transaction)."""
+    with transaction.atomic():
         organisation = organisation_lock(invitation.organisation)
         membership, created = Membership.objects.get_or_create(
             organisation=organisation,

@@ -132,7 +132,7 @@ LOGIN_REDIRECT_URL = "accounts:home"
 
 # django-allauth: sign in by email, verified addresses only.
 ACCOUNT_ADAPTER = "accounts.adapters.AccountAdapter"
-ACCOUNT_FORMS = {"signup": "accounts.forms.SignupForm"}
+ACCOUNT_FORMS = {"signup": "accounts.forms.SignupForm", "login": "accounts.forms.LoginForm"}
 ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*"]
 ACCOUNT_USER_MODEL_USERNAME_FIELD = None
@@ -207,6 +207,11 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
 
 INVITATION_VALID_DAYS = 7
+# SAML SSO: IdP metadata URLs on loopback/private addresses (and plain http) are refused
+# outside development, where a local test IdP is the norm.
+SSO_METADATA_ALLOW_PRIVATE_URLS = env_bool("SSO_METADATA_ALLOW_PRIVATE_URLS", DEBUG)
+# How long a started SSO sign-in may take at the IdP before its answer is refused.
+SSO_REQUEST_VALID_MINUTES = 10
 PRIMARY_EMAIL_CHANGE_VALID_DAYS = 3
 CURRENCIES = ["USD", "EUR", "GBP"]
 

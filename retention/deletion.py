@@ -47,6 +47,7 @@ from billing.models import BillingProfile
 from billing_portal.errors import ServiceError
 from billing_portal.links import absolute_url, organisation_day
 from retention.models import DeletionRecord
+from sso.models import SsoAttempt, SsoConfiguration, SsoDomain, SsoRequest
 from subscriptions.cancellation import DATA_KEPT_AFTER_END, data_deletion_at
 from subscriptions.models import Connection, Environment, ProcessFlow, Subscription
 from usage.models import ApiKey, IngestBatch, UsageAlert, UsageCounter
@@ -81,6 +82,10 @@ MODEL_STEPS: tuple[tuple[str, type[models.Model]], ...] = (
     ("audit_events", AuditEvent),
     ("outgoing_emails", OutgoingEmail),
     ("billing_profiles", BillingProfile),
+    ("sso_attempts", SsoAttempt),
+    ("sso_requests", SsoRequest),
+    ("sso_domains", SsoDomain),
+    ("sso_configurations", SsoConfiguration),
     ("memberships", Membership),
 )
 COUNT_KEYS = tuple(key for key, _, _ in PARTITIONED_TABLES) + tuple(key for key, _ in MODEL_STEPS)

@@ -30,6 +30,7 @@ from accounts.models import (
 from billing_portal.errors import ServiceError
 from billing_portal.links import absolute_url
 from retention.models import DataDeletionRequest, DeletionRecord
+from sso.models import SsoAttempt
 
 Status = DataDeletionRequest.Status
 Scope = DataDeletionRequest.Scope
@@ -406,6 +407,10 @@ def person_data_delete(
         ).delete()
         counts["outgoing_emails"], _ = OutgoingEmail.objects.filter(
             organisation=organisation, to_email__iexact=email
+        ).delete()
+        # What their IdP said about them at sign-in (email, name, attributes) goes too.
+        counts["sso_attempts"], _ = SsoAttempt.objects.filter(
+            Q(user=user) | Q(email__iexact=email), organisation=organisation
         ).delete()
         counts["accounts_anonymised"] = 0
         if not Membership.objects.filter(user=user).exists():

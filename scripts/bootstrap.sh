@@ -92,6 +92,8 @@ PY
     "${pip[@]}" install -q --upgrade pip
     "${pip[@]}" install -q --progress-bar off -r "$req" -c requirements.lock
     # NB: no `playwright install`: tests drive Debian's /usr/bin/chromium.
+    # lxml and xmlsec must be built against one libxml2, or SAML fails at import.
+    "$VENV/bin/python" -c 'import lxml.etree, xmlsec' || die "lxml and xmlsec do not load together"
     echo "$want" >"$STAMP"
 else
     log "apt packages present, Python deps up to date"

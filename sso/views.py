@@ -1,10 +1,379 @@
-from django.shortcuts import render
+"""Settings > SSO (Admins) and the public SAML endpoints: Sign in with SSO, the SP metadata,
+starting a sign-in or a test, and the ACS that receives the IdP's answer."""
 
+from django.contrib import messages
+from django.contrib.auth import login
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts.audit import Actor, client_ip
+from accounts.models import Organisation
 from accounts.roles import ADMIN_ONLY
-from accounts.tenancy import tenant_view
+from accounts.tenancy import SESSION_KEY, SSO_SESSION_KEY, tenant_view
+from billing_portal.errors import ServiceError
+from billing_portal.forms import form_error
+from billing_portal.links import absolute_url
+from sso import saml, services
+from sso.forms import (
+    DomainForm,
+    EnforcementForm,
+    IdentityProviderForm,
+    ProvisioningForm,
+    SignInForm,
+)
+from sso.models import SsoAttempt, SsoDomain
+
+BROWSER_COOKIE = "sso_state"
+BROWSER_COOKIE_MAX_AGE = 60 * 60 * 24 * 30
+
+SETUP_STEPS = {
+    "azure_ad": [
+        "In the Microsoft Entra admin center, open Enterprise applications > New application > "
+        "Create your own application (non-gallery).",
+        "Under Single sign-on choose SAML; set Identifier (Entity ID) and Reply URL (Assertion "
+        "Consumer Service URL) to the values above.",
+        "Keep the user.mail claim as the Name ID (email address format).",
+        "Copy the App Federation Metadata URL and paste it below.",
+    ],
+    "okta": [
+        "In Okta Admin, open Applications > Create App Integration > SAML 2.0.",
+        "Set Single sign-on URL to our ACS URL and Audience URI (SP Entity ID) to our Entity ID.",
+        "Name ID format: EmailAddress; Application username: Email.",
+        "Assign the app to your users, then copy the Metadata URL from the Sign On tab.",
+    ],
+    "google": [
+        "In the Google Admin console, open Apps > Web and mobile apps > Add custom SAML app.",
+        "Download the IdP metadata (or copy it), then set ACS URL and Entity ID to ours.",
+        "Name ID format: EMAIL, Name ID: Basic Information > Primary email.",
+        "Turn the app on for your users and paste the metadata below.",
+    ],
+    "custom": [
+        "Create a SAML 2.0 application in your IdP with our Entity ID and ACS URL "
+        "(HTTP-POST binding), or import our SP metadata.",
+        "Send the user's email address as the NameID (or an 'email' attribute) and sign the "
+        "assertion with SHA-256.",
+        "Copy your IdP's metadata URL or XML and paste it below.",
+    ],
+}
+
+
+def _settings_context(request, *, forms=None, warnings=()):
+    organisation = request.organisation
+    now = timezone.now()
+    config = services.configuration_for(organisation)
+    forms = forms or {}
+    enforcement_initial = {"backup_admin": config.backup_admin_id, "enforced": config.enforced}
+    return {
+        "config": config,
+        "available": services.sso_available(organisation),
+        "sp_entity_id": saml.sp_entity_id(organisation),
+        "acs_url": saml.acs_url(organisation),
+        "metadata_url": saml.sp_entity_id(organisation),
+        "test_url": absolute_url("sso:test", organisation.slug),
+        "idp_form": forms.get("idp")
+        or IdentityProviderForm(
+            initial={
+                "idp_type": config.idp_type,
+                "metadata_url": config.metadata_url,
+                "metadata_xml": config.metadata_xml,
+            }
+        ),
+        "domain_form": forms.get("domain") or DomainForm(),
+        "provisioning_form": forms.get("provisioning")
+        or ProvisioningForm(
+            initial={
+                "provision_users": config.provision_users,
+                "provision_role": config.provision_role,
+            }
+        ),
+        "enforcement_form": forms.get("enforcement")
+        or EnforcementForm(initial=enforcement_initial, organisation=organisation),
+        "domains": list(SsoDomain.objects.filter(organisation=organisation)),
+        "attempts": list(services.attempts_recent(organisation)),
+        "certificate_warnings": services.certificate_warnings(config, now=now),
+        "warnings": warnings,
+        "setup_steps": SETUP_STEPS,
+        "backup_admin_lapsed": config.enforced and not services.backup_admin_is_valid(config),
+        "now": now,
+    }
+
+
+def _page(request, status=200, **kwargs):
+    context = _settings_context(request, **kwargs)
+    if not context["available"]:
+        return render(request, "sso/unavailable.html", context, status=status)
+    return render(request, "sso/settings.html", context, status=status)
 
 
 @tenant_view(roles=ADMIN_ONLY, section="sso")
 def settings(request):
-    # Built by a later issue; until then the page says what it will hold.
-    return render(request, "settings/not_yet_available.html", {"section_label": "SSO"})
+    """Settings > SSO (article section 10)."""
+    return _page(request)
+
+
+def _require_available(request):
+    if not services.sso_available(request.organisation):
+        raise PermissionDenied("Single sign-on is part of the Enterprise plan.")
+
+
+@tenant_view(roles=ADMIN_ONLY, section="sso")
+@require_POST
+def idp_save(request):
+    _require_available(request)
+    form = IdentityProviderForm(request.POST)
+    if form.is_valid():
+        try:
+            config, warnings = services.idp_configure(
+                organisation=request.organisation,
+                actor=Actor.from_request(request),
+                idp_type=form.cleaned_data["idp_type"],
+                metadata_url=form.cleaned_data["metadata_url"],
+                metadata_xml=form.cleaned_data["metadata_xml"],
+                now=timezone.now(),
+            )
+        except ServiceError as error:
+            form_error(form, error)
+        else:
+            for warning in warnings:
+                messages.warning(request, warning)
+            messages.success(
+                request,
+                f"Saved. Your IdP {config.idp_entity_id} is set up; run Test SSO next.",
+            )
+            return redirect("sso:settings", org_slug=request.organisation.slug)
+    return _page(request, status=400, forms={"idp": form})
+
+
+@tenant_view(roles=ADMIN_ONLY, section="sso")
+@require_POST
+def domain_add(request):
+    _require_available(request)
+    form = DomainForm(request.POST)
+    if form.is_valid():
+        try:
+            claim = services.domain_add(
+                organisation=request.organisation,
+                actor=Actor.from_request(request),
+                domain=form.cleaned_data["domain"],
+                now=timezone.now(),
+            )
+        except ServiceError as error:
+            form_error(form, error)
+        else:
+            messages.success(request, f"{claim.domain} now signs in through your IdP.")
+            return redirect("sso:settings", org_slug=request.organisation.slug)
+    return _page(request, status=400, forms={"domain": form})
+
+
+@tenant_view(roles=ADMIN_ONLY, section="sso")
+@require_POST
+def domain_remove(request, domain_id):
+    claim = get_object_or_404(SsoDomain, organisation=request.organisation, public_id=domain_id)
+    services.domain_remove(claim=claim, actor=Actor.from_request(request), now=timezone.now())
+    messages.success(request, f"{claim.domain} removed.")
+    return redirect("sso:settings", org_slug=request.organisation.slug)
+
+
+@tenant_view(roles=ADMIN_ONLY, section="sso")
+@require_POST
+def provisioning_save(request):
+    _require_available(request)
+    form = ProvisioningForm(request.POST)
+    if form.is_valid():
+        try:
+            services.provisioning_set(
+                organisation=request.organisation,
+                actor=Actor.from_request(request),
+                enabled=form.cleaned_data["provision_users"],
+                role=form.cleaned_data["provision_role"],
+                now=timezone.now(),
+            )
+        except ServiceError as error:
+            form_error(form, error)
+        else:
+            messages.success(request, "New-user settings saved.")
+            return redirect("sso:settings", org_slug=request.organisation.slug)
+    return _page(request, status=400, forms={"provisioning": form})
+
+
+@tenant_view(roles=ADMIN_ONLY, section="sso")
+@require_POST
+def enforcement_save(request):
+    _require_available(request)
+    form = EnforcementForm(request.POST, organisation=request.organisation)
+    if form.is_valid():
+        try:
+            config = services.enforcement_set(
+                organisation=request.organisation,
+                actor=Actor.from_request(request),
+                enforced=form.cleaned_data["enforced"],
+                backup_admin=form.cleaned_data["backup_admin"],
+                now=timezone.now(),
+            )
+        except ServiceError as error:
+            form_error(form, error)
+        else:
+            messages.success(
+                request,
+                "SSO is now enforced for all users except the backup admin."
+                if config.enforced
+                else "SSO is not enforced: everyone can also sign in with a password.",
+            )
+            return redirect("sso:settings", org_slug=request.organisation.slug)
+    return _page(request, status=400, forms={"enforcement": form})
+
+
+# Public SAML endpoints --------------------------------------------------------------------
+
+
+def _organisation(organisation_slug) -> Organisation:
+    organisation = (
+        Organisation.objects.select_related("subscription__plan")
+        .filter(slug=organisation_slug, status=Organisation.Status.ACTIVE)
+        .first()
+    )
+    if organisation is None or not services.sso_available(organisation):
+        raise Http404("No single sign-on here.")
+    return organisation
+
+
+@require_GET
+def metadata(request, organisation_slug):
+    """Our SP metadata for the organisation's IdP; it exists before the IdP is configured."""
+    config = services.configuration_for(_organisation(organisation_slug))
+    return HttpResponse(saml.sp_metadata_xml(config), content_type="application/samlmetadata+xml")
+
+
+def _browser_token(request, response=None) -> str:
+    token = request.COOKIES.get(BROWSER_COOKIE)
+    if not token or len(token) > 100:
+        token = services.new_browser_token()
+    return token
+
+
+def _set_browser_cookie(request, response, token):
+    # SameSite=None: the IdP posts its answer from its own site, and a Lax cookie would not
+    # come with it. Browsers accept None only on a Secure cookie; they also keep Secure
+    # cookies for http://127.0.0.1 and localhost, which development uses.
+    response.set_cookie(
+        BROWSER_COOKIE,
+        token,
+        max_age=BROWSER_COOKIE_MAX_AGE,
+        secure=True,
+        httponly=True,
+        samesite="None",
+        path=reverse("sso:sign_in"),
+    )
+    return response
+
+
+def _start(request, organisation, *, mode, next_url=""):
+    token = _browser_token(request)
+    try:
+        url = services.sign_in_start(
+            organisation=organisation,
+            mode=mode,
+            browser_token=token,
+            next_url=next_url,
+            now=timezone.now(),
+        )
+    except ServiceError as error:
+        return render(
+            request,
+            "sso/failed.html",
+            {"organisation": organisation, "reason": error.message},
+            status=409,
+        )
+    return _set_browser_cookie(request, redirect(url), token)
+
+
+@never_cache
+@require_GET
+def login_start(request, organisation_slug):
+    """SP-initiated sign-in: send the browser to the organisation's IdP."""
+    organisation = _organisation(organisation_slug)
+    return _start(
+        request, organisation, mode=SsoAttempt.Mode.SIGN_IN, next_url=request.GET.get("next", "")
+    )
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def test_start(request, organisation_slug):
+    """Test SSO: sign in through the IdP without signing in here, and see exactly what came
+    back. Anyone can run it, so an Admin can hand the link to a non-admin colleague."""
+    organisation = _organisation(organisation_slug)
+    if request.method == "POST":
+        return _start(request, organisation, mode=SsoAttempt.Mode.TEST)
+    config = services.configuration_for(organisation)
+    return render(request, "sso/test_start.html", {"organisation": organisation, "config": config})
+
+
+@csrf_exempt  # the IdP posts here; the signature and the InResponseTo binding protect it
+@never_cache
+@require_POST
+def acs(request, organisation_slug):
+    """Assertion Consumer Service: the IdP's answer (HTTP-POST binding)."""
+    organisation = (
+        Organisation.objects.select_related("subscription__plan")
+        .filter(slug=organisation_slug, status=Organisation.Status.ACTIVE)
+        .first()
+    )
+    if organisation is None:
+        raise Http404("No single sign-on here.")
+    outcome = services.response_consume(
+        organisation=organisation,
+        saml_response=request.POST.get("SAMLResponse", ""),
+        browser_token=request.COOKIES.get(BROWSER_COOKIE),
+        ip_address=client_ip(request),
+        now=timezone.now(),
+    )
+    if outcome.mode == SsoAttempt.Mode.TEST:
+        return render(
+            request,
+            "sso/test_result.html",
+            {"organisation": organisation, "outcome": outcome, "attempt": outcome.attempt},
+            status=outcome.status,
+        )
+    if not outcome.succeeded:
+        return render(
+            request,
+            "sso/failed.html",
+            {"organisation": organisation, "reason": outcome.reason},
+            status=outcome.status,
+        )
+    login(request, outcome.user, backend="django.contrib.auth.backends.ModelBackend")
+    request.session[SSO_SESSION_KEY] = organisation.pk
+    request.session[SESSION_KEY] = organisation.slug
+    return redirect(outcome.next_url or reverse("accounts:dashboard", args=[organisation.slug]))
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+def sign_in(request):
+    """ "Sign in with SSO": the work email's domain picks the organisation and its IdP."""
+    form = SignInForm(request.POST or None, initial={"email": request.GET.get("email", "")})
+    next_url = request.POST.get("next") or request.GET.get("next", "")
+    if request.method == "POST" and form.is_valid():
+        email = form.cleaned_data["email"]
+        organisation = services.organisation_for_email(email)
+        if organisation is None or not services.sso_available(organisation):
+            form.add_error(
+                "email",
+                f"Single sign-on is not set up for {email.rpartition('@')[2]}. Sign in with "
+                "your password, or ask your administrator.",
+            )
+        else:
+            return _start(request, organisation, mode=SsoAttempt.Mode.SIGN_IN, next_url=next_url)
+    return render(
+        request,
+        "sso/sign_in.html",
+        {"form": form, "next": next_url},
+        status=400 if form.errors else 200,
+    )

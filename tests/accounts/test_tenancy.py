@@ -2,6 +2,8 @@
 
 The URL list comes from the resolver, so a new organisation page is covered without anyone
 remembering to add it; a URL with a parameter this test does not know fails the test.
+The public SAML endpoints under /sso/<organisation_slug>/ are not organisation pages (no
+membership needed): tests/sso covers them.
 """
 
 import re
@@ -11,6 +13,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from accounts.models import AuditEvent, Invitation, Membership, Organisation
+from sso.models import SsoDomain
 from subscriptions.models import Connection, Environment, ProcessFlow
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import InvitationFactory, MembershipFactory
@@ -28,6 +31,7 @@ KNOWN_PARAMS = {
     "invoice_number",
     "plan_code",
     "key_id",
+    "domain_id",
 }
 
 
@@ -66,6 +70,7 @@ def victim(org, admin, member):
         "invoice_number": issued_invoice(organisation=org, number="INV-2026-000101").number,
         "plan_code": "standard",
         "key_id": api_key_of(org).pk,
+        "domain_id": SsoDomain.objects.create(organisation=org, domain="acme.test").public_id,
     }
 
 
@@ -97,6 +102,7 @@ def snapshot(org):
         Connection.objects.filter(organisation=org).count(),
         sorted(ProcessFlow.objects.filter(organisation=org).values_list("public_id", "status")),
         sorted(ApiKey.objects.filter(organisation=org).values_list("pk", "name", "revoked_at")),
+        sorted(SsoDomain.objects.filter(organisation=org).values_list("domain", flat=True)),
     )
 
 
@@ -139,6 +145,9 @@ def test_own_organisation_url_with_another_organisations_object_ids_is_404(
         "invoice_number": issued_invoice(organisation=other_org, number="INV-2026-000202").number,
         "plan_code": "standard",
         "key_id": api_key_of(other_org).pk,
+        "domain_id": SsoDomain.objects.create(
+            organisation=other_org, domain="globex.test"
+        ).public_id,
     }
     MembershipFactory(organisation=other_org, role="member")
     before = snapshot(other_org)
@@ -152,6 +161,7 @@ def test_own_organisation_url_with_another_organisations_object_ids_is_404(
         "flow_id": uuid.uuid4(),
         "invoice_number": "INV-2026-999999",
         "key_id": 2_000_000_000,
+        "domain_id": uuid.uuid4(),
     }
     for route in object_routes:
         url = fill(route, theirs)

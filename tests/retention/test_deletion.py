@@ -29,6 +29,7 @@ from billing_portal.errors import ServiceError
 from billing_portal.jobs import get_job, run_job
 from retention.deletion import organisation_data_delete
 from retention.models import DeletionRecord
+from sso.models import SsoAttempt, SsoConfiguration, SsoDomain, SsoRequest
 from subscriptions.models import PlanChange, ProcessFlow, Subscription
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import InvitationFactory, MembershipFactory, UserFactory
@@ -97,6 +98,12 @@ def _fill(organisation, *, status=Subscription.Status.ENDED, ended_at=ENDED_AT, 
         organisation=organisation, to_email="x@company.test", template="t", subject="s"
     )
     BillingProfile.objects.create(organisation=organisation, company_name="Acme GmbH")
+    SsoConfiguration.objects.create(organisation=organisation, idp_entity_id=f"https://idp-{tag}")
+    SsoDomain.objects.create(organisation=organisation, domain=f"{tag}.{organisation.slug}.test")
+    SsoAttempt.objects.create(organisation=organisation, mode="sign_in", outcome="failure")
+    SsoRequest.objects.create(
+        organisation=organisation, request_id=f"_req-{tag}", mode="test", browser_hash="0" * 64
+    )
     card = PaymentMethod.objects.create(
         organisation=organisation,
         stripe_payment_method_id=f"pm_{tag}",
@@ -148,14 +155,15 @@ def _fill(organisation, *, status=Subscription.Status.ENDED, ended_at=ENDED_AT, 
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO usage_syncinfo (organisation_id, environment_id, flow_id, batch_id, "
-            "record_key, status, direction, synced_at, has_snapshot) "
+            "record_key, status, direction, synced_at, has_snapshot, retention_days) "
             "SELECT %s, %s, %s, 0, 'rec-' || g, 'success', 'outbound', %s - g * interval '1 day', "
-            "true FROM generate_series(1, 25) g",
+            "true, 30 FROM generate_series(1, 25) g",  # Standard: 30 days, snapshots 7
             [organisation.pk, env.pk, flow.pk, ENDED_AT],
         )
         cursor.execute(
-            "INSERT INTO usage_snapshot (sync_info_id, organisation_id, synced_at, payload) "
-            "SELECT id, organisation_id, synced_at, '{}'::jsonb FROM usage_syncinfo "
+            "INSERT INTO usage_snapshot (sync_info_id, organisation_id, synced_at, payload, "
+            "retention_days) "
+            "SELECT id, organisation_id, synced_at, '{}'::jsonb, 7 FROM usage_syncinfo "
             "WHERE organisation_id = %s",
             [organisation.pk],
         )
@@ -198,6 +206,10 @@ ORGANISATION_PATHS = {
     "usage.UsageAlert": "organisation",
     "retention.DeletionRecord": "organisation",
     "retention.DataDeletionRequest": "organisation",
+    "sso.SsoConfiguration": "organisation",
+    "sso.SsoDomain": "organisation",
+    "sso.SsoAttempt": "organisation",
+    "sso.SsoRequest": "organisation",
 }
 PROJECT_APPS = {"accounts", "subscriptions", "billing", "usage", "retention", "sso"}
 
@@ -340,6 +352,10 @@ def test_day_30_deletes_everything_but_billing_records(
         "audit_events": 1,
         "outgoing_emails": 1,
         "billing_profiles": 1,
+        "sso_attempts": 1,
+        "sso_requests": 1,
+        "sso_domains": 1,
+        "sso_configurations": 1,
         "memberships": 3,
     }
     # Told by email, not tied to the deleted organisation.

@@ -18,6 +18,7 @@ from retention.gdpr import (
     deletion_request_reject,
 )
 from retention.models import DataDeletionRequest, DeletionRecord
+from sso.models import SsoAttempt
 from tests.factories import InvitationFactory, MembershipFactory, UserFactory
 from tests.subscriptions.factories import SubscriptionFactory
 
@@ -170,6 +171,12 @@ def test_the_organisation_scope_twice_is_refused(admin, org):
 # Review and execution -----------------------------------------------------------------------
 
 
+def other_org_for_sso():
+    from tests.factories import OrganisationFactory
+
+    return OrganisationFactory(slug="elsewhere")
+
+
 def test_approval_deletes_the_persons_data_and_anonymises_the_account(
     admin, member, org, ops, committed
 ):
@@ -196,12 +203,24 @@ def test_approval_deletes_the_persons_data_and_anonymises_the_account(
         body_text="...",
         template="usage_alert",
     )
+    # What an IdP said about them at sign-in, kept in the SSO attempt log.
+    SsoAttempt.objects.create(
+        organisation=org, mode="sign_in", outcome="success", email="member@acme.test", user=member
+    )
+    SsoAttempt.objects.create(
+        organisation=other_org_for_sso(),
+        mode="sign_in",
+        outcome="success",
+        email="member@acme.test",
+    )
     deletion_request = request_for(org, admin, member)
     mail.outbox.clear()
     with committed():
         deletion_request_approve(
             request=deletion_request, reviewer=Actor(user=ops), note="", now=NOW
         )
+    assert not SsoAttempt.objects.filter(organisation=org).exists()
+    assert SsoAttempt.objects.count() == 1  # another organisation's log is not this request's
     pseudonym = _pseudonym_for(member)
     deletion_request.refresh_from_db()
     assert deletion_request.status == "done"
@@ -213,6 +232,7 @@ def test_approval_deletes_the_persons_data_and_anonymises_the_account(
         "memberships": 1,
         "audit_events_pseudonymised": 4,  # two above, the request created and approved
         "invitations": 1,
+        "sso_attempts": 1,
         "outgoing_emails": 1,
         "accounts_anonymised": 1,
         "email_addresses": 1,

@@ -1,0 +1,98 @@
+"""The local test IdP as its own process, for the browser journey and for trying SSO by hand
+with `make run`:
+
+    python -m tests.sso.idp_server --port 58480
+
+GET  /metadata            the IdP metadata (its key pair is made at start-up)
+GET  /sso?SAMLRequest=... the sign-in page for an AuthnRequest (HTTP-Redirect binding)
+POST /sso                 signs the answer and shows the form that posts it to the ACS
+"""
+
+import argparse
+import contextlib
+import html
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+from tests.sso.idp import TestIdP, authn_request_from_redirect
+
+
+def page(title, body):
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{title}</title></head><body><h1>{title}</h1>{body}</body></html>"
+    ).encode()
+
+
+def make_handler(idp: TestIdP):
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, status, content_type, body):
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            path = urlsplit(self.path).path
+            if path == "/metadata":
+                self._send(200, "application/samlmetadata+xml", idp.metadata().encode())
+                return
+            if path == "/sso":
+                try:
+                    request = authn_request_from_redirect(self.path)
+                except (KeyError, ValueError):
+                    self._send(400, "text/plain", b"No readable SAMLRequest")
+                    return
+                hidden = "".join(
+                    f'<input type="hidden" name="{name}" value="{html.escape(value or "")}">'
+                    for name, value in request.items()
+                )
+                form = (
+                    '<form method="post" action="/sso">'
+                    f"{hidden}<label>Email <input name=email type=email></label> "
+                    "<button type=submit>Sign in at the IdP</button></form>"
+                )
+                self._send(200, "text/html; charset=utf-8", page("Test IdP sign-in", form))
+                return
+            self._send(404, "text/plain", b"not found")
+
+        def do_POST(self):  # noqa: N802
+            length = int(self.headers.get("Content-Length", 0))
+            fields = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+            acs = fields.get("acs_url", "")
+            relay_state = html.escape(fields.get("relay_state", ""))
+            response = idp.response(
+                email=fields.get("email", ""),
+                acs_url=acs,
+                audience=fields.get("issuer", ""),
+                in_response_to=fields.get("id", ""),
+            )
+            form = (
+                f'<form method="post" action="{html.escape(acs)}">'
+                f'<input type="hidden" name="SAMLResponse" value="{response}">'
+                f'<input type="hidden" name="RelayState" value="{relay_state}">'
+                "<button type=submit>Continue to the application</button></form>"
+            )
+            self._send(200, "text/html; charset=utf-8", page("Signed in at the IdP", form))
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=58480)
+    args = parser.parse_args()
+    base = f"http://127.0.0.1:{args.port}"
+    idp = TestIdP(entity_id=f"{base}/metadata", sso_url=f"{base}/sso")
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(idp))
+    print(f"test IdP listening on {base}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ portal can show what was sent and a delivery that failed is retried by a schedul
 """
 
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
@@ -47,8 +48,11 @@ def email_send(
             template, {"organisation": organisation, **context}
         )
     recipients = [to] if isinstance(to, str) else list(to)
+    # One message to several people: the Notifications page lists it once, with its recipients.
+    message_id = uuid.uuid4()
     return [
         email_queue(
+            message_id=message_id,
             to=address,
             subject=subject,
             body_text=body_text,
@@ -68,8 +72,12 @@ def email_queue(
     body_html: str = "",
     template: str,
     organisation: Organisation | None = None,
+    message_id: uuid.UUID | None = None,
 ) -> OutgoingEmail:
+    """Record one message to one address; pass the same `message_id` for every recipient of
+    one message (email_send does), or each row is a message of its own."""
     record = OutgoingEmail.objects.create(
+        message_id=message_id or uuid.uuid4(),
         organisation=organisation,
         to_email=to,
         subject=subject[:255],

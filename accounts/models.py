@@ -141,6 +141,9 @@ class Membership(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     created_at = models.DateTimeField(default=timezone.now)
     deactivated_at = models.DateTimeField(null=True, blank=True)
+    # When they last opened the Notifications page: emails after it are unread. Kept here, not
+    # in a table of its own, so it goes with the membership (removal, GDPR, data deletion).
+    notifications_seen_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         constraints = [
@@ -285,6 +288,9 @@ class OutgoingEmail(models.Model):
         on_delete=models.CASCADE,
         related_name="outgoing_emails",
     )
+    # One per email_send call, shared by its recipients' rows: the Notifications page shows the
+    # message once. Rows from before it existed each got their own (migration 0002).
+    message_id = models.UUIDField(default=uuid.uuid4, editable=False, db_index=True)
     to_email = models.EmailField(max_length=254)
     template = models.CharField(max_length=100)
     subject = models.CharField(max_length=255)

@@ -1,9 +1,22 @@
 """Reads, always scoped to an organisation (or to the signed-in user's own rows)."""
 
-from django.db.models import QuerySet
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Min, Q, QuerySet
+from django.db.models.functions import Lower
 from django.http import Http404
 
-from accounts.models import AuditEvent, Invitation, Membership, Organisation, User
+from accounts.models import (
+    AuditEvent,
+    Invitation,
+    Membership,
+    Organisation,
+    OutgoingEmail,
+    PrimaryEmailChange,
+    User,
+)
 
 
 def membership_for_user(*, user: User, org_slug: str) -> Membership:
@@ -76,10 +89,152 @@ def audit_event_list(*, organisation: Organisation) -> QuerySet[AuditEvent]:
 def billing_recipients(*, organisation: Organisation) -> list[str]:
     """Who gets billing and subscription emails: the primary email, then the active Admins and
     Billing contacts, each address once."""
-    emails = Membership.objects.filter(
+    emails = _billing_members(organisation).values_list("user__email", flat=True)
+    ordered = [organisation.primary_email, *sorted(emails)]
+    return list(dict.fromkeys(email.lower() for email in ordered if email))
+
+
+def _billing_members(organisation: Organisation) -> QuerySet[Membership]:
+    return Membership.objects.filter(
         organisation=organisation,
         status=Membership.Status.ACTIVE,
         role__in=[Membership.Role.ADMIN, Membership.Role.BILLING],
-    ).values_list("user__email", flat=True)
-    ordered = [organisation.primary_email, *sorted(emails)]
-    return list(dict.fromkeys(email.lower() for email in ordered if email))
+    )
+
+
+# Notifications ---------------------------------------------------------------------------
+
+# Emails whose body holds a one-time secret link (a token) for the person it was sent to. Others
+# who may list them see the subject and recipients, never the body. Our templates are named
+# after templates/emails/<name>/; the "account/email/..." ones are allauth's mails with a key or
+# code (sent without an organisation today, so listed only in case that changes).
+SECRET_LINK_TEMPLATES = frozenset(
+    {
+        "invitation",  # the accept link joins the organisation with a role
+        "primary_email_verify",  # the link makes that address the primary email
+        "account/email/email_confirmation",
+        "account/email/email_confirmation_signup",
+        "account/email/login_code",
+        "account/email/password_reset_code",
+        "account/email/password_reset_key",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One email as the Notifications page shows it: once, however many recipients it had."""
+
+    message_id: uuid.UUID
+    sent_at: datetime
+    subject: str
+    recipients: list[str]
+    # None when it carries a secret link for someone else: only the subject may be shown.
+    body: str | None
+    is_new: bool
+
+
+def notification_rows(
+    *, organisation: Organisation, user: User, role: str
+) -> QuerySet[OutgoingEmail]:
+    """The organisation's email rows (one per recipient) that `user`, with `role`, may see.
+
+    The rule (issue 9, point 3; DESIGN.md section 2, Roles):
+    - everyone sees the emails of this organisation addressed to them;
+    - an Admin sees every email of the organisation, with all its recipients;
+    - a Billing contact also sees the emails sent to the organisation's primary email (the
+      current one or one it had before a change). Every billing and subscription email goes
+      to `billing_recipients`, which always includes the primary email, so this is all of
+      them; of those emails they see the recipients that are the primary email, an Admin or a
+      Billing contact. Mail sent only to an Admin personally (an SSO certificate warning, a
+      GDPR request notice) stays hidden from them;
+    - a Member sees only their own recipient row, not who else got the same email.
+    Emails without an organisation (allauth's) and other organisations' emails never appear.
+    The body of a SECRET_LINK_TEMPLATES email is for its addressee only (`notification_page`).
+    Addresses compare case-insensitively. All of it is one SQL query, subqueries included.
+    """
+    rows = OutgoingEmail.objects.filter(organisation=organisation).alias(to_lower=Lower("to_email"))
+    if role == Membership.Role.ADMIN:
+        return rows
+    own = Q(to_lower=user.email.lower())
+    if role != Membership.Role.BILLING:
+        return rows.filter(own)
+    former_primaries = PrimaryEmailChange.objects.filter(
+        organisation=organisation, status=PrimaryEmailChange.Status.VERIFIED
+    ).values(email=Lower("old_email"))
+    to_primary = Q(to_lower=organisation.primary_email.lower()) | Q(to_lower__in=former_primaries)
+    to_billing_member = Q(
+        to_lower__in=_billing_members(organisation).values(email=Lower("user__email"))
+    )
+    sent_to_primary = rows.filter(to_primary).values("message_id")
+    return rows.filter(own | (Q(message_id__in=sent_to_primary) & (to_primary | to_billing_member)))
+
+
+def notification_list(*, organisation: Organisation, user: User, role: str) -> QuerySet:
+    """One row per email (`message_id`, `sent_at`) that `user` may see, newest first.
+
+    Paginate this, then turn a page into Notifications with `notification_page`."""
+    return (
+        notification_rows(organisation=organisation, user=user, role=role)
+        .values("message_id")
+        .annotate(sent_at=Min("created_at"))
+        .order_by("-sent_at", "-message_id")
+    )
+
+
+def notification_page(
+    *,
+    organisation: Organisation,
+    user: User,
+    role: str,
+    messages: list[dict],
+    new_after: datetime,
+) -> list[Notification]:
+    """The Notifications for one page of `notification_list` (one query for any page size).
+
+    Each lists the recipients `user` may see; the body of a secret-link email is kept only
+    when `user` is one of its addressees."""
+    ids = [message["message_id"] for message in messages]
+    rows = (
+        notification_rows(organisation=organisation, user=user, role=role)
+        .filter(message_id__in=ids)
+        .only("message_id", "to_email", "template", "subject", "body_text", "created_at")
+        .order_by("created_at", "pk")
+    )
+    grouped: dict[uuid.UUID, list[OutgoingEmail]] = {}
+    for row in rows:
+        grouped.setdefault(row.message_id, []).append(row)
+    own = user.email.lower()
+    page = []
+    for message in messages:
+        group = grouped.get(message["message_id"])
+        if not group:  # gone between the two queries (an organisation's data deleted)
+            continue
+        first = group[0]
+        recipients = list(dict.fromkeys(row.to_email.lower() for row in group))
+        secret = first.template in SECRET_LINK_TEMPLATES and own not in recipients
+        page.append(
+            Notification(
+                message_id=message["message_id"],
+                sent_at=message["sent_at"],
+                subject=first.subject,
+                recipients=recipients,
+                body=None if secret else first.body_text.strip(),
+                is_new=message["sent_at"] > new_after,
+            )
+        )
+    return page
+
+
+def notification_unread_count(*, membership: Membership, user: User) -> int:
+    """Emails `user` may see that arrived after they last opened the Notifications page, or
+    since they joined if they never did (the invitation that brought them is not news).
+    One query."""
+    since = membership.notifications_seen_at or membership.created_at
+    return (
+        notification_rows(organisation=membership.organisation, user=user, role=membership.role)
+        .filter(created_at__gt=since)
+        .values("message_id")
+        .distinct()
+        .count()
+    )

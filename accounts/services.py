@@ -1,4 +1,4 @@
-"""Writes for organisations, memberships, invitations and the primary email.
+"""Writes for organisations, memberships, invitations, the primary email and notifications.
 
 Each service runs in one transaction, validates first, writes its audit row in the same
 transaction and sends email after commit. Membership changes lock the organisation row, so
@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils.text import slugify
 
 from accounts.audit import Actor, audit_record, changes_between
@@ -677,3 +677,17 @@ def membership_remove(*, membership: Membership, actor: Actor, now: datetime) ->
         )
         membership.delete()
         user_end_sessions(user=user)
+
+
+# Notifications ---------------------------------------------------------------------------
+
+
+def notifications_mark_seen(*, membership: Membership, now: datetime) -> None:
+    """Opening the Notifications page reads everything that arrived until `now`.
+
+    One conditional UPDATE: a slower request that started earlier never moves the mark back.
+    Not a change of Settings, so no audit row."""
+    Membership.objects.filter(pk=membership.pk).filter(
+        Q(notifications_seen_at__isnull=True) | Q(notifications_seen_at__lt=now)
+    ).update(notifications_seen_at=now)
+    membership.notifications_seen_at = now

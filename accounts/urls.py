@@ -17,6 +17,7 @@ public_urlpatterns = [
 
 organisation_urlpatterns = [
     path("", views.dashboard, name="dashboard"),
+    path("notifications/", views.notifications, name="notifications"),
     path("settings/", views.settings_index, name="settings"),
     path("settings/users/", views.users, name="users"),
     path("settings/users/invite/", views.user_invite, name="user_invite"),

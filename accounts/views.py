@@ -10,7 +10,7 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.formats import date_format
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from accounts.audit import Actor, client_ip
 from accounts.forms import (
@@ -29,6 +29,8 @@ from accounts.selectors import (
     membership_get,
     membership_list,
     memberships_of_user,
+    notification_list,
+    notification_page,
 )
 from accounts.services import (
     invitation_accept,
@@ -41,6 +43,7 @@ from accounts.services import (
     membership_deactivate,
     membership_reactivate,
     membership_remove,
+    notifications_mark_seen,
     organisation_update,
     primary_email_change_check,
     primary_email_change_request,
@@ -50,6 +53,7 @@ from accounts.tenancy import SESSION_KEY, tenant_view
 from billing_portal.errors import ServiceError
 from billing_portal.forms import form_error
 
+NOTIFICATIONS_PER_PAGE = 20
 LINK_ERROR_STATUS = {"invalid": 404, "used": 410, "revoked": 410, "expired": 410, "superseded": 410}
 
 
@@ -124,6 +128,33 @@ def dashboard(request):
         "accounts/dashboard.html",
         {"sections": sections_for(request.membership.role)},
     )
+
+
+@tenant_view(roles=ALL_ROLES)
+@require_safe
+def notifications(request):
+    """Notifications: the emails sent to the organisation that this person may see, newest
+    first, each listed once with its recipients (who sees what: `notification_rows` in
+    accounts/selectors.py). Opening the page marks everything up to now as read."""
+    organisation, user, membership = request.organisation, request.user, request.membership
+    # Taken first, so an email arriving while the page renders stays unread.
+    now = timezone.now()
+    new_after = membership.notifications_seen_at or membership.created_at
+    page = Paginator(
+        notification_list(organisation=organisation, user=user, role=membership.role),
+        NOTIFICATIONS_PER_PAGE,
+    ).get_page(request.GET.get("page"))
+    entries = notification_page(
+        organisation=organisation,
+        user=user,
+        role=membership.role,
+        messages=list(page.object_list),
+        new_after=new_after,
+    )
+    notifications_mark_seen(membership=membership, now=now)
+    # Everything here is now read: the top bar's marker needs no query on this page.
+    request.notifications_unread = 0
+    return render(request, "accounts/notifications.html", {"page": page, "notifications": entries})
 
 
 @tenant_view(roles=ALL_ROLES)

@@ -59,7 +59,7 @@ call_command("migrate", verbosity=0)
 from accounts.models import Membership, Organisation, User  # noqa: E402
 from subscriptions.models import Environment, ProcessFlow  # noqa: E402
 from usage.export import sync_info_select  # noqa: E402
-from usage.partitions import partitions_ensure  # noqa: E402
+from usage.partitions import ingest_retention, partitions_ensure  # noqa: E402
 
 LAST_DAY = date(2026, 11, 20)
 DAYS = 100  # rows spread evenly over the 100 days up to LAST_DAY (UTC, the org's zone)
@@ -81,20 +81,22 @@ def seed(rows: int) -> tuple[Organisation, User]:
     end = datetime(LAST_DAY.year, LAST_DAY.month, LAST_DAY.day, tzinfo=UTC) + timedelta(days=1)
     partitions_ensure(now=end)
     step = timedelta(days=DAYS) / rows
+    # The retention tier the ingest writes for it (no subscription: the catalogue's shortest).
+    tier = ingest_retention(None).days("usage_syncinfo")
     started = time.perf_counter()
     with connection.cursor() as cursor:
         # Every 50th message holds a comma and quotes, so quoting is part of the work.
         cursor.execute(
             "INSERT INTO usage_syncinfo (organisation_id, environment_id, flow_id, batch_id, "
-            "record_key, status, direction, synced_at, message) "
+            "record_key, status, direction, synced_at, message, retention_days) "
             "SELECT %s, %s, (%s::bigint[])[1 + g %% 5], g / 1000, 'SO-' || lpad(g::text, 8, '0'), "
             "CASE WHEN g %% 20 = 0 THEN 'failed' ELSE 'success' END, "
             "CASE WHEN g %% 3 = 0 THEN 'inbound' ELSE 'outbound' END, "
             "%s - g * %s, "
             "CASE WHEN g %% 50 = 0 THEN 'Customer \"ACME, Inc.\" not found' "
-            "ELSE 'Created sales order ' || g END "
+            "ELSE 'Created sales order ' || g END, %s "
             "FROM generate_series(1, %s) g",
-            [organisation.pk, environment.pk, [f.pk for f in flows], end, step, rows],
+            [organisation.pk, environment.pk, [f.pk for f in flows], end, step, tier, rows],
         )
         cursor.execute("ANALYZE usage_syncinfo")
     elapsed = time.perf_counter() - started

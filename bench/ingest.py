@@ -66,7 +66,7 @@ call_command("migrate", verbosity=0)
 from accounts.audit import SYSTEM  # noqa: E402
 from accounts.models import Organisation  # noqa: E402
 from subscriptions.models import Environment, Plan, ProcessFlow, Subscription  # noqa: E402
-from usage.partitions import partitions_ensure  # noqa: E402
+from usage.partitions import ingest_retention, partitions_ensure  # noqa: E402
 from usage.services import api_key_create  # noqa: E402
 
 RAW_TABLE = "bench_raw_syncinfo"
@@ -234,37 +234,47 @@ def raw_copy(rows_per_body: list[list[tuple]], *, total: int) -> float:
     like usage_syncinfo, in one stream from Python; returns the wall time in seconds."""
     with psycopg.connect(BENCH_URL, autocommit=True) as conn:
         conn.execute(f"DROP TABLE IF EXISTS {RAW_TABLE}")
+        (key,) = conn.execute("SELECT pg_get_partkeydef('usage_syncinfo'::regclass)").fetchone()
         conn.execute(
-            f"CREATE TABLE {RAW_TABLE} (LIKE usage_syncinfo INCLUDING ALL) "
-            "PARTITION BY RANGE (synced_at)"
+            f"CREATE TABLE {RAW_TABLE} (LIKE usage_syncinfo INCLUDING DEFAULTS "
+            f"INCLUDING IDENTITY INCLUDING CONSTRAINTS) PARTITION BY {key}"
         )
-        conn.execute(f"CREATE TABLE {RAW_TABLE}_default PARTITION OF {RAW_TABLE} DEFAULT")
-        for name, bound in conn.execute(
-            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
-            "JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = 'usage_syncinfo'::regclass "
-            "AND c.relname <> 'usage_syncinfo_default'"
+        # The same tree of partitions (tiers, their blocks and defaults), parents first.
+        for name, parent, bound, subkey in conn.execute(
+            "SELECT c.relid::regclass::text, c.parentrelid::regclass::text, "
+            "pg_get_expr(r.relpartbound, r.oid), "
+            "CASE WHEN r.relkind = 'p' THEN pg_get_partkeydef(r.oid) END "
+            "FROM pg_partition_tree('usage_syncinfo') c JOIN pg_class r ON r.oid = c.relid "
+            "WHERE c.level > 0 ORDER BY c.level, 1"
         ).fetchall():
             conn.execute(
                 f"CREATE TABLE {name.replace('usage_syncinfo', RAW_TABLE)} "
-                f"PARTITION OF {RAW_TABLE} {bound}"
+                f"PARTITION OF {parent.replace('usage_syncinfo', RAW_TABLE)} {bound}"
+                + (f" PARTITION BY {subkey}" if subkey else "")
             )
-        ours = conn.execute(
-            "SELECT count(*) FROM pg_indexes WHERE tablename = 'usage_syncinfo'"
+        # And the same indexes, on every partition (the primary key as the unique index it
+        # is; pg_indexes shows a partitioned index as ON ONLY the parent).
+        for (definition,) in conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'usage_syncinfo'"
+        ).fetchall():
+            conn.execute(
+                definition.replace(" ON ONLY ", " ON ").replace("usage_syncinfo", RAW_TABLE)
+            )
+        leaves = conn.execute(
+            "SELECT count(*) FROM pg_partition_tree(%s) WHERE isleaf", [RAW_TABLE]
         ).fetchone()[0]
-        theirs = conn.execute(
-            "SELECT count(*) FROM pg_indexes WHERE tablename = %s", [RAW_TABLE]
+        indexes = conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE tablename LIKE %s", [f"{RAW_TABLE}%"]
         ).fetchone()[0]
-        if theirs < ours:
-            conn.execute(f"CREATE INDEX ON {RAW_TABLE} (organisation_id, synced_at DESC, id DESC)")
-            conn.execute(f"CREATE INDEX ON {RAW_TABLE} (flow_id, synced_at DESC, id DESC)")
+        assert indexes >= 4 * leaves, (indexes, leaves)
         started = time.perf_counter()
         with (
             conn.transaction(),
             conn.cursor() as cursor,
             cursor.copy(
                 f"COPY {RAW_TABLE} (id, organisation_id, environment_id, flow_id, batch_id, "
-                "record_key, status, direction, synced_at, message, has_snapshot) FROM STDIN"
+                "record_key, status, direction, synced_at, message, has_snapshot, "
+                "retention_days) FROM STDIN"
             ) as copy,
         ):
             pk = 0
@@ -296,6 +306,10 @@ def main():
     bodies = [json.dumps({"records": batch}).encode() for batch in records]
     flow_pk = {str(flow.public_id): flow.pk for flow in flows}
     environment_id, organisation_id = flows[0].environment_id, flows[0].organisation_id
+    # The retention tier the ingest writes for the organisation.
+    tier = ingest_retention(Subscription.objects.get(organisation_id=organisation_id)).days(
+        "usage_syncinfo"
+    )
     rows = [
         [
             (
@@ -309,6 +323,7 @@ def main():
                 datetime.fromisoformat(r["synced_at"]),
                 r["message"],
                 False,
+                tier,
             )
             for r in batch
         ]

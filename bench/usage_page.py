@@ -60,7 +60,7 @@ call_command("migrate", verbosity=0)
 from accounts.models import Membership, Organisation, User  # noqa: E402
 from subscriptions.models import Environment, Plan, ProcessFlow, Subscription  # noqa: E402
 from usage.months import usage_month_of  # noqa: E402
-from usage.partitions import partitions_ensure  # noqa: E402
+from usage.partitions import ingest_retention, partitions_ensure  # noqa: E402
 
 
 def make_organisation(slug: str, *, now):
@@ -98,12 +98,22 @@ def fill(*, organisation, subscription, environment, flow, rows: int, now) -> fl
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO usage_syncinfo (organisation_id, environment_id, flow_id, batch_id, "
-            "record_key, status, direction, synced_at, message) "
+            "record_key, status, direction, synced_at, message, retention_days) "
             "SELECT %s, %s, %s, n / 5000, 'order-' || n, "
             "CASE WHEN n %% 50 = 0 THEN 'failed' ELSE 'success' END, 'outbound', "
-            "%s::timestamptz + (%s::timestamptz - %s::timestamptz) * (n::float8 / %s), 'ok' "
+            "%s::timestamptz + (%s::timestamptz - %s::timestamptz) * (n::float8 / %s), 'ok', %s "
             "FROM generate_series(0, %s - 1) AS n",
-            [organisation.pk, environment.pk, flow.pk, start, now, start, rows, rows],
+            [
+                organisation.pk,
+                environment.pk,
+                flow.pk,
+                start,
+                now,
+                start,
+                rows,
+                ingest_retention(subscription).days("usage_syncinfo"),
+                rows,
+            ],
         )
         cursor.execute(
             "INSERT INTO usage_usagecounter (organisation_id, month_start, day, transactions) "

@@ -1,7 +1,8 @@
 """Transaction metering (DESIGN.md section 2, Usage). Each Sync Info record is one transaction.
 
-Sync Info rows live in `usage_syncinfo`, a table partitioned by month on synced_at (created by
-migration SQL; Django reads it through the unmanaged SyncInfo model). Usage counters per
+Sync Info rows live in `usage_syncinfo`, partitioned by retention tier and blocks of weeks (created
+by migration SQL and usage.partitions; Django reads it through the unmanaged SyncInfo model),
+so the retention purge can drop whole tables for every plan. Usage counters per
 organisation, usage month and day are updated in the same transaction as each batch, so the
 usage figure is exact and never needs a scan of Sync Info.
 """
@@ -91,6 +92,10 @@ class SyncInfo(models.Model):
     synced_at = models.DateTimeField()
     message = models.CharField(max_length=500, blank=True)
     has_snapshot = models.BooleanField(default=False)
+    retention_days = models.PositiveSmallIntegerField(
+        help_text="The organisation's Sync Info retention when the row was ingested: the "
+        "partition tier the purge drops by."
+    )
 
     class Meta:
         managed = False

@@ -5,7 +5,8 @@ nothing stored. An accepted batch is written with COPY, and the per-day usage co
 updated in the same transaction, so the usage figure is exact. The idempotency key makes a
 resend return the first answer without counting anything again; the same key with another
 body is a conflict. The 80% / 100% alerts are claimed by a unique row: one email each per
-usage month, however many batches cross the threshold at once.
+usage month, however many batches cross the threshold at once. Each row is written with its
+retention tier (usage.partitions): the partition the purge will drop it with.
 """
 
 import contextlib
@@ -29,6 +30,7 @@ from billing_portal.links import absolute_url
 from subscriptions.models import Environment, ProcessFlow, Subscription
 from usage.models import ApiKey, IngestBatch, UsageCounter
 from usage.months import usage_month_of
+from usage.partitions import SNAPSHOT_TABLE, SYNC_INFO_TABLE, Retention, ingest_retention
 
 MAX_RECORDS = 5_000
 MAX_MESSAGE = 500
@@ -278,13 +280,25 @@ def _replay(previous: IngestBatch, digest: str) -> IngestResult:
 
 def _store(*, batch: IngestBatch, key: ApiKey, rows: list[_Row], now: datetime) -> dict:
     organisation = key.organisation
+    subscription = (
+        Subscription.objects.select_related("organisation", "plan")
+        .filter(organisation=organisation)
+        .first()
+    )
+    retention = ingest_retention(subscription)
+    _copy(batch=batch, key=key, rows=rows, retention=retention)
+    return _count(organisation=organisation, subscription=subscription, rows=rows, now=now)
+
+
+def _copy(*, batch: IngestBatch, key: ApiKey, rows: list[_Row], retention: Retention) -> None:
     columns = (
         "organisation_id, environment_id, flow_id, batch_id, record_key, status, direction, "
-        "synced_at, message, has_snapshot"
+        "synced_at, message, has_snapshot, retention_days"
     )
+    tier = retention.days(SYNC_INFO_TABLE)
     values = [
         (
-            organisation.pk,
+            key.organisation_id,
             key.environment_id,
             row.flow_id,
             batch.pk,
@@ -294,6 +308,7 @@ def _store(*, batch: IngestBatch, key: ApiKey, rows: list[_Row], now: datetime) 
             row.synced_at,
             row.message,
             row.snapshot is not None,
+            tier,
         )
         for row in rows
     ]
@@ -304,7 +319,7 @@ def _store(*, batch: IngestBatch, key: ApiKey, rows: list[_Row], now: datetime) 
             with raw.copy(f"COPY usage_syncinfo ({columns}) FROM STDIN") as copy:
                 for value in values:
                     copy.write_row(value)
-            return _count(organisation=organisation, rows=rows, now=now)
+            return
         # Snapshots point at their Sync Info row: take the ids first.
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence('usage_syncinfo', 'id')) "
@@ -316,20 +331,24 @@ def _store(*, batch: IngestBatch, key: ApiKey, rows: list[_Row], now: datetime) 
             for pk, value in zip(ids, values, strict=True):
                 copy.write_row((pk, *value))
         snapshots = [(pk, row) for pk, row in zip(ids, rows, strict=True) if row.snapshot]
+        snapshot_tier = retention.days(SNAPSHOT_TABLE)
         with raw.copy(
-            "COPY usage_snapshot (sync_info_id, organisation_id, synced_at, payload) FROM STDIN"
+            "COPY usage_snapshot (sync_info_id, organisation_id, synced_at, payload, "
+            "retention_days) FROM STDIN"
         ) as copy:
             for pk, row in snapshots:
-                copy.write_row((pk, organisation.pk, row.synced_at, row.snapshot))
-    return _count(organisation=organisation, rows=rows, now=now)
+                copy.write_row(
+                    (pk, key.organisation_id, row.synced_at, row.snapshot, snapshot_tier)
+                )
 
 
-def _count(*, organisation: Organisation, rows: list[_Row], now: datetime) -> dict:
-    subscription = (
-        Subscription.objects.select_related("organisation", "plan")
-        .filter(organisation=organisation)
-        .first()
-    )
+def _count(
+    *,
+    organisation: Organisation,
+    subscription: Subscription | None,
+    rows: list[_Row],
+    now: datetime,
+) -> dict:
     zone = organisation.tzinfo
     months: list[tuple[datetime, datetime]] = []
 

@@ -13,20 +13,29 @@ from retention.purge import retention_purge
 from subscriptions.models import Plan, Subscription
 from tests.factories import OrganisationFactory
 from tests.subscriptions.factories import SubscriptionFactory
-from usage.partitions import partitions_ensure
+from usage.partitions import ingest_retention, partitions_ensure
 
-NOW = datetime(2026, 11, 27, 2, 30, tzinfo=UTC)
+NOW = datetime(2026, 11, 27, 2, 30, tzinfo=UTC)  # a Friday
 SECOND = timedelta(seconds=1)
 
 
-def add_sync_info(organisation_id: int, moments: list[datetime]) -> None:
+def tier(organisation_id: int, table: str = "usage_syncinfo") -> int:
+    """The retention tier the ingest writes for the organisation now."""
+    subscription = (
+        Subscription.objects.select_related("plan").filter(organisation_id=organisation_id).first()
+    )
+    return ingest_retention(subscription).days(table)
+
+
+def add_sync_info(organisation_id: int, moments: list[datetime], *, days: int | None = None):
+    """Rows at `moments`, in the tier the ingest would write now (or tier `days`)."""
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO usage_syncinfo (organisation_id, environment_id, flow_id, batch_id, "
-            "record_key, status, direction, synced_at) "
-            "SELECT %s, 1, 1, 1, 'r-' || n, 'success', 'outbound', t "
+            "record_key, status, direction, synced_at, retention_days) "
+            "SELECT %s, 1, 1, 1, 'r-' || n, 'success', 'outbound', t, %s "
             "FROM unnest(%s::timestamptz[]) WITH ORDINALITY AS u(t, n)",
-            [organisation_id, moments],
+            [organisation_id, days or tier(organisation_id), moments],
         )
 
 
@@ -35,21 +44,37 @@ def add_sync_info_series(organisation_id: int, *, newest: datetime, count: int) 
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO usage_syncinfo (organisation_id, environment_id, flow_id, batch_id, "
-            "record_key, status, direction, synced_at) "
-            "SELECT %s, 1, 1, g, 'r-' || g, 'success', 'outbound', %s - (g - 1) * interval '1 min' "
-            "FROM generate_series(1, %s) g",
-            [organisation_id, newest, count],
+            "record_key, status, direction, synced_at, retention_days) "
+            "SELECT %s, 1, 1, g, 'r-' || g, 'success', 'outbound', "
+            "%s - (g - 1) * interval '1 min', %s FROM generate_series(1, %s) g",
+            [organisation_id, newest, tier(organisation_id), count],
         )
 
 
 def add_snapshots(organisation_id: int, moments: list[datetime]) -> None:
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO usage_snapshot (sync_info_id, organisation_id, synced_at, payload) "
-            "SELECT %s * 1000 + n, %s, t, '{}'::jsonb "
+            "INSERT INTO usage_snapshot (sync_info_id, organisation_id, synced_at, payload, "
+            "retention_days) "
+            "SELECT %s * 1000 + n, %s, t, '{}'::jsonb, %s "
             "FROM unnest(%s::timestamptz[]) WITH ORDINALITY AS u(t, n)",
-            [organisation_id, organisation_id, moments],
+            [
+                organisation_id,
+                organisation_id,
+                tier(organisation_id, "usage_snapshot"),
+                moments,
+            ],
         )
+
+
+def tiers(table: str, organisation_id: int) -> list[tuple[datetime, int]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT synced_at, retention_days FROM {table} "  # noqa: S608
+            "WHERE organisation_id = %s ORDER BY synced_at",
+            [organisation_id],
+        )
+        return cursor.fetchall()
 
 
 def moments(table: str, organisation_id: int) -> list[datetime]:
@@ -67,18 +92,28 @@ def count(table: str) -> int:
         return cursor.fetchone()[0]
 
 
-def exists(relation: str) -> bool:
+def drop_tier_tables() -> None:
+    """Every tier table, week and detached leftover (committed by transactional tests)."""
     with connection.cursor() as cursor:
-        cursor.execute("SELECT to_regclass(%s)", [relation])
-        return cursor.fetchone()[0] is not None
+        # Dropping a tier table drops its weeks and default; leftovers go by name.
+        cursor.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace "
+            "AND (relname ~ '^usage_(syncinfo|snapshot)_r[0-9]+$' "
+            "OR (relname ~ '^usage_(syncinfo|snapshot)_r[0-9]+_' AND relkind = 'r' "
+            "AND NOT relispartition))"
+        )
+        for (name,) in cursor.fetchall():
+            cursor.execute(f"DROP TABLE {name}")
 
 
 @pytest.fixture
 def truncate_usage():
-    """Transactional tests: the flush does not know the unmanaged partitioned tables."""
+    """Transactional tests: the flush does not know the unmanaged partitioned tables, and
+    the partitions they created were committed."""
     yield
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE usage_syncinfo, usage_snapshot")
+    drop_tier_tables()
 
 
 @pytest.mark.django_db
@@ -119,13 +154,18 @@ def test_no_subscription_gets_the_shortest_retention_and_ended_keeps_its_plan():
         status=Subscription.Status.ENDED,
         ended_at=NOW - timedelta(days=40),
     ).organisation
-    for org in (lone, ended):
-        add_sync_info(org.pk, [NOW - timedelta(days=60), NOW - timedelta(days=20)])
-        add_snapshots(org.pk, [NOW - timedelta(days=20), NOW - timedelta(days=5)])
+    # Inside the tiers' boundary weeks, so deleted row by row and counted per organisation
+    # (older rows would go with whole weeks, counted in the run's partition record).
+    add_sync_info(lone.pk, [NOW - timedelta(days=31), NOW - timedelta(days=20)])
+    add_snapshots(lone.pk, [NOW - timedelta(days=8), NOW - timedelta(days=5)])
+    add_sync_info(ended.pk, [NOW - timedelta(days=60), NOW - timedelta(days=20)])
+    add_snapshots(ended.pk, [NOW - timedelta(days=20), NOW - timedelta(days=5)])
 
     retention_purge(now=NOW)
 
     # Without a subscription: Standard's 30 / 7 days, the shortest of the catalogue.
+    assert tier(lone.pk) == 30
+    assert tier(lone.pk, "usage_snapshot") == 7
     assert moments("usage_syncinfo", lone.pk) == [NOW - timedelta(days=20)]
     assert moments("usage_snapshot", lone.pk) == [NOW - timedelta(days=5)]
     # Ended Professional: still 90 / 30 days.
@@ -141,38 +181,68 @@ def test_no_subscription_gets_the_shortest_retention_and_ended_keeps_its_plan():
     assert not DeletionRecord.objects.filter(organisation=ended).exists()
 
 
+def exists(relation: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s)", [relation])
+        return cursor.fetchone()[0] is not None
+
+
+def blocks(prefix: str, *starts: str) -> set[str]:
+    return {f"{prefix}_d{start}" for start in starts}
+
+
 @pytest.mark.django_db
-def test_whole_partitions_past_every_retention_are_dropped_and_counted():
+def test_whole_blocks_past_their_tier_are_dropped_and_counted():
+    # Blocks from 30 days earlier too, so some end before tonight's cutoffs.
+    partitions_ensure(now=NOW - timedelta(days=30))
     partitions_ensure(now=NOW)
     org = SubscriptionFactory(plan=Plan.objects.get(code="enterprise")).organisation
-    # Sync Info: longest retention 365 days -> cutoff 2025-11-27 02:30; October 2025 ends before.
-    add_sync_info_series(org.pk, newest=datetime(2025, 10, 31, 23, 0, tzinfo=UTC), count=100)
-    add_sync_info(org.pk, [datetime(2025, 11, 20, tzinfo=UTC), datetime(2025, 12, 1, tzinfo=UTC)])
-    # Snapshots: longest retention 90 days -> cutoff 2026-08-29 02:30; July 2026 ends before.
-    add_snapshots(org.pk, [datetime(2026, 7, d, tzinfo=UTC) for d in (1, 2, 3)])
+    # Sync Info, tier 365 in 4-week blocks: cutoff 2025-11-27 02:30 lies in the block of
+    # 2025-11-03; the block of 2025-10-06 ends before it.
+    add_sync_info_series(org.pk, newest=datetime(2025, 11, 2, 23, 0, tzinfo=UTC), count=100)
+    add_sync_info(org.pk, [datetime(2025, 11, 26, tzinfo=UTC), datetime(2025, 12, 1, tzinfo=UTC)])
+    # Older than the tier's first block: in the tier's default partition, dropped whole too.
+    add_sync_info(org.pk, [datetime(2025, 10, 1, tzinfo=UTC), datetime(2025, 10, 2, tzinfo=UTC)])
+    # Snapshots, tier 90 in weeks: cutoff Saturday 2026-08-29 02:30; the week of 2026-08-17
+    # ends before it.
+    add_snapshots(org.pk, [datetime(2026, 8, d, tzinfo=UTC) for d in (18, 19, 20)])
     add_snapshots(org.pk, [datetime(2026, 9, 1, tzinfo=UTC)])
-    assert exists("usage_syncinfo_y2025m10")
+    assert exists("usage_syncinfo_r365_d20251006")
+    assert exists("usage_syncinfo_r365_default")
 
     result = retention_purge(now=NOW)
 
-    assert not exists("usage_syncinfo_y2025m10")
-    assert not exists("usage_snapshot_y2026m07")
-    assert exists("usage_syncinfo_y2025m11")  # ends after the cutoff: rows deleted one by one
-    assert exists("usage_snapshot_y2026m06")  # empty: left for partitions_ensure, not dropped
-    assert set(result["partitions_dropped"]) == {
-        "usage_syncinfo_y2025m10",
-        "usage_snapshot_y2026m07",
+    with_rows = {
+        "usage_syncinfo_r365_d20251006",
+        "usage_syncinfo_r365_expired",  # the tier's default, swapped for an empty one
+        "usage_snapshot_r90_d20260817",
     }
-    # 100 rows by the drop + 1 (2025-11-20) deleted by row; 3 snapshots by the drop + 0.
-    assert result["sync_info"] == 101
+    # Empty blocks past their tier's cutoff go too: partitions_ensure never makes them again.
+    weeks_30 = ("20260928", "20261005", "20261012", "20261019")
+    weeks_90 = ("20260727", "20260803", "20260810", "20260817")
+    empty = (
+        blocks("usage_syncinfo_r30", *weeks_30)
+        | blocks("usage_syncinfo_r90", *weeks_90)
+        | blocks("usage_snapshot_r7", "20261019", "20261026", "20261102", "20261109")
+        | blocks("usage_snapshot_r30", *weeks_30)
+        | blocks("usage_snapshot_r90", *weeks_90[:3])
+    )
+    assert set(result["partitions_dropped"]) == with_rows | empty
+    assert not any(exists(name) for name in with_rows | empty)
+    assert exists("usage_syncinfo_r365_d20251103")  # holds the cutoff: rows deleted by row
+    assert exists("usage_syncinfo_r365_default")
+    assert exists("usage_snapshot_r90_d20260824")
+    # 100 + 2 rows by the drops + 1 (2025-11-26) deleted by row; 3 snapshots by the drop.
+    assert result["sync_info"] == 103
     assert result["snapshots"] == 3
     assert moments("usage_syncinfo", org.pk) == [datetime(2025, 12, 1, tzinfo=UTC)]
     assert moments("usage_snapshot", org.pk) == [datetime(2026, 9, 1, tzinfo=UTC)]
     dropped = DeletionRecord.objects.get(organisation__isnull=True)
     assert dropped.kind == DeletionRecord.Kind.RETENTION
-    assert dropped.counts == {"sync_info": 100, "snapshots": 3}
-    assert "usage_syncinfo_y2025m10" in dropped.detail
-    assert "usage_snapshot_y2026m07" in dropped.detail
+    assert dropped.counts == {"sync_info": 102, "snapshots": 3}
+    for name in with_rows:
+        assert name in dropped.detail
+    assert "usage_syncinfo_r30_d20260928" not in dropped.detail
     assert DeletionRecord.objects.get(organisation=org).counts == {
         "sync_info": 1,
         "snapshots": 0,
@@ -181,6 +251,7 @@ def test_whole_partitions_past_every_retention_are_dropped_and_counted():
     again = retention_purge(now=NOW)
     assert (again["sync_info"], again["snapshots"], again["partitions_dropped"]) == (0, 0, [])
     assert DeletionRecord.objects.count() == 2
+    assert partitions_ensure(now=NOW) == 0
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -207,8 +278,11 @@ def test_an_interrupted_run_is_finished_by_the_next_without_double_counting(
     with pytest.raises(RuntimeError, match="killed"):
         retention_purge(now=NOW, batch_size=10)
     assert count("usage_syncinfo") == 60 - 10  # the first batch committed
-    [first] = DeletionRecord.objects.all()
-    assert first.counts == {"sync_info": 10, "snapshots": 0}
+    # The tier's 10 oldest rows: the same 5 instants of both organisations, each counted.
+    assert sorted(DeletionRecord.objects.values_list("organisation_id", "counts")) == [
+        (orgs[0].pk, {"sync_info": 5, "snapshots": 0}),
+        (orgs[1].pk, {"sync_info": 5, "snapshots": 0}),
+    ]
 
     monkeypatch.setattr(purge, "_delete_batch", real)
     result = retention_purge(now=NOW, batch_size=10)

@@ -1,6 +1,7 @@
 """The machine API: POST /api/v1/sync-info and GET /api/v1/flows (issue 6)."""
 
 import json
+import re
 import threading
 from datetime import timedelta
 
@@ -17,6 +18,7 @@ from tests.subscriptions.factories import (
     SubscriptionFactory,
 )
 from usage.models import IngestBatch, SyncInfo, UsageAlert, UsageCounter
+from usage.partitions import partitions_ensure
 from usage.services import api_key_create, api_key_revoke, month_usage
 
 pytestmark = pytest.mark.django_db
@@ -88,6 +90,58 @@ def test_a_batch_is_stored_and_counted(client, setup, org):
     assert json.loads(payload) == {"order": {"id": 7, "total": "12.50"}}
     setup["key"].refresh_from_db()
     assert setup["key"].last_used_at is not None
+
+
+def stored_tiers() -> dict[str, list[tuple[int, str]]]:
+    """(retention_days, partition) of every row, per table, oldest id first."""
+    tiers = {}
+    with connection.cursor() as cursor:
+        for table, key in (("usage_syncinfo", "id"), ("usage_snapshot", "sync_info_id")):
+            cursor.execute(
+                f"SELECT retention_days, tableoid::regclass::text FROM {table} "  # noqa: S608
+                f"ORDER BY {key}"
+            )
+            # The tier table, or the default partition, a row sits in (not its block).
+            tiers[table] = [(days, re.sub(r"_d\d{8}$", "", name)) for days, name in cursor]
+    return tiers
+
+
+def test_rows_are_written_in_the_current_plans_retention_tier(client, setup):
+    partitions_ensure(now=timezone.now())
+    flow = setup["flow"]
+    batch = [record(flow, 0, snapshot={"order": 1}), record(flow, 1)]
+    assert post(client, setup["plain"], batch).status_code == 201
+    # The renewal that switched the plan: later batches get the new plan's retention.
+    subscription = setup["subscription"]
+    subscription.plan = Plan.objects.get(code="enterprise")
+    subscription.save(update_fields=["plan"])
+    batch = [record(flow, 2, snapshot={"order": 2})]
+    assert post(client, setup["plain"], batch, key="batch-2").status_code == 201
+
+    # Standard: Sync Info 30 days, snapshots 7; Enterprise: 365 and 90.
+    assert stored_tiers() == {
+        "usage_syncinfo": [
+            (30, "usage_syncinfo_r30"),
+            (30, "usage_syncinfo_r30"),
+            (365, "usage_syncinfo_r365"),
+        ],
+        "usage_snapshot": [(7, "usage_snapshot_r7"), (90, "usage_snapshot_r90")],
+    }
+
+
+def test_without_a_subscription_rows_get_the_shortest_retention(client, other_org, admin):
+    environment = EnvironmentFactory(organisation=other_org)
+    flow = ProcessFlowFactory(organisation=other_org, environment=environment)
+    _, plain = api_key_create(
+        environment=environment, actor=Actor(user=admin), name="runtime", now=timezone.now()
+    )
+    response = post(client, plain, [record(flow, 0, snapshot={"order": 1})])
+    assert response.status_code == 201
+    # Without tier tables yet, the rows wait in the default partitions.
+    assert stored_tiers() == {
+        "usage_syncinfo": [(30, "usage_syncinfo_default")],
+        "usage_snapshot": [(7, "usage_snapshot_default")],
+    }
 
 
 def test_a_resent_batch_is_counted_once_and_answered_the_same(client, setup, org):

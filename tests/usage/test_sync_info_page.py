@@ -7,13 +7,21 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from subscriptions.models import Subscription
 from tests.subscriptions.factories import EnvironmentFactory, ProcessFlowFactory
 from usage.models import SyncInfo
+from usage.partitions import ingest_retention
 from usage.views import STALE_CURSOR
 
 pytestmark = pytest.mark.django_db
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+def tier(flow) -> int:
+    """The retention tier the ingest writes for the flow's organisation."""
+    subscription = Subscription.objects.filter(organisation_id=flow.organisation_id).first()
+    return ingest_retention(subscription).days("usage_syncinfo")
 
 
 def insert_rows(flow, rows):
@@ -22,8 +30,8 @@ def insert_rows(flow, rows):
         for n, row in enumerate(rows):
             cursor.execute(
                 "INSERT INTO usage_syncinfo (organisation_id, environment_id, flow_id, batch_id, "
-                "record_key, status, direction, synced_at, message) "
-                "VALUES (%s, %s, %s, 0, %s, %s, %s, %s, %s)",
+                "record_key, status, direction, synced_at, message, retention_days) "
+                "VALUES (%s, %s, %s, 0, %s, %s, %s, %s, %s, %s)",
                 [
                     flow.organisation_id,
                     flow.environment_id,
@@ -33,6 +41,7 @@ def insert_rows(flow, rows):
                     row.get("direction", "outbound"),
                     row["synced_at"],
                     row.get("message", "ok"),
+                    row.get("retention_days", tier(flow)),
                 ],
             )
 
@@ -43,10 +52,10 @@ def insert_series(flow, count, *, newest=T0, step=timedelta(seconds=1), same_eve
     with connection.cursor() as cursor:
         cursor.execute(
             "INSERT INTO usage_syncinfo (organisation_id, environment_id, flow_id, batch_id, "
-            "record_key, status, direction, synced_at, message) "
+            "record_key, status, direction, synced_at, message, retention_days) "
             "SELECT %s, %s, %s, 0, 'rec-' || g, "
             "CASE WHEN g %% 10 = 0 THEN 'failed' ELSE 'success' END, 'outbound', "
-            "%s - ((g - 1) / %s) * %s, 'message ' || g FROM generate_series(1, %s) g",
+            "%s - ((g - 1) / %s) * %s, 'message ' || g, %s FROM generate_series(1, %s) g",
             [
                 flow.organisation_id,
                 flow.environment_id,
@@ -54,6 +63,7 @@ def insert_series(flow, count, *, newest=T0, step=timedelta(seconds=1), same_eve
                 newest,
                 same_every,
                 step,
+                tier(flow),
                 count,
             ],
         )

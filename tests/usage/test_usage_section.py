@@ -339,9 +339,9 @@ def test_constant_number_of_queries_whatever_the_volume(client_for, org, admin, 
         # Thousands of Sync Info rows over the month, and the counters the ingest keeps.
         cursor.execute(
             "INSERT INTO usage_syncinfo (organisation_id, environment_id, flow_id, batch_id, "
-            "record_key, status, direction, synced_at) "
+            "record_key, status, direction, synced_at, retention_days) "
             "SELECT %s, %s, %s, 1, 'r-' || n, 'success', 'outbound', "
-            "%s::timestamptz + n * interval '3 minutes' FROM generate_series(0, 5279) AS n",
+            "%s::timestamptz + n * interval '3 minutes', 30 FROM generate_series(0, 5279) AS n",
             [org.pk, environment.pk, setup["flow"].pk, PERIOD_START],
         )
         cursor.execute(

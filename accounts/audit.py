@@ -49,6 +49,12 @@ def changes_between(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[
     }
 
 
+def reason_change(reason: str) -> dict:
+    """Why ops did something, as an audit `changes` entry (nothing when no reason was given)."""
+    reason = reason.strip()
+    return {"reason": {"old": None, "new": reason[:500]}} if reason else {}
+
+
 def audit_record(
     *,
     organisation: Organisation,

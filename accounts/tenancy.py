@@ -67,8 +67,15 @@ def _sso_enforcing(user, organisation_ids):
 
 
 def sso_required(organisation, user) -> bool:
-    """Whether the organisation enforces SSO on `user` (one query)."""
-    return _sso_enforcing(user, [organisation.pk]).exists()
+    """Whether the organisation enforces SSO on `user`: one query on the SSO table for most
+    pages; the plan is looked at only when enforcement is on."""
+    configuration_model = apps.get_model("sso", "SsoConfiguration")
+    enforced = (
+        configuration_model.objects.filter(organisation=organisation, enforced=True)
+        .exclude(backup_admin=user)
+        .exists()
+    )
+    return enforced and _sso_enforcing(user, [organisation.pk]).exists()
 
 
 def password_sign_in_refusal(user) -> str | None:

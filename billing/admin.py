@@ -18,8 +18,8 @@ from billing.models import (
     PaymentMethod,
     TaxRate,
 )
-from billing.services import payment_record_manual
-from billing_portal.admin import ReadOnlyModelAdmin
+from billing.services import invoice_revised_copy_issue, payment_record_manual
+from billing_portal.admin import ReadOnlyModelAdmin, permission_check, reason_asked
 from billing_portal.errors import ServiceError
 from billing_portal.money import format_money
 from subscriptions.admin import SubscriptionAdmin
@@ -73,7 +73,7 @@ class InvoiceAdmin(ReadOnlyModelAdmin):
     list_select_related = ("organisation",)
     date_hierarchy = "issued_at"
     inlines = [InvoiceLineInline, PaymentInline]
-    actions = ["record_payment", "mark_uncollectible"]
+    actions = ["record_payment", "mark_uncollectible", "issue_revised_copy"]
 
     def has_view_permission(self, request, obj=None):
         return request.user.is_staff
@@ -82,8 +82,25 @@ class InvoiceAdmin(ReadOnlyModelAdmin):
     def total_display(self, obj):
         return format_money(obj.total, obj.currency)
 
-    @admin.action(description="Record bank transfer / PO payment received (marks paid)")
+    has_record_payment_permission = permission_check("billing.record_payment")
+    has_write_off_permission = permission_check("billing.write_off")
+    has_issue_revised_copy_permission = permission_check("billing.issue_revised_copy")
+
+    @admin.action(
+        description="Record bank transfer / PO payment received (marks paid)",
+        permissions=["record_payment"],
+    )
     def record_payment(self, request, queryset):
+        reason, page = reason_asked(
+            self,
+            request,
+            queryset,
+            action="record_payment",
+            title="Record payment received",
+            intro="Mark these invoices paid by bank transfer or purchase order?",
+        )
+        if page is not None:
+            return page
         actor = Actor(user=request.user, ip_address=client_ip(request))
         for invoice in queryset.select_related("organisation"):
             try:
@@ -91,25 +108,74 @@ class InvoiceAdmin(ReadOnlyModelAdmin):
                     invoice=invoice,
                     actor=actor,
                     reference=f"Recorded by {request.user.email}",
+                    reason=reason,
                     now=timezone.now(),
                 )
             except ServiceError as error:
                 self.message_user(request, error.message, level=messages.ERROR)
             else:
                 self.message_user(request, f"{invoice.number} marked paid.")
+        return None
 
     @admin.action(
-        description="Mark uncollectible (write off; restores the account if nothing else is due)"
+        description="Mark uncollectible (write off; restores the account if nothing else is due)",
+        permissions=["write_off"],
     )
     def mark_uncollectible(self, request, queryset):
+        reason, page = reason_asked(
+            self,
+            request,
+            queryset,
+            action="mark_uncollectible",
+            title="Write off",
+            intro="Mark these invoices uncollectible? The amounts will not be collected.",
+        )
+        if page is not None:
+            return page
         actor = Actor(user=request.user, ip_address=client_ip(request))
         for invoice in queryset.select_related("organisation", "subscription"):
             try:
-                invoice_mark_uncollectible(invoice=invoice, actor=actor, now=timezone.now())
+                invoice_mark_uncollectible(
+                    invoice=invoice, actor=actor, reason=reason, now=timezone.now()
+                )
             except ServiceError as error:
                 self.message_user(request, error.message, level=messages.ERROR)
             else:
                 self.message_user(request, f"{invoice.number} marked uncollectible.")
+        return None
+
+    @admin.action(
+        description="Issue revised copy (current billing details; the original stays)",
+        permissions=["issue_revised_copy"],
+    )
+    def issue_revised_copy(self, request, queryset):
+        reason, page = reason_asked(
+            self,
+            request,
+            queryset,
+            action="issue_revised_copy",
+            title="Issue revised copy",
+            intro="Render a new PDF of these invoices with the organisation's current billing "
+            "details, marked Revised with today's date? The original PDFs do not change.",
+        )
+        if page is not None:
+            return page
+        issue_revised_copies(self, request, queryset, reason=reason)
+        return None
+
+
+def issue_revised_copies(modeladmin, request, invoices, *, reason):
+    """Shared by the invoice and the support-ticket admin."""
+    actor = Actor(user=request.user, ip_address=client_ip(request))
+    for invoice in invoices.select_related("organisation"):
+        try:
+            invoice_revised_copy_issue(
+                invoice=invoice, actor=actor, reason=reason, now=timezone.now()
+            )
+        except ServiceError as error:
+            modeladmin.message_user(request, error.message, level=messages.ERROR)
+        else:
+            modeladmin.message_user(request, f"Revised copy of {invoice.number} issued.")
 
 
 @admin.register(Payment)
@@ -202,16 +268,31 @@ class DunningCaseAdmin(ReadOnlyModelAdmin):
     def suspension_date(self, obj):
         return step_due_at(obj, DunningStep.Step.DAY_14)
 
-    @admin.action(description="Extend the grace period by 7 days")
+    has_extend_grace_permission = permission_check("billing.extend_grace")
+
+    @admin.action(description="Extend the grace period by 7 days", permissions=["extend_grace"])
     def extend_grace(self, request, queryset):
+        reason, page = reason_asked(
+            self,
+            request,
+            queryset,
+            action="extend_grace",
+            title="Extend the grace period",
+            intro="Move the suspension of these accounts back by 7 days?",
+        )
+        if page is not None:
+            return page
         actor = Actor(user=request.user, ip_address=client_ip(request))
         for case in queryset.select_related("organisation", "subscription"):
             try:
-                dunning_extend_grace(case=case, days=7, actor=actor, now=timezone.now())
+                dunning_extend_grace(
+                    case=case, days=7, actor=actor, reason=reason, now=timezone.now()
+                )
             except ServiceError as error:
                 self.message_user(request, f"{case.organisation}: {error.message}", messages.ERROR)
             else:
                 self.message_user(request, f"{case.organisation}: suspension moved back 7 days.")
+        return None
 
 
 class DunningCaseInline(admin.TabularInline):

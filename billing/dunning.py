@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from django.db import IntegrityError, transaction
 from django.db.models import Sum
 
-from accounts.audit import SYSTEM, Actor, audit_record
+from accounts.audit import SYSTEM, Actor, audit_record, reason_change
 from accounts.emails import email_send
 from accounts.selectors import billing_recipients
 from billing.models import DunningCase, DunningStep, Invoice, Payment
@@ -348,7 +348,7 @@ def retry_payment(*, organisation, actor: Actor, now: datetime) -> RetryOutcome:
 
 
 def dunning_extend_grace(
-    *, case: DunningCase, days: int, actor: Actor, now: datetime
+    *, case: DunningCase, days: int, actor: Actor, now: datetime, reason: str = ""
 ) -> DunningCase:
     """Ops push the suspension back by `days` (not once it happened)."""
     with transaction.atomic():
@@ -365,13 +365,18 @@ def dunning_extend_grace(
             actor=actor,
             action="billing.grace_extended",
             target=case.subscription,
-            changes={"grace_extension_days": {"old": old, "new": case.grace_extension_days}},
+            changes={
+                "grace_extension_days": {"old": old, "new": case.grace_extension_days},
+                **reason_change(reason),
+            },
             now=now,
         )
     return case
 
 
-def invoice_mark_uncollectible(*, invoice: Invoice, actor: Actor, now: datetime) -> Invoice:
+def invoice_mark_uncollectible(
+    *, invoice: Invoice, actor: Actor, now: datetime, reason: str = ""
+) -> Invoice:
     """Ops write an open invoice off; if nothing else is open the account is restored."""
     with transaction.atomic():
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
@@ -388,7 +393,7 @@ def invoice_mark_uncollectible(*, invoice: Invoice, actor: Actor, now: datetime)
             action="billing.invoice_uncollectible",
             target=invoice,
             target_label=invoice.number,
-            changes={"status": {"old": "open", "new": "uncollectible"}},
+            changes={"status": {"old": "open", "new": "uncollectible"}, **reason_change(reason)},
             now=now,
         )
         if invoice.subscription_id:

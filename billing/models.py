@@ -168,6 +168,12 @@ class Invoice(models.Model):
     closed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        # Ops actions on money, granted to billing staff (issue 9 point 5).
+        permissions = [
+            ("record_payment", "Can record a bank transfer or PO payment"),
+            ("write_off", "Can mark an invoice uncollectible"),
+            ("issue_revised_copy", "Can issue a revised copy of an invoice"),
+        ]
         constraints = [
             # One invoice per subscription period, whatever retries or races happen.
             models.UniqueConstraint(
@@ -356,6 +362,7 @@ class DunningCase(models.Model):
     closed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        permissions = [("extend_grace", "Can extend a grace period")]
         constraints = [
             models.UniqueConstraint(
                 fields=["subscription"],

@@ -1,14 +1,33 @@
 """Reads for billing pages, always scoped to an organisation."""
 
-from django.db.models import QuerySet
+from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 
 from accounts.models import Organisation
-from billing.models import BillingProfile, Invoice, PaymentMethod
+from billing.models import BillingProfile, Invoice, InvoiceDocument, PaymentMethod
 
 
 def invoice_list(*, organisation: Organisation) -> QuerySet[Invoice]:
-    return Invoice.objects.filter(organisation=organisation).order_by("-issued_at", "-id")
+    """Newest first, each with its revised copies (dates only, never the PDF bytes)."""
+    revised = (
+        InvoiceDocument.objects.filter(kind=InvoiceDocument.Kind.REVISED)
+        .only("id", "invoice_id", "kind", "created_at")
+        .order_by("created_at", "id")
+    )
+    return (
+        Invoice.objects.filter(organisation=organisation)
+        .order_by("-issued_at", "-id")
+        .prefetch_related(Prefetch("documents", queryset=revised, to_attr="revised_copies"))
+    )
+
+
+def invoice_revised_copy_get(*, invoice: Invoice, document_id: int) -> InvoiceDocument:
+    document = InvoiceDocument.objects.filter(
+        invoice=invoice, kind=InvoiceDocument.Kind.REVISED, pk=document_id
+    ).first()
+    if document is None:
+        raise Http404("No such revised copy.")
+    return document
 
 
 def invoice_get(*, organisation: Organisation, number: str) -> Invoice:

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, Max, OuterRef, Q
 
-from accounts.audit import Actor, audit_record, changes_between
+from accounts.audit import Actor, audit_record, changes_between, reason_change
 from accounts.emails import email_send
 from accounts.models import Organisation
 from accounts.selectors import billing_recipients
@@ -634,6 +634,44 @@ def invoice_document_original(*, invoice: Invoice, now: datetime) -> InvoiceDocu
     return document
 
 
+def invoice_revised_copy_issue(
+    *, invoice: Invoice, actor: Actor, reason: str, now: datetime
+) -> InvoiceDocument:
+    """Ops issue a revised copy of an issued invoice (DESIGN.md section 2, Invoices): a new PDF
+    with the organisation's current billing details, marked "Revised" with today's date, kept
+    beside the original, which is never changed. Amounts stay those of the original."""
+    reason = reason.strip()
+    if not reason:
+        raise ServiceError("Give the reason for the revised copy.", field="reason")
+    if invoice.status == Invoice.Status.VOID:
+        raise ServiceError(f"Invoice {invoice.number} is void; it has no copy to revise.")
+    from billing.pdf import invoice_pdf_bytes
+
+    # The original first, so it keeps the details it was issued with.
+    invoice_document_original(invoice=invoice, now=now)
+    profile = BillingProfile.objects.filter(organisation_id=invoice.organisation_id).first()
+    details = billing_details_snapshot(organisation=invoice.organisation, profile=profile)
+    pdf = invoice_pdf_bytes(invoice=invoice, revised_at=now, billing_details=details)
+    with transaction.atomic():
+        document = InvoiceDocument.objects.create(
+            invoice=invoice,
+            kind=InvoiceDocument.Kind.REVISED,
+            pdf=pdf,
+            created_at=now,
+            created_by=actor.user,
+        )
+        audit_record(
+            organisation=invoice.organisation,
+            actor=actor,
+            action="billing.revised_copy_issued",
+            target=invoice,
+            target_label=invoice.number,
+            changes=reason_change(reason),
+            now=now,
+        )
+    return document
+
+
 def invoice_documents_render_pending(*, now: datetime, limit: int = 200) -> int:
     """Render the original PDF of invoices that do not have one yet (a scheduled job)."""
     pending = (
@@ -977,9 +1015,10 @@ def payment_succeeded(*, payment: Payment, processor_id: str, now: datetime) -> 
 
 
 def payment_record_manual(
-    *, invoice: Invoice, actor: Actor, reference: str, now: datetime
+    *, invoice: Invoice, actor: Actor, reference: str, now: datetime, reason: str = ""
 ) -> Payment:
-    """Ops record a bank transfer or purchase-order payment received for an invoice."""
+    """Ops record a bank transfer or purchase-order payment received for an invoice.
+    `reason` (why ops did it) goes into the audit log."""
     with transaction.atomic():
         invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
         if invoice.status != Invoice.Status.OPEN:
@@ -1009,6 +1048,7 @@ def payment_record_manual(
             changes={
                 "status": {"old": "open", "new": "paid"},
                 "reference": {"old": None, "new": reference},
+                **reason_change(reason),
             },
             now=now,
         )

@@ -12,6 +12,11 @@ organisation_urlpatterns = [
         views.invoice_pdf,
         name="invoice_pdf",
     ),
+    path(
+        "settings/billing/invoices/<str:invoice_number>/revised/<int:document_id>/pdf/",
+        views.invoice_revised_pdf,
+        name="invoice_revised_pdf",
+    ),
     path("settings/billing/payment-method/", views.payment_method, name="payment_method"),
     # Retry Payment (article section 6): charge every open invoice now (POST).
     path(

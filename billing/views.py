@@ -26,6 +26,7 @@ from billing.selectors import (
     billing_profile_for,
     invoice_get,
     invoice_list,
+    invoice_revised_copy_get,
     payment_method_current,
 )
 from billing.services import (
@@ -78,6 +79,17 @@ def invoice_pdf(request, invoice_number):
     document = invoice_document_original(invoice=invoice, now=timezone.now())
     response = HttpResponse(bytes(document.pdf), content_type="application/pdf")
     response["Content-Disposition"] = f'attachment; filename="{invoice.number}.pdf"'
+    return response
+
+
+@tenant_view(roles=ADMIN_AND_BILLING, section="billing")
+def invoice_revised_pdf(request, invoice_number, document_id):
+    """A revised copy ops issued; the original stays downloadable beside it."""
+    invoice = invoice_get(organisation=request.organisation, number=invoice_number)
+    document = invoice_revised_copy_get(invoice=invoice, document_id=document_id)
+    response = HttpResponse(bytes(document.pdf), content_type="application/pdf")
+    day = timezone.localtime(document.created_at).date().isoformat()
+    response["Content-Disposition"] = f'attachment; filename="{invoice.number}-revised-{day}.pdf"'
     return response
 
 

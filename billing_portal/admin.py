@@ -1,4 +1,7 @@
+from django import forms
 from django.contrib import admin
+from django.contrib.admin import helpers
+from django.template.response import TemplateResponse
 
 
 class ReadOnlyModelAdmin(admin.ModelAdmin):
@@ -14,3 +17,68 @@ class ReadOnlyModelAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(
+        label="Reason (kept in the organisation's audit log)",
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        max_length=500,
+    )
+
+
+def reason_asked(
+    modeladmin, request, queryset, *, action: str, title: str, intro: str, label: str = ""
+):
+    """Ops actions that change money or access ask why first (issue 9 point 5).
+
+    Returns (reason, None) once the confirmation page was submitted with a reason, or
+    (None, the confirmation page) to show; nothing has changed until then.
+    """
+    submitted = "apply" in request.POST
+    form = ReasonForm(request.POST if submitted else None)
+    if label:
+        form.fields["reason"].label = label
+    if submitted and form.is_valid():
+        return form.cleaned_data["reason"].strip(), None
+    page = TemplateResponse(
+        request,
+        "admin/reason_action.html",
+        {
+            **modeladmin.admin_site.each_context(request),
+            "title": title,
+            "intro": intro,
+            "form": form,
+            "objects": list(queryset),
+            "action": action,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "opts": modeladmin.model._meta,
+        },
+    )
+    return None, page
+
+
+def permission_check(codename: str):
+    """A `has_<name>_permission` method for `@admin.action(permissions=[...])`."""
+
+    def check(self, request):
+        return request.user.has_perm(codename)
+
+    return check
+
+
+class PortalAdminSite(admin.AdminSite):
+    """Django admin with the ops dashboard on its index page."""
+
+    site_header = "APPSeCONNECT ops"
+    site_title = "APPSeCONNECT ops"
+    index_title = "Ops dashboard"
+
+    def index(self, request, extra_context=None):
+        from django.utils import timezone
+
+        from billing_portal.dashboard import ops_dashboard
+
+        return super().index(
+            request, {"dashboard": ops_dashboard(now=timezone.now()), **(extra_context or {})}
+        )

@@ -39,7 +39,7 @@ SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "billing_portal.apps.PortalAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "billing",
     "usage",
     "sso",
+    "support",
     "retention",
 ]
 
@@ -255,6 +256,8 @@ SELLER = {
     "vat_number": env_str("SELLER_VAT_NUMBER", "IE6388047V"),
     "email": env_str("SELLER_BILLING_EMAIL", "billing@appseconnect.com"),
 }
+# Shown on Contact billing support (article section 13).
+SUPPORT_BILLING_EMAIL = env_str("SUPPORT_BILLING_EMAIL", SELLER["email"])
 # Printed on bank-transfer invoices.
 SELLER_BANK_DETAILS = env_str(
     "SELLER_BANK_DETAILS",

@@ -3,10 +3,6 @@ from django.urls import include, path
 
 from billing.webhook_views import stripe_webhook
 
-admin.site.site_header = "Billing portal operations"
-admin.site.site_title = "Billing portal ops"
-admin.site.index_title = "Operations"
-
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
@@ -15,6 +11,7 @@ urlpatterns = [
     path("", include("subscriptions.urls")),
     path("", include("billing.urls")),
     path("", include("sso.urls")),
+    path("", include("support.urls")),
     path("", include("retention.urls")),
     path("", include("usage.urls")),
 ]

@@ -5,25 +5,14 @@ needs a note the requester reads, so Reject shows an intermediate page asking fo
 request rows themselves stay read-only: their status only changes through the services).
 """
 
-from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
-from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from accounts.audit import Actor, client_ip
-from billing_portal.admin import ReadOnlyModelAdmin
+from billing_portal.admin import ReadOnlyModelAdmin, permission_check, reason_asked
 from billing_portal.errors import ServiceError
 from retention.gdpr import deletion_request_approve, deletion_request_reject
 from retention.models import DataDeletionRequest, DeletionRecord
-
-
-class ReviewNoteForm(forms.Form):
-    review_note = forms.CharField(
-        label="Note to the requester",
-        widget=forms.Textarea(attrs={"rows": 4, "cols": 60}),
-        max_length=2000,
-    )
 
 
 @admin.register(DataDeletionRequest)
@@ -47,13 +36,29 @@ class DataDeletionRequestAdmin(ReadOnlyModelAdmin):
     def has_view_permission(self, request, obj=None):
         return request.user.is_staff
 
-    @admin.action(description="Approve (runs the deletion; cannot be undone)")
+    has_review_permission = permission_check("retention.review_deletion_request")
+
+    @admin.action(
+        description="Approve (runs the deletion; cannot be undone)", permissions=["review"]
+    )
     def approve(self, request, queryset):
+        reason, page = reason_asked(
+            self,
+            request,
+            queryset,
+            action="approve",
+            title="Approve data deletion requests",
+            intro="Approve these requests? The deletion runs at once and cannot be undone; "
+            "the requester is told by email.",
+            label="Reason (kept in the audit log and shown to the requester)",
+        )
+        if page is not None:
+            return page
         actor = Actor(user=request.user, ip_address=client_ip(request))
         for deletion_request in queryset.select_related("organisation"):
             try:
                 deletion_request_approve(
-                    request=deletion_request, reviewer=actor, note="", now=timezone.now()
+                    request=deletion_request, reviewer=actor, note=reason, now=timezone.now()
                 )
             except ServiceError as error:
                 self.message_user(
@@ -61,39 +66,35 @@ class DataDeletionRequestAdmin(ReadOnlyModelAdmin):
                 )
             else:
                 self.message_user(request, f"{deletion_request}: approved; deletion queued.")
+        return None
 
-    @admin.action(description="Reject (asks for a note to the requester)")
+    @admin.action(description="Reject (asks for a note to the requester)", permissions=["review"])
     def reject(self, request, queryset):
-        form = ReviewNoteForm(request.POST if "apply" in request.POST else None)
-        if "apply" in request.POST and form.is_valid():
-            actor = Actor(user=request.user, ip_address=client_ip(request))
-            for deletion_request in queryset.select_related("organisation"):
-                try:
-                    deletion_request_reject(
-                        request=deletion_request,
-                        reviewer=actor,
-                        note=form.cleaned_data["review_note"],
-                        now=timezone.now(),
-                    )
-                except ServiceError as error:
-                    self.message_user(
-                        request, f"{deletion_request}: {error.message}", level=messages.ERROR
-                    )
-                else:
-                    self.message_user(request, f"{deletion_request}: rejected.")
-            return None
-        return TemplateResponse(
+        note, page = reason_asked(
+            self,
             request,
-            "retention/admin_reject_deletion_requests.html",
-            {
-                **self.admin_site.each_context(request),
-                "title": "Reject data deletion requests",
-                "opts": self.model._meta,
-                "queryset": queryset,
-                "form": form,
-                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            },
+            queryset,
+            action="reject",
+            title="Reject data deletion requests",
+            intro="Reject these data deletion requests? Nothing is deleted; the requester "
+            "receives your note by email.",
+            label="Note to the requester",
         )
+        if page is not None:
+            return page
+        actor = Actor(user=request.user, ip_address=client_ip(request))
+        for deletion_request in queryset.select_related("organisation"):
+            try:
+                deletion_request_reject(
+                    request=deletion_request, reviewer=actor, note=note, now=timezone.now()
+                )
+            except ServiceError as error:
+                self.message_user(
+                    request, f"{deletion_request}: {error.message}", level=messages.ERROR
+                )
+            else:
+                self.message_user(request, f"{deletion_request}: rejected.")
+        return None
 
 
 @admin.register(DeletionRecord)

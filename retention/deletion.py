@@ -27,6 +27,7 @@ at once cannot both send it. A resubscribe then a later cancellation counts from
 """
 
 import logging
+import uuid
 from datetime import datetime, timedelta
 
 from django.db import connection, models, transaction
@@ -248,6 +249,7 @@ def _reminder_send(subscription: Subscription, *, days: int, now: datetime) -> i
     with timezone.override(organisation.tzinfo):
         subject, body_text, body_html = email_render(REMINDER_TEMPLATE, context)
     recipients = billing_recipients(organisation=organisation)
+    message_id = uuid.uuid4()  # one message to several people: one Notifications entry
     queued = [
         email_queue(
             to=address,
@@ -256,6 +258,7 @@ def _reminder_send(subscription: Subscription, *, days: int, now: datetime) -> i
             body_html=body_html,
             template=label,
             organisation=organisation,
+            message_id=message_id,
         ).pk
         for address in recipients
     ]

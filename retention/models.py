@@ -80,6 +80,7 @@ class DataDeletionRequest(models.Model):
     )
 
     class Meta:
+        permissions = [("review_deletion_request", "Can approve or reject data deletion requests")]
         constraints = [
             models.UniqueConstraint(
                 fields=["organisation", "scope", "subject_email"],

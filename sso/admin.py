@@ -1,25 +1,13 @@
 """Ops view of SSO: configurations and the attempt log, read-only; one action, switching
 enforcement off for an organisation locked out by its IdP (with a reason, audited)."""
 
-from django import forms
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
-from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from accounts.audit import Actor, client_ip
-from billing_portal.admin import ReadOnlyModelAdmin
-from billing_portal.errors import ServiceError
+from billing_portal.admin import ReadOnlyModelAdmin, permission_check, reason_asked
 from sso.models import SsoAttempt, SsoConfiguration, SsoDomain
 from sso.services import enforcement_switch_off_by_ops
-
-
-class ReasonForm(forms.Form):
-    reason = forms.CharField(
-        label="Reason (kept in the organisation's audit log)",
-        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        max_length=500,
-    )
 
 
 @admin.register(SsoConfiguration)
@@ -50,40 +38,36 @@ class SsoConfigurationAdmin(ReadOnlyModelAdmin):
             or "—"
         )
 
-    @admin.action(description="Switch off SSO enforcement (lockout recovery)")
+    has_switch_off_enforcement_permission = permission_check("sso.switch_off_enforcement")
+
+    @admin.action(
+        description="Switch off SSO enforcement (lockout recovery)",
+        permissions=["switch_off_enforcement"],
+    )
     def switch_off_enforcement(self, request, queryset):
-        form = ReasonForm(request.POST if "apply" in request.POST else None)
-        if "apply" in request.POST and form.is_valid():
-            changed = 0
-            for config in queryset.select_related("organisation"):
-                try:
-                    changed += enforcement_switch_off_by_ops(
-                        organisation=config.organisation,
-                        actor=Actor(user=request.user, ip_address=client_ip(request)),
-                        reason=f"Support: {form.cleaned_data['reason']}",
-                        now=timezone.now(),
-                    )
-                except ServiceError as error:
-                    self.message_user(request, error.message, messages.ERROR)
-                    return None
-            self.message_user(
-                request,
-                f"Enforcement switched off for {changed} organisation(s).",
-                messages.SUCCESS,
-            )
-            return None
-        return TemplateResponse(
+        reason, page = reason_asked(
+            self,
             request,
-            "sso/admin_switch_off_enforcement.html",
-            {
-                **self.admin_site.each_context(request),
-                "title": "Switch off SSO enforcement",
-                "form": form,
-                "configurations": queryset.select_related("organisation"),
-                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-                "opts": self.model._meta,
-            },
+            queryset,
+            action="switch_off_enforcement",
+            title="Switch off SSO enforcement",
+            intro="Everyone in these organisations can then sign in with a password again. "
+            "Their IdP settings stay; an Admin can enforce again after a successful test.",
         )
+        if page is not None:
+            return page
+        changed = 0
+        for config in queryset.select_related("organisation"):
+            changed += enforcement_switch_off_by_ops(
+                organisation=config.organisation,
+                actor=Actor(user=request.user, ip_address=client_ip(request)),
+                reason=f"Support: {reason}",
+                now=timezone.now(),
+            )
+        self.message_user(
+            request, f"Enforcement switched off for {changed} organisation(s).", messages.SUCCESS
+        )
+        return None
 
 
 @admin.register(SsoDomain)

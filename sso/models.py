@@ -64,6 +64,11 @@ class SsoConfiguration(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
+    class Meta:
+        permissions = [
+            ("switch_off_enforcement", "Can switch SSO enforcement off (lockout recovery)")
+        ]
+
     def __str__(self):
         return f"SSO of {self.organisation}"
 

@@ -26,7 +26,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from accounts.audit import SYSTEM, Actor, audit_record, changes_between
+from accounts.audit import SYSTEM, Actor, audit_record, changes_between, reason_change
 from accounts.emails import email_send
 from accounts.models import Membership, Organisation, User
 from accounts.services import invitation_accept_by_email, organisation_lock
@@ -417,10 +417,7 @@ def enforcement_switch_off_by_ops(
             action="sso.enforcement_switched_off_by_support",
             target=config,
             target_label="SSO",
-            changes={
-                "enforced": {"old": True, "new": False},
-                "reason": {"old": None, "new": reason},
-            },
+            changes={"enforced": {"old": True, "new": False}, **reason_change(reason)},
             now=now,
         )
     return True

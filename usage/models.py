@@ -129,6 +129,9 @@ class UsageAlert(models.Model):
 
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
     month_start = models.DateTimeField()
+    # The end of that usage month (exclusive): "above 80% now" is month_start <= now < month_end
+    # in one query, whatever each organisation's anniversary and time zone.
+    month_end = models.DateTimeField()
     threshold = models.PositiveSmallIntegerField()
     sent_at = models.DateTimeField(default=timezone.now)
     transactions = models.BigIntegerField()

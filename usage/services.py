@@ -394,7 +394,14 @@ def _count(
     current_start, current_end = usage_month_of(subscription, now)
     used = month_usage(organisation=organisation, month_start=current_start)
     limit = subscription.plan.monthly_transactions
-    _alerts(subscription=subscription, month_start=current_start, used=used, limit=limit, now=now)
+    _alerts(
+        subscription=subscription,
+        month_start=current_start,
+        month_end=current_end,
+        used=used,
+        limit=limit,
+        now=now,
+    )
     return {
         "month_start": current_start.isoformat(),
         "month_end": current_end.isoformat(),
@@ -412,15 +419,15 @@ def month_usage(*, organisation: Organisation, month_start: datetime) -> int:
     )
 
 
-def _alerts(*, subscription, month_start, used: int, limit: int, now: datetime) -> None:
+def _alerts(*, subscription, month_start, month_end, used: int, limit: int, now: datetime) -> None:
     for threshold in THRESHOLDS:
         if limit and used * 100 >= limit * threshold:
             with connection.cursor() as cursor:
                 cursor.execute(
-                    "INSERT INTO usage_usagealert (organisation_id, month_start, threshold, "
-                    "sent_at, transactions) VALUES (%s, %s, %s, %s, %s) "
+                    "INSERT INTO usage_usagealert (organisation_id, month_start, month_end, "
+                    "threshold, sent_at, transactions) VALUES (%s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (organisation_id, month_start, threshold) DO NOTHING RETURNING id",
-                    [subscription.organisation_id, month_start, threshold, now, used],
+                    [subscription.organisation_id, month_start, month_end, threshold, now, used],
                 )
                 claimed = cursor.fetchone() is not None
             if claimed:

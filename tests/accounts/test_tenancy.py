@@ -13,8 +13,10 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from accounts.models import AuditEvent, Invitation, Membership, Organisation
+from billing.models import InvoiceDocument
 from sso.models import SsoDomain
 from subscriptions.models import Connection, Environment, ProcessFlow
+from support.models import SupportTicket, TicketAttachment, TicketMessage
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import InvitationFactory, MembershipFactory
 from tests.subscriptions.factories import ProcessFlowFactory, SubscriptionFactory
@@ -32,6 +34,9 @@ KNOWN_PARAMS = {
     "plan_code",
     "key_id",
     "domain_id",
+    "document_id",
+    "ticket_id",
+    "attachment_id",
 }
 
 
@@ -67,10 +72,40 @@ def victim(org, admin, member):
         "member_id": Membership.objects.get(user=member).public_id,
         "invitation_id": invitation.public_id,
         "flow_id": flow.public_id,
-        "invoice_number": issued_invoice(organisation=org, number="INV-2026-000101").number,
         "plan_code": "standard",
         "key_id": api_key_of(org).pk,
         "domain_id": SsoDomain.objects.create(organisation=org, domain="acme.test").public_id,
+        **billing_and_support_objects(org, "INV-2026-000101"),
+    }
+
+
+def billing_and_support_objects(organisation, number):
+    """An invoice with a revised copy, and a support ticket with an attached file."""
+    invoice = issued_invoice(organisation=organisation, number=number)
+    document = InvoiceDocument.objects.create(invoice=invoice, kind="revised", pdf=b"%PDF-1.7")
+    ticket = SupportTicket.objects.create(
+        organisation=organisation,
+        category="billing",
+        subject="Help",
+        contact_email="someone@company.test",
+        organisation_name=organisation.name,
+    )
+    message = TicketMessage.objects.create(
+        ticket=ticket, organisation=organisation, author_kind="customer", body="Hello"
+    )
+    attachment = TicketAttachment.objects.create(
+        message=message,
+        organisation=organisation,
+        filename="a.txt",
+        content_type="text/plain",
+        size=2,
+        data=b"hi",
+    )
+    return {
+        "invoice_number": invoice.number,
+        "document_id": document.pk,
+        "ticket_id": ticket.public_id,
+        "attachment_id": attachment.public_id,
     }
 
 
@@ -103,6 +138,8 @@ def snapshot(org):
         sorted(ProcessFlow.objects.filter(organisation=org).values_list("public_id", "status")),
         sorted(ApiKey.objects.filter(organisation=org).values_list("pk", "name", "revoked_at")),
         sorted(SsoDomain.objects.filter(organisation=org).values_list("domain", flat=True)),
+        sorted(SupportTicket.objects.filter(organisation=org).values_list("subject", "status")),
+        TicketMessage.objects.filter(organisation=org).count(),
     )
 
 
@@ -142,12 +179,12 @@ def test_own_organisation_url_with_another_organisations_object_ids_is_404(
         "member_id": Membership.objects.get(user=outsider).public_id,  # ... B's objects
         "invitation_id": InvitationFactory(organisation=other_org).public_id,
         "flow_id": ProcessFlowFactory(environment__organisation=other_org).public_id,
-        "invoice_number": issued_invoice(organisation=other_org, number="INV-2026-000202").number,
         "plan_code": "standard",
         "key_id": api_key_of(other_org).pk,
         "domain_id": SsoDomain.objects.create(
             organisation=other_org, domain="globex.test"
         ).public_id,
+        **billing_and_support_objects(other_org, "INV-2026-000202"),
     }
     MembershipFactory(organisation=other_org, role="member")
     before = snapshot(other_org)
@@ -162,6 +199,9 @@ def test_own_organisation_url_with_another_organisations_object_ids_is_404(
         "invoice_number": "INV-2026-999999",
         "key_id": 2_000_000_000,
         "domain_id": uuid.uuid4(),
+        "document_id": 2_000_000_000,
+        "ticket_id": uuid.uuid4(),
+        "attachment_id": uuid.uuid4(),
     }
     for route in object_routes:
         url = fill(route, theirs)

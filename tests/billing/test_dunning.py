@@ -10,6 +10,7 @@ from django.core.management import call_command
 from django.db import connection
 
 from accounts.audit import Actor
+from accounts.models import AuditEvent
 from billing.dunning import dunning_advance, retry_after_card_update, retry_payment
 from billing.models import DunningCase, DunningStep, Invoice, Payment
 from billing_portal.errors import ServiceError
@@ -224,10 +225,18 @@ def test_ops_extend_the_grace_period_and_write_off(failing, org, client):
     tick(RENEWAL + timedelta(days=7))
     case = DunningCase.objects.get()
     client.post(
-        "/admin/billing/dunningcase/", {"action": "extend_grace", "_selected_action": [case.pk]}
+        "/admin/billing/dunningcase/",
+        {
+            "action": "extend_grace",
+            "_selected_action": [case.pk],
+            "apply": "1",
+            "reason": "Customer's bank delay",
+        },
     )
     case.refresh_from_db()
     assert case.grace_extension_days == 7
+    event = AuditEvent.objects.get(action="billing.grace_extended")
+    assert event.changes["reason"]["new"] == "Customer's bank delay"
     tick(RENEWAL + timedelta(days=14))
     assert status(org) == "grace"  # suspension moved to day 21
     assert client.get(f"/admin/billing/dunningcase/{case.pk}/change/").status_code == 200
@@ -238,7 +247,12 @@ def test_ops_extend_the_grace_period_and_write_off(failing, org, client):
     invoice = Invoice.objects.get(status="open")
     client.post(
         "/admin/billing/invoice/",
-        {"action": "mark_uncollectible", "_selected_action": [invoice.pk]},
+        {
+            "action": "mark_uncollectible",
+            "_selected_action": [invoice.pk],
+            "apply": "1",
+            "reason": "Agreed write-off",
+        },
     )
     invoice.refresh_from_db()
     assert invoice.status == "uncollectible"

@@ -102,7 +102,8 @@ def test_past_due_banner_for_admin_and_member(
 
     page = client_for(admin).get(dashboard(org))
     assert banner(page) == (
-        f"A payment of {DUE} failed. We retry on 3 March 2026. Update card or retry payment"
+        f"A payment of {DUE} failed. We retry on 3 March 2026. Update card or retry payment "
+        "Contact billing support"
     )
     assert 'class="account-banner account-banner--past_due"' in page.content.decode()
     assert f'href="{url("payment_method", org)}">Update card or retry payment</a>' in (
@@ -112,7 +113,8 @@ def test_past_due_banner_for_admin_and_member(
     page = client_for(member).get(dashboard(org))
     assert banner(page) == (
         f"A payment of {DUE} failed. We retry on 3 March 2026. "
-        "Ask an Admin of Acme Trading to update the card or retry the payment."
+        "Ask an Admin of Acme Trading to update the card or retry the payment. "
+        "Contact billing support"
     )
     assert "Update card or retry payment" not in page.content.decode()
 
@@ -135,11 +137,12 @@ def test_grace_banner(failing, org, admin, member, client_for, time_machine):
         "suspended on 14 March 2026 unless it is paid."
     )
     page = client_for(admin).get(url("invoices", org))
-    assert banner(page) == f"{expected} Update card or retry payment"
+    assert banner(page) == f"{expected} Update card or retry payment Contact billing support"
     assert "account-banner--grace" in page.content.decode()
     page = client_for(member).get(dashboard(org))
     assert banner(page) == (
-        f"{expected} Ask an Admin of Acme Trading to update the card or retry the payment."
+        f"{expected} Ask an Admin of Acme Trading to update the card or retry the payment. "
+        "Contact billing support"
     )
 
 
@@ -150,13 +153,16 @@ def test_suspended_banner(failing, org, admin, billing, member, client_for, time
     expected = f"Account suspended: ProcessFlows are paused until {DUE} is paid."
     for user in (admin, billing):
         page = client_for(user).get(dashboard(org))
-        assert banner(page) == f"{expected} Update card or retry payment"
+        assert banner(page) == f"{expected} Update card or retry payment Contact billing support"
         assert 'account-banner--suspended" data-account-banner="suspended" role="alert"' in (
             page.content.decode()
         )
+        # Every dunning banner leads to support, the urgent category chosen.
+        assert f'href="/o/{org.slug}/support/?category=account_suspended"' in page.content.decode()
     page = client_for(member).get(reverse("subscriptions:flows", args=[org.slug]))
     assert banner(page) == (
-        f"{expected} Ask an Admin of Acme Trading to update the card or retry the payment."
+        f"{expected} Ask an Admin of Acme Trading to update the card or retry the payment. "
+        "Contact billing support"
     )
 
 

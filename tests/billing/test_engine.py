@@ -345,10 +345,22 @@ def test_ops_record_a_payment_from_the_invoice_admin(client, subscribed, org, co
     client.force_login(ops)
     assert client.get("/admin/billing/invoice/").status_code == 200
     assert client.get(f"/admin/billing/invoice/{invoice.pk}/change/").status_code == 200
+    # The reason is asked first (money actions, issue 9); without one nothing happens.
+    asked = client.post(
+        "/admin/billing/invoice/", {"action": "record_payment", "_selected_action": [invoice.pk]}
+    )
+    assert "Reason (kept in the organisation&#x27;s audit log)" in asked.content.decode()
+    invoice.refresh_from_db()
+    assert invoice.status == "open"
     with committed():
         response = client.post(
             "/admin/billing/invoice/",
-            {"action": "record_payment", "_selected_action": [invoice.pk]},
+            {
+                "action": "record_payment",
+                "_selected_action": [invoice.pk],
+                "apply": "1",
+                "reason": "Bank transfer ref 4471 received",
+            },
             follow=True,
         )
     assert f"{invoice.number} marked paid." in response.content.decode()

@@ -4,6 +4,7 @@ it, and the notice on sign-in (article section 8; DESIGN.md section 2, Cancellat
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from dateutil.relativedelta import relativedelta
 from django.apps import apps
 from django.db import connection
 from django.urls import reverse
@@ -83,7 +84,11 @@ def _fill(organisation, *, status=Subscription.Status.ENDED, ended_at=ENDED_AT, 
         organisation=organisation, month_start=ENDED_AT, day=ENDED_AT.date(), transactions=3
     )
     UsageAlert.objects.create(
-        organisation=organisation, month_start=ENDED_AT, threshold=80, transactions=3
+        organisation=organisation,
+        month_start=ENDED_AT,
+        month_end=ENDED_AT + relativedelta(months=1),
+        threshold=80,
+        transactions=3,
     )
     InvitationFactory(organisation=organisation)
     PrimaryEmailChange.objects.create(

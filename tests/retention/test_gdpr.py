@@ -371,15 +371,29 @@ def test_ops_approve_and_reject_in_django_admin(
             "action": "reject",
             "_selected_action": [second.pk],
             "apply": "1",
-            "review_note": "Billing contact is needed",
+            "reason": "Billing contact is needed",
         },
     )
     second.refresh_from_db()
     assert (second.status, second.review_note) == ("rejected", "Billing contact is needed")
+    # Approving asks for the reason first; nothing is deleted until it is given.
+    asked = client.post(changelist, {"action": "approve", "_selected_action": [first.pk]})
+    assert "Reason (kept in the audit log" in asked.content.decode()
+    first.refresh_from_db()
+    assert first.status == "pending"
     with committed():
-        client.post(changelist, {"action": "approve", "_selected_action": [first.pk]})
+        client.post(
+            changelist,
+            {
+                "action": "approve",
+                "_selected_action": [first.pk],
+                "apply": "1",
+                "reason": "Identity confirmed by phone",
+            },
+        )
     first.refresh_from_db()
     assert (first.status, first.reviewed_by) == ("done", ops)
+    assert first.review_note == "Identity confirmed by phone"
     assert client.get("/admin/retention/deletionrecord/").status_code == 200
     # The requester sees both outcomes on Settings > Privacy.
     page = client_for(admin).get(privacy_url(org)).content.decode()

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from dateutil.relativedelta import relativedelta
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -263,7 +264,12 @@ def test_selector_series_and_queries(org, now, django_assert_max_num_queries):
         ]
     )
     UsageAlert.objects.create(
-        organisation=org, month_start=start, threshold=80, sent_at=NOW, transactions=40_000
+        organisation=org,
+        month_start=start,
+        month_end=start + relativedelta(months=1),
+        threshold=80,
+        sent_at=NOW,
+        transactions=40_000,
     )
     subscription = subscription_for(organisation=org)
     subscription.organisation = org
@@ -351,7 +357,12 @@ def test_constant_number_of_queries_whatever_the_volume(client_for, org, admin, 
             [org.pk, PERIOD_START, org.pk],
         )
     UsageAlert.objects.create(
-        organisation=org, month_start=PERIOD_START, threshold=80, sent_at=NOW, transactions=1
+        organisation=org,
+        month_start=PERIOD_START,
+        month_end=PERIOD_START + relativedelta(months=1),
+        threshold=80,
+        sent_at=NOW,
+        transactions=1,
     )
     with CaptureQueriesContext(connection) as many:
         body = page(client, org)

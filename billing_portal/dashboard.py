@@ -1,0 +1,163 @@
+"""The ops dashboard on the Django admin index (issue 9 point 4).
+
+Every figure is one aggregate query (GROUP BY), never a loop over organisations, so the page
+costs the same with 10 or 10,000 of them; each links to the admin list it counts.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlencode
+
+from django.db.models import Count, Q, Sum
+from django.urls import reverse
+
+from accounts.models import Organisation
+from billing.models import Invoice, Payment
+from billing_portal.money import format_money
+from subscriptions.models import Subscription
+from support.models import SupportTicket
+from usage.models import UsageAlert
+
+FAILING = (
+    Subscription.Status.PAST_DUE,
+    Subscription.Status.GRACE,
+    Subscription.Status.SUSPENDED,
+)
+
+
+@dataclass(frozen=True)
+class Figure:
+    label: str
+    value: str
+    url: str
+    detail: str = ""
+
+
+def _url(name: str, **query) -> str:
+    base = reverse(f"admin:{name}_changelist")
+    return f"{base}?{urlencode(query)}" if query else base
+
+
+def _amounts(rows) -> str:
+    """ "€1,200.00, $3,400.00": the rows' amounts added up per currency."""
+    totals: dict[str, int] = {}
+    for row in rows:
+        totals[row["currency"]] = totals.get(row["currency"], 0) + (row["amount"] or 0)
+    return ", ".join(format_money(amount, currency) for currency, amount in sorted(totals.items()))
+
+
+def ops_dashboard(*, now: datetime) -> dict:
+    month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    month_query = {"__gte": month_start.isoformat()}
+
+    # 1. Organisations by subscription status (and those that never subscribed).
+    by_status = dict(
+        Subscription.objects.filter(organisation__status=Organisation.Status.ACTIVE)
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
+    )
+    organisations = Organisation.objects.filter(status=Organisation.Status.ACTIVE).aggregate(
+        total=Count("id"), without=Count("id", filter=Q(subscription__isnull=True))
+    )
+    statuses = [
+        Figure(
+            label=label,
+            value=f"{by_status.get(value, 0):,}",
+            url=_url("subscriptions_subscription", status__exact=value),
+        )
+        for value, label in Subscription.Status.choices
+    ]
+
+    # 2. Past due (past due and grace) and suspended: organisations and the money open.
+    failing = (
+        Invoice.objects.filter(
+            status=Invoice.Status.OPEN, organisation__subscription__status__in=FAILING
+        )
+        .values("organisation__subscription__status", "currency")
+        .annotate(
+            organisations=Count("organisation", distinct=True),
+            amount=Sum("total") - Sum("amount_paid"),
+        )
+        .order_by("currency")
+    )
+    past_due_rows = [r for r in failing if r["organisation__subscription__status"] != "suspended"]
+    suspended_rows = [r for r in failing if r["organisation__subscription__status"] == "suspended"]
+    at_risk = [
+        Figure(
+            label="Past due (incl. grace period)",
+            value=f"{by_status.get('past_due', 0) + by_status.get('grace', 0):,}",
+            detail=(_amounts(past_due_rows) or "nothing") + " open",
+            url=_url("billing_dunningcase", status__exact="open"),
+        ),
+        Figure(
+            label="Suspended",
+            value=f"{by_status.get('suspended', 0):,}",
+            detail=(_amounts(suspended_rows) or "nothing") + " open",
+            url=_url("subscriptions_subscription", status__exact="suspended"),
+        ),
+    ]
+
+    # 3. Invoices issued and money collected this calendar month (UTC), per currency.
+    issued = list(
+        Invoice.objects.filter(issued_at__gte=month_start)
+        .values("currency")
+        .annotate(n=Count("id"), amount=Sum("total"))
+        .order_by("currency")
+    )
+    collected = list(
+        Payment.objects.filter(status=Payment.Status.SUCCEEDED, created_at__gte=month_start)
+        .values("currency")
+        .annotate(n=Count("id"), amount=Sum("amount"))
+        .order_by("currency")
+    )
+    month = [
+        Figure(
+            label=f"Invoices issued in {month_start:%B %Y}",
+            value=f"{sum(r['n'] for r in issued):,}",
+            detail=_amounts(issued) or "—",
+            url=_url("billing_invoice", **{f"issued_at{k}": v for k, v in month_query.items()}),
+        ),
+        Figure(
+            label=f"Collected in {month_start:%B %Y}",
+            value=f"{sum(r['n'] for r in collected):,} payments",
+            detail=_amounts(collected) or "—",
+            url=_url(
+                "billing_payment",
+                status__exact="succeeded",
+                **{f"created_at{k}": v for k, v in month_query.items()},
+            ),
+        ),
+    ]
+
+    # 4. Organisations at or above 80% of their limit in their current usage month.
+    above = UsageAlert.objects.filter(month_start__lte=now, month_end__gt=now).aggregate(
+        n=Count("organisation", distinct=True),
+        over=Count("organisation", distinct=True, filter=Q(threshold=100)),
+    )
+    usage = Figure(
+        label="Above 80% of their transaction limit",
+        value=f"{above['n']:,}",
+        detail=f"{above['over']:,} of them above 100%",
+        url=_url("usage_usagealert", current="1"),
+    )
+
+    # 5. Open urgent tickets.
+    tickets = SupportTicket.objects.exclude(status=SupportTicket.Status.CLOSED).aggregate(
+        open=Count("id"), urgent=Count("id", filter=Q(urgent=True))
+    )
+    support = Figure(
+        label="Open urgent tickets",
+        value=f"{tickets['urgent']:,}",
+        detail=f"{tickets['open']:,} open in all",
+        url=_url("support_supportticket", state="open_urgent"),
+    )
+    return {
+        "organisations": organisations["total"],
+        "without_subscription": organisations["without"],
+        "statuses": statuses,
+        "at_risk": at_risk,
+        "month": month,
+        "usage": usage,
+        "support": support,
+    }

@@ -1,0 +1,173 @@
+"""The ops dashboard on the Django admin index: right figures, links to the filtered lists, and
+a constant number of queries whatever the number of organisations."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from billing.models import Invoice, Payment
+from billing_portal.dashboard import ops_dashboard
+from billing_portal.money import format_money
+from support.models import SupportTicket
+from tests.billing.pdf_factories import issued_invoice
+from tests.factories import OrganisationFactory, UserFactory
+from tests.subscriptions.factories import SubscriptionFactory
+from usage.models import UsageAlert
+
+pytestmark = pytest.mark.django_db
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def ops(db):
+    return UserFactory(email="ops@portal.test", is_staff=True, is_superuser=True)
+
+
+def populate(n: int, offset: int = 0):
+    """n organisations with a spread of states, each with an invoice, a payment, an alert and a
+    ticket, created in bulk-ish."""
+    statuses = ["active", "past_due", "grace", "suspended", "ended"]
+    for i in range(offset, offset + n):
+        org = OrganisationFactory(slug=f"org-{i}")
+        status = statuses[i % len(statuses)]
+        SubscriptionFactory(organisation=org, status=status)
+        invoice = issued_invoice(
+            organisation=org, number=f"INV-2026-{i + 1:06d}", issued_at=NOW - timedelta(days=1)
+        )
+        if status == "active":
+            Payment.objects.create(
+                organisation=org,
+                invoice=invoice,
+                method_kind="card",
+                attempt=1,
+                amount=invoice.total,
+                currency=invoice.currency,
+                status="succeeded",
+                idempotency_key=f"pay-{i}",
+                created_at=NOW - timedelta(hours=1),
+            )
+        if i % 3 == 0:
+            UsageAlert.objects.create(
+                organisation=org,
+                month_start=NOW - timedelta(days=5),
+                month_end=NOW + timedelta(days=25),
+                threshold=80,
+                transactions=8000,
+            )
+        SupportTicket.objects.create(
+            organisation=org,
+            category="account_suspended" if i % 2 else "billing",
+            urgent=bool(i % 2),
+            subject="Help",
+            contact_email="a@b.test",
+            organisation_name=org.name,
+        )
+
+
+def populate_bulk(n: int, offset: int):
+    """Many more organisations, cheaply (bulk inserts), in every state."""
+    from accounts.models import Organisation
+    from subscriptions.models import Subscription
+
+    statuses = ["active", "past_due", "grace", "suspended", "ended"]
+    orgs = Organisation.objects.bulk_create(
+        [OrganisationFactory.build(slug=f"bulk-{i}") for i in range(offset, offset + n)]
+    )
+    Subscription.objects.bulk_create(
+        [
+            SubscriptionFactory.build(organisation=org, status=statuses[i % 5])
+            for i, org in enumerate(orgs)
+        ]
+    )
+    UsageAlert.objects.bulk_create(
+        [
+            UsageAlert(
+                organisation=org,
+                month_start=NOW - timedelta(days=5),
+                month_end=NOW + timedelta(days=25),
+                threshold=80,
+                transactions=1,
+            )
+            for org in orgs[::3]
+        ]
+    )
+    SupportTicket.objects.bulk_create(
+        [
+            SupportTicket(
+                organisation=org,
+                category="billing",
+                urgent=True,
+                subject="x",
+                contact_email="a@b.test",
+                organisation_name=org.name,
+            )
+            for org in orgs[::2]
+        ]
+    )
+
+
+def test_figures(db):
+    populate(10)
+    # Last month's alert does not count.
+    old = OrganisationFactory(slug="old")
+    UsageAlert.objects.create(
+        organisation=old,
+        month_start=NOW - timedelta(days=40),
+        month_end=NOW - timedelta(days=10),
+        threshold=100,
+        transactions=1,
+    )
+    dashboard = ops_dashboard(now=NOW)
+    statuses = {figure.label: figure.value for figure in dashboard["statuses"]}
+    assert statuses["Active"] == "2"
+    assert statuses["Suspended"] == "2"
+    past_due, suspended = dashboard["at_risk"]
+    assert past_due.value == "4"  # past due and grace
+    assert suspended.value == "2"
+    # Four open invoices (past due and grace), added up in their currency.
+    per_invoice = Invoice.objects.filter(organisation__slug="org-1").get().total
+    assert past_due.detail == f"{format_money(4 * per_invoice, 'EUR')} open"
+    issued, collected = dashboard["month"]
+    assert issued.value == "10"
+    assert collected.value == "2 payments"
+    assert dashboard["usage"].value == "4"  # orgs 0, 3, 6, 9
+    assert dashboard["support"].value == "5"
+    assert dashboard["support"].url.endswith("?state=open_urgent")
+
+
+def test_admin_index_shows_the_dashboard_with_working_links(client_for, ops):
+    populate(5)
+    client = client_for(ops)
+    page = client.get("/admin/")
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert "Ops dashboard" in body
+    assert "Open urgent tickets" in body
+    dashboard = page.context["dashboard"]
+    figures = [
+        *dashboard["statuses"],
+        *dashboard["at_risk"],
+        *dashboard["month"],
+        dashboard["usage"],
+        dashboard["support"],
+    ]
+    for figure in figures:
+        assert f'href="{figure.url.replace("&", "&amp;")}"' in body
+        response = client.get(figure.url)
+        assert response.status_code == 200, figure.url
+        assert "?e=1" not in response.get("Location", ""), figure.url  # not an invalid lookup
+
+
+def test_query_count_is_constant_with_10_and_1000_organisations(client_for, ops):
+    client = client_for(ops)
+    populate(10)
+    client.get("/admin/")
+    with CaptureQueriesContext(connection) as few:
+        client.get("/admin/")
+    populate_bulk(990, offset=10)
+    with CaptureQueriesContext(connection) as many:
+        client.get("/admin/")
+    assert len(many) == len(few)

@@ -51,6 +51,7 @@ from retention.models import DeletionRecord
 from sso.models import SsoAttempt, SsoConfiguration, SsoDomain, SsoRequest
 from subscriptions.cancellation import DATA_KEPT_AFTER_END, data_deletion_at
 from subscriptions.models import Connection, Environment, ProcessFlow, Subscription
+from support.models import SupportTicket, TicketAttachment, TicketMessage
 from usage.models import ApiKey, IngestBatch, UsageAlert, UsageCounter
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ MODEL_STEPS: tuple[tuple[str, type[models.Model]], ...] = (
     ("sso_requests", SsoRequest),
     ("sso_domains", SsoDomain),
     ("sso_configurations", SsoConfiguration),
+    ("support_attachments", TicketAttachment),
+    ("support_messages", TicketMessage),
+    ("support_tickets", SupportTicket),
     ("memberships", Membership),
 )
 COUNT_KEYS = tuple(key for key, _, _ in PARTITIONED_TABLES) + tuple(key for key, _ in MODEL_STEPS)

@@ -31,6 +31,7 @@ from billing_portal.errors import ServiceError
 from billing_portal.links import absolute_url
 from retention.models import DataDeletionRequest, DeletionRecord
 from sso.models import SsoAttempt
+from support.models import SupportTicket, TicketMessage
 
 Status = DataDeletionRequest.Status
 Scope = DataDeletionRequest.Scope
@@ -412,6 +413,13 @@ def person_data_delete(
         counts["sso_attempts"], _ = SsoAttempt.objects.filter(
             Q(user=user) | Q(email__iexact=email), organisation=organisation
         ).delete()
+        # Support tickets stay (the organisation's records) but no longer name the person.
+        counts["support_tickets_pseudonymised"] = SupportTicket.objects.filter(
+            Q(created_by=user) | Q(contact_email__iexact=email), organisation=organisation
+        ).update(contact_email=f"{pseudonym}@deleted.invalid")
+        TicketMessage.objects.filter(organisation=organisation, author=user).update(
+            author_name=pseudonym
+        )
         counts["accounts_anonymised"] = 0
         if not Membership.objects.filter(user=user).exists():
             from allauth.account.models import EmailAddress

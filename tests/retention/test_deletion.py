@@ -32,6 +32,7 @@ from retention.deletion import organisation_data_delete
 from retention.models import DeletionRecord
 from sso.models import SsoAttempt, SsoConfiguration, SsoDomain, SsoRequest
 from subscriptions.models import PlanChange, ProcessFlow, Subscription
+from support.models import SupportTicket, TicketAttachment, TicketMessage
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import InvitationFactory, MembershipFactory, UserFactory
 from tests.subscriptions.factories import (
@@ -108,6 +109,24 @@ def _fill(organisation, *, status=Subscription.Status.ENDED, ended_at=ENDED_AT, 
     SsoAttempt.objects.create(organisation=organisation, mode="sign_in", outcome="failure")
     SsoRequest.objects.create(
         organisation=organisation, request_id=f"_req-{tag}", mode="test", browser_hash="0" * 64
+    )
+    ticket = SupportTicket.objects.create(
+        organisation=organisation,
+        category="billing",
+        subject="Help",
+        contact_email="x@company.test",
+        organisation_name=organisation.name,
+    )
+    message = TicketMessage.objects.create(
+        ticket=ticket, organisation=organisation, author_kind="customer", body="Hello"
+    )
+    TicketAttachment.objects.create(
+        message=message,
+        organisation=organisation,
+        filename="a.txt",
+        content_type="text/plain",
+        size=2,
+        data=b"hi",
     )
     card = PaymentMethod.objects.create(
         organisation=organisation,
@@ -215,8 +234,11 @@ ORGANISATION_PATHS = {
     "sso.SsoDomain": "organisation",
     "sso.SsoAttempt": "organisation",
     "sso.SsoRequest": "organisation",
+    "support.SupportTicket": "organisation",
+    "support.TicketMessage": "organisation",
+    "support.TicketAttachment": "organisation",
 }
-PROJECT_APPS = {"accounts", "subscriptions", "billing", "usage", "retention", "sso"}
+PROJECT_APPS = {"accounts", "subscriptions", "billing", "usage", "retention", "sso", "support"}
 
 
 def table_counts(organisation) -> dict[str, int]:
@@ -361,6 +383,9 @@ def test_day_30_deletes_everything_but_billing_records(
         "sso_requests": 1,
         "sso_domains": 1,
         "sso_configurations": 1,
+        "support_attachments": 1,
+        "support_messages": 1,
+        "support_tickets": 1,
         "memberships": 3,
     }
     # Told by email, not tied to the deleted organisation.

@@ -19,6 +19,7 @@ from retention.gdpr import (
 )
 from retention.models import DataDeletionRequest, DeletionRecord
 from sso.models import SsoAttempt
+from support.models import SupportTicket
 from tests.factories import InvitationFactory, MembershipFactory, UserFactory
 from tests.subscriptions.factories import SubscriptionFactory
 
@@ -213,12 +214,22 @@ def test_approval_deletes_the_persons_data_and_anonymises_the_account(
         outcome="success",
         email="member@acme.test",
     )
+    ticket = SupportTicket.objects.create(
+        organisation=org,
+        category="billing",
+        subject="Refund",
+        contact_email="member@acme.test",
+        organisation_name=org.name,
+        created_by=member,
+    )
     deletion_request = request_for(org, admin, member)
     mail.outbox.clear()
     with committed():
         deletion_request_approve(
             request=deletion_request, reviewer=Actor(user=ops), note="", now=NOW
         )
+    ticket.refresh_from_db()
+    assert ticket.contact_email == f"{_pseudonym_for(member)}@deleted.invalid"
     assert not SsoAttempt.objects.filter(organisation=org).exists()
     assert SsoAttempt.objects.count() == 1  # another organisation's log is not this request's
     pseudonym = _pseudonym_for(member)
@@ -233,6 +244,7 @@ def test_approval_deletes_the_persons_data_and_anonymises_the_account(
         "audit_events_pseudonymised": 4,  # two above, the request created and approved
         "invitations": 1,
         "sso_attempts": 1,
+        "support_tickets_pseudonymised": 1,
         "outgoing_emails": 1,
         "accounts_anonymised": 1,
         "email_addresses": 1,

@@ -334,4 +334,5 @@ class OverageChargeAdmin(ReadOnlyModelAdmin):
     date_hierarchy = "month_start"
 
 
-from billing import admin_events  # noqa: E402,F401  (Stripe webhook events)
+# Stripe webhook events and the ledger's violations (issue 10) have their own modules.
+from billing import admin_events, admin_ledger  # noqa: E402, F401

@@ -50,3 +50,16 @@ def open_overdue(*, now):
 @scheduled_job(name="dunning_steps", schedule=crontab(minute="*/15"), order=40)
 def dunning_steps(*, now):
     return f"{dunning_advance(now=now)} dunning step(s) run"
+
+
+# Money invariants (issue 10): after the night's billing and usage work; findings go to
+# Django admin (Ledger violations) and the ops dashboard.
+@scheduled_job(name="ledger_check", schedule=crontab(hour="5", minute="15"), order=95)
+def ledger_check_job(*, now):
+    from billing.ledger import ledger_record
+
+    result = ledger_record(now=now)
+    return (
+        f"{result['found']} ledger violation(s) open, {result['new']} new, "
+        f"{result['closed']} closed"
+    )

@@ -416,3 +416,92 @@ class StripeEvent(models.Model):
 
     def __str__(self):
         return f"{self.type} {self.event_id}"
+
+
+class LedgerViolation(models.Model):
+    """A money invariant that does not hold (issue 10), as the nightly check found it.
+
+    One open row per (rule, subject): a rerun that finds it again only moves last_seen_at; once
+    the check no longer reports it, it is closed (resolved_at) and a later recurrence opens a
+    new row.
+    """
+
+    rule = models.CharField(max_length=64)
+    organisation = models.ForeignKey(
+        Organisation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # What the violation is about, stable across runs: "invoice:INV-2026-000101", ...
+    subject = models.CharField(max_length=200)
+    message = models.TextField()
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["rule", "subject"],
+                condition=Q(resolved_at__isnull=True),
+                name="ledger_violation_one_open",
+            )
+        ]
+        indexes = [models.Index(fields=["organisation", "resolved_at"])]
+
+    def __str__(self):
+        return f"{self.rule}: {self.subject}"
+
+
+class ReconciliationDifference(models.Model):
+    """A payment on which we and the processor (Stripe) disagree (issue 10 point 2)."""
+
+    class Kind(models.TextChoices):
+        # Stripe has a succeeded charge we have not recorded as paid (e.g. after a timeout).
+        MISSING_HERE = "missing_here", "Charged at Stripe, not recorded here"
+        # We recorded a card payment as succeeded; Stripe has no succeeded charge for it.
+        MISSING_AT_PROCESSOR = "missing_at_processor", "Recorded here, not charged at Stripe"
+        # Both have it, with different amounts or currencies.
+        AMOUNT_MISMATCH = "amount_mismatch", "Amounts differ"
+
+    class Resolution(models.TextChoices):
+        PAYMENT_RECORDED = "payment_recorded", "Payment recorded here"
+        MARKED_FAILED = "marked_failed", "Our payment marked failed"
+        NO_ACTION = "no_action", "Checked, no change needed"
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    organisation = models.ForeignKey(
+        Organisation, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    payment = models.ForeignKey(
+        Payment, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    invoice = models.ForeignKey(
+        Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    processor_id = models.CharField(max_length=255, blank=True)
+    # The two sides, side by side in admin: amount, currency, status, ids, dates.
+    ours = models.JSONField(default=dict, blank=True)
+    theirs = models.JSONField(default=dict, blank=True)
+    found_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.CharField(max_length=32, choices=Resolution.choices, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-found_at", "-id"]
+        permissions = [("resolve_difference", "Can resolve a reconciliation difference")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "processor_id", "payment"],
+                condition=Q(resolved_at__isnull=True),
+                name="reconciliation_one_open_difference",
+                nulls_distinct=False,
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.get_kind_display()}: {self.processor_id or self.payment_id}"

@@ -117,58 +117,68 @@ def settings(request):
     return _page(request)
 
 
-def _require_available(request):
+def _save(request, form, *, key, action, success):
+    """The POST of one form on the SSO page: `action(cleaned_data)` calls the service; its
+    refusal shows on the form, success redirects back to the page with `success(result)`."""
     if not services.sso_available(request.organisation):
         raise PermissionDenied("Single sign-on is part of the Enterprise plan.")
+    if form.is_valid():
+        try:
+            result = action(form.cleaned_data)
+        except ServiceError as error:
+            form_error(form, error)
+        else:
+            for message in success(result):
+                messages.add_message(request, *message)
+            return redirect("sso:settings", org_slug=request.organisation.slug)
+    return _page(request, status=400, forms={key: form})
+
+
+def _changed_by(request) -> dict:
+    return {
+        "organisation": request.organisation,
+        "actor": Actor.from_request(request),
+        "now": timezone.now(),
+    }
 
 
 @tenant_view(roles=ADMIN_ONLY, section="sso")
 @require_POST
 def idp_save(request):
-    _require_available(request)
-    form = IdentityProviderForm(request.POST)
-    if form.is_valid():
-        try:
-            config, warnings = services.idp_configure(
-                organisation=request.organisation,
-                actor=Actor.from_request(request),
-                idp_type=form.cleaned_data["idp_type"],
-                metadata_url=form.cleaned_data["metadata_url"],
-                metadata_xml=form.cleaned_data["metadata_xml"],
-                now=timezone.now(),
-            )
-        except ServiceError as error:
-            form_error(form, error)
-        else:
-            for warning in warnings:
-                messages.warning(request, warning)
-            messages.success(
-                request,
-                f"Saved. Your IdP {config.idp_entity_id} is set up; run Test SSO next.",
-            )
-            return redirect("sso:settings", org_slug=request.organisation.slug)
-    return _page(request, status=400, forms={"idp": form})
+    def saved(result):
+        config, warnings = result
+        yield from ((messages.WARNING, warning) for warning in warnings)
+        yield (
+            messages.SUCCESS,
+            f"Saved. Your IdP {config.idp_entity_id} is set up; run Test SSO next.",
+        )
+
+    return _save(
+        request,
+        IdentityProviderForm(request.POST),
+        key="idp",
+        action=lambda data: services.idp_configure(
+            idp_type=data["idp_type"],
+            metadata_url=data["metadata_url"],
+            metadata_xml=data["metadata_xml"],
+            **_changed_by(request),
+        ),
+        success=saved,
+    )
 
 
 @tenant_view(roles=ADMIN_ONLY, section="sso")
 @require_POST
 def domain_add(request):
-    _require_available(request)
-    form = DomainForm(request.POST)
-    if form.is_valid():
-        try:
-            claim = services.domain_add(
-                organisation=request.organisation,
-                actor=Actor.from_request(request),
-                domain=form.cleaned_data["domain"],
-                now=timezone.now(),
-            )
-        except ServiceError as error:
-            form_error(form, error)
-        else:
-            messages.success(request, f"{claim.domain} now signs in through your IdP.")
-            return redirect("sso:settings", org_slug=request.organisation.slug)
-    return _page(request, status=400, forms={"domain": form})
+    return _save(
+        request,
+        DomainForm(request.POST),
+        key="domain",
+        action=lambda data: services.domain_add(domain=data["domain"], **_changed_by(request)),
+        success=lambda claim: [
+            (messages.SUCCESS, f"{claim.domain} now signs in through your IdP.")
+        ],
+    )
 
 
 @tenant_view(roles=ADMIN_ONLY, section="sso")
@@ -183,50 +193,36 @@ def domain_remove(request, domain_id):
 @tenant_view(roles=ADMIN_ONLY, section="sso")
 @require_POST
 def provisioning_save(request):
-    _require_available(request)
-    form = ProvisioningForm(request.POST)
-    if form.is_valid():
-        try:
-            services.provisioning_set(
-                organisation=request.organisation,
-                actor=Actor.from_request(request),
-                enabled=form.cleaned_data["provision_users"],
-                role=form.cleaned_data["provision_role"],
-                now=timezone.now(),
-            )
-        except ServiceError as error:
-            form_error(form, error)
-        else:
-            messages.success(request, "New-user settings saved.")
-            return redirect("sso:settings", org_slug=request.organisation.slug)
-    return _page(request, status=400, forms={"provisioning": form})
+    return _save(
+        request,
+        ProvisioningForm(request.POST),
+        key="provisioning",
+        action=lambda data: services.provisioning_set(
+            enabled=data["provision_users"], role=data["provision_role"], **_changed_by(request)
+        ),
+        success=lambda _config: [(messages.SUCCESS, "New-user settings saved.")],
+    )
 
 
 @tenant_view(roles=ADMIN_ONLY, section="sso")
 @require_POST
 def enforcement_save(request):
-    _require_available(request)
-    form = EnforcementForm(request.POST, organisation=request.organisation)
-    if form.is_valid():
-        try:
-            config = services.enforcement_set(
-                organisation=request.organisation,
-                actor=Actor.from_request(request),
-                enforced=form.cleaned_data["enforced"],
-                backup_admin=form.cleaned_data["backup_admin"],
-                now=timezone.now(),
-            )
-        except ServiceError as error:
-            form_error(form, error)
-        else:
-            messages.success(
-                request,
+    return _save(
+        request,
+        EnforcementForm(request.POST, organisation=request.organisation),
+        key="enforcement",
+        action=lambda data: services.enforcement_set(
+            enforced=data["enforced"], backup_admin=data["backup_admin"], **_changed_by(request)
+        ),
+        success=lambda config: [
+            (
+                messages.SUCCESS,
                 "SSO is now enforced for all users except the backup admin."
                 if config.enforced
                 else "SSO is not enforced: everyone can also sign in with a password.",
             )
-            return redirect("sso:settings", org_slug=request.organisation.slug)
-    return _page(request, status=400, forms={"enforcement": form})
+        ],
+    )
 
 
 # Public SAML endpoints --------------------------------------------------------------------

@@ -70,8 +70,9 @@ def check_periods(*, now: datetime, organisation_ids) -> Iterator[Violation]:
     """Every subscription period from its first invoice until now is invoiced exactly once.
 
     The subscription's period invoices (kind "subscription", not void), by period start, tile
-    time without a gap or an overlap: each starts where the one before ended, and the last is
-    the subscription's current period. This holds across upgrades (their prorated invoices are
+    time without a gap or an overlap: each starts where the one before ended (or, after an
+    ended subscription, later, with the first invoice of the new term), and the last is the
+    subscription's current period. This holds across upgrades (their prorated invoices are
     of kind "upgrade" and do not move the period), downgrades and cycle switches (which take
     effect at a renewal: the new period starts where the old one ended), suspension (no renewal
     while suspended; the billing run catches up afterwards, one invoice per missed period) and
@@ -100,10 +101,10 @@ def check_periods(*, now: datetime, organisation_ids) -> Iterator[Violation]:
         )
         .exclude(status=Invoice.Status.VOID)
         .order_by("subscription_id", "period_start", "id")
-        .values_list("subscription_id", "number", "period_start", "period_end")
+        .values_list("subscription_id", "number", "period_start", "period_end", "starts_term")
     )
-    for subscription_id, number, start, end in rows:
-        periods[subscription_id].append((number, start, end))
+    for subscription_id, number, start, end, starts_term in rows:
+        periods[subscription_id].append((number, start, end, starts_term))
     for subscription_id, subscription in subscriptions.items():
         subject = f"subscription:{subscription_id}"
         invoiced = periods.get(subscription_id, [])
@@ -115,7 +116,7 @@ def check_periods(*, now: datetime, organisation_ids) -> Iterator[Violation]:
             if subscription.status != Subscription.Status.INCOMPLETE:
                 yield found("The subscription has no period invoice at all.")
             continue
-        for (number_a, _, end_a), (number_b, start_b, _) in zip(
+        for (number_a, _, end_a, _), (number_b, start_b, _, starts_term_b) in zip(
             invoiced, invoiced[1:], strict=False
         ):
             if start_b < end_a:
@@ -123,12 +124,12 @@ def check_periods(*, now: datetime, organisation_ids) -> Iterator[Violation]:
                     f"{number_a} and {number_b} overlap: {number_b} starts "
                     f"{start_b:%Y-%m-%d %H:%M}, before {number_a} ends."
                 )
-            elif start_b > end_a:
+            elif start_b > end_a and not starts_term_b:
                 yield found(
                     f"Gap between {number_a} (ends {end_a:%Y-%m-%d %H:%M}) and {number_b} "
                     f"(starts {start_b:%Y-%m-%d %H:%M})."
                 )
-        number, start, end = invoiced[-1]
+        number, start, end, _ = invoiced[-1]
         if (start, end) != (subscription.current_period_start, subscription.current_period_end):
             yield found(
                 f"The current period {subscription.current_period_start:%Y-%m-%d} – "

@@ -161,6 +161,8 @@ class Invoice(models.Model):
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
     billing_details = models.JSONField()
+    # The first period invoice of a subscription term (choosing a plan, or again after it ended).
+    starts_term = models.BooleanField(default=False)
     payment_method_kind = models.CharField(max_length=16, choices=PaymentMethodKind.choices)
     issued_at = models.DateTimeField()
     due_at = models.DateTimeField()

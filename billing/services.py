@@ -590,6 +590,9 @@ def subscription_start(
         draft = _draft_period_invoice(
             subscription=subscription, period=period, profile=profile, rates=_tax_rates(), now=now
         )
+        # The first period of a term: after an ended subscription, time without service is
+        # not a gap in the periods (billing/ledger.py).
+        draft.invoice.starts_term = True
         [invoice] = _save_drafts([draft], now=now)
         audit_record(
             organisation=organisation,
@@ -1156,6 +1159,14 @@ def upgrade_quote(*, subscription: Subscription, plan: Plan, now: datetime) -> U
     from billing.proration import prorate
 
     _check_upgrade(subscription, plan)
+    # Between the end of a period and the billing run that renews it, the period left is
+    # nothing: the upgrade would be free. It waits for the renewal (minutes at most).
+    if subscription.current_period_end <= now:
+        raise ServiceError(
+            "Your renewal is being processed right now. Upgrade in a few minutes, once the new "
+            "period has started.",
+            code="renewal_pending",
+        )
     new_price = plan.price_for(subscription.currency).amount_for(subscription.billing_cycle)
     subtotal = prorate(
         old_price=subscription.current_price,
@@ -1164,6 +1175,13 @@ def upgrade_quote(*, subscription: Subscription, plan: Plan, now: datetime) -> U
         period_end=subscription.current_period_end,
         at=now,
     )
+    if subtotal <= 0:
+        # Seconds before the renewal the prorated difference rounds to nothing.
+        raise ServiceError(
+            f"Your period ends on {subscription.current_period_end:%d %b %Y, %H:%M} UTC; "
+            "upgrade after the renewal.",
+            code="renewal_pending",
+        )
     profile = BillingProfile.objects.filter(organisation_id=subscription.organisation_id).first()
     details = billing_details_snapshot(organisation=subscription.organisation, profile=profile)
     decision = tax_for(details=details)

@@ -1,10 +1,14 @@
 """Ops views of billing. Issued invoices are read-only; payments are recorded by an action
 that calls the same service the app uses."""
 
+from datetime import datetime
+
 from django.contrib import admin, messages
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from accounts.audit import Actor, client_ip
+from billing.admin_ledger import OpenOrResolved
 from billing.dunning import dunning_extend_grace, invoice_mark_uncollectible, step_due_at
 from billing.models import (
     BillingProfile,
@@ -16,7 +20,13 @@ from billing.models import (
     OverageCharge,
     Payment,
     PaymentMethod,
+    ReconciliationDifference,
     TaxRate,
+)
+from billing.reconciliation import (
+    difference_dismiss,
+    difference_resolve_mark_failed,
+    difference_resolve_record_payment,
 )
 from billing.services import invoice_revised_copy_issue, payment_record_manual
 from billing_portal.admin import ReadOnlyModelAdmin, permission_check, reason_asked
@@ -332,6 +342,181 @@ class OverageChargeAdmin(ReadOnlyModelAdmin):
     list_select_related = ("subscription__organisation", "invoice")
     search_fields = ("subscription__organisation__name", "invoice__number")
     date_hierarchy = "month_start"
+
+
+# Reconciliation with Stripe (issue 10 points 2 and 3) ------------------------------------------
+
+
+def _money(side: dict, key: str) -> str:
+    amount = side.get(key)
+    return format_money(amount, side.get("currency", "")) if isinstance(amount, int) else ""
+
+
+def _moment(value: str) -> str:
+    return f"{datetime.fromisoformat(value):%Y-%m-%d %H:%M:%S %Z}" if value else ""
+
+
+def _invoice(side: dict) -> str:
+    if not side.get("invoice"):
+        return ""
+    if "invoice_status" not in side:
+        return side["invoice"]
+    return (
+        f"{side['invoice']} ({side['invoice_status']}, {_money(side, 'amount_due')} due "
+        f"of {_money(side, 'invoice_total')})"
+    )
+
+
+def difference_sides(ours: dict, theirs: dict) -> list[tuple[str, str, str]]:
+    """The two sides of a difference as (what, ours, Stripe's) rows, readable."""
+    payment = f"#{ours['payment']}, attempt {ours['attempt']}" if "payment" in ours else ""
+    return [
+        ("Invoice", _invoice(ours), theirs.get("invoice", "")),
+        ("Payment", payment, theirs.get("payment", "")),
+        ("Status", ours.get("status", ""), theirs.get("status", "")),
+        ("Amount", _money(ours, "amount"), _money(theirs, "amount")),
+        ("Refunded", "", _money(theirs, "amount_refunded")),
+        ("PaymentIntent", ours.get("processor_id", ""), theirs.get("payment_intent", "")),
+        ("Idempotency key", ours.get("idempotency_key", ""), theirs.get("idempotency_key", "")),
+        ("Created", _moment(ours.get("created", "")), _moment(theirs.get("created", ""))),
+        ("Stripe customer", "", theirs.get("customer", "")),
+        ("Description", "", theirs.get("description", "")),
+    ]
+
+
+@admin.register(ReconciliationDifference)
+class ReconciliationDifferenceAdmin(ReadOnlyModelAdmin):
+    """Where our payments and Stripe disagree, per organisation; resolved by actions that call
+    billing.reconciliation's services (a reason asked, the audit log written)."""
+
+    list_display = (
+        "found_at",
+        "organisation",
+        "kind",
+        "invoice",
+        "our_amount",
+        "stripe_amount",
+        "processor_id",
+        "state",
+        "last_seen_at",
+    )
+    list_filter = (
+        OpenOrResolved,
+        "kind",
+        ("organisation", admin.RelatedOnlyFieldListFilter),
+    )
+    search_fields = ("processor_id", "organisation__name", "organisation__slug", "invoice__number")
+    list_select_related = ("organisation", "invoice")
+    date_hierarchy = "found_at"
+    fields = (
+        "kind",
+        "organisation",
+        "invoice",
+        "payment",
+        "processor_id",
+        "sides",
+        "found_at",
+        "last_seen_at",
+        "resolved_at",
+        "resolution",
+        "resolved_by",
+        "note",
+    )
+    readonly_fields = fields
+    actions = ["record_charge", "mark_payment_failed", "dismiss"]
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_staff
+
+    @admin.display(description="Ours")
+    def our_amount(self, obj):
+        return _money(obj.ours, "amount") or "—"
+
+    @admin.display(description="Stripe")
+    def stripe_amount(self, obj):
+        return _money(obj.theirs, "amount") or "—"
+
+    @admin.display(description="State", ordering="resolved_at")
+    def state(self, obj):
+        return obj.get_resolution_display() if obj.resolved_at else "Open"
+
+    @admin.display(description="Ours and Stripe's")
+    def sides(self, obj):
+        rows = format_html_join(
+            "",
+            "<tr><th>{}</th><td>{}</td><td>{}</td></tr>",
+            difference_sides(obj.ours, obj.theirs),
+        )
+        return format_html(
+            '<table class="reconciliation-sides"><thead><tr><th></th><th>Ours</th>'
+            "<th>Stripe</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    has_resolve_difference_permission = permission_check("billing.resolve_difference")
+
+    def _resolve(self, request, queryset, *, service, action, title, intro, done):
+        reason, page = reason_asked(
+            self, request, queryset, action=action, title=title, intro=intro
+        )
+        if page is not None:
+            return page
+        actor = Actor(user=request.user, ip_address=client_ip(request))
+        for difference in queryset.select_related("organisation").order_by("pk"):
+            try:
+                service(difference=difference, actor=actor, reason=reason, now=timezone.now())
+            except ServiceError as error:
+                self.message_user(request, f"{difference}: {error.message}", messages.ERROR)
+            else:
+                self.message_user(request, f"{difference}: {done}")
+        return None
+
+    @admin.action(
+        description="Record the payment (Stripe charged it; marks the invoice paid)",
+        permissions=["resolve_difference"],
+    )
+    def record_charge(self, request, queryset):
+        return self._resolve(
+            request,
+            queryset,
+            service=difference_resolve_record_payment,
+            action="record_charge",
+            title="Record the payment",
+            intro="Record these Stripe charges as payments of the invoices their metadata "
+            "names? Receipts are emailed as for any card payment.",
+            done="payment recorded, invoice paid.",
+        )
+
+    @admin.action(
+        description="Mark our payment failed (Stripe has no such charge; reopens the invoice)",
+        permissions=["resolve_difference"],
+    )
+    def mark_payment_failed(self, request, queryset):
+        return self._resolve(
+            request,
+            queryset,
+            service=difference_resolve_mark_failed,
+            action="mark_payment_failed",
+            title="Mark our payment failed",
+            intro="Mark these payments failed? Their invoices are open again: the customer is "
+            "emailed and the failed-payment schedule applies.",
+            done="payment marked failed, invoice open again.",
+        )
+
+    @admin.action(
+        description="Dismiss (checked, nothing to change here)", permissions=["resolve_difference"]
+    )
+    def dismiss(self, request, queryset):
+        return self._resolve(
+            request,
+            queryset,
+            service=difference_dismiss,
+            action="dismiss",
+            title="Dismiss",
+            intro="Close these differences without changing any payment? They will not be "
+            "reported again.",
+            done="dismissed.",
+        )
 
 
 # Stripe webhook events and the ledger's violations (issue 10) have their own modules.

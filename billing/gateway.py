@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -37,6 +38,9 @@ AUTHENTICATION_REQUIRED_MESSAGE = (
     "Please add the card again or use another card."
 )
 SETUP_NOT_CONFIRMED_MESSAGE = "The card was not confirmed. Please enter it again."
+
+# PaymentIntents per page when listing (Stripe's maximum); every page is read.
+LIST_PAGE_SIZE = 100
 
 # Off-session charges that end in these states have been (or are being) paid.
 _PAID_STATUSES = frozenset({"succeeded", "processing", "requires_capture"})
@@ -97,6 +101,22 @@ class ChargeResult:
     status: str  # Stripe's PaymentIntent status, normally "succeeded"
     amount: int  # minor units
     currency: str  # lower-case ISO code, as Stripe returns it
+
+
+@dataclass(frozen=True)
+class ProcessorCharge:
+    """A PaymentIntent as reconciliation compares it with our payments (billing.reconciliation)."""
+
+    payment_intent_id: str
+    customer_id: str  # "" when the PaymentIntent has no customer
+    status: str  # Stripe's PaymentIntent status: succeeded, requires_payment_method, ...
+    amount: int  # minor units
+    currency: str  # lower-case ISO code, as Stripe returns it
+    amount_refunded: int  # minor units refunded from its charge
+    created: datetime  # aware, UTC
+    metadata: dict[str, str]  # `charge` puts invoice, payment and idempotency_key here
+    payment_method_id: str
+    description: str
 
 
 def publishable_key() -> str:
@@ -275,6 +295,50 @@ def payment_intent_find(*, customer_id: str, idempotency_key: str) -> ChargeResu
     return None if intent is None else _charge_result(intent)
 
 
+def payment_intents_since(
+    *, created_after: datetime, created_before: datetime | None = None
+) -> list[ProcessorCharge]:
+    """Every PaymentIntent created from `created_after` to `created_before` (inclusive), all
+    pages, whatever its status or customer. For reconciliation. Raises GatewayUnavailable
+    (or PaymentError) when Stripe cannot be asked: a partial list is never returned.
+
+    The charge of each is expanded (`latest_charge`) for its refunded amount.
+    """
+    low = int(created_after.timestamp())
+    high = None if created_before is None else int(created_before.timestamp())
+    params: dict[str, Any] = {"limit": LIST_PAGE_SIZE, "expand": ["data.latest_charge"]}
+    if _filters_by_created():
+        params["created"] = {"gte": low} if high is None else {"gte": low, "lte": high}
+    charges = []
+    with _stripe_errors("payment_intents_since"):
+        for intent in _client().v1.payment_intents.list(params=params).auto_paging_iter():
+            # Cut here too: localstripe refuses a `created` filter (400 "Unexpected created"),
+            # so against it every PaymentIntent is listed (oldest first) and cut here.
+            if intent["created"] >= low and (high is None or intent["created"] <= high):
+                charges.append(_processor_charge(intent))
+    return charges
+
+
+def payment_intent_get(*, payment_intent_id: str) -> ProcessorCharge | None:
+    """One PaymentIntent by id, or None when Stripe has no such PaymentIntent."""
+    with _stripe_errors("payment_intent_get"):
+        try:
+            intent = _client().v1.payment_intents.retrieve(
+                payment_intent_id, params={"expand": ["latest_charge"]}
+            )
+        except stripe.InvalidRequestError as e:
+            if e.http_status != 404:
+                raise
+            return None
+    return _processor_charge(intent)
+
+
+def payment_intent_with_key(*, customer_id: str, idempotency_key: str) -> ProcessorCharge | None:
+    """The PaymentIntent `charge` made with this key (as `payment_intent_find`), in full."""
+    intent = _payment_intent_with_key(customer_id=customer_id, idempotency_key=idempotency_key)
+    return None if intent is None else payment_intent_get(payment_intent_id=intent["id"])
+
+
 def setup_intent_confirm_test_card(*, setup_intent_id: str, number: str) -> None:
     """Development only (seed_demo): confirm a SetupIntent with a test card number, as
     Stripe.js would in a browser. Refused unless the API base is a local stand-in."""
@@ -375,6 +439,33 @@ def _charge_result(intent: Any) -> ChargeResult:
         status=intent["status"],
         amount=intent["amount"],
         currency=intent["currency"],
+    )
+
+
+def _filters_by_created() -> bool:
+    # localstripe (our stand-in in development and tests) cannot filter PaymentIntents by
+    # `created`; Stripe can, and lists newest first, so there the filter keeps the walk short.
+    return "stripe.com" in settings.STRIPE_API_BASE
+
+
+def _processor_charge(intent: Any) -> ProcessorCharge:
+    charge = intent["latest_charge"]
+    # Expanded on request (a bare id otherwise); None until the PaymentIntent is confirmed.
+    expanded = charge is not None and not isinstance(charge, str)
+    refunded = charge["amount_refunded"] if expanded else 0
+    method = intent["payment_method"]
+    description = getattr(intent, "description", None)  # stripe objects have no .get()
+    return ProcessorCharge(
+        payment_intent_id=intent["id"],
+        customer_id=intent["customer"] or "",
+        status=intent["status"],
+        amount=intent["amount"],
+        currency=intent["currency"],
+        amount_refunded=int(refunded or 0),
+        created=datetime.fromtimestamp(intent["created"], tz=UTC),
+        metadata={key: str(value) for key, value in intent["metadata"].to_dict().items()},
+        payment_method_id=(method if isinstance(method, str) else method["id"]) if method else "",
+        description=description or "",
     )
 
 

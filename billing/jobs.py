@@ -1,6 +1,7 @@
 from celery.schedules import crontab
 
 from billing.dunning import dunning_advance, dunning_open_overdue
+from billing.reconciliation import reconcile
 from billing.services import (
     billing_run_issue,
     card_expiry_reminders_send,
@@ -63,3 +64,10 @@ def ledger_check_job(*, now):
         f"{result['found']} ledger violation(s) open, {result['new']} new, "
         f"{result['closed']} closed"
     )
+
+
+# Our card payments against Stripe's PaymentIntents of the last RECONCILIATION_DAYS days;
+# the differences go to Django admin > Reconciliation differences. Last: after the charges.
+@scheduled_job(name="reconcile_stripe", schedule=crontab(hour="4", minute="30"), order=90)
+def reconcile_stripe(*, now):
+    return str(reconcile(now=now))

@@ -17,6 +17,7 @@ MONEY_PERMISSIONS = (
     "billing.write_off",
     "billing.issue_revised_copy",
     "billing.extend_grace",
+    "billing.resolve_difference",
     "support.reply_ticket",
 )
 ACCESS_PERMISSIONS = (

@@ -12,7 +12,7 @@ from django.db.models import Count, Q, Sum
 from django.urls import reverse
 
 from accounts.models import Organisation
-from billing.models import Invoice, Payment
+from billing.models import Invoice, LedgerViolation, Payment, ReconciliationDifference
 from billing_portal.money import format_money
 from subscriptions.models import Subscription
 from support.models import SupportTicket
@@ -152,7 +152,29 @@ def ops_dashboard(*, now: datetime) -> dict:
         detail=f"{tickets['open']:,} open in all",
         url=_url("support_supportticket", state="open_urgent"),
     )
+    # 6. Money checks (issue 10): open ledger violations and reconciliation differences.
+    violations = LedgerViolation.objects.filter(resolved_at__isnull=True).aggregate(
+        n=Count("id"), organisations=Count("organisation", distinct=True)
+    )
+    differences = ReconciliationDifference.objects.filter(resolved_at__isnull=True).aggregate(
+        n=Count("id"), organisations=Count("organisation", distinct=True)
+    )
+    checks = [
+        Figure(
+            label="Open ledger violations",
+            value=f"{violations['n']:,}",
+            detail=f"in {violations['organisations']:,} organisation(s)",
+            url=_url("billing_ledgerviolation", state="open"),
+        ),
+        Figure(
+            label="Open differences with Stripe",
+            value=f"{differences['n']:,}",
+            detail=f"in {differences['organisations']:,} organisation(s)",
+            url=_url("billing_reconciliationdifference", state="open"),
+        ),
+    ]
     return {
+        "checks": checks,
         "organisations": organisations["total"],
         "without_subscription": organisations["without"],
         "statuses": statuses,

@@ -256,6 +256,8 @@ SELLER = {
     "vat_number": env_str("SELLER_VAT_NUMBER", "IE6388047V"),
     "email": env_str("SELLER_BILLING_EMAIL", "billing@appseconnect.com"),
 }
+# Stripe reconciliation (billing/reconciliation.py) compares this many days of charges.
+RECONCILIATION_DAYS = env_int("RECONCILIATION_DAYS", 3)
 # Shown on Contact billing support (article section 13).
 SUPPORT_BILLING_EMAIL = env_str("SUPPORT_BILLING_EMAIL", SELLER["email"])
 # Printed on bank-transfer invoices.

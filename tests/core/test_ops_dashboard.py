@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from billing.models import Invoice, Payment
+from billing.models import Invoice, LedgerViolation, Payment
 from billing_portal.dashboard import ops_dashboard
 from billing_portal.money import format_money
 from support.models import SupportTicket
@@ -136,6 +136,27 @@ def test_figures(db):
     assert dashboard["usage"].value == "4"  # orgs 0, 3, 6, 9
     assert dashboard["support"].value == "5"
     assert dashboard["support"].url.endswith("?state=open_urgent")
+    violations, differences = dashboard["checks"]
+    assert (violations.value, differences.value) == ("0", "0")
+    LedgerViolation.objects.create(
+        rule="status",
+        organisation=old,
+        subject="subscription:1",
+        message="x",
+        first_seen_at=NOW,
+        last_seen_at=NOW,
+    )
+    LedgerViolation.objects.create(
+        rule="status",
+        organisation=old,
+        subject="subscription:2",
+        message="x",
+        first_seen_at=NOW,
+        last_seen_at=NOW,
+        resolved_at=NOW,
+    )
+    violations, _ = ops_dashboard(now=NOW)["checks"]
+    assert (violations.value, violations.detail) == ("1", "in 1 organisation(s)")
 
 
 def test_admin_index_shows_the_dashboard_with_working_links(client_for, ops):
@@ -148,6 +169,7 @@ def test_admin_index_shows_the_dashboard_with_working_links(client_for, ops):
     assert "Open urgent tickets" in body
     dashboard = page.context["dashboard"]
     figures = [
+        *dashboard["checks"],
         *dashboard["statuses"],
         *dashboard["at_risk"],
         *dashboard["month"],

@@ -38,6 +38,10 @@ def _url(name: str, **query) -> str:
     return f"{base}?{urlencode(query)}" if query else base
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _amounts(rows) -> str:
     """ "€1,200.00, $3,400.00": the rows' amounts added up per currency."""
     totals: dict[str, int] = {}
@@ -120,7 +124,7 @@ def ops_dashboard(*, now: datetime) -> dict:
         ),
         Figure(
             label=f"Collected in {month_start:%B %Y}",
-            value=f"{sum(r['n'] for r in collected):,} payments",
+            value=_count(sum(r["n"] for r in collected), "payment"),
             detail=_amounts(collected) or "—",
             url=_url(
                 "billing_payment",

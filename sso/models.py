@@ -65,6 +65,7 @@ class SsoConfiguration(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        verbose_name = "SSO configuration"
         permissions = [
             ("switch_off_enforcement", "Can switch SSO enforcement off (lockout recovery)")
         ]
@@ -91,6 +92,7 @@ class SsoDomain(models.Model):
     )
 
     class Meta:
+        verbose_name = "SSO domain"
         ordering = ["domain"]
 
     def __str__(self):
@@ -127,6 +129,7 @@ class SsoAttempt(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
+        verbose_name = "SSO attempt"
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["organisation", "-created_at"])]
         constraints = [

@@ -234,6 +234,8 @@ ORGANISATION_PATHS = {
     "sso.SsoDomain": "organisation",
     "sso.SsoAttempt": "organisation",
     "sso.SsoRequest": "organisation",
+    "billing.LedgerViolation": "organisation",
+    "billing.ReconciliationDifference": "organisation",
     "support.SupportTicket": "organisation",
     "support.TicketMessage": "organisation",
     "support.TicketAttachment": "organisation",
@@ -272,6 +274,9 @@ KEPT = {
     "billing.DunningCase",
     "billing.DunningStep",
     "billing.OverageCharge",
+    # Findings about money: evidence for accounting, like the invoices they are about.
+    "billing.LedgerViolation",
+    "billing.ReconciliationDifference",
 }
 
 

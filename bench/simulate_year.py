@@ -81,7 +81,7 @@ def main() -> int:
         checking += time.perf_counter() - started
         if started - last_report > 30:
             last_report = started
-            done = simulation.stats.days + 1
+            done = simulation.stats.days
             print(f"  day {done}/{args.days}, {done / (started - began):.1f} days/s", flush=True)
         return found
 

@@ -210,6 +210,17 @@ def _advance_case(case_id: int, *, now: datetime) -> bool:
         )
         if case is None:
             return False
+        ended = Subscription.objects.filter(
+            pk=case.subscription_id, status=Subscription.Status.ENDED
+        ).exists()
+        if ended:
+            # A cancelled subscription ended while a payment was still failing: no more
+            # reminders or suspension for a service that is over. The unpaid invoice stays
+            # open for ops (write it off or collect it).
+            case.status = DunningCase.Status.CLOSED
+            case.closed_at = now
+            case.save(update_fields=["status", "closed_at"])
+            return False
         done = set(case.steps.values_list("step", flat=True))
         step, skipped = _due_step(case, done, now)
         if step is None:

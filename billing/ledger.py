@@ -394,7 +394,11 @@ def check_overage(*, now: datetime, organisation_ids) -> Iterator[Violation]:
     line for that month. A usage month closed over an hour ago, over its limit, with no overage
     billed is missing, when the subscription renews normally (a suspended one is billed when it
     resumes) and its plan has not changed since (the current plan's limit then applies)."""
-    charges = _scope(OverageCharge.objects.all(), organisation_ids).select_related("invoice")
+    # Organisations deleted after cancellation keep their invoices but not their counters.
+    charges = _scope(
+        OverageCharge.objects.filter(organisation__status=Organisation.Status.ACTIVE),
+        organisation_ids,
+    ).select_related("invoice")
     counters = {
         (organisation_id, month_start): total
         for organisation_id, month_start, total in _scope(

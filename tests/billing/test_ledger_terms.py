@@ -62,3 +62,35 @@ def test_no_free_upgrade_in_the_last_seconds_of_a_period(subscribed, org):
     with pytest.raises(ServiceError) as error:
         upgrade_quote(subscription=subscription, plan=Plan.objects.get(code="enterprise"), now=at)
     assert error.value.code == "renewal_pending"
+
+
+def test_a_subscription_ending_while_its_payment_fails_closes_its_dunning_case(
+    subscribed, org, admin
+):
+    from billing.dunning import dunning_advance
+    from billing.models import DunningCase
+    from tests.billing.conftest import add_card
+    from tests.stripe_fixtures import CHARGE_FAILS
+
+    add_card(org, number=CHARGE_FAILS)
+    renewal = Subscription.objects.get(organisation=org).current_period_end
+    call_command("tick", "--now", renewal.isoformat(), stdout=StringIO())
+    subscription = Subscription.objects.get(organisation=org)
+    assert subscription.status == "past_due"
+    subscription_cancel(
+        subscription=subscription,
+        actor=Actor(user=admin),
+        reason="not_using",
+        detail="",
+        now=renewal + timedelta(days=1),
+    )
+    end = Subscription.objects.get(organisation=org).current_period_end
+    call_command("tick", "--now", (end + timedelta(minutes=15)).isoformat(), stdout=StringIO())
+    assert Subscription.objects.get(organisation=org).status == "ended"
+    case = DunningCase.objects.get()
+    assert case.status == "closed"
+    # Nothing suspends or charges an ended subscription afterwards.
+    assert dunning_advance(now=end + timedelta(days=20)) == 0
+    assert Subscription.objects.get(organisation=org).status == "ended"
+    assert Invoice.objects.filter(status="open").exists()  # the debt stays, for ops
+    assert [v for v in ledger_check(now=end + timedelta(days=1)) if v.rule == "status"] == []

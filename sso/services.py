@@ -211,16 +211,21 @@ def idp_configure(
             config.enforced = False
             config.enforced_at = None
         config.save()
-        audit_record(
-            organisation=organisation,
-            actor=actor,
-            action="sso.idp_configured",
-            target=config,
-            target_label="SSO",
-            changes=changes_between(before, _config_facts(config)),
-            now=now,
-        )
+        _config_audit(config, actor=actor, action="sso.idp_configured", before=before, now=now)
     return config, warnings
+
+
+def _config_audit(config: SsoConfiguration, *, actor: Actor, action: str, before: dict, now):
+    """The audit row of a change to the SSO settings: what differs from `before`."""
+    audit_record(
+        organisation=config.organisation,
+        actor=actor,
+        action=action,
+        target=config,
+        target_label="SSO",
+        changes=changes_between(before, _config_facts(config)),
+        now=now,
+    )
 
 
 def _config_facts(config: SsoConfiguration) -> dict:
@@ -324,14 +329,8 @@ def provisioning_set(
         config.provision_role = role
         config.updated_at = now
         config.save(update_fields=["provision_users", "provision_role", "updated_at"])
-        audit_record(
-            organisation=organisation,
-            actor=actor,
-            action="sso.provisioning_changed",
-            target=config,
-            target_label="SSO",
-            changes=changes_between(before, _config_facts(config)),
-            now=now,
+        _config_audit(
+            config, actor=actor, action="sso.provisioning_changed", before=before, now=now
         )
     return config
 
@@ -384,15 +383,7 @@ def enforcement_set(
         config.enforced = enforced
         config.updated_at = now
         config.save(update_fields=["backup_admin", "enforced", "enforced_at", "updated_at"])
-        audit_record(
-            organisation=organisation,
-            actor=actor,
-            action="sso.enforcement_changed",
-            target=config,
-            target_label="SSO",
-            changes=changes_between(before, _config_facts(config)),
-            now=now,
-        )
+        _config_audit(config, actor=actor, action="sso.enforcement_changed", before=before, now=now)
     return config
 
 

@@ -10,7 +10,8 @@ from billing_portal.settings import CACHES, REDIS_URL  # noqa: E402
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 # Tests share the real Redis server but never the development data in it.
-_TEST_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/15"
+# TEST_REDIS_DB lets two test runs on one machine keep their cache (rate limits) apart.
+_TEST_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + "/" + os.environ.get("TEST_REDIS_DB", "15")
 CACHES = {"default": {**CACHES["default"], "LOCATION": _TEST_REDIS_URL, "KEY_PREFIX": "test"}}
 CELERY_BROKER_URL = _TEST_REDIS_URL
 CELERY_TASK_ALWAYS_EAGER = True

@@ -16,6 +16,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts.models import Organisation, OutgoingEmail
+from billing_portal.queueing import enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +93,7 @@ def email_queue(
 def _enqueue_delivery(email_id: int) -> None:
     from accounts.tasks import deliver_email
 
-    try:
-        deliver_email.delay(email_id)
-    except Exception:  # noqa: BLE001 - broker down: the retry job delivers it later
-        logger.warning(
-            "Could not queue email %s for delivery; the retry job will send it", email_id
-        )
+    enqueue(deliver_email, email_id, catch_up="deliver_pending_emails")
 
 
 def email_deliver(*, email_id: int, now: datetime) -> bool:
@@ -127,7 +123,12 @@ def email_deliver(*, email_id: int, now: datetime) -> bool:
             record.status = OutgoingEmail.Status.FAILED
             record.last_error = f"{type(error).__name__}: {error}"[:2000]
             record.save(update_fields=["status", "attempts", "last_error"])
-            logger.warning("Email %s failed: %s", record.pk, record.last_error)
+            logger.warning(
+                "Email %s failed: %s",
+                record.pk,
+                record.last_error,
+                extra={"organisation_id": record.organisation_id},
+            )
             return False
         record.status = OutgoingEmail.Status.SENT
         record.sent_at = now

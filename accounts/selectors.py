@@ -4,7 +4,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Min, Q, QuerySet
+from django.apps import apps
+from django.db.models import Exists, F, Min, OuterRef, Q, QuerySet
 from django.db.models.functions import Lower
 from django.http import Http404
 
@@ -20,20 +21,38 @@ from accounts.models import (
 
 
 def membership_for_user(*, user: User, org_slug: str) -> Membership:
-    """The user's active membership in the organisation `org_slug`, or 404."""
-    membership = (
-        Membership.objects.select_related("organisation")
-        .filter(
-            user=user,
-            organisation__slug=org_slug,
-            organisation__status=Organisation.Status.ACTIVE,
-            status=Membership.Status.ACTIVE,
+    """The user's active membership in the organisation `org_slug`, or 404.
+
+    One query answers all that the frame of an organisation page asks before the view runs
+    (accounts.tenancy.tenant_view, then the context processors): the organisation, and
+    - `sso_enforced` and `sso_backup_admin_id`: from the organisation's SSO configuration
+      (None without one), the first check of accounts.tenancy.sso_required;
+    - `dunning_open`: the organisation has an open dunning case; without one there is no
+      failed-payment banner (billing.context_processors).
+    sso and billing sit above accounts: they are reached by relation and model names.
+    """
+    dunning_case = apps.get_model("billing", "DunningCase")
+    try:
+        return (
+            Membership.objects.select_related("organisation")
+            .annotate(
+                sso_enforced=F("organisation__sso_configuration__enforced"),
+                sso_backup_admin_id=F("organisation__sso_configuration__backup_admin_id"),
+                dunning_open=Exists(
+                    dunning_case.objects.filter(
+                        organisation=OuterRef("organisation"), status=dunning_case.Status.OPEN
+                    )
+                ),
+            )
+            .get(
+                user=user,
+                organisation__slug=org_slug,
+                organisation__status=Organisation.Status.ACTIVE,
+                status=Membership.Status.ACTIVE,
+            )
         )
-        .first()
-    )
-    if membership is None:
-        raise Http404("No such organisation.")
-    return membership
+    except Membership.DoesNotExist:
+        raise Http404("No such organisation.") from None
 
 
 def memberships_of_user(*, user: User) -> QuerySet[Membership]:

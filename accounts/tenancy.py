@@ -27,6 +27,7 @@ from django.utils.http import urlencode
 
 from accounts.roles import ALL_ROLES
 from accounts.selectors import membership_for_user, memberships_of_user
+from billing_portal.observability import log_context
 
 SESSION_KEY = "current_org"
 # Set by the SSO sign-in: the id of the organisation whose IdP vouched for this session.
@@ -66,16 +67,14 @@ def _sso_enforcing(user, organisation_ids):
     )
 
 
-def sso_required(organisation, user) -> bool:
-    """Whether the organisation enforces SSO on `user`: one query on the SSO table for most
-    pages; the plan is looked at only when enforcement is on."""
-    configuration_model = apps.get_model("sso", "SsoConfiguration")
-    enforced = (
-        configuration_model.objects.filter(organisation=organisation, enforced=True)
-        .exclude(backup_admin=user)
-        .exists()
-    )
-    return enforced and _sso_enforcing(user, [organisation.pk]).exists()
+def sso_required(membership, user) -> bool:
+    """Whether the organisation of `membership` (from membership_for_user) enforces SSO on
+    `user`. Its SSO configuration, read with the membership, answers for most pages: not
+    enforced, or `user` is its backup admin. Only when enforcement is on is the plan looked at
+    (one query)."""
+    if not membership.sso_enforced or membership.sso_backup_admin_id == user.pk:
+        return False
+    return _sso_enforcing(user, [membership.organisation_id]).exists()
 
 
 def password_sign_in_refusal(user) -> str | None:
@@ -99,9 +98,10 @@ def password_sign_in_refusal(user) -> str | None:
     return f"{names} requires single sign-on: use Sign in with SSO with your work email."
 
 
-def _sso_gate(request, organisation):
+def _sso_gate(request, membership):
     """A response sending the person to sign in the right way, or None when the session may
-    open `organisation`."""
+    open the organisation of `membership` (from membership_for_user)."""
+    organisation = membership.organisation
     sso_organisation_id = request.session.get(SSO_SESSION_KEY)
     if sso_organisation_id is not None and sso_organisation_id != organisation.pk:
         return render(
@@ -110,7 +110,7 @@ def _sso_gate(request, organisation):
             {"organisation": organisation},
             status=403,
         )
-    if sso_organisation_id is None and sso_required(organisation, request.user):
+    if sso_organisation_id is None and sso_required(membership, request.user):
         login_url = reverse("sso:login", args=[organisation.slug])
         return redirect(f"{login_url}?{urlencode({'next': request.get_full_path()})}")
     return None
@@ -125,7 +125,7 @@ def tenant_view(*, roles=ALL_ROLES, section: str | None = None, allow_when_ended
             request.organisation = membership.organisation
             request.membership = membership
             request.settings_section = section
-            gate = _sso_gate(request, membership.organisation)
+            gate = _sso_gate(request, membership)
             if gate is not None:
                 return gate
             if request.session.get(SESSION_KEY) != org_slug:
@@ -143,7 +143,9 @@ def tenant_view(*, roles=ALL_ROLES, section: str | None = None, allow_when_ended
             # Dates on organisation pages show in the organisation's time zone.
             timezone.activate(membership.organisation.tzinfo)
             try:
-                return view(request, *args, **kwargs)
+                # Every log line of the view names the organisation (billing_portal/observability).
+                with log_context(organisation_id=membership.organisation_id):
+                    return view(request, *args, **kwargs)
             finally:
                 timezone.deactivate()
 

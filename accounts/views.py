@@ -50,6 +50,7 @@ from accounts.services import (
     primary_email_change_verify,
 )
 from accounts.tenancy import SESSION_KEY, tenant_view
+from billing_portal import ratelimit
 from billing_portal.errors import ServiceError
 from billing_portal.forms import form_error
 
@@ -122,6 +123,7 @@ def _organisations_page(request, memberships):
 
 
 @tenant_view(roles=ALL_ROLES)
+@require_safe
 def dashboard(request):
     return render(
         request,
@@ -158,6 +160,7 @@ def notifications(request):
 
 
 @tenant_view(roles=ALL_ROLES)
+@require_safe
 def settings_index(request):
     sections = sections_for(request.membership.role)
     if not sections:
@@ -169,6 +172,7 @@ def settings_index(request):
 
 
 @tenant_view(roles=ADMIN_ONLY, section="users")
+@require_safe
 def users(request):
     return render(
         request,
@@ -206,6 +210,7 @@ def user_invite(request):
 
 
 @tenant_view(roles=ADMIN_ONLY, section="users")
+@require_safe
 def member_detail(request, member_id):
     membership = membership_get(organisation=request.organisation, public_id=member_id)
     return render(
@@ -392,6 +397,7 @@ def organisation_primary_email(request):
 
 
 @tenant_view(roles=ADMIN_ONLY, section="organisation")
+@require_safe
 def audit_log(request):
     page = Paginator(audit_event_list(organisation=request.organisation), 50).get_page(
         request.GET.get("page")
@@ -402,7 +408,15 @@ def audit_log(request):
 # Emailed links ---------------------------------------------------------------------------
 
 
+def _guessing_refused(request):
+    """A 429 once this address has opened too many unknown link tokens."""
+    decision = ratelimit.peek(request, "link_invalid")
+    return None if decision.allowed else ratelimit.too_many_requests(request, decision)
+
+
 def _link_error(request, error: ServiceError, *, title: str):
+    if error.code == "invalid":
+        ratelimit.hit(request, "link_invalid")
     return render(
         request,
         "accounts/link_error.html",
@@ -411,7 +425,10 @@ def _link_error(request, error: ServiceError, *, title: str):
     )
 
 
+@ratelimit.per_ip("invitation")
 def invitation_accept_view(request, token):
+    if refused := _guessing_refused(request):
+        return refused
     now = timezone.now()
     try:
         invitation = invitation_check(token=token, now=now)
@@ -461,7 +478,10 @@ def invitation_accept_view(request, token):
     )
 
 
+@ratelimit.per_ip("primary_email_verify")
 def primary_email_verify(request, token):
+    if refused := _guessing_refused(request):
+        return refused
     now = timezone.now()
     try:
         change = primary_email_change_check(token=token, now=now)

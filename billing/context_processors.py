@@ -4,7 +4,7 @@ show as banners in the portal, not only by email)."""
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Count, OuterRef, Subquery, Sum
+from django.db.models import Count, F, OuterRef, Subquery, Sum
 from django.utils.functional import SimpleLazyObject
 
 from accounts.roles import ADMIN_AND_BILLING
@@ -34,50 +34,52 @@ class AccountState:
 def account_state(request) -> dict:
     """`account_state`: what the banner says, or None when the account is in good standing.
 
-    Lazy, so a page that never renders the banner runs no query. Rendered, it costs one query
-    (the organisation's open dunning case) and a second only when there is one: a past due,
-    grace or suspended subscription always has an open case, and an account in good standing
-    never touches the subscription table for it.
+    Lazy, so a page that never renders the banner runs no query. On an organisation page
+    tenant_view's membership query has already said whether a dunning case is open
+    (`dunning_open`): without one the banner costs nothing. With one (or a membership that was
+    not loaded by tenant_view) it costs one query: the open case with its subscription and the
+    amount due. A past due, grace or suspended subscription always has an open case, and an
+    account in good standing never touches the subscription table for it.
     """
     organisation = getattr(request, "organisation", None)
     membership = getattr(request, "membership", None)
     if organisation is None or membership is None:
         return {}
+    if getattr(membership, "dunning_open", True) is False:
+        return {"account_state": None}
     can_pay = membership.role in ADMIN_AND_BILLING
     return {"account_state": SimpleLazyObject(lambda: _state(organisation, can_pay=can_pay))}
 
 
 def _state(organisation, *, can_pay: bool) -> AccountState | None:
-    case = (
-        DunningCase.objects.filter(organisation=organisation, status=DunningCase.Status.OPEN)
-        .annotate(steps_done=Count("steps"))
-        .first()
-    )
-    if case is None:
-        return None
     due = (
-        open_invoices(OuterRef("pk"))
+        open_invoices(OuterRef("subscription"))
         .order_by()
         .values("subscription")
         .annotate(total=Sum("total"))
         .values("total")
     )
-    subscription = (
-        Subscription.objects.filter(pk=case.subscription_id)
-        .annotate(due=Subquery(due))
-        .values("status", "currency", "payment_method_kind", "due")
+    case = (
+        DunningCase.objects.filter(organisation=organisation, status=DunningCase.Status.OPEN)
+        .annotate(
+            steps_done=Count("steps"),
+            subscription_status=F("subscription__status"),
+            currency=F("subscription__currency"),
+            payment_method_kind=F("subscription__payment_method_kind"),
+            due=Subquery(due),
+        )
         .first()
     )
-    if subscription is None or subscription["status"] not in BANNER_STATUSES:
+    if case is None or case.subscription_status not in BANNER_STATUSES:
         return None
     # Steps are recorded in schedule order (a late run records the ones it skipped), so the
     # next step is the one after those recorded.
     upcoming = ORDER[case.steps_done] if case.steps_done < len(ORDER) else None
-    by_card = subscription["payment_method_kind"] == PaymentMethodKind.CARD
+    by_card = case.payment_method_kind == PaymentMethodKind.CARD
     return AccountState(
-        status=subscription["status"],
-        amount_due=subscription["due"] or 0,
-        currency=subscription["currency"],
+        status=case.subscription_status,
+        amount_due=case.due or 0,
+        currency=case.currency,
         by_card=by_card,
         retry_at=(
             step_due_at(case, upcoming)

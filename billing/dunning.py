@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import Exists, OuterRef, Sum
 
 from accounts.audit import SYSTEM, Actor, audit_record, reason_change
 from accounts.emails import email_send
@@ -34,6 +34,12 @@ logger = logging.getLogger(__name__)
 Step = DunningStep.Step
 STEP_DAYS = {Step.DAY_0: 0, Step.DAY_3: 3, Step.DAY_7: 7, Step.DAY_14: 14}
 ORDER = [Step.DAY_0, Step.DAY_3, Step.DAY_7, Step.DAY_14]
+# A claimed step's result until its outcome is recorded.
+RUNNING = "running"
+# A step still "running" this long after it was claimed was interrupted (a killed worker) and
+# is finished by the next run. Longer than a step takes, and than billing.services'
+# PENDING_RETRY_AFTER, so the charge it left unanswered is retried with its key.
+STEP_RESUME_AFTER = timedelta(minutes=5)
 # Statuses in which unpaid invoices are chased.
 CHASED = (
     Subscription.Status.ACTIVE,
@@ -147,18 +153,36 @@ class RetryOutcome:
     attempts: int
     paid: int
     result: str
+    # Charges the processor left unanswered (outcome unknown; retried later with their key).
+    unanswered: int = 0
 
     @property
     def succeeded(self) -> bool:
         return self.attempts > 0 and self.paid == self.attempts
 
 
-def charge_open_invoices(*, subscription: Subscription, now: datetime) -> RetryOutcome:
-    """Charge every open card invoice of the subscription at once (Retry Payment)."""
+def charge_open_invoices(
+    *, subscription: Subscription, now: datetime, answered_since: datetime | None = None
+) -> RetryOutcome:
+    """Charge every open card invoice of the subscription at once (Retry Payment).
+
+    `answered_since` (finishing an interrupted dunning step): an invoice with a charge
+    attempt since then that was answered is not charged again.
+
+    Once the processor leaves a charge unanswered (Stripe down or slow), the remaining
+    invoices are not tried: each would wait a whole timeout too, and a page would hang for
+    all of them. The unanswered charge is retried with its key by the charge job.
+    """
     from billing.services import invoice_charge
 
-    invoices = list(open_invoices(subscription).filter(payment_method_kind=PaymentMethodKind.CARD))
-    attempts = paid = 0
+    invoices = open_invoices(subscription).filter(payment_method_kind=PaymentMethodKind.CARD)
+    if answered_since is not None:
+        answered = Payment.objects.filter(
+            invoice=OuterRef("pk"), created_at__gte=answered_since
+        ).exclude(status=Payment.Status.PENDING)
+        invoices = invoices.exclude(Exists(answered))
+    invoices = list(invoices)
+    attempts = paid = unanswered = 0
     results = []
     for invoice in invoices:
         try:
@@ -174,8 +198,12 @@ def charge_open_invoices(*, subscription: Subscription, now: datetime) -> RetryO
             results.append(payment.failure_message)
         else:
             results.append("processor did not answer; retried later with the same key")
+            unanswered += 1
+            break
     result = "paid" if attempts and paid == attempts else "; ".join(dict.fromkeys(results))
-    return RetryOutcome(attempts=attempts, paid=paid, result=result or "nothing to charge")
+    return RetryOutcome(
+        attempts=attempts, paid=paid, result=result or "nothing to charge", unanswered=unanswered
+    )
 
 
 def _due_step(case: DunningCase, done: set[str], now: datetime) -> tuple[str | None, list[str]]:
@@ -222,20 +250,33 @@ def _advance_case(case_id: int, *, now: datetime) -> bool:
             case.save(update_fields=["status", "closed_at"])
             return False
         done = set(case.steps.values_list("step", flat=True))
-        step, skipped = _due_step(case, done, now)
-        if step is None:
-            return False
-        try:
-            with transaction.atomic():
-                for earlier in skipped:
-                    DunningStep.objects.create(
-                        case=case, step=earlier, ran_at=now, result="skipped: the schedule ran late"
+        interrupted = (
+            case.steps.filter(result=RUNNING, ran_at__lte=now - STEP_RESUME_AFTER)
+            .order_by("-ran_at")
+            .first()
+        )
+        if interrupted is not None and interrupted.step == max(done, key=ORDER.index):
+            # The run that claimed it died before recording it: finish it now.
+            record, step, resumed_from = interrupted, interrupted.step, interrupted.ran_at
+        else:
+            step, skipped = _due_step(case, done, now)
+            if step is None:
+                return False
+            resumed_from = None
+            try:
+                with transaction.atomic():
+                    for earlier in skipped:
+                        DunningStep.objects.create(
+                            case=case,
+                            step=earlier,
+                            ran_at=now,
+                            result="skipped: the schedule ran late",
+                        )
+                    record = DunningStep.objects.create(
+                        case=case, step=step, ran_at=now, result=RUNNING
                     )
-                record = DunningStep.objects.create(
-                    case=case, step=step, ran_at=now, result="running"
-                )
-        except IntegrityError:
-            return False
+            except IntegrityError:
+                return False
     subscription = Subscription.objects.select_related("organisation").get(pk=case.subscription_id)
     # 2. Do the step: charge attempts happen outside any lock (network I/O).
     outcome = RetryOutcome(attempts=0, paid=0, result="no automatic charge (invoice)")
@@ -243,10 +284,16 @@ def _advance_case(case_id: int, *, now: datetime) -> bool:
         step in (Step.DAY_3, Step.DAY_7)
         and subscription.payment_method_kind == PaymentMethodKind.CARD
     ):
-        outcome = charge_open_invoices(subscription=subscription, now=now)
-    # 3. Record the outcome and move on the schedule.
+        outcome = charge_open_invoices(
+            subscription=subscription, now=now, answered_since=resumed_from
+        )
+    # 3. Record the outcome and move on the schedule, once: a run finishing an interrupted
+    # step may meet the slow run that claimed it.
     with transaction.atomic():
         case = DunningCase.objects.select_for_update().get(pk=case.pk)
+        record = DunningStep.objects.select_for_update().get(pk=record.pk)
+        if record.result != RUNNING:
+            return False
         subscription = (
             Subscription.objects.select_for_update()
             .select_related("organisation")
@@ -254,7 +301,8 @@ def _advance_case(case_id: int, *, now: datetime) -> bool:
         )
         record.attempts = outcome.attempts
         record.succeeded = case.status == DunningCase.Status.RESOLVED or outcome.succeeded
-        record.result = outcome.result[:255]
+        resumed = "resumed after an interruption; " if resumed_from is not None else ""
+        record.result = f"{resumed}{outcome.result}"[:255]
         record.save(update_fields=["attempts", "succeeded", "result"])
         if case.status != DunningCase.Status.OPEN:
             return True  # paid by this step: payment_succeeded resolved everything

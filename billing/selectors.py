@@ -8,7 +8,9 @@ from billing.models import BillingProfile, Invoice, InvoiceDocument, PaymentMeth
 
 
 def invoice_list(*, organisation: Organisation) -> QuerySet[Invoice]:
-    """Newest first, each with its revised copies (dates only, never the PDF bytes)."""
+    """Newest first, each with its revised copies (dates only, never the PDF bytes); only
+    the columns Invoice History shows (not the billing details snapshot, a JSON document to
+    decode per row)."""
     revised = (
         InvoiceDocument.objects.filter(kind=InvoiceDocument.Kind.REVISED)
         .only("id", "invoice_id", "kind", "created_at")
@@ -16,6 +18,19 @@ def invoice_list(*, organisation: Organisation) -> QuerySet[Invoice]:
     )
     return (
         Invoice.objects.filter(organisation=organisation)
+        .only(
+            "id",
+            "number",
+            "kind",
+            "status",
+            "currency",
+            "total",
+            "plan_name",
+            "period_start",
+            "period_end",
+            "issued_at",
+            "due_at",
+        )
         .order_by("-issued_at", "-id")
         .prefetch_related(Prefetch("documents", queryset=revised, to_attr="revised_copies"))
     )

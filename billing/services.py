@@ -38,6 +38,8 @@ from billing.tax import TaxDecision, tax_decide
 from billing_portal.errors import ServiceError
 from billing_portal.links import absolute_url
 from billing_portal.money import format_money
+from billing_portal.observability import log_context
+from billing_portal.queueing import enqueue
 from subscriptions.lifecycle import (
     Period,
     scheduled_changes_prefetch,
@@ -55,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 # A charge whose outcome we have not heard back is retried (same key) after this long.
 PENDING_RETRY_AFTER = timedelta(minutes=2)
+# The charge job stops after this many charges left unanswered in one run (Stripe down/slow).
+UNANSWERED_CHARGES_STOP = 3
 
 
 # Billing details ----------------------------------------------------------------------------
@@ -348,10 +352,7 @@ def _after_issue(invoices: Iterable[Invoice]) -> None:
 def _enqueue_documents(ids: list[int]) -> None:
     from billing.tasks import render_invoice_documents
 
-    try:
-        render_invoice_documents.delay(ids)
-    except Exception:  # noqa: BLE001 - broker down: the scheduled job renders them
-        logger.warning("Could not queue PDF rendering for %s invoices; the job will", len(ids))
+    enqueue(render_invoice_documents, ids, catch_up="render_invoice_pdfs")
 
 
 def billing_run_issue(*, now: datetime, batch_size: int = 500, limit: int | None = None) -> int:
@@ -690,7 +691,14 @@ def invoice_documents_render_pending(*, now: datetime, limit: int = 200) -> int:
     )
     rendered = 0
     for invoice in pending:
-        invoice_document_original(invoice=invoice, now=now)
+        with log_context(organisation_id=invoice.organisation_id, invoice_id=invoice.pk):
+            try:
+                invoice_document_original(invoice=invoice, now=now)
+            except Exception:
+                # One invoice that cannot be rendered must not hold back the others; it is
+                # tried again on the next run and the error names it.
+                logger.exception("Could not render the PDF of invoice %s", invoice.number)
+                continue
         rendered += 1
     return rendered
 
@@ -750,7 +758,8 @@ def card_setup_complete(
     try:
         card = gateway.setup_intent_card(setup_intent_id=setup_intent_id, customer_id=customer_id)
     except gateway.PaymentError as error:
-        raise ServiceError(error.message) from error
+        # The code tells the page whether Stripe is reachable (`gateway_unavailable`).
+        raise ServiceError(error.message, code=error.code or "invalid") from error
     if card.brand not in settings.ACCEPTED_CARD_BRANDS:
         gateway.card_detach(payment_method_id=card.payment_method_id)
         raise ServiceError(
@@ -890,7 +899,12 @@ def invoice_charge(
             metadata={"invoice": payment.invoice.number, "payment": str(payment.pk)},
         )
     except gateway.GatewayUnavailable as error:
-        logger.warning("Charge of %s not answered (%s); will retry", payment.invoice.number, error)
+        logger.warning(
+            "Charge of %s not answered (%s); will retry",
+            payment.invoice.number,
+            error,
+            extra={"organisation_id": payment.organisation_id, "invoice_id": payment.invoice_id},
+        )
         return payment
     except gateway.PaymentError as error:
         with transaction.atomic():
@@ -974,6 +988,7 @@ def payment_succeeded(*, payment: Payment, processor_id: str, now: datetime) -> 
                 payment.pk,
                 invoice.number,
                 invoice.status,
+                extra={"organisation_id": invoice.organisation_id, "invoice_id": invoice.pk},
             )
             return payment
         payment.status = Payment.Status.SUCCEEDED
@@ -1076,14 +1091,29 @@ def invoices_charge_due(*, now: datetime, limit: int = 500) -> int:
         .exclude(subscription__status=Subscription.Status.INCOMPLETE)
         .order_by("issued_at", "pk")[:limit]
     )
-    charged = 0
+    charged = unanswered = 0
     for invoice in list(due):
-        try:
-            payment = invoice_charge(invoice=invoice, now=now)
-        except ServiceError:
-            continue  # paid or voided meanwhile
+        with log_context(organisation_id=invoice.organisation_id, invoice_id=invoice.pk):
+            try:
+                payment = invoice_charge(invoice=invoice, now=now)
+            except ServiceError:
+                continue  # paid or voided meanwhile
+            except Exception:
+                # An unexpected error on one invoice must not hold back the others' charges.
+                logger.exception("Could not charge invoice %s", invoice.number)
+                continue
         if payment is not None and payment.status == Payment.Status.SUCCEEDED:
             charged += 1
+        if payment is not None and payment.status == Payment.Status.PENDING:
+            unanswered += 1
+            if unanswered >= UNANSWERED_CHARGES_STOP:
+                # The processor is down or slow: every further charge would wait a whole
+                # timeout. The rest (and these, with their keys) go in the next run.
+                logger.warning(
+                    "Stopped charging after %s unanswered charges; the next run goes on",
+                    unanswered,
+                )
+                break
     return charged
 
 

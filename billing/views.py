@@ -7,7 +7,7 @@ from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from accounts.audit import Actor
 from accounts.roles import ADMIN_AND_BILLING, ADMIN_ONLY
@@ -52,20 +52,46 @@ def _subscription(organisation):
     return Subscription.objects.select_related("plan").filter(organisation=organisation).first()
 
 
-def _stripe_context(organisation) -> dict:
-    return {
+def _stripe_context(organisation, *, reach_stripe: bool = True) -> dict:
+    """Stripe.js settings and a SetupIntent for the card form.
+
+    When Stripe cannot be reached the page still renders, without the card form and with
+    `card_form_error` saying why; `reach_stripe=False` (Stripe just failed to answer this
+    request) does not try again, so the page waits for one timeout, not two.
+    """
+    context = {
         "stripe_js_url": gateway.js_url(),
         "stripe_publishable_key": gateway.publishable_key(),
-        "client_secret": card_setup_begin(organisation=organisation),
+        "client_secret": "",
+        "card_form_error": "" if reach_stripe else gateway.UNAVAILABLE_MESSAGE,
     }
+    if reach_stripe:
+        try:
+            context["client_secret"] = card_setup_begin(organisation=organisation)
+        except gateway.PaymentError as exc:
+            context["card_form_error"] = exc.message
+    return context
+
+
+def _stripe_unavailable(exc: Exception) -> bool:
+    return getattr(exc, "code", None) == "gateway_unavailable"
+
+
+def _retry_reason(outcome) -> str:
+    """Why Retry Payment did not pay everything, as the customer reads it."""
+    if outcome.unanswered:
+        return gateway.UNAVAILABLE_MESSAGE
+    return _sentence(outcome.result)
 
 
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing")
+@require_safe
 def billing_settings(request):
     return redirect("billing:invoices", org_slug=request.organisation.slug)
 
 
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing")
+@require_safe
 def invoices(request):
     page = Paginator(invoice_list(organisation=request.organisation), INVOICES_PER_PAGE).get_page(
         request.GET.get("page")
@@ -74,6 +100,7 @@ def invoices(request):
 
 
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing")
+@require_safe
 def invoice_pdf(request, invoice_number):
     invoice = invoice_get(organisation=request.organisation, number=invoice_number)
     document = invoice_document_original(invoice=invoice, now=timezone.now())
@@ -83,6 +110,7 @@ def invoice_pdf(request, invoice_number):
 
 
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing")
+@require_safe
 def invoice_revised_pdf(request, invoice_number, document_id):
     """A revised copy ops issued; the original stays downloadable beside it."""
     invoice = invoice_get(organisation=request.organisation, number=invoice_number)
@@ -178,6 +206,7 @@ def payment_method(request):
     organisation = request.organisation
     form = CardForm(request.POST or None)
     error = None
+    reach_stripe = True
     if request.method == "POST" and form.is_valid():
         now = timezone.now()
         try:
@@ -189,6 +218,7 @@ def payment_method(request):
             )
         except (ServiceError, gateway.PaymentError) as exc:
             error = exc.message
+            reach_stripe = not _stripe_unavailable(exc)
         else:
             # Update Card while past due retries the open invoices with the new card at once.
             subscription = _subscription(organisation)
@@ -209,7 +239,7 @@ def payment_method(request):
                 messages.error(
                     request,
                     f"{card} saved, but the open invoices could not be paid with it: "
-                    f"{_sentence(outcome.result)}",
+                    f"{_retry_reason(outcome)}",
                 )
             return redirect("billing:payment_method", org_slug=organisation.slug)
     elif request.method == "POST":
@@ -228,7 +258,7 @@ def payment_method(request):
         "subscription": subscription,
         "payment_failing": payment_failing,
         "dunning": _timeline_display(dunning, subscription, now) if dunning else None,
-        **_stripe_context(organisation),
+        **_stripe_context(organisation, reach_stripe=reach_stripe),
     }
     return render(request, "billing/payment_method.html", context, status=400 if error else 200)
 
@@ -261,7 +291,7 @@ def retry_payment_view(request):
             partly = (
                 f"{outcome.paid} of {outcome.attempts} open invoices paid. " if outcome.paid else ""
             )
-            messages.error(request, partly + _sentence(outcome.result))
+            messages.error(request, partly + _retry_reason(outcome))
     return redirect("billing:payment_method", org_slug=organisation.slug)
 
 
@@ -298,6 +328,7 @@ def _can_choose_plan(subscription) -> bool:
 
 
 @tenant_view(roles=ADMIN_ONLY, section="subscription", allow_when_ended=True)
+@require_safe
 def choose_plan(request):
     organisation = request.organisation
     if not _can_choose_plan(_subscription(organisation)):
@@ -339,6 +370,7 @@ def checkout(request):
     cycle = form.cleaned_data["billing_cycle"]
     currency = form.cleaned_data["currency"]
     error = None
+    reach_stripe = True
     if request.method == "POST":
         now = timezone.now()
         actor = Actor.from_request(request)
@@ -361,8 +393,9 @@ def checkout(request):
                 now=now,
             )
             payment = invoice_charge(invoice=invoice, now=now)
-        except ServiceError as exc:
+        except (ServiceError, gateway.PaymentError) as exc:
             error = exc.message
+            reach_stripe = not _stripe_unavailable(exc)
         else:
             if payment is not None and payment.status == Payment.Status.SUCCEEDED:
                 messages.success(
@@ -375,6 +408,7 @@ def checkout(request):
                 error = f"Your card was not charged: {payment.failure_message}"
             else:
                 error = "We have not heard back from the card processor yet. Refresh in a minute."
+                reach_stripe = False
     profile = billing_profile_for(organisation=organisation)
     price = plan.price_for(currency).amount_for(cycle)
     tax = tax_for(details=profile.snapshot())
@@ -390,7 +424,7 @@ def checkout(request):
         "card": payment_method_current(organisation=organisation),
         "card_error": error,
         "profile": profile,
-        **_stripe_context(organisation),
+        **_stripe_context(organisation, reach_stripe=reach_stripe),
     }
     return render(request, "billing/checkout.html", context, status=402 if error else 200)
 
@@ -408,6 +442,7 @@ def _subscription_for_upgrade(request):
 
 
 @tenant_view(roles=ADMIN_ONLY, section="subscription")
+@require_safe
 def upgrade(request):
     """Upgrade Plan: the higher plans, each with what upgrading now would charge."""
     subscription = _subscription_for_upgrade(request)

@@ -2,7 +2,9 @@
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
+
+from billing_portal import observability
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing_portal.settings")
 
@@ -18,3 +20,22 @@ def _schedule_registered_jobs(sender, **kwargs):
 
     for job in all_jobs():
         sender.add_periodic_task(job.schedule, run_scheduled_job.s(job.name), name=job.name)
+
+
+@signals.setup_logging.connect
+def _log_like_the_web(**kwargs):
+    """Workers and beat log through settings.LOGGING (JSON lines in production), not Celery's
+    own format; connecting this receiver is what stops Celery from replacing it. The level
+    comes from LOG_LEVEL, so `celery worker -l` has no effect."""
+    from logging.config import dictConfig
+
+    from django.conf import settings
+
+    dictConfig(settings.LOGGING)
+
+
+# Every log line of a task carries its task id; a failed task is logged with its organisation
+# and invoice (billing_portal/observability.py). weak=False: module functions, kept for good.
+signals.task_prerun.connect(observability.task_prerun, weak=False)
+signals.task_postrun.connect(observability.task_postrun, weak=False)
+signals.task_failure.connect(observability.task_failure, weak=False)

@@ -61,7 +61,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "billing_portal.observability.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "billing_portal.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -103,7 +105,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:56379/0")
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        # Django's Redis cache that fails open: the cache holds rate-limit counters only.
+        "BACKEND": "billing_portal.ratelimit.FailOpenRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "portal",
         "TIMEOUT": 300,
@@ -156,6 +159,20 @@ ACCOUNT_RATE_LIMITS = {
     "confirm_email": "1/3m/key",
     "change_password": "5/m/user",
 }
+# Our own limits (billing_portal/ratelimit.py), per client IP: opening or submitting an
+# emailed link, unknown link tokens (guessing), starting an SSO sign-in (one SsoRequest row
+# each; an office behind one address signs in together, hence as many as password sign-ins).
+RATE_LIMITS = {
+    "invitation": "20/m",
+    "primary_email_verify": "20/m",
+    "link_invalid": "10/10m",
+    "sso_start": "30/m",
+    # The machine API: requests with a missing or wrong key, per client address.
+    "api_auth_failed": "60/m",
+}
+# The machine API, per key (usage/api.py; README "Machine API"). Generous: a runtime sends
+# batches of about 1,000 records, a few in parallel at most.
+API_RATE_LIMIT = env_str("API_RATE_LIMIT", "600/m")
 
 LANGUAGE_CODE = "en-gb"
 TIME_ZONE = "UTC"
@@ -200,7 +217,24 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # A task of a worker that died without acking (SIGKILL of the whole worker, a lost
+    # machine) goes back to the queue after this long; a killed pool child's task comes back
+    # at once (REJECT_ON_WORKER_LOST). Longer than any task, or a slow one runs twice.
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+    # A hung Redis (connection open, no answer) fails .delay() in seconds: without these a
+    # request queueing an email waits forever (tests/faults/test_redis_down.py).
+    "socket_timeout": 2,
+    "socket_connect_timeout": 2,
+}
+# Web requests only queue work that a scheduled job also picks up (emails, PDFs): one quick
+# retry (a connection dropped by a Redis restart), then give up instead of holding the page.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 
 # How a request's client address is found for the audit log. Behind one trusted proxy set
@@ -216,27 +250,60 @@ SSO_REQUEST_VALID_MINUTES = 10
 PRIMARY_EMAIL_CHANGE_VALID_DAYS = 3
 CURRENCIES = ["USD", "EUR", "GBP"]
 
+# Content-Security-Policy: billing_portal/security.py (a middleware, every response).
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 SESSION_COOKIE_HTTPONLY = True
+# Lax: the IdP's POST to the ACS comes without our session, and needs none (sso/views.py).
+SESSION_COOKIE_SAMESITE = "Lax"
+# No script of ours reads the CSRF cookie: every form carries the token.
+CSRF_COOKIE_HTTPONLY = True
+CSRF_COOKIE_SAMESITE = "Lax"
+# allauth's per-IP limits must see the client behind our proxy, as the audit log does.
+ALLAUTH_TRUSTED_PROXY_COUNT = TRUSTED_PROXY_COUNT
 if not DEBUG:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # Load balancers probe over plain http inside the network (README "Logs and health").
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 60 * 60 * 24 * 365)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
 
+# Logs (README "Logs and health"): JSON lines in production, readable lines in development;
+# every line carries the request id (the task id in a Celery worker).
+LOG_FORMAT = env_str("LOG_FORMAT", "plain" if DEBUG else "json")
+if LOG_FORMAT not in {"json", "plain"}:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or plain, not {LOG_FORMAT!r}.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "billing_portal.observability.LogContextFilter"}},
+    "formatters": {
+        "plain": {"()": "billing_portal.observability.PlainFormatter"},
+        "json": {"()": "billing_portal.observability.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
+        # Without Django's default handlers (a DEBUG-only console, mail to the unset ADMINS) its
+        # lines reach the console once, through root, with the request id.
+        "django": {"handlers": []},
+        # runserver's own line per request: billing_portal.request writes a fuller one.
+        "django.server": {"level": "WARNING"},
         # Both log every request/render at INFO; keep their warnings and errors.
         "stripe": {"level": "WARNING"},
         "weasyprint": {"level": "WARNING"},

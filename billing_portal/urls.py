@@ -2,8 +2,10 @@ from django.contrib import admin
 from django.urls import include, path
 
 from billing.webhook_views import stripe_webhook
+from billing_portal.health import healthz
 
 urlpatterns = [
+    path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("webhooks/stripe/", stripe_webhook, name="stripe_webhook"),

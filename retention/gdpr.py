@@ -29,6 +29,7 @@ from accounts.models import (
 )
 from billing_portal.errors import ServiceError
 from billing_portal.links import absolute_url
+from billing_portal.queueing import enqueue
 from retention.models import DataDeletionRequest, DeletionRecord
 from sso.models import SsoAttempt
 from support.models import SupportTicket, TicketMessage
@@ -236,14 +237,7 @@ def deletion_request_approve(
 def _enqueue_execute(request_id: int) -> None:
     from retention.tasks import execute_deletion_request
 
-    try:
-        execute_deletion_request.delay(request_id)
-    except Exception:  # noqa: BLE001 - broker down: the scheduled job runs approved requests
-        import logging
-
-        logging.getLogger(__name__).warning(
-            "Could not queue deletion request %s; the scheduled job runs it", request_id
-        )
+    enqueue(execute_deletion_request, request_id, catch_up="gdpr_deletion_requests_catch_up")
 
 
 def deletion_request_reject(

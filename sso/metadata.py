@@ -98,8 +98,15 @@ def metadata_parse(xml: str | bytes, *, now: datetime) -> IdpMetadata:
             "The metadata has no SingleSignOnService with the HTTP-Redirect binding, which we "
             "use to send people to the IdP."
         )
-    if urlsplit(sso_url).scheme not in ("https", "http"):
-        raise _error("The IdP's SingleSignOnService is not an http(s) URL.")
+    # People's browsers are sent there with a SAML request: plain http only in development,
+    # where local test IdPs are the norm (the sign-in page's CSP allows https only otherwise).
+    schemes = ("https", "http") if settings.SSO_METADATA_ALLOW_PRIVATE_URLS else ("https",)
+    if urlsplit(sso_url).scheme not in schemes:
+        raise _error(
+            "The IdP's SingleSignOnService must be an https:// URL."
+            if "http" not in schemes
+            else "The IdP's SingleSignOnService is not an http(s) URL."
+        )
     bodies = list((idp.get("x509certMulti") or {}).get("signing") or [])
     if idp.get("x509cert"):
         bodies.append(idp["x509cert"])

@@ -1,6 +1,7 @@
 """Settings > SSO (Admins) and the public SAML endpoints: Sign in with SSO, the SP metadata,
 starting a sign-in or a test, and the ACS that receives the IdP's answer."""
 
+from django.conf import settings as django_settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.core.exceptions import PermissionDenied
@@ -10,15 +11,22 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import (
+    require_GET,
+    require_http_methods,
+    require_POST,
+    require_safe,
+)
 
 from accounts.audit import Actor, client_ip
 from accounts.models import Organisation
 from accounts.roles import ADMIN_ONLY
 from accounts.tenancy import SESSION_KEY, SSO_SESSION_KEY, tenant_view
+from billing_portal import ratelimit
 from billing_portal.errors import ServiceError
 from billing_portal.forms import form_error
 from billing_portal.links import absolute_url
+from billing_portal.security import csp_extend, origin
 from sso import saml, services
 from sso.forms import (
     DomainForm,
@@ -104,14 +112,24 @@ def _settings_context(request, *, forms=None, warnings=()):
     }
 
 
+def _idp_form_action(response, config):
+    """Let this page's forms lead to the IdP. Browsers apply the CSP form-action to the
+    redirects after a submission too, and Test SSO and sign-in answer with a redirect there."""
+    if config.idp_sso_url:
+        csp_extend(response, "form-action", origin(config.idp_sso_url))
+    return response
+
+
 def _page(request, status=200, **kwargs):
     context = _settings_context(request, **kwargs)
     if not context["available"]:
         return render(request, "sso/unavailable.html", context, status=status)
-    return render(request, "sso/settings.html", context, status=status)
+    response = render(request, "sso/settings.html", context, status=status)
+    return _idp_form_action(response, context["config"])
 
 
 @tenant_view(roles=ADMIN_ONLY, section="sso")
+@require_safe
 def settings(request):
     """Settings > SSO (article section 10)."""
     return _page(request)
@@ -270,6 +288,10 @@ def _set_browser_cookie(request, response, token):
 
 
 def _start(request, organisation, *, mode, next_url=""):
+    # Each start stores an SsoRequest: anonymous callers get a budget per address.
+    decision = ratelimit.hit(request, "sso_start")
+    if not decision.allowed:
+        return ratelimit.too_many_requests(request, decision)
     token = _browser_token(request)
     try:
         url = services.sign_in_start(
@@ -308,7 +330,10 @@ def test_start(request, organisation_slug):
     if request.method == "POST":
         return _start(request, organisation, mode=SsoAttempt.Mode.TEST)
     config = services.configuration_for(organisation)
-    return render(request, "sso/test_start.html", {"organisation": organisation, "config": config})
+    response = render(
+        request, "sso/test_start.html", {"organisation": organisation, "config": config}
+    )
+    return _idp_form_action(response, config)
 
 
 @csrf_exempt  # the IdP posts here; the signature and the InResponseTo binding protect it
@@ -367,9 +392,15 @@ def sign_in(request):
             )
         else:
             return _start(request, organisation, mode=SsoAttempt.Mode.SIGN_IN, next_url=next_url)
-    return render(
+    response = render(
         request,
         "sso/sign_in.html",
         {"form": form, "next": next_url},
         status=400 if form.errors else 200,
     )
+    # The IdP is known only once the email is in, so this one form may lead to any web
+    # address (http too where development IdPs are allowed).
+    schemes = ["https:"]
+    if django_settings.SSO_METADATA_ALLOW_PRIVATE_URLS:
+        schemes.append("http:")
+    return csp_extend(response, "form-action", *schemes)

@@ -2,7 +2,7 @@ from django.contrib import messages
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from accounts.audit import Actor
 from accounts.roles import ADMIN, ADMIN_AND_BILLING, ADMIN_ONLY, ALL_ROLES
@@ -106,6 +106,7 @@ def _create(request, form, key, service, fields, success):
 
 
 @tenant_view(roles=ALL_ROLES)
+@require_safe
 def flows(request):
     return _flows_page(request)
 
@@ -186,6 +187,7 @@ def flow_resume_view(request, flow_id):
 
 
 @tenant_view(roles=ADMIN_AND_BILLING, section="subscription")
+@require_safe
 def settings(request):
     """Settings > Subscription (article sections 2 and 11): plan, cycle, renewal date, limits,
     and the Usage section (this usage month's transactions, overage so far, daily chart)."""
@@ -228,6 +230,7 @@ def _to_subscription(request):
 
 
 @tenant_view(roles=ADMIN_ONLY, section="subscription")
+@require_safe
 def change_plan(request):
     """Step 1 of a downgrade: the lower plans, each with its price and what it includes."""
     subscription = subscription_for(organisation=request.organisation)

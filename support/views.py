@@ -7,6 +7,7 @@ from django.core.paginator import Paginator
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
+from django.views.decorators.http import require_safe
 
 from accounts.audit import Actor
 from accounts.models import Membership
@@ -109,6 +110,7 @@ def ticket(request, ticket_id):
 
 
 @tenant_view(allow_when_ended=True)
+@require_safe
 def attachment_download(request, attachment_id):
     attachment = attachment_get(membership=request.membership, public_id=attachment_id)
     response = HttpResponse(bytes(attachment.data), content_type=attachment.content_type)

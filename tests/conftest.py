@@ -4,6 +4,7 @@ import pytest
 from django.core.cache import cache
 
 from accounts.models import Membership
+from billing_portal.queueing import broker_failure_forget
 from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
 
 pytest_plugins = ["tests.stripe_fixtures"]
@@ -31,6 +32,14 @@ def _default_catalogue(request):
             "billing.migrations.0002_seed_tax_rates",
         ):
             importlib.import_module(module).seed(apps, None)
+
+
+@pytest.fixture(autouse=True)
+def _broker_not_remembered_down():
+    # billing_portal.queueing remembers a broker failure for a few seconds per process.
+    broker_failure_forget()
+    yield
+    broker_failure_forget()
 
 
 @pytest.fixture(autouse=True)

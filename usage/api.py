@@ -1,14 +1,18 @@
 """The machine API for the integration runtime (DESIGN.md section 3).
 
 Authenticated by a per-environment key (`Authorization: Bearer ak_...`), JSON in and out, every
-error a JSON body `{"error": "..."}` (plus `errors` for a rejected batch).
+error a JSON body `{"error": "..."}` (plus `errors` for a rejected batch). Each key may make
+settings.API_RATE_LIMIT requests (default 600 a minute); more get a 429 with Retry-After.
 """
 
+from functools import wraps
+
+from django.conf import settings
 from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods
 
+from billing_portal import ratelimit
 from subscriptions.models import ProcessFlow, Subscription
 from subscriptions.states import SERVING
 from usage.openapi import openapi_document
@@ -35,12 +39,59 @@ def _unauthorized() -> JsonResponse:
     return response
 
 
-@csrf_exempt
-@require_http_methods(["POST"])
-def sync_info(request):
-    key = _authenticate(request)
-    if key is None:
-        return _unauthorized()
+def _too_many(decision: ratelimit.Decision, message: str) -> JsonResponse:
+    response = _error(429, f"{message}; try again in {decision.retry_after} seconds.")
+    response["Retry-After"] = str(decision.retry_after)
+    return response
+
+
+def _rate_limited(key) -> JsonResponse | None:
+    """The 429 for a key past its limit (counted per key, fail-open: billing_portal.ratelimit)."""
+    decision = ratelimit.hit(f"api-key:{key.pk}", "api", settings.API_RATE_LIMIT)
+    if decision.allowed:
+        return None
+    return _too_many(decision, "Too many requests with this key")
+
+
+def api_view(*methods: str, authenticated: bool = True):
+    """The machine API's view wrapper: only `methods`, the key checked and rate-limited, every
+    error JSON. The view gets the key as `key`.
+
+    Django's own method check answers an empty HTML 405, and its CSRF check an HTML 403 to any
+    POST; the API is authenticated by its key, not a cookie, so CSRF does not apply.
+    """
+    allow = ", ".join(methods)
+
+    def decorator(view):
+        @csrf_exempt
+        @wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if request.method not in methods:
+                response = _error(405, f"{request.method} is not allowed here; use {allow}.")
+                response["Allow"] = allow
+                return response
+            if authenticated:
+                # Requests with bad keys are counted per client address: each costs a lookup.
+                refused = ratelimit.peek(request, "api_auth_failed")
+                if not refused.allowed:
+                    return _too_many(refused, "Too many requests with invalid API keys")
+                key = _authenticate(request)
+                if key is None:
+                    ratelimit.hit(request, "api_auth_failed")
+                    return _unauthorized()
+                refusal = _rate_limited(key)
+                if refusal is not None:
+                    return refusal
+                kwargs["key"] = key
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+@api_view("POST")
+def sync_info(request, *, key):
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
@@ -58,12 +109,15 @@ def sync_info(request):
     return JsonResponse(result.body, status=result.status_code)
 
 
-@require_GET
-def flows(request):
+@csrf_exempt
+def not_found(request, path=""):
+    """Any other path under /api/: a JSON 404 like every other API error."""
+    return _error(404, "No such API endpoint; the API is described at /api/v1/openapi.json.")
+
+
+@api_view("GET")
+def flows(request, *, key):
     """The environment's ProcessFlows and whether each may run (paused flows may not)."""
-    key = _authenticate(request)
-    if key is None:
-        return _unauthorized()
     subscription = Subscription.objects.filter(organisation_id=key.organisation_id).first()
     serving = subscription is not None and subscription.status in SERVING
     rows = ProcessFlow.objects.filter(
@@ -86,6 +140,6 @@ def flows(request):
     )
 
 
-@require_GET
+@api_view("GET", authenticated=False)
 def openapi(request):
     return JsonResponse(openapi_document(request))

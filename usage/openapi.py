@@ -18,6 +18,21 @@ ERROR = {
         },
     },
 }
+# Postgres stores no NUL character in text or jsonb, so no string may hold one.
+TEXT_WITHOUT_NUL = "^[^\\u0000]*$"
+# Any JSON value whose strings and keys hold no NUL.
+SNAPSHOT_VALUE = {
+    "anyOf": [
+        {"type": "string", "pattern": TEXT_WITHOUT_NUL},
+        {"type": ["number", "boolean", "null"]},
+        {"type": "array", "items": {"$ref": "#/components/schemas/SnapshotValue"}},
+        {
+            "type": "object",
+            "propertyNames": {"pattern": TEXT_WITHOUT_NUL},
+            "additionalProperties": {"$ref": "#/components/schemas/SnapshotValue"},
+        },
+    ]
+}
 RECORD = {
     "type": "object",
     "required": ["flow_id", "record_key", "status", "direction", "synced_at"],
@@ -27,7 +42,13 @@ RECORD = {
             "format": "uuid",
             "description": "A ProcessFlow id of the key's environment.",
         },
-        "record_key": {"type": "string", "minLength": 1, "maxLength": 255},
+        "record_key": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 255,
+            # Not only spaces (ASCII ones are trimmed), and no NUL.
+            "pattern": "^[^\\u0000]*[^\\u0000 \\t\\n\\r\\f\\v][^\\u0000]*$",
+        },
         "status": {"type": "string", "enum": ["success", "failed"]},
         "direction": {"type": "string", "enum": ["inbound", "outbound"]},
         "synced_at": {
@@ -35,10 +56,18 @@ RECORD = {
             "format": "date-time",
             "description": "With a UTC offset; within the last 400 days.",
         },
-        "message": {"type": "string", "maxLength": 500},
+        "message": {"type": ["string", "null"], "maxLength": 500, "pattern": TEXT_WITHOUT_NUL},
         "snapshot": {
-            "type": ["object", "array"],
-            "description": "Optional payload, at most 64 KB.",
+            "description": "Optional payload, a JSON object or array of at most 64 KB.",
+            "anyOf": [
+                {"type": "null"},
+                {"type": "array", "items": {"$ref": "#/components/schemas/SnapshotValue"}},
+                {
+                    "type": "object",
+                    "propertyNames": {"pattern": TEXT_WITHOUT_NUL},
+                    "additionalProperties": {"$ref": "#/components/schemas/SnapshotValue"},
+                },
+            ],
         },
     },
 }
@@ -48,21 +77,36 @@ def _json(schema):
     return {"application/json": {"schema": schema}}
 
 
+ERROR_TEXTS = {
+    400: "Invalid request or batch (nothing stored)",
+    401: "Missing, unknown or revoked API key",
+    409: "Idempotency-Key reused with a different body",
+    413: "Body or batch too large",
+    415: "Not JSON",
+    429: "Too many requests with this key; try again after Retry-After seconds",
+}
+ERROR_HEADERS = {
+    401: {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
+    429: {
+        "Retry-After": {
+            "required": True,
+            "description": "Seconds until the key may send again.",
+            "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+        }
+    },
+}
+
+
 def _errors(*codes):
-    texts = {
-        400: "Invalid request or batch (nothing stored)",
-        401: "Missing, unknown or revoked API key",
-        409: "Idempotency-Key reused with a different body",
-        413: "Body or batch too large",
-        415: "Not JSON",
-    }
-    return {
-        str(code): {
-            "description": texts[code],
+    responses = {}
+    for code in codes:
+        responses[str(code)] = {
+            "description": ERROR_TEXTS[code],
             "content": _json({"$ref": "#/components/schemas/Error"}),
         }
-        for code in codes
-    }
+        if code in ERROR_HEADERS:
+            responses[str(code)]["headers"] = ERROR_HEADERS[code]
+    return responses
 
 
 def openapi_document(request) -> dict:
@@ -78,7 +122,7 @@ def openapi_document(request) -> dict:
         "security": [{"apiKey": []}],
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": ERROR, "Record": RECORD},
+            "schemas": {"Error": ERROR, "Record": RECORD, "SnapshotValue": SNAPSHOT_VALUE},
         },
         "paths": {
             "/api/v1/sync-info": {
@@ -89,7 +133,15 @@ def openapi_document(request) -> dict:
                             "name": "Idempotency-Key",
                             "in": "header",
                             "required": True,
-                            "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": 128,
+                                # No control characters inside; spaces and tabs around
+                                # it are not part of it (RFC 9110, section 5.5).
+                                "pattern": "^[ \\t]*[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f]"
+                                "[^\\x00-\\x1f\\x7f]*[ \\t]*$",
+                            },
                             "description": "A resent batch with the same key is answered "
                             "as the first time and counted once.",
                         }
@@ -125,7 +177,7 @@ def openapi_document(request) -> dict:
                                 }
                             ),
                         },
-                        **_errors(400, 401, 409, 413, 415),
+                        **_errors(400, 401, 409, 413, 415, 429),
                     },
                 }
             },
@@ -157,7 +209,7 @@ def openapi_document(request) -> dict:
                                 }
                             ),
                         },
-                        **_errors(401),
+                        **_errors(401, 429),
                     },
                 }
             },

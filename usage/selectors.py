@@ -53,6 +53,10 @@ class ChartBar:
     height: str  # px
     is_today: bool
     is_future: bool
+    # Display strings, made here once rather than by filters for each of ~31 bars per page.
+    css_class: str  # "usage-chart-bar", plus " is-today" or " is-future"
+    iso_day: str  # "2026-11-12"
+    title: str  # "Thu 12 Nov (today): 1,040 transactions"
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,22 @@ def _percent(value: float) -> str:
     return f"{value:.4f}".rstrip("0").rstrip(".") + "%"
 
 
+def _bar_class(day: DayUsage) -> str:
+    if day.is_today:
+        return "usage-chart-bar is-today"
+    if day.is_future:
+        return "usage-chart-bar is-future"
+    return "usage-chart-bar"
+
+
+def _bar_title(day: DayUsage) -> str:
+    """What the `date:"D j M"`, `thousands` and `pluralize` filters made of a bar: "Sun 1 Nov:
+    3 transactions", with " (today)" after today's date."""
+    today = " (today)" if day.is_today else ""
+    plural = "" if day.transactions == 1 else "s"
+    return f"{day.day:%a %-d %b}{today}: {day.transactions:,} transaction{plural}"
+
+
 def _chart(days: list[DayUsage]) -> UsageChart:
     top = _axis_max(max((d.transactions for d in days), default=0))
     plot = CHART_BOTTOM - CHART_TOP
@@ -241,6 +261,9 @@ def _chart(days: list[DayUsage]) -> UsageChart:
                 height=_px(height),
                 is_today=day.is_today,
                 is_future=day.is_future,
+                css_class=_bar_class(day),
+                iso_day=day.day.isoformat(),
+                title=_bar_title(day),
             )
         )
         # A label on the first day and then once a week, so they never crowd a phone screen.

@@ -12,9 +12,11 @@ retention tier (usage.partitions): the partition the purge will drop it with.
 import contextlib
 import hashlib
 import json
+import math
+import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from dateutil.relativedelta import relativedelta
@@ -40,6 +42,10 @@ OLDEST = timedelta(days=400)
 NEWEST = timedelta(days=1)
 THRESHOLDS = (80, 100)
 KEY_PREFIX = "ak_"
+# Trimmed from record keys. Only ASCII: Python's idea of Unicode whitespace differs from the
+# one JSON Schema patterns use, and the OpenAPI document must say exactly what is accepted.
+ASCII_SPACE = " \t\n\r\f\v"
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # API keys -------------------------------------------------------------------------------------
@@ -147,6 +153,41 @@ def _parse_instant(value) -> datetime | None:
     return moment if moment.tzinfo is not None else None
 
 
+def _storable(text: str) -> bool:
+    """Postgres text and jsonb hold neither NUL nor unpaired surrogates (not UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+UNSTORABLE = "Text cannot contain NUL characters or unpaired surrogates."
+NOT_FINITE = "A snapshot cannot hold NaN or Infinity (nor a number as large as 1e400)."
+
+
+def _snapshot_problem(snapshot) -> str | None:
+    """Why jsonb would refuse `snapshot`, if it would: unstorable text, in a key or a value,
+    or a number Python reads and JSON does not have. Iterative: nesting can be deep."""
+    stack = [snapshot]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not _storable(item):
+                return UNSTORABLE
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return NOT_FINITE
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
 def _validate(records, *, flows: dict[str, int], now: datetime) -> tuple[list[_Row], list[dict]]:
     rows, errors = [], []
 
@@ -165,9 +206,12 @@ def _validate(records, *, flows: dict[str, int], now: datetime) -> tuple[list[_R
                 flow_pk = flows.get(str(UUID(str(flow_value))))
         if flow_pk is None:
             error(index, "flow_id", "Unknown ProcessFlow for this environment.")
-        key = record.get("record_key")
-        if not isinstance(key, str) or not key.strip() or len(key) > 255:
+        raw_key = record.get("record_key")
+        key = raw_key.strip(ASCII_SPACE) if isinstance(raw_key, str) else None
+        if not key or len(raw_key) > 255:
             error(index, "record_key", "A record key of 1 to 255 characters is required.")
+        elif not _storable(key):
+            error(index, "record_key", UNSTORABLE)
         status = record.get("status")
         if status not in ("success", "failed"):
             error(index, "status", 'Must be "success" or "failed".')
@@ -184,6 +228,8 @@ def _validate(records, *, flows: dict[str, int], now: datetime) -> tuple[list[_R
             message = ""
         if not isinstance(message, str) or len(message) > MAX_MESSAGE:
             error(index, "message", f"At most {MAX_MESSAGE} characters of text.")
+        elif not _storable(message):
+            error(index, "message", UNSTORABLE)
         snapshot = record.get("snapshot")
         snapshot_json = None
         if snapshot is not None:
@@ -193,14 +239,17 @@ def _validate(records, *, flows: dict[str, int], now: datetime) -> tuple[list[_R
                 snapshot_json = json.dumps(snapshot, separators=(",", ":"))
                 if len(snapshot_json.encode()) > MAX_SNAPSHOT_BYTES:
                     error(index, "snapshot", "A snapshot can be at most 64 KB.")
+                elif problem := _snapshot_problem(snapshot):
+                    error(index, "snapshot", problem)
         if not errors or errors[-1]["index"] != index:
             rows.append(
                 _Row(
                     flow_id=flow_pk,
-                    record_key=key.strip(),
+                    record_key=key,
                     status=status,
                     direction=direction,
-                    synced_at=synced_at,
+                    # In UTC: Python takes offsets up to 23:59, Postgres only up to 15:59.
+                    synced_at=synced_at.astimezone(UTC),
                     message=message,
                     snapshot=snapshot_json,
                 )
@@ -212,10 +261,16 @@ def sync_info_ingest(
     *, key: ApiKey, idempotency_key: str, body: bytes, now: datetime
 ) -> IngestResult:
     """POST /api/v1/sync-info: validate, store and count one batch (see the module docstring)."""
-    idempotency_key = (idempotency_key or "").strip()
-    if not idempotency_key or len(idempotency_key) > 128:
+    raw_key = idempotency_key or ""
+    # Spaces and tabs around a header value are not part of it (RFC 9110, section 5.5).
+    idempotency_key = raw_key.strip(" \t")
+    if not idempotency_key or len(raw_key) > 128 or CONTROL.search(idempotency_key):
         return IngestResult(
-            400, {"error": "An Idempotency-Key header of 1 to 128 characters is required."}
+            400,
+            {
+                "error": "An Idempotency-Key header of 1 to 128 characters, none of them "
+                "control characters, is required."
+            },
         )
     digest = hashlib.sha256(body).hexdigest()
     previous = IngestBatch.objects.filter(
@@ -227,6 +282,11 @@ def sync_info_ingest(
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return IngestResult(400, {"error": "The body is not valid JSON."})
+    except RecursionError:
+        return IngestResult(400, {"error": "The body is nested too deeply."})
+    except ValueError:
+        # Python refuses to read an integer of more than 4,300 digits.
+        return IngestResult(400, {"error": "The body has a number with too many digits."})
     records = payload.get("records") if isinstance(payload, dict) else None
     if not isinstance(records, list) or not records:
         return IngestResult(

@@ -1,4 +1,4 @@
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from usage import api, views
 
@@ -22,5 +22,6 @@ urlpatterns = [
     path("api/v1/sync-info", api.sync_info, name="api_sync_info"),
     path("api/v1/flows", api.flows, name="api_flows"),
     path("api/v1/openapi.json", api.openapi, name="api_openapi"),
+    re_path(r"^api/(?P<path>.*)$", api.not_found, name="api_not_found"),
     path("o/<slug:org_slug>/", include(organisation_urlpatterns)),
 ]

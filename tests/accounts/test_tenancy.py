@@ -12,15 +12,10 @@ import uuid
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from accounts.models import AuditEvent, Invitation, Membership, Organisation
-from billing.models import InvoiceDocument
-from sso.models import SsoDomain
-from subscriptions.models import Connection, Environment, ProcessFlow
-from support.models import SupportTicket, TicketAttachment, TicketMessage
-from tests.billing.pdf_factories import issued_invoice
-from tests.factories import InvitationFactory, MembershipFactory
-from tests.subscriptions.factories import ProcessFlowFactory, SubscriptionFactory
-from usage.models import ApiKey
+from accounts.models import Organisation
+from tests.accounts.tenancy_objects import organisation_objects, snapshot
+from tests.factories import MembershipFactory
+from tests.subscriptions.factories import SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -64,82 +59,9 @@ def fill(route, values):
 @pytest.fixture
 def victim(org, admin, member):
     """Organisation A with a member, a pending invitation and a running ProcessFlow."""
-    invitation = InvitationFactory(organisation=org)
     SubscriptionFactory(organisation=org)
-    flow = ProcessFlowFactory(environment__organisation=org)
-    return {
-        "org_slug": org.slug,
-        "member_id": Membership.objects.get(user=member).public_id,
-        "invitation_id": invitation.public_id,
-        "flow_id": flow.public_id,
-        "plan_code": "standard",
-        "key_id": api_key_of(org).pk,
-        "domain_id": SsoDomain.objects.create(organisation=org, domain="acme.test").public_id,
-        **billing_and_support_objects(org, "INV-2026-000101"),
-    }
-
-
-def billing_and_support_objects(organisation, number):
-    """An invoice with a revised copy, and a support ticket with an attached file."""
-    invoice = issued_invoice(organisation=organisation, number=number)
-    document = InvoiceDocument.objects.create(invoice=invoice, kind="revised", pdf=b"%PDF-1.7")
-    ticket = SupportTicket.objects.create(
-        organisation=organisation,
-        category="billing",
-        subject="Help",
-        contact_email="someone@company.test",
-        organisation_name=organisation.name,
-    )
-    message = TicketMessage.objects.create(
-        ticket=ticket, organisation=organisation, author_kind="customer", body="Hello"
-    )
-    attachment = TicketAttachment.objects.create(
-        message=message,
-        organisation=organisation,
-        filename="a.txt",
-        content_type="text/plain",
-        size=2,
-        data=b"hi",
-    )
-    return {
-        "invoice_number": invoice.number,
-        "document_id": document.pk,
-        "ticket_id": ticket.public_id,
-        "attachment_id": attachment.public_id,
-    }
-
-
-def api_key_of(organisation):
-    """An API key of `organisation` (usage:api_key_revoke takes its integer id)."""
-    environment = ProcessFlowFactory(environment__organisation=organisation).environment
-    return ApiKey.objects.create(
-        organisation=organisation,
-        environment=environment,
-        name="Runtime",
-        prefix="ak_test",
-        key_hash=uuid.uuid4().hex,
-    )
-
-
-def snapshot(org):
-    return (
-        Organisation.objects.filter(pk=org.pk)
-        .values_list("name", "primary_email", "time_zone")
-        .get(),
-        sorted(
-            Membership.objects.filter(organisation=org).values_list("user_id", "role", "status")
-        ),
-        sorted(
-            Invitation.objects.filter(organisation=org).values_list("email", "status", "token_hash")
-        ),
-        AuditEvent.objects.filter(organisation=org).count(),
-        Environment.objects.filter(organisation=org).count(),
-        Connection.objects.filter(organisation=org).count(),
-        sorted(ProcessFlow.objects.filter(organisation=org).values_list("public_id", "status")),
-        sorted(ApiKey.objects.filter(organisation=org).values_list("pk", "name", "revoked_at")),
-        sorted(SsoDomain.objects.filter(organisation=org).values_list("domain", flat=True)),
-        sorted(SupportTicket.objects.filter(organisation=org).values_list("subject", "status")),
-        TicketMessage.objects.filter(organisation=org).count(),
+    return organisation_objects(
+        org, member=member, invoice_number="INV-2026-000101", domain="acme.test"
     )
 
 
@@ -175,16 +97,10 @@ def test_own_organisation_url_with_another_organisations_object_ids_is_404(
     client_for, org, other_org, outsider, admin, method
 ):
     theirs = {
-        "org_slug": org.slug,  # the attacker's own organisation in the URL ...
-        "member_id": Membership.objects.get(user=outsider).public_id,  # ... B's objects
-        "invitation_id": InvitationFactory(organisation=other_org).public_id,
-        "flow_id": ProcessFlowFactory(environment__organisation=other_org).public_id,
-        "plan_code": "standard",
-        "key_id": api_key_of(other_org).pk,
-        "domain_id": SsoDomain.objects.create(
-            organisation=other_org, domain="globex.test"
-        ).public_id,
-        **billing_and_support_objects(other_org, "INV-2026-000202"),
+        **organisation_objects(
+            other_org, member=outsider, invoice_number="INV-2026-000202", domain="globex.test"
+        ),
+        "org_slug": org.slug,  # the attacker's own organisation in the URL, B's objects
     }
     MembershipFactory(organisation=other_org, role="member")
     before = snapshot(other_org)
@@ -206,8 +122,9 @@ def test_own_organisation_url_with_another_organisations_object_ids_is_404(
     for route in object_routes:
         url = fill(route, theirs)
         response = getattr(client, method)(url, {"role": "member"})
-        # A GET on a POST-only action is 405 whatever the id, so it reveals nothing either.
-        allowed = {404, 405} if method == "get" else {404}
+        # A GET on a POST-only action (or a POST on a GET-only page) is 405 whatever the id,
+        # so it reveals nothing either.
+        allowed = {404, 405}
         assert response.status_code in allowed, f"{method.upper()} {url}: {response.status_code}"
         same_as_unknown = getattr(client, method)(fill(route, unknown), {"role": "member"})
         assert response.status_code == same_as_unknown.status_code, url

@@ -9,10 +9,10 @@ from django.urls import reverse
 from pypdf import PdfReader
 
 from accounts.models import AuditEvent
-from billing.models import BillingProfile, Invoice, PaymentMethod
+from billing.models import BillingProfile, Invoice, InvoiceDocument, PaymentMethod
 from billing.services import billing_run_issue
 from subscriptions.models import Subscription
-from tests.billing.conftest import add_card
+from tests.billing.conftest import add_card, subscribe
 from tests.stripe_fixtures import MASTERCARD, confirm_card_setup
 
 pytestmark = pytest.mark.django_db
@@ -45,6 +45,40 @@ def test_invoice_history_lists_invoices_newest_first_and_paginates(
     second_page = client.get(url("invoices", org) + "?page=2").content.decode()
     assert "INV-2026-000001" in second_page
     assert "Page 2 of 2" in second_page
+
+
+def test_invoice_history_rows_show_dates_in_the_organisation_zone(
+    client_for, localstripe, org, admin
+):
+    org.time_zone = "Pacific/Kiritimati"  # UTC+14: 10:00 UTC is midnight there, a day later
+    org.save(update_fields=["time_zone"])
+    paid = subscribe(org, currency="EUR")  # 31 Jan 2026 10:00 UTC
+    InvoiceDocument.objects.create(
+        invoice=paid,
+        kind=InvoiceDocument.Kind.REVISED,
+        pdf=b"%PDF-1.7",
+        created_at=datetime(2026, 2, 15, 12, tzinfo=UTC),
+    )
+    billing_run_issue(now=datetime(2026, 3, 1, tzinfo=UTC))
+    body = client_for(admin).get(url("invoices", org)).content.decode()
+    rows = [
+        " ".join(re.sub(r"<[^>]+>", " ", row).split())
+        for row in re.findall(r"<tr>(.*?)</tr>", body.split("<tbody>")[1], re.S)
+    ]
+    assert rows == [
+        "INV-2026-000002 (PDF) Professional · Subscription period "
+        "1 Mar 2026 1 Mar 2026 – 1 Apr 2026 €921.27 Open · due 1 Mar",
+        "INV-2026-000001 (PDF) Professional · Subscription period "
+        "Revised copy, 16 Feb 2026 of INV-2026-000001 (PDF) "
+        "1 Feb 2026 1 Feb 2026 – 1 Mar 2026 €921.27 Paid",
+    ]
+    revised = InvoiceDocument.objects.get(kind=InvoiceDocument.Kind.REVISED)
+    for href in (
+        url("invoice_pdf", org, "INV-2026-000002"),
+        url("invoice_pdf", org, "INV-2026-000001"),
+        url("invoice_revised_pdf", org, "INV-2026-000001", revised.pk),
+    ):
+        assert f'<a href="{href}" download>' in body
 
 
 def test_invoice_history_query_count_is_constant(client_for, subscribed, org, admin):

@@ -196,6 +196,16 @@ def test_metadata_urls_to_internal_addresses_are_refused(
     assert config_state(configured.organisation) == before
 
 
+@override_settings(SSO_METADATA_ALLOW_PRIVATE_URLS=False)
+def test_a_plain_http_sign_in_url_is_refused_outside_development(client_for, admin, configured):
+    before = config_state(configured.organisation)
+    plain = TestIdP("https://plain-idp.test", sso_url="http://idp.example.com/sso")
+    response = _save(client_for(admin), metadata_xml=plain.metadata())
+    assert response.status_code == 400
+    assert "SingleSignOnService must be an https:// URL" in response.content.decode()
+    assert config_state(configured.organisation) == before
+
+
 def test_url_and_xml_together_are_refused(client_for, admin, configured, idp):
     response = _save(
         client_for(admin), metadata_url="https://idp.example.com/m", metadata_xml=idp.metadata()

@@ -4,10 +4,12 @@ import json
 import re
 import threading
 from datetime import timedelta
+from datetime import timezone as dt_timezone
 
 import pytest
 from django.core import mail
 from django.db import connection
+from django.test import Client
 from django.utils import timezone
 
 from accounts.audit import Actor
@@ -287,7 +289,6 @@ def test_two_concurrent_batches_crossing_80_percent_send_one_alert(client):
     _, plain = api_key_create(
         environment=environment, actor=Actor(user=admin), name="k", now=timezone.now()
     )
-    from django.test import Client
 
     post(Client(), plain, [record(flow, n) for n in range(70)], key="warm")
     barrier = threading.Barrier(2)
@@ -351,3 +352,229 @@ def test_records_in_the_past_count_in_their_usage_month(client, setup, org):
     previous = usage_month_of(subscription, earlier)[0]
     assert previous < current
     assert month_usage(organisation=org, month_start=previous) == 1
+
+
+# Found by fuzzing (tests/usage/test_api_fuzz.py) or while fixing what it found -------------
+
+
+def raw_post(client, plain, body: bytes | str, key="raw", **extra):
+    return client.post(
+        "/api/v1/sync-info",
+        data=body,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {plain}",
+        HTTP_IDEMPOTENCY_KEY=key,
+        **extra,
+    )
+
+
+def assert_nothing_stored():
+    assert SyncInfo.objects.count() == 0
+    assert not IngestBatch.objects.exists()
+    assert not UsageCounter.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("get", "/api/v1/sync-info", "POST"),
+        ("put", "/api/v1/sync-info", "POST"),
+        ("trace", "/api/v1/sync-info", "POST"),
+        ("post", "/api/v1/flows", "GET"),
+        ("delete", "/api/v1/flows", "GET"),
+        ("post", "/api/v1/openapi.json", "GET"),
+    ],
+)
+def test_a_method_not_allowed_is_a_json_405(setup, method, path, allow):
+    # Was an empty text/html 405 (require_GET), and for POST /api/v1/flows Django's CSRF page
+    # (403, HTML): the API is authenticated by its key, not a cookie.
+    client = Client(enforce_csrf_checks=True)
+    response = getattr(client, method)(path, HTTP_AUTHORIZATION=f"Bearer {setup['plain']}")
+    assert response.status_code == 405
+    assert response["Content-Type"] == "application/json"
+    assert response["Allow"] == allow
+    assert response.json() == {"error": f"{method.upper()} is not allowed here; use {allow}."}
+
+
+def test_a_utc_offset_postgres_cannot_hold_is_stored_in_utc(client, setup):
+    # Python accepts offsets up to 23:59, Postgres up to 15:59: was a 500 from COPY.
+    moment = (timezone.now() - timedelta(days=2)).replace(microsecond=0)
+    far_east = moment.astimezone(dt_timezone(timedelta(hours=22, minutes=21)))
+    response = post(client, setup["plain"], [record(setup["flow"], synced_at=far_east.isoformat())])
+    assert response.status_code == 201, response.content
+    assert SyncInfo.objects.get().synced_at == moment
+
+
+def test_record_keys_are_trimmed_of_ascii_spaces_and_cannot_be_only_spaces(client, setup):
+    # The document says what the API does: before, " " was valid by the document and refused,
+    # and Unicode spaces were trimmed by Python's rules, which JSON Schema patterns do not share.
+    flow = setup["flow"]
+    refused = post(client, setup["plain"], [record(flow, record_key=" \t\n ")], key="spaces")
+    assert refused.status_code == 400
+    assert refused.json()["errors"] == [
+        {
+            "index": 0,
+            "field": "record_key",
+            "message": "A record key of 1 to 255 characters is required.",
+        }
+    ]
+    assert_nothing_stored()
+    batch = [record(flow, record_key="  SO-1\t"), record(flow, record_key="\u2003")]
+    assert post(client, setup["plain"], batch, key="trimmed").status_code == 201
+    assert sorted(SyncInfo.objects.values_list("record_key", flat=True)) == ["SO-1", "\u2003"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("record_key", "SO-\x001"),
+        ("message", "a\x00b"),
+        ("snapshot", {"order\x00": 1}),
+        ("snapshot", {"order": ["ok", "a\x00b"]}),
+        ("record_key", "\ud800"),
+        ("message", "x\udfffx"),
+        ("snapshot", {"\udbff": 1}),
+    ],
+)
+def test_text_postgres_cannot_store_is_refused(client, setup, field, value):
+    # NUL and unpaired surrogates (JSON allows "\u0000" and "\ud800"): were a 500 from COPY.
+    response = post(client, setup["plain"], [record(setup["flow"], **{field: value})])
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {
+            "index": 0,
+            "field": field,
+            "message": "Text cannot contain NUL characters or unpaired surrogates.",
+        }
+    ]
+    assert_nothing_stored()
+
+
+def test_a_surrogate_sent_as_raw_bytes_is_refused(client, setup):
+    # json.loads decodes bytes with "surrogatepass": UTF-8-encoded surrogates get through too.
+    body = json.dumps({"records": [record(setup["flow"], message="MARK")]}).encode()
+    response = raw_post(client, setup["plain"], body.replace(b"MARK", b"\xed\xa0\x80"))
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "message"
+    assert_nothing_stored()
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_snapshot_number_json_cannot_hold_is_refused(client, setup, number):
+    # Python reads them (1e400 as infinity); jsonb refuses them: COPY failed, a 500.
+    body = json.dumps({"records": [record(setup["flow"], snapshot={"total": ["MARK"]})]})
+    response = raw_post(client, setup["plain"], body.replace('"MARK"', number))
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {
+            "index": 0,
+            "field": "snapshot",
+            "message": "A snapshot cannot hold NaN or Infinity (nor a number as large as 1e400).",
+        }
+    ]
+    assert_nothing_stored()
+
+
+def test_an_integer_of_too_many_digits_is_refused(client, setup):
+    # Python refuses to read an integer of over 4,300 digits: a ValueError, a 500.
+    body = json.dumps({"records": [record(setup["flow"], snapshot={"total": "MARK"})]})
+    response = raw_post(client, setup["plain"], body.replace('"MARK"', "9" * 5000))
+    assert (response.status_code, response.json()) == (
+        400,
+        {"error": "The body has a number with too many digits."},
+    )
+    assert_nothing_stored()
+
+
+def test_a_body_nested_too_deeply_is_refused(client, setup):
+    # Was a RecursionError from json.loads: a 500.
+    response = raw_post(client, setup["plain"], "[" * 100_000)
+    assert (response.status_code, response.json()) == (
+        400,
+        {"error": "The body is nested too deeply."},
+    )
+    assert_nothing_stored()
+
+
+@pytest.mark.parametrize("key", ["a\x00b", "a\x01b", "a\tb", "\x7f"])
+def test_an_idempotency_key_with_control_characters_is_refused(client, setup, key):
+    # A NUL was a 500 from Postgres; the document now says what a key may hold.
+    response = post(client, setup["plain"], [record(setup["flow"])], key=key)
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()["error"]
+    assert_nothing_stored()
+
+
+def test_spaces_around_an_idempotency_key_are_not_part_of_it(client, setup):
+    records = [record(setup["flow"])]
+    first = post(client, setup["plain"], records, key="batch-7")
+    again = post(client, setup["plain"], records, key=" batch-7\t")
+    assert (first.status_code, again.status_code) == (201, 201)
+    assert again.json() == first.json()
+    assert SyncInfo.objects.count() == 1
+
+
+def test_each_key_has_a_rate_limit(client, setup, settings, admin):
+    settings.API_RATE_LIMIT = "3/m"
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {setup['plain']}"}
+    assert [client.get("/api/v1/flows", **auth).status_code for _ in range(3)] == [200] * 3
+    refused = post(client, setup["plain"], [record(setup["flow"])])
+    assert refused.status_code == 429
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    assert refused.json() == {
+        "error": f"Too many requests with this key; try again in {refused['Retry-After']} seconds."
+    }
+    assert_nothing_stored()
+    # Per key: another key of the same environment is not held back.
+    _, other = api_key_create(
+        environment=setup["environment"], actor=Actor(user=admin), name="b", now=timezone.now()
+    )
+    assert client.get("/api/v1/flows", HTTP_AUTHORIZATION=f"Bearer {other}").status_code == 200
+
+
+def test_the_openapi_document_describes_every_error_with_the_error_schema(client, db):
+    document = client.get("/api/v1/openapi.json").json()
+    operations = {
+        (path, method): operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+    assert {key: sorted(op["responses"]) for key, op in operations.items()} == {
+        ("/api/v1/sync-info", "post"): ["201", "400", "401", "409", "413", "415", "429"],
+        ("/api/v1/flows", "get"): ["200", "401", "429"],
+    }
+    for operation in operations.values():
+        for status, response in operation["responses"].items():
+            if status.startswith("4"):
+                schema = response["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/Error"}
+        assert operation["responses"]["429"]["headers"]["Retry-After"]["required"] is True
+
+
+def test_requests_with_wrong_keys_are_limited_per_client_address(client, setup, settings):
+    settings.RATE_LIMITS = {**settings.RATE_LIMITS, "api_auth_failed": "3/m"}
+    wrong = {"HTTP_AUTHORIZATION": "Bearer ak_guessed"}
+    assert [client.get("/api/v1/flows", **wrong).status_code for _ in range(3)] == [401] * 3
+    refused = client.get("/api/v1/flows", **wrong)
+    assert refused.status_code == 429
+    assert refused.json()["error"].startswith("Too many requests with invalid API keys")
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    # Refused before the key is even looked at: a right key from that address waits too.
+    right = client.get("/api/v1/flows", HTTP_AUTHORIZATION=f"Bearer {setup['plain']}")
+    assert right.status_code == 429
+    # Another address is not held back.
+    other = client.get(
+        "/api/v1/flows", HTTP_AUTHORIZATION=f"Bearer {setup['plain']}", REMOTE_ADDR="10.0.0.9"
+    )
+    assert other.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v1/flows/", "/api/v2/sync-info"])
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_unknown_api_paths_answer_a_json_404(client, db, path, method):
+    response = getattr(client, method)(path, content_type="application/json")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {
+        "error": "No such API endpoint; the API is described at /api/v1/openapi.json."
+    }

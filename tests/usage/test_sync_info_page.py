@@ -1,5 +1,6 @@
 """Sync Info page (issue 6, point 1 UI): filters, keyset pagination, constant queries."""
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -7,10 +8,23 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from subscriptions.models import Subscription
-from tests.subscriptions.factories import EnvironmentFactory, ProcessFlowFactory
+from subscriptions.models import Plan, Subscription
+from tests.subscriptions.factories import (
+    EnvironmentFactory,
+    ProcessFlowFactory,
+    SubscriptionFactory,
+)
 from usage.models import SyncInfo
-from usage.partitions import ingest_retention
+from usage.partitions import (
+    SYNC_INFO_TABLE,
+    block_name,
+    block_width,
+    catalogue_tiers,
+    ingest_retention,
+    partitions_ensure,
+    tier_blocks,
+)
+from usage.services import NEWEST
 from usage.views import STALE_CURSOR
 
 pytestmark = pytest.mark.django_db
@@ -305,3 +319,162 @@ def test_query_count_is_constant_and_pages_use_neither_offset_nor_count(
 def test_every_role_may_open_sync_info(client_for, org, admin, billing, member, flow):
     for user in (admin, billing, member):
         assert client_for(user).get(url(org)).status_code == 200
+
+
+def test_times_keep_their_seconds_and_offset_across_a_daylight_saving_change(
+    client_for, org, member, flow
+):
+    org.time_zone = "America/New_York"
+    org.save(update_fields=["time_zone"])
+    insert_rows(
+        flow,
+        [
+            # 1 Nov 2026 05:30:07.25 UTC is 01:30 EDT; an hour later it is 01:30 EST again.
+            {"record_key": "edt", "synced_at": datetime(2026, 11, 1, 5, 30, 7, 250000, UTC)},
+            {"record_key": "est", "synced_at": datetime(2026, 11, 1, 6, 30, 7, tzinfo=UTC)},
+            {"record_key": "day", "synced_at": datetime(2026, 11, 9, 4, 59, 59, tzinfo=UTC)},
+        ],
+    )
+    html = client_for(member).get(url(org)).content.decode()
+    assert re.findall(r'<time datetime="([^"]+)">([^<]+)</time>', html) == [
+        ("2026-11-08T23:59:59-05:00", "8 Nov 2026, 23:59:59"),
+        ("2026-11-01T01:30:07-05:00", "1 Nov 2026, 01:30:07"),
+        ("2026-11-01T01:30:07.250000-04:00", "1 Nov 2026, 01:30:07"),
+    ]
+
+
+def test_the_filter_fields_keep_their_labels_values_and_errors(client_for, org, member, flow):
+    html = client_for(member).get(url(org)).content.decode()
+    assert '<label for="id_flow">ProcessFlow</label>' in html
+    assert '<option value="" selected>All ProcessFlows</option>' in html
+    assert f'<option value="{flow.public_id}">Orders to SAP · Production</option>' in html
+    assert '<label for="id_status">Status</label>' in html
+    assert '<option value="" selected>All statuses</option>' in html
+    assert '<option value="failed">Failed</option>' in html
+    assert '<input type="date" name="date_from" id="id_date_from">' in html
+    assert '<input type="date" name="date_to" id="id_date_to">' in html
+
+    chosen = client_for(member).get(
+        url(org, flow=str(flow.public_id), status="failed", date_from="2026-11-01")
+    )
+    html = chosen.content.decode()
+    assert f'<option value="{flow.public_id}" selected>Orders to SAP · Production</option>' in html
+    assert '<option value="failed" selected>Failed</option>' in html
+    assert '<option value="" selected>' not in html
+    assert '<input type="date" name="date_from" value="2026-11-01" id="id_date_from">' in html
+
+    wrong = client_for(member).get(url(org, flow="nope", date_from="<b>1</b>"))
+    assert wrong.status_code == 400
+    html = wrong.content.decode()
+    assert (
+        '<ul class="errorlist" id="id_flow_error">'
+        "<li>Choose one of your organisation&#x27;s ProcessFlows.</li></ul>"
+    ) in html
+    assert (
+        '<select name="flow" aria-invalid="true" aria-describedby="id_flow_error" id="id_flow">'
+    ) in html
+    assert (
+        '<input type="date" name="date_from" value="&lt;b&gt;1&lt;/b&gt;" aria-invalid="true" '
+        'aria-describedby="id_date_from_error" id="id_date_from">'
+    ) in html
+    assert html.count('class="field field--error"') == 2
+
+
+# Retention window and partition pruning ---------------------------------------------------
+
+NOW = datetime(2026, 11, 27, 13, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def standard(org, time_machine):
+    """`org` on Standard (Sync Info kept 30 days) at NOW, with this week's partitions."""
+    time_machine.move_to(NOW, tick=False)
+    partitions_ensure(now=NOW)
+    return SubscriptionFactory(organisation=org, plan=Plan.objects.get(code="standard"))
+
+
+def test_rows_past_the_retention_are_not_shown_and_other_tiers_are(
+    client_for, org, member, flow, standard
+):
+    insert_rows(
+        flow,
+        [
+            {"record_key": "expired", "synced_at": NOW - timedelta(days=30, seconds=1)},
+            {"record_key": "oldest", "synced_at": NOW - timedelta(days=30)},
+            # Ingested under Professional before a downgrade: still within 30 days.
+            {"record_key": "before-downgrade", "synced_at": NOW - timedelta(days=3)},
+            {"record_key": "tomorrow", "synced_at": NOW + NEWEST},
+        ],
+    )
+    SyncInfo.objects.filter(record_key="before-downgrade").update(retention_days=90)
+    html = client_for(member).get(url(org)).content.decode()
+    assert record_keys(client_for(member).get(url(org))) == [
+        "tomorrow",
+        "before-downgrade",
+        "oldest",
+    ]
+    assert "Records are kept 30 days on your Standard plan." in html
+
+
+def plan_relations(sql: str) -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {sql}")
+        plan = cursor.fetchone()[0]
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    found, stack = set(), [plan[0]["Plan"]]
+    while stack:
+        node = stack.pop()
+        if "Relation Name" in node:
+            found.add(node["Relation Name"])
+        stack.extend(node.get("Plans", []))
+    return found
+
+
+def leaves() -> set[str]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relid::regclass::text FROM pg_partition_tree(%s::regclass) WHERE isleaf",
+            [SYNC_INFO_TABLE],
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
+@pytest.mark.parametrize(
+    "params", [{}, {"status": "failed"}, {"date_from": "2026-11-01", "flow": "FLOW"}]
+)
+def test_the_page_query_plans_only_the_blocks_within_the_retention_window(
+    client_for, org, member, flow, standard, params
+):
+    insert_series(flow, 60, newest=NOW)
+    params = {
+        name: str(flow.public_id) if value == "FLOW" else value for name, value in params.items()
+    }
+    client = client_for(member)
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(url(org, **params))
+    assert response.status_code == 200
+    [sql] = [q["sql"] for q in captured.captured_queries if "usage_syncinfo" in q["sql"]]
+
+    # What may hold a row of a Standard organisation: in every tier (after a plan change its
+    # older rows stay in their tier), the blocks overlapping [NOW - 30 days, NOW + 1 day];
+    # and the top default, which holds the tiers that have no table yet.
+    start, end = NOW - timedelta(days=30), NOW + NEWEST
+    expected = {"usage_syncinfo_default"}
+    for days in catalogue_tiers()[SYNC_INFO_TABLE]:
+        for block in tier_blocks(days, now=NOW):
+            if block <= end and block + block_width(days) > start:
+                expected.add(block_name(SYNC_INFO_TABLE, days, block))
+    assert plan_relations(sql) == expected
+    # 13 of the 46 leaves with today's catalogue (30, 90 and 365 days): neither the tiers'
+    # defaults, nor the longer tiers' blocks before the window, nor the blocks ahead of it.
+    assert (len(expected), len(leaves())) == (13, 46)
+
+
+def test_without_a_subscription_only_the_blocks_ahead_are_left_out(client_for, org, member, flow):
+    insert_series(flow, 3, newest=T0)
+    client = client_for(member)
+    with CaptureQueriesContext(connection) as captured:
+        assert record_keys(client.get(url(org))) == ["rec-1", "rec-2", "rec-3"]
+    [sql] = [q["sql"] for q in captured.captured_queries if "usage_syncinfo" in q["sql"]]
+    assert "usage_syncinfo.synced_at <= " in sql.replace('"', "")
+    assert ">=" not in sql.split("WHERE", 1)[1].split("ORDER BY")[0]

@@ -243,6 +243,30 @@ def test_daily_chart_has_one_bar_per_day(client, client_for, org, admin, setup):
     assert days == ["1 Nov", "8", "15", "22", "29"]
 
 
+def test_chart_bars_carry_their_display_strings(org, now):
+    SubscriptionFactory(organisation=org, plan=Plan.objects.get(code="standard"))
+    UsageCounter.objects.bulk_create(
+        [
+            UsageCounter(organisation=org, month_start=PERIOD_START, day=day, transactions=count)
+            for day, count in ((date(2026, 11, 3), 1), (date(2026, 11, 12), 12_345))
+        ]
+    )
+    subscription = subscription_for(organisation=org)
+    subscription.organisation = org
+    bars = {
+        bar.iso_day: bar for bar in usage_summary(subscription=subscription, now=NOW).chart.bars
+    }
+    assert [
+        (bar.css_class, bar.title)
+        for bar in (bars["2026-11-02"], bars["2026-11-03"], bars["2026-11-12"], bars["2026-12-01"])
+    ] == [
+        ("usage-chart-bar", "Mon 2 Nov: 0 transactions"),
+        ("usage-chart-bar", "Tue 3 Nov: 1 transaction"),
+        ("usage-chart-bar is-today", "Thu 12 Nov (today): 12,345 transactions"),
+        ("usage-chart-bar is-future", "Tue 1 Dec: 0 transactions"),
+    ]
+
+
 def test_selector_series_and_queries(org, now, django_assert_max_num_queries):
     SubscriptionFactory(organisation=org, plan=Plan.objects.get(code="standard"))
     start = PERIOD_START

@@ -1,0 +1,98 @@
+"""Objects of one organisation for the tenancy tests: one of each kind an organisation URL can
+name, and a snapshot of what an attacker could change.
+
+Shared by tests/accounts/test_tenancy.py and tests/core/test_url_matrix.py.
+"""
+
+import uuid
+
+from accounts.models import AuditEvent, Invitation, Membership, Organisation
+from billing.models import InvoiceDocument
+from sso.models import SsoDomain
+from subscriptions.models import Connection, Environment, ProcessFlow
+from support.models import SupportTicket, TicketAttachment, TicketMessage
+from tests.billing.pdf_factories import issued_invoice
+from tests.factories import InvitationFactory
+from tests.subscriptions.factories import ProcessFlowFactory
+from usage.models import ApiKey
+
+
+def organisation_objects(organisation, *, member, invoice_number, domain):
+    """URL parameter values naming `organisation`'s objects: the membership of `member`, a
+    pending invitation, a running ProcessFlow, an API key, an SSO domain, an invoice with a
+    revised copy and a support ticket with an attached file."""
+    return {
+        "org_slug": organisation.slug,
+        "member_id": Membership.objects.get(user=member, organisation=organisation).public_id,
+        "invitation_id": InvitationFactory(organisation=organisation).public_id,
+        "flow_id": ProcessFlowFactory(environment__organisation=organisation).public_id,
+        "plan_code": "standard",
+        "key_id": api_key_of(organisation).pk,
+        "domain_id": SsoDomain.objects.create(organisation=organisation, domain=domain).public_id,
+        **billing_and_support_objects(organisation, invoice_number),
+    }
+
+
+def billing_and_support_objects(organisation, number):
+    """An invoice with a revised copy, and a support ticket with an attached file."""
+    invoice = issued_invoice(organisation=organisation, number=number)
+    document = InvoiceDocument.objects.create(invoice=invoice, kind="revised", pdf=b"%PDF-1.7")
+    ticket = SupportTicket.objects.create(
+        organisation=organisation,
+        category="billing",
+        subject="Help",
+        contact_email="someone@company.test",
+        organisation_name=organisation.name,
+    )
+    message = TicketMessage.objects.create(
+        ticket=ticket, organisation=organisation, author_kind="customer", body="Hello"
+    )
+    attachment = TicketAttachment.objects.create(
+        message=message,
+        organisation=organisation,
+        filename="a.txt",
+        content_type="text/plain",
+        size=2,
+        data=b"hi",
+    )
+    return {
+        "invoice_number": invoice.number,
+        "document_id": document.pk,
+        "ticket_id": ticket.public_id,
+        "attachment_id": attachment.public_id,
+    }
+
+
+def api_key_of(organisation):
+    """An API key of `organisation` (usage:api_key_revoke takes its integer id)."""
+    environment = ProcessFlowFactory(environment__organisation=organisation).environment
+    return ApiKey.objects.create(
+        organisation=organisation,
+        environment=environment,
+        name="Runtime",
+        prefix="ak_test",
+        key_hash=uuid.uuid4().hex,
+    )
+
+
+def snapshot(org):
+    """What a request refused by the tenancy rules must leave unchanged."""
+    return (
+        Organisation.objects.filter(pk=org.pk)
+        .values_list("name", "primary_email", "time_zone")
+        .get(),
+        sorted(
+            Membership.objects.filter(organisation=org).values_list("user_id", "role", "status")
+        ),
+        sorted(
+            Invitation.objects.filter(organisation=org).values_list("email", "status", "token_hash")
+        ),
+        AuditEvent.objects.filter(organisation=org).count(),
+        Environment.objects.filter(organisation=org).count(),
+        Connection.objects.filter(organisation=org).count(),
+        sorted(ProcessFlow.objects.filter(organisation=org).values_list("public_id", "status")),
+        sorted(ApiKey.objects.filter(organisation=org).values_list("pk", "name", "revoked_at")),
+        sorted(SsoDomain.objects.filter(organisation=org).values_list("domain", flat=True)),
+        sorted(SupportTicket.objects.filter(organisation=org).values_list("subject", "status")),
+        TicketMessage.objects.filter(organisation=org).count(),
+    )

@@ -1074,7 +1074,11 @@ def payment_record_manual(
 
 
 def invoices_charge_due(*, now: datetime, limit: int = 500) -> int:
-    """Charge open card invoices never attempted, and retry unanswered attempts (a job)."""
+    """Charge open card invoices never attempted, and retry unanswered attempts (a job).
+
+    A checkout's first invoice (subscription still incomplete) is charged only when the
+    customer pays; an answer lost on that charge is learnt here, with the same key.
+    """
     never_tried = ~Exists(Payment.objects.filter(invoice=OuterRef("pk")))
     stale = Exists(
         Payment.objects.filter(
@@ -1087,8 +1091,9 @@ def invoices_charge_due(*, now: datetime, limit: int = 500) -> int:
         Invoice.objects.filter(
             status=Invoice.Status.OPEN, payment_method_kind=PaymentMethodKind.CARD
         )
-        .filter(Q(never_tried) | Q(stale))
-        .exclude(subscription__status=Subscription.Status.INCOMPLETE)
+        .filter(
+            (Q(never_tried) & ~Q(subscription__status=Subscription.Status.INCOMPLETE)) | Q(stale)
+        )
         .order_by("issued_at", "pk")[:limit]
     )
     charged = unanswered = 0

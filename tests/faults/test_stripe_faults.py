@@ -577,3 +577,30 @@ def test_checkout_when_stripe_is_slow_charges_once(
     assert [i["id"] for i in intents_for(localstripe, invoice)] == [charged["id"]]
     assert len(stripe_proxy.posts(PAYMENT_INTENTS)) == 1
     assert Subscription.objects.get(organisation=org).status == "active"
+
+
+def test_a_checkout_charge_left_unanswered_is_settled_by_the_charge_job(
+    org, admin, client_for, stripe_proxy, localstripe, time_machine
+):
+    add_card(org)
+    start = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    time_machine.move_to(start)
+    choice = {"plan": "professional", "billing_cycle": "monthly", "currency": "USD"}
+    stripe_proxy.slow(method="POST", path=PAYMENT_INTENTS)
+    assert client_for(admin).post(url("checkout", org), choice).status_code == 402
+    invoice = Invoice.objects.get(organisation=org)
+    [(_, status, key, _)] = payments(invoice)
+    assert status == "pending"
+    stripe_proxy.fast()
+
+    # The customer never comes back: the job learns the outcome, with the same key.
+    assert "charge_open_invoices: 0 invoice(s) charged" in tick(start, "charge_open_invoices")
+    out = tick(start + timedelta(minutes=5), "charge_open_invoices")
+
+    assert "charge_open_invoices: 1 invoice(s) charged" in out
+    invoice.refresh_from_db()
+    [charged] = intents_for(localstripe, invoice)
+    assert invoice.status == "paid"
+    assert payments(invoice) == [(1, "succeeded", key, charged["id"])]
+    assert Subscription.objects.get(organisation=org).status == "active"
+    assert emails("payment_receipt") == 1

@@ -64,7 +64,10 @@ def test_admin_invites_a_billing_contact_who_joins_then_is_demoted_and_deactivat
     invitee.get_by_label("Password").fill("another-fine-passphrase")
     invitee.get_by_role("button", name="Sign In").click()
     expect(invitee.get_by_role("heading", name="NewCo Integrations")).to_be_visible()
-    expect(invitee.get_by_text("Billing contact").first).to_be_visible()
+    # On a phone, who is signed in and with which role is shown in the organisation menu.
+    invitee.locator(".org-menu summary").click()
+    expect(invitee.locator(".org-menu .menu-who")).to_have_text("bill@newco.test · Billing contact")
+    invitee.locator(".org-menu summary").click()
 
     # The Admin changes the role, then deactivates the user.
     admin.reload()

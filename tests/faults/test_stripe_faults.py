@@ -522,7 +522,7 @@ def test_pages_answer_within_one_timeout_when_stripe_is_slow(
     assert flashed(retried) == [UNAVAILABLE_MESSAGE]
 
     for took in (took_page, took_save, took_retry):
-        assert TIMEOUT <= took < TIMEOUT + 0.5
+        assert TIMEOUT <= took < 2 * TIMEOUT  # one timeout, never two
     assert state(org) == before
     assert [p[:2] for p in payments(past_due)] == [(1, "failed"), (2, "pending")]
     assert payments(second) == []  # not tried after the first charge went unanswered
@@ -553,7 +553,7 @@ def test_checkout_when_stripe_is_slow_charges_once(
 
     assert paid.status_code == 402
     assert "We have not heard back from the card processor yet." in paid.content.decode()
-    assert TIMEOUT <= took < TIMEOUT + 0.5
+    assert TIMEOUT <= took < 2 * TIMEOUT  # one timeout, never two
     invoice = Invoice.objects.get(organisation=org)
     [charged] = intents_for(localstripe, invoice)  # Stripe did charge
     [(attempt, status, key, _)] = payments(invoice)

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Q
+from django.db.models import Q
 
 from accounts.audit import Actor, audit_record, reason_change
 from billing import gateway
@@ -46,7 +46,7 @@ from billing.models import (
     PaymentMethod,
     ReconciliationDifference,
 )
-from billing.services import payment_failed, payment_succeeded
+from billing.services import card_attempt_add, payment_failed, payment_succeeded
 from billing_portal.errors import ServiceError
 from billing_portal.money import format_money
 from subscriptions.models import PaymentMethodKind
@@ -530,18 +530,14 @@ def difference_resolve_record_payment(
         payment = payment_succeeded(payment=payment, processor_id=pi, now=now)
         difference.payment = payment
         _resolve(difference, Resolution.PAYMENT_RECORDED, actor=actor, note=reason, now=now)
-        audit_record(
-            organisation=invoice.organisation,
+        _invoice_audit(
+            invoice,
+            "billing.reconciliation_payment_recorded",
+            status=("open", "paid"),
+            payment=(earlier, "succeeded"),
+            processor_id=(None, pi),
             actor=actor,
-            action="billing.reconciliation_payment_recorded",
-            target=invoice,
-            target_label=invoice.number,
-            changes={
-                "status": {"old": "open", "new": "paid"},
-                "payment": {"old": earlier, "new": "succeeded"},
-                "processor_id": {"old": None, "new": pi},
-                **reason_change(reason),
-            },
+            reason=reason,
             now=now,
         )
     return payment
@@ -556,25 +552,20 @@ def _charge_attempt(
     now: datetime,
 ) -> Payment:
     """A card attempt for a charge made without one (caller's transaction, invoice locked)."""
-    attempt = (invoice.payments.aggregate(n=Max("attempt"))["n"] or 0) + 1
     method = PaymentMethod.objects.filter(
         organisation_id=invoice.organisation_id,
         stripe_payment_method_id=charge.payment_method_id or None,
     ).first()
-    return Payment.objects.create(
-        organisation_id=invoice.organisation_id,
+    return card_attempt_add(
         invoice=invoice,
-        method_kind=PaymentMethodKind.CARD,
         payment_method=method,
-        attempt=attempt,
         amount=charge.amount,
-        currency=invoice.currency,
+        now=now,
         # Ours, from the difference row: never sent to Stripe, the charge already ran.
         idempotency_key=f"reconciliation-{difference.pk}",
         processor_id=charge.payment_intent_id,
         reference=f"Stripe {charge.payment_intent_id}",
         recorded_by=actor.user,
-        created_at=now,
     )
 
 
@@ -629,18 +620,14 @@ def difference_resolve_mark_failed(
         # pending attempt): the failed-payment email, then dunning from day 0.
         payment_failed(payment=payment, code=FAILURE_CODE, message=FAILURE_MESSAGE, now=now)
         _resolve(difference, Resolution.MARKED_FAILED, actor=actor, note=reason, now=now)
-        audit_record(
-            organisation=invoice.organisation,
+        _invoice_audit(
+            invoice,
+            "billing.reconciliation_marked_failed",
+            status=("paid", "open"),
+            payment=("succeeded", "failed"),
+            processor_id=(payment.processor_id or None, None),
             actor=actor,
-            action="billing.reconciliation_marked_failed",
-            target=invoice,
-            target_label=invoice.number,
-            changes={
-                "status": {"old": "paid", "new": "open"},
-                "payment": {"old": "succeeded", "new": "failed"},
-                "processor_id": {"old": payment.processor_id or None, "new": None},
-                **reason_change(reason),
-            },
+            reason=reason,
             now=now,
         )
     return payment
@@ -666,6 +653,22 @@ def difference_dismiss(
                 now=now,
             )
     return difference
+
+
+def _invoice_audit(invoice: Invoice, action: str, *, actor, reason, now, **fields) -> None:
+    """The audit row of a resolution that changed an invoice: each field as (old, new)."""
+    audit_record(
+        organisation=invoice.organisation,
+        actor=actor,
+        action=action,
+        target=invoice,
+        target_label=invoice.number,
+        changes={
+            **{name: {"old": old, "new": new} for name, (old, new) in fields.items()},
+            **reason_change(reason),
+        },
+        now=now,
+    )
 
 
 def _reason(reason: str, actor: Actor) -> str:

@@ -857,21 +857,41 @@ def _claim_card_attempt(invoice: Invoice, *, now: datetime) -> Payment | None:
         method = PaymentMethod.objects.filter(
             organisation_id=invoice.organisation_id, status=PaymentMethod.Status.ACTIVE
         ).first()
-        attempt = (invoice.payments.aggregate(n=Max("attempt"))["n"] or 0) + 1
-        payment = Payment.objects.create(
-            organisation_id=invoice.organisation_id,
-            invoice=invoice,
-            method_kind=PaymentMethodKind.CARD,
-            payment_method=method,
-            attempt=attempt,
-            amount=invoice.amount_due,
-            currency=invoice.currency,
-            idempotency_key=f"invoice-{invoice.public_id}-attempt-{attempt}",
-            created_at=now,
+        payment = card_attempt_add(
+            invoice=invoice, payment_method=method, amount=invoice.amount_due, now=now
         )
         if method is None:
             _record_failure(payment, code="no_card", message="There is no card on file.", now=now)
         return payment
+
+
+def card_attempt_add(
+    *,
+    invoice: Invoice,
+    payment_method: PaymentMethod | None,
+    amount: int,
+    now: datetime,
+    idempotency_key: str = "",
+    **fields,
+) -> Payment:
+    """The invoice's next card attempt row (caller's transaction, invoice locked).
+
+    Its idempotency key comes from our own row, `invoice-<public id>-attempt-<n>`, unless the
+    caller has one (a charge that already ran, recorded by reconciliation).
+    """
+    attempt = (invoice.payments.aggregate(n=Max("attempt"))["n"] or 0) + 1
+    return Payment.objects.create(
+        organisation_id=invoice.organisation_id,
+        invoice=invoice,
+        method_kind=PaymentMethodKind.CARD,
+        payment_method=payment_method,
+        attempt=attempt,
+        amount=amount,
+        currency=invoice.currency,
+        idempotency_key=idempotency_key or f"invoice-{invoice.public_id}-attempt-{attempt}",
+        created_at=now,
+        **fields,
+    )
 
 
 def invoice_charge(

@@ -137,6 +137,19 @@ def counts(result) -> tuple[int, int, int]:
     return (result.new, result.still_open, result.closed)
 
 
+def difference_found(*, now):
+    """Run the reconciliation; the one difference it finds."""
+    reconcile(now=now)
+    return ReconciliationDifference.objects.get()
+
+
+def refusal(resolve, difference, ops, *, reason, now) -> str:
+    """What `resolve` (a difference_resolve_* service) answers when it refuses ops."""
+    with pytest.raises(ServiceError) as refused:
+        resolve(difference=difference, actor=Actor(user=ops), reason=reason, now=now)
+    return refused.value.message
+
+
 # Found -----------------------------------------------------------------------------------------
 
 
@@ -218,8 +231,7 @@ def test_resolving_twice_changes_nothing_the_second_time(localstripe, org, ops, 
     charge_behind_our_back(
         localstripe, org, amount=invoice.total, metadata={"invoice": invoice.number}
     )
-    reconcile(now=LATER)
-    difference = ReconciliationDifference.objects.get()
+    difference = difference_found(now=LATER)
     difference_resolve_record_payment(
         difference=difference, actor=Actor(user=ops), reason="Timed out", now=LATER
     )
@@ -228,14 +240,9 @@ def test_resolving_twice_changes_nothing_the_second_time(localstripe, org, ops, 
         difference_resolve_record_payment,
         difference_dismiss,
     ):
-        with pytest.raises(ServiceError) as refused:
-            resolve(
-                difference=difference,
-                actor=Actor(user=ops),
-                reason="Again",
-                now=LATER + timedelta(minutes=5),
-            )
-        assert refused.value.message == (
+        assert refusal(
+            resolve, difference, ops, reason="Again", now=LATER + timedelta(minutes=5)
+        ) == (
             f"This difference was already resolved on {LATER:%Y-%m-%d %H:%M} UTC "
             "(payment recorded here): nothing changed."
         )
@@ -329,15 +336,13 @@ def test_a_payment_stripe_has_after_all_is_not_marked_failed(localstripe, org, o
         metadata={"invoice": invoice.number},
     ).payment_intent_id
 
-    with pytest.raises(ServiceError) as refused:
-        difference_resolve_mark_failed(
-            difference=ReconciliationDifference.objects.get(),
-            actor=Actor(user=ops),
-            reason="Not in Stripe",
-            now=LATER,
-        )
-
-    assert refused.value.message == (
+    assert refusal(
+        difference_resolve_mark_failed,
+        ReconciliationDifference.objects.get(),
+        ops,
+        reason="Not in Stripe",
+        now=LATER,
+    ) == (
         f"Stripe has {intent_id} as succeeded ({format_money(invoice.total, 'USD')}): the "
         "payment is not missing there, nothing changed."
     )
@@ -442,14 +447,13 @@ def test_a_difference_that_settles_is_closed_automatically(localstripe, org, ops
     assert ReconciliationDifference.objects.get().ours["status"] == "pending"
 
     payment_succeeded(payment=pending, processor_id=intent_id, now=LATER)
-    with pytest.raises(ServiceError) as refused:
-        difference_resolve_record_payment(
-            difference=ReconciliationDifference.objects.get(),
-            actor=Actor(user=ops),
-            reason="Record it",
-            now=LATER,
-        )
-    assert refused.value.message == (
+    assert refusal(
+        difference_resolve_record_payment,
+        ReconciliationDifference.objects.get(),
+        ops,
+        reason="Record it",
+        now=LATER,
+    ) == (
         f"Payment {pending.pk} was recorded as succeeded meanwhile: nothing changed. The next "
         "reconciliation closes this difference if both sides agree."
     )
@@ -510,20 +514,16 @@ def test_a_double_charge_is_refused_and_closes_once_refunded(localstripe, org, o
             "idempotency_key": ours.idempotency_key,
         },
     )
-    reconcile(now=LATER)
-    difference = ReconciliationDifference.objects.get()
+    difference = difference_found(now=LATER)
     assert (difference.kind, difference.processor_id, difference.invoice) == (
         "missing_here",
         intent_id,
         invoice,
     )
 
-    with pytest.raises(ServiceError) as refused:
-        difference_resolve_record_payment(
-            difference=difference, actor=Actor(user=ops), reason="Record it", now=LATER
-        )
-
-    assert refused.value.message == (
+    assert refusal(
+        difference_resolve_record_payment, difference, ops, reason="Record it", now=LATER
+    ) == (
         f"Invoice {invoice.number} is already paid, so {intent_id} "
         f"({format_money(invoice.total, 'USD')}) is a double charge: nothing was recorded. "
         "Refund it in Stripe; the difference then closes by itself."
@@ -714,11 +714,7 @@ def test_a_window_that_is_not_whole_days_is_refused(days, settings):
 
 def test_each_action_is_for_its_kind_of_difference(found, ops, clock):
     _, LATER = clock
-    with pytest.raises(ServiceError) as refused:
-        difference_resolve_mark_failed(
-            difference=found, actor=Actor(user=ops), reason="Wrong one", now=LATER
-        )
-    assert refused.value.message == (
+    assert refusal(difference_resolve_mark_failed, found, ops, reason="Wrong one", now=LATER) == (
         'This difference is "Charged at Stripe, not recorded here"; this action is for '
         '"Recorded here, not charged at Stripe" differences. Nothing changed.'
     )
@@ -749,20 +745,16 @@ def test_a_charge_that_names_no_invoice_is_not_recorded(localstripe, org, ops, c
     T, LATER = clock
     invoice = open_first_invoice(org, now=T)
     intent_id = charge_behind_our_back(localstripe, org, amount=invoice.total)
-    reconcile(now=LATER)
-    difference = ReconciliationDifference.objects.get()
+    difference = difference_found(now=LATER)
     assert (difference.kind, difference.invoice, difference.organisation) == (
         "missing_here",
         None,
         org,
     )
 
-    with pytest.raises(ServiceError) as refused:
-        difference_resolve_record_payment(
-            difference=difference, actor=Actor(user=ops), reason="Record it", now=LATER
-        )
-
-    assert refused.value.message == (
+    assert refusal(
+        difference_resolve_record_payment, difference, ops, reason="Record it", now=LATER
+    ) == (
         f"The charge {intent_id} ({format_money(invoice.total, 'USD')}) names no invoice of "
         "this organisation in its metadata: nothing was recorded. Find out what it was for; "
         "refund it in Stripe if it was a mistake, then dismiss the difference."
@@ -779,15 +771,13 @@ def test_an_upgrade_payment_is_not_marked_failed(localstripe, org, ops, clock):
     Invoice.objects.filter(pk=payment.invoice_id).update(kind="upgrade")
     reconcile(now=LATER)
 
-    with pytest.raises(ServiceError) as refused:
-        difference_resolve_mark_failed(
-            difference=ReconciliationDifference.objects.get(),
-            actor=Actor(user=ops),
-            reason="Not in Stripe",
-            now=LATER,
-        )
-
-    assert refused.value.message == (
+    assert refusal(
+        difference_resolve_mark_failed,
+        ReconciliationDifference.objects.get(),
+        ops,
+        reason="Not in Stripe",
+        now=LATER,
+    ) == (
         f"Invoice {payment.invoice.number} is a plan upgrade: failing its payment would void it "
         "while the new plan stays applied. Nothing changed; ask engineering."
     )

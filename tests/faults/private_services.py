@@ -257,9 +257,17 @@ def _cluster_base_dirs() -> list[str]:
 
 class PrivatePostgres:
     """A throwaway PostgreSQL cluster: trust auth, superuser `portal`, 127.0.0.1 on a free port,
-    socket folder inside the cluster folder, durability off (fsync, synchronous_commit)."""
+    socket folder inside the cluster folder, fsync off.
 
-    def __init__(self, *, port: int | None = None):
+    `durable=False` also turns synchronous_commit off, for speed. A test that crashes the
+    server (`stop(mode="immediate")`) and counts what was committed needs `durable=True`:
+    without synchronous commits, a COMMIT returns before its WAL is written, and a crash
+    within the WAL writer's delay loses it. fsync can stay off there, since the crash is
+    the server's and the operating system keeps what was written.
+    """
+
+    def __init__(self, *, port: int | None = None, durable: bool = False):
+        self.durable = durable
         bin_dir = postgres_bin_dir()
         if bin_dir is None:
             raise ServiceError("PostgreSQL server binaries not found (set PG_BIN)")
@@ -307,7 +315,8 @@ class PrivatePostgres:
             conf.write(
                 "\n# fault-test cluster (tests/faults/private_services.py)\n"
                 "listen_addresses = '127.0.0.1'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                "fsync = off\nfull_page_writes = off\n"
+                f"synchronous_commit = {'on' if self.durable else 'off'}\n"
             )
 
     @property
@@ -436,10 +445,10 @@ def _postgres_ids() -> tuple[int, int]:
 
 
 def private_postgres(
-    *, port: int | None = None
+    *, port: int | None = None, durable: bool = False
 ) -> contextlib.AbstractContextManager[PrivatePostgres]:
     """A started private PostgreSQL cluster, stopped (immediate) and deleted on exit."""
-    return _started(PrivatePostgres(port=port))
+    return _started(PrivatePostgres(port=port, durable=durable))
 
 
 # localstripe ----------------------------------------------------------------------------------

@@ -63,6 +63,8 @@ from django.db import connection  # noqa: E402
 
 call_command("migrate", verbosity=0)
 
+from sync_records import sync_records  # noqa: E402 - bench/, the script's folder
+
 from accounts.audit import SYSTEM  # noqa: E402
 from accounts.models import Organisation  # noqa: E402
 from subscriptions.models import Environment, Plan, ProcessFlow, Subscription  # noqa: E402
@@ -70,7 +72,6 @@ from usage.partitions import ingest_retention, partitions_ensure  # noqa: E402
 from usage.services import api_key_create  # noqa: E402
 
 RAW_TABLE = "bench_raw_syncinfo"
-MESSAGES = ["Customer not found in the target application.", "Timed out (30 s)."]
 
 
 def setup_tenant(now: datetime) -> tuple[str, list[ProcessFlow]]:
@@ -105,20 +106,8 @@ def setup_tenant(now: datetime) -> tuple[str, list[ProcessFlow]]:
 
 def make_records(rng: random.Random, flows, *, count: int, now: datetime) -> list[dict]:
     """Records as the runtime sends them: ~3% failed with a message, synced over 7 days."""
-    records = []
-    for _ in range(count):
-        failed = rng.random() < 0.03
-        records.append(
-            {
-                "flow_id": str(rng.choice(flows).public_id),
-                "record_key": f"SO-{rng.randint(10_000, 99_999)}",
-                "status": "failed" if failed else "success",
-                "direction": rng.choice(("inbound", "outbound")),
-                "synced_at": (now - timedelta(seconds=rng.uniform(0, 7 * 86_400))).isoformat(),
-                "message": rng.choice(MESSAGES) if failed else "",
-            }
-        )
-    return records
+    flow_ids = [str(flow.public_id) for flow in flows]
+    return sync_records(rng, flow_ids, count=count, now=now, span_seconds=7 * 86_400)
 
 
 def profile_one_batch(plain: str, body: bytes, now: datetime) -> None:

@@ -92,6 +92,7 @@ os.environ["EMAIL_BACKEND"] = "django.core.mail.backends.locmem.EmailBackend"
 os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 from scratch import scratch_database  # noqa: E402
+from sync_records import sync_records  # noqa: E402
 
 scratch_database(DATABASE, keep=args.keep)
 
@@ -146,7 +147,6 @@ FLOWS = [
     ("Production", "Invoices to accounting"),
     ("Test", "Orders to ERP (test)"),
 ]
-MESSAGES = ["Customer not found in the target application.", "Timed out (30 s).", "HTTP 502"]
 
 
 # Seeding ---------------------------------------------------------------------------------------
@@ -444,25 +444,16 @@ def _sync_info(subscriptions, flows, keys, *, total: int, now, rng: random.Rando
         organisation = subscription.organisation
         key = api_key_authenticate(plain=keys[organisation.pk], now=now)
         production = [
-            flow for flow in flows[organisation.pk] if flow.environment.name == "Production"
+            str(flow.public_id)
+            for flow in flows[organisation.pk]
+            if flow.environment.name == "Production"
         ]
         month_start, _ = usage_month_of(subscription, now)
         span = (now - month_start).total_seconds()
         rows = max(300, round(weights[n] * scale))
         for batch, first in enumerate(range(0, rows, 1000)):
-            records = []
-            for _ in range(min(1000, rows - first)):
-                failed = rng.random() < 0.03
-                records.append(
-                    {
-                        "flow_id": str(rng.choice(production).public_id),
-                        "record_key": f"SO-{rng.randint(10_000, 99_999)}",
-                        "status": "failed" if failed else "success",
-                        "direction": rng.choice(("inbound", "outbound")),
-                        "synced_at": (now - timedelta(seconds=rng.uniform(0, span))).isoformat(),
-                        "message": rng.choice(MESSAGES) if failed else "",
-                    }
-                )
+            count = min(1000, rows - first)
+            records = sync_records(rng, production, count=count, now=now, span_seconds=span)
             result = sync_info_ingest(
                 key=key,
                 idempotency_key=f"seed-{batch}",

@@ -38,11 +38,12 @@ from urllib.parse import urlencode
 
 import gevent
 from locust import FastHttpUser, between, events, task
+from sync_records import sync_records  # bench/, on sys.path as the locustfile's folder
 
 PLAN = json.loads(Path(os.environ["LOAD_PLAN"]).read_text())
 THINK = between(*PLAN["think"])
 HTTPS = PLAN["host"].replace("http://", "https://", 1)
-MESSAGES = ["Customer not found in the target application.", "Timed out (30 s).", "HTTP 502"]
+RNG = random.Random()
 
 _accounts = itertools.cycle(PLAN["accounts"])
 _api_keys = itertools.cycle(PLAN["api"])
@@ -244,20 +245,9 @@ class Runtime(FastHttpUser):
 
     @task
     def batch(self):
-        now = datetime.now(UTC)
-        records = []
-        for _ in range(PLAN["batch"]):
-            failed = random.random() < 0.03
-            records.append(
-                {
-                    "flow_id": random.choice(self.key["flows"]),
-                    "record_key": f"SO-{random.randint(10_000, 99_999)}",
-                    "status": "failed" if failed else "success",
-                    "direction": random.choice(("inbound", "outbound")),
-                    "synced_at": (now - timedelta(seconds=random.uniform(0, 3600))).isoformat(),
-                    "message": random.choice(MESSAGES) if failed else "",
-                }
-            )
+        records = sync_records(
+            RNG, self.key["flows"], count=PLAN["batch"], now=datetime.now(UTC), span_seconds=3600
+        )
         with self.client.post(
             "/api/v1/sync-info",
             data=json.dumps({"records": records}),

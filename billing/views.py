@@ -44,12 +44,9 @@ from billing.services import (
 from billing_portal.errors import ServiceError
 from billing_portal.money import format_money
 from subscriptions.models import PaymentMethodKind, Plan, Subscription
+from subscriptions.selectors import subscription_with_plan
 
 INVOICES_PER_PAGE = 20
-
-
-def _subscription(organisation):
-    return Subscription.objects.select_related("plan").filter(organisation=organisation).first()
 
 
 def _stripe_context(organisation, *, reach_stripe: bool = True) -> dict:
@@ -221,7 +218,7 @@ def payment_method(request):
             reach_stripe = not _stripe_unavailable(exc)
         else:
             # Update Card while past due retries the open invoices with the new card at once.
-            subscription = _subscription(organisation)
+            subscription = subscription_with_plan(organisation=organisation)
             before = amount_due(subscription) if subscription else 0
             outcome = retry_after_card_update(organisation=organisation, now=now)
             if outcome is None:
@@ -246,7 +243,7 @@ def payment_method(request):
         error = form.errors["setup_intent_id"][0]
     card = payment_method_current(organisation=organisation)
     now = timezone.now()
-    subscription = _subscription(organisation)
+    subscription = subscription_with_plan(organisation=organisation)
     payment_failing = subscription is not None and subscription.status in FAILING
     dunning = timeline(subscription=subscription) if payment_failing else None
     context = {
@@ -271,7 +268,7 @@ def retry_payment_view(request):
     Two clicks at once charge once: the second finds the first one's attempt pending.
     """
     organisation = request.organisation
-    subscription = _subscription(organisation)
+    subscription = subscription_with_plan(organisation=organisation)
     before = amount_due(subscription) if subscription else 0
     try:
         outcome = retry_payment(
@@ -298,7 +295,7 @@ def retry_payment_view(request):
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing", allow_when_ended=True)
 def billing_information(request):
     organisation = request.organisation
-    subscription = _subscription(organisation)
+    subscription = subscription_with_plan(organisation=organisation)
     profile = billing_profile_for(organisation=organisation)
     form = BillingInformationForm(
         request.POST or None, instance=profile, plan=subscription.plan if subscription else None
@@ -331,7 +328,7 @@ def _can_choose_plan(subscription) -> bool:
 @require_safe
 def choose_plan(request):
     organisation = request.organisation
-    if not _can_choose_plan(_subscription(organisation)):
+    if not _can_choose_plan(subscription_with_plan(organisation=organisation)):
         messages.info(request, "You already have a subscription.")
         return redirect("subscriptions:settings", org_slug=organisation.slug)
     form = PlanChoiceForm(
@@ -354,7 +351,7 @@ def choose_plan(request):
 @tenant_view(roles=ADMIN_ONLY, section="subscription", allow_when_ended=True)
 def checkout(request):
     organisation = request.organisation
-    subscription = _subscription(organisation)
+    subscription = subscription_with_plan(organisation=organisation)
     if not _can_choose_plan(subscription):
         messages.info(request, "You already have a subscription.")
         return redirect("subscriptions:settings", org_slug=organisation.slug)

@@ -50,8 +50,8 @@ def subscription_for(*, organisation: Organisation) -> Subscription | None:
 
 
 def subscription_with_plan(*, organisation: Organisation) -> Subscription | None:
-    """The organisation's subscription with its plan but not the plan's prices, for pages
-    that name the plan and its retention but show no amount (one query), or None."""
+    """The organisation's subscription with its plan (one query; not the plan's prices, which
+    subscription_for prefetches), or None."""
     return Subscription.objects.select_related("plan").filter(organisation=organisation).first()
 
 

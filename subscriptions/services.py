@@ -22,6 +22,7 @@ from subscriptions.models import (
     ProcessFlow,
     Subscription,
 )
+from subscriptions.selectors import subscription_with_plan
 from subscriptions.states import SERVING
 
 NAME_MAX = {"environment": 80, "connection": 80, "application": 80, "process_flow": 120}
@@ -37,10 +38,6 @@ LIMIT_FIELDS = {
     "connections": "max_connections",
     "active_process_flows": "max_process_flows",
 }
-
-
-def _subscription_of(organisation: Organisation) -> Subscription | None:
-    return Subscription.objects.select_related("plan").filter(organisation=organisation).first()
 
 
 def _clean_name(value: str, *, label: str, max_length: int, field: str = "name") -> str:
@@ -120,7 +117,7 @@ def creation_refusal(subscription: Subscription | None, *, limit: str, count: in
 
 
 def _refuse_creation(organisation: Organisation, *, limit: str, count: int) -> Subscription:
-    subscription = _subscription_of(organisation)
+    subscription = subscription_with_plan(organisation=organisation)
     refusal = creation_refusal(subscription, limit=limit, count=count)
     if refusal:
         raise ServiceError(refusal, code="limit")
@@ -361,7 +358,7 @@ def process_flow_resume(
         flow = _lock_flow(organisation, flow)
         if flow.status == ProcessFlow.Status.ACTIVE:
             raise ServiceError(f"{flow.name} is already running.")
-        subscription = _subscription_of(organisation)
+        subscription = subscription_with_plan(organisation=organisation)
         reason = flow.pause_reason
         if (
             reason == ProcessFlow.PauseReason.SUSPENSION

@@ -10,10 +10,11 @@ from accounts.models import AuditEvent, Invitation, Membership, Organisation
 from billing.models import InvoiceDocument
 from sso.models import SsoDomain
 from subscriptions.models import Connection, Environment, ProcessFlow
-from support.models import SupportTicket, TicketAttachment, TicketMessage
+from support.models import SupportTicket, TicketMessage
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import InvitationFactory
 from tests.subscriptions.factories import ProcessFlowFactory
+from tests.support.factories import TicketAttachmentFactory
 from usage.models import ApiKey
 
 
@@ -37,28 +38,11 @@ def billing_and_support_objects(organisation, number):
     """An invoice with a revised copy, and a support ticket with an attached file."""
     invoice = issued_invoice(organisation=organisation, number=number)
     document = InvoiceDocument.objects.create(invoice=invoice, kind="revised", pdf=b"%PDF-1.7")
-    ticket = SupportTicket.objects.create(
-        organisation=organisation,
-        category="billing",
-        subject="Help",
-        contact_email="someone@company.test",
-        organisation_name=organisation.name,
-    )
-    message = TicketMessage.objects.create(
-        ticket=ticket, organisation=organisation, author_kind="customer", body="Hello"
-    )
-    attachment = TicketAttachment.objects.create(
-        message=message,
-        organisation=organisation,
-        filename="a.txt",
-        content_type="text/plain",
-        size=2,
-        data=b"hi",
-    )
+    attachment = TicketAttachmentFactory(message__ticket__organisation=organisation)
     return {
         "invoice_number": invoice.number,
         "document_id": document.pk,
-        "ticket_id": ticket.public_id,
+        "ticket_id": attachment.message.ticket.public_id,
         "attachment_id": attachment.public_id,
     }
 

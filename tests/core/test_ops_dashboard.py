@@ -14,6 +14,7 @@ from support.models import SupportTicket
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import OrganisationFactory, UserFactory
 from tests.subscriptions.factories import SubscriptionFactory
+from tests.support.factories import SupportTicketFactory
 from usage.models import UsageAlert
 
 pytestmark = pytest.mark.django_db
@@ -57,13 +58,11 @@ def populate(n: int, offset: int = 0):
                 threshold=80,
                 transactions=8000,
             )
-        SupportTicket.objects.create(
+        SupportTicketFactory(
             organisation=org,
             category="account_suspended" if i % 2 else "billing",
             urgent=bool(i % 2),
-            subject="Help",
             contact_email="a@b.test",
-            organisation_name=org.name,
         )
 
 

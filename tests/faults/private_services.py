@@ -354,25 +354,18 @@ class PrivatePostgres:
             raise ServiceError(f"pg_ctl start failed:\n{result.stderr}\n{self._log_tail()}")
         _wait_until(self._accepts, timeout=STARTUP_TIMEOUT, what="postgres", log=self.log)
 
-    def _accepts(self) -> bool:
-        result = subprocess.run(  # noqa: S603
-            [
-                str(self.bin / "pg_isready"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "portal",
-                "-d",
-                "postgres",
-                "-t",
-                "1",
-                "-q",
-            ],
+    def _client(self, tool: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
+        """A client program (pg_isready, createdb) against this cluster, as `portal`."""
+        return subprocess.run(  # noqa: S603 - the cluster's binaries, our arguments
+            [str(self.bin / tool), "-h", "127.0.0.1", "-p", str(self.port), "-U", "portal", *args],
+            capture_output=True,
+            text=True,
             check=False,
-            timeout=10,
+            timeout=timeout,
         )
+
+    def _accepts(self) -> bool:
+        result = self._client("pg_isready", "-d", "postgres", "-t", "1", "-q", timeout=10)
         return result.returncode == 0
 
     def stop(self, *, mode: str = "fast", timeout: float = 30.0) -> None:
@@ -405,22 +398,7 @@ class PrivatePostgres:
 
     def create_database(self, name: str) -> str:
         """Create a database (owned by portal) and return its URL."""
-        result = subprocess.run(  # noqa: S603
-            [
-                str(self.bin / "createdb"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "portal",
-                name,
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=30,
-        )
+        result = self._client("createdb", name, timeout=30)
         if result.returncode != 0:
             raise ServiceError(f"createdb {name} failed: {result.stderr}")
         return self.url_for(name)

@@ -47,6 +47,7 @@ from django.core.management import call_command
 call_command("migrate", interactive=False, verbosity=0)
 from accounts.models import Organisation
 from subscriptions.models import Plan, Subscription
+from tests.subscriptions.factories import SubscriptionFactory
 
 count = int(sys.argv[1])
 plans = list(Plan.objects.filter(code__in=["standard", "professional"]).order_by("rank"))
@@ -54,25 +55,15 @@ organisations = Organisation.objects.bulk_create(
     Organisation(name=f"Customer {n}", slug=f"customer-{n}", primary_email=f"b{n}@customer.test")
     for n in range(count)
 )
-subscriptions = []
-for n, organisation in enumerate(organisations):
-    anchor = datetime.fromisoformat("2026-02-01T00:00:00+00:00") + timedelta(hours=n % 24)
-    plan = plans[n % len(plans)]
-    subscriptions.append(
-        Subscription(
-            organisation=organisation,
-            plan=plan,
-            billing_cycle="monthly",
-            status="active",
-            currency="USD",
-            anchor_at=anchor,
-            current_period_start=anchor,
-            current_period_end=anchor + timedelta(days=28),
-            current_price=plan.price_for("USD").monthly_amount,
-            activated_at=anchor,
-        )
+# Active monthly USD subscriptions: their first period runs from the anchor to a month later.
+subscriptions = Subscription.objects.bulk_create(
+    SubscriptionFactory.build(
+        organisation=organisation,
+        plan=plans[n % len(plans)],
+        anchor_at=datetime.fromisoformat("2026-02-01T00:00:00+00:00") + timedelta(hours=n % 24),
     )
-Subscription.objects.bulk_create(subscriptions)
+    for n, organisation in enumerate(organisations)
+)
 print(len(subscriptions))
 """
 

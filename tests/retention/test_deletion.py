@@ -32,7 +32,6 @@ from retention.deletion import organisation_data_delete
 from retention.models import DeletionRecord
 from sso.models import SsoAttempt, SsoConfiguration, SsoDomain, SsoRequest
 from subscriptions.models import PlanChange, ProcessFlow, Subscription
-from support.models import SupportTicket, TicketAttachment, TicketMessage
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import InvitationFactory, MembershipFactory, UserFactory
 from tests.subscriptions.factories import (
@@ -42,6 +41,7 @@ from tests.subscriptions.factories import (
     SubscriptionFactory,
     plan,
 )
+from tests.support.factories import TicketAttachmentFactory
 from usage.models import ApiKey, IngestBatch, UsageAlert, UsageCounter
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -110,23 +110,8 @@ def _fill(organisation, *, status=Subscription.Status.ENDED, ended_at=ENDED_AT, 
     SsoRequest.objects.create(
         organisation=organisation, request_id=f"_req-{tag}", mode="test", browser_hash="0" * 64
     )
-    ticket = SupportTicket.objects.create(
-        organisation=organisation,
-        category="billing",
-        subject="Help",
-        contact_email="x@company.test",
-        organisation_name=organisation.name,
-    )
-    message = TicketMessage.objects.create(
-        ticket=ticket, organisation=organisation, author_kind="customer", body="Hello"
-    )
-    TicketAttachment.objects.create(
-        message=message,
-        organisation=organisation,
-        filename="a.txt",
-        content_type="text/plain",
-        size=2,
-        data=b"hi",
+    TicketAttachmentFactory(
+        message__ticket__organisation=organisation, message__ticket__contact_email="x@company.test"
     )
     card = PaymentMethod.objects.create(
         organisation=organisation,

@@ -19,9 +19,9 @@ from retention.gdpr import (
 )
 from retention.models import DataDeletionRequest, DeletionRecord
 from sso.models import SsoAttempt
-from support.models import SupportTicket
 from tests.factories import InvitationFactory, MembershipFactory, UserFactory
 from tests.subscriptions.factories import SubscriptionFactory
+from tests.support.factories import SupportTicketFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -214,13 +214,8 @@ def test_approval_deletes_the_persons_data_and_anonymises_the_account(
         outcome="success",
         email="member@acme.test",
     )
-    ticket = SupportTicket.objects.create(
-        organisation=org,
-        category="billing",
-        subject="Refund",
-        contact_email="member@acme.test",
-        organisation_name=org.name,
-        created_by=member,
+    ticket = SupportTicketFactory(
+        organisation=org, subject="Refund", contact_email="member@acme.test", created_by=member
     )
     deletion_request = request_for(org, admin, member)
     mail.outbox.clear()

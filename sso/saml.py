@@ -4,8 +4,11 @@ python3-saml verifies the XML signature (and that the assertion is the signed el
 stops signature wrapping), refuses SHA-1 with `rejectDeprecatedAlgorithm`, parses with DTDs
 and entities forbidden, and compares Issuer, Audience, Destination and Recipient when they are
 present. We add: the Destination, Audience and Recipient must be present (python3-saml lets
-an absent one pass), and everything about InResponseTo, replay and who may sign in
-(`sso.services`).
+an absent one pass), and the signed assertion itself must name the request it answers
+(`SubjectConfirmationData/@InResponseTo`): python3-saml compares that attribute only when it
+is there, and the Response element around the assertion is not covered by the assertion's
+signature, so anyone can re-wrap a stolen assertion in a Response naming their own request.
+Replay and who may sign in are `sso.services`' (docs/sso.md).
 """
 
 import binascii
@@ -17,6 +20,7 @@ from onelogin.saml2.auth import OneLogin_Saml2_Auth
 from onelogin.saml2.constants import OneLogin_Saml2_Constants
 from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
+from onelogin.saml2.utils import OneLogin_Saml2_Utils
 
 from billing_portal.links import absolute_url
 
@@ -86,6 +90,8 @@ def saml_settings(config) -> dict:
             "wantAssertionsSigned": True,
             "wantMessagesSigned": False,
             "wantNameId": True,
+            # Many IdPs (Google Workspace among them) send only the NameID: attributes optional.
+            "wantAttributeStatement": False,
             "wantAssertionsEncrypted": False,
             "wantNameIdEncrypted": False,
             "rejectDeprecatedAlgorithm": True,
@@ -157,8 +163,33 @@ def response_open(config, saml_response: str) -> OneLogin_Saml2_Response:
     return response
 
 
-def in_response_to(response: OneLogin_Saml2_Response) -> str | None:
-    return response.get_in_response_to()
+@dataclass(frozen=True)
+class Binding:
+    """Which sign-in request a response says it answers, before anything is verified.
+
+    `response` is the Response element's InResponseTo (not covered by the assertion's
+    signature); `assertion` the InResponseTo values of the assertion's bearer
+    SubjectConfirmationData (None where one is absent). Only the assertion's count, and only
+    once its signature is verified (`response_validate` checks them again then).
+    """
+
+    response: str | None
+    assertion: tuple[str | None, ...]
+
+    @property
+    def request_id(self) -> str | None:
+        """The one request the assertion names, or None when it names none or several."""
+        ids = set(self.assertion)
+        if len(ids) == 1 and None not in ids:
+            return next(iter(ids))
+        return None
+
+
+def binding(response: OneLogin_Saml2_Response) -> Binding:
+    return Binding(
+        response=response.get_in_response_to() or None,
+        assertion=tuple(data.get("InResponseTo") or None for data in _confirmations(response)),
+    )
 
 
 def response_validate(config, response_text: str, *, request_id: str) -> Assertion:
@@ -179,8 +210,17 @@ def response_validate(config, response_text: str, *, request_id: str) -> Asserti
     if not response.is_valid(request_data, request_id=request_id):
         reason = response.get_error() or "The response is not valid."
         if "SubjectConfirmation" in reason:
-            reason += f" ({_recipient_problem(response, expected_acs)})"
+            reason = "No valid SubjectConfirmation: " + _confirmation_problem(
+                response, expected_acs=expected_acs, request_id=request_id
+            )
         raise SamlRefused(reason)
+    # From here `_confirmations` reads the assertion whose signature was just verified.
+    found = binding(response)
+    if found.request_id != request_id or found.response not in (None, request_id):
+        raise SamlRefused(
+            "The assertion does not answer this sign-in request: "
+            + _binding_problem(found, request_id=request_id)
+        )
     audiences = response.get_audiences()
     if sp_entity_id(organisation) not in audiences:
         raise SamlRefused(
@@ -189,6 +229,9 @@ def response_validate(config, response_text: str, *, request_id: str) -> Asserti
         )
     if _recipients(response) != {expected_acs}:
         raise SamlRefused(_recipient_problem(response, expected_acs))
+    assertion_id = response.get_assertion_id() or ""
+    if not assertion_id:
+        raise SamlRefused("The assertion has no ID, so its single use cannot be checked.")
     attributes = {
         str(key): [str(value) for value in values]
         for key, values in (response.get_attributes() or {}).items()
@@ -198,16 +241,43 @@ def response_validate(config, response_text: str, *, request_id: str) -> Asserti
         name_id=name_id,
         email=_email(name_id, attributes),
         full_name=_first(attributes, NAME_ATTRIBUTES),
-        assertion_id=response.get_assertion_id() or "",
+        assertion_id=assertion_id,
         attributes=attributes,
     )
 
 
+def _binding_problem(found: Binding, *, request_id: str) -> str:
+    named = [irt for irt in found.assertion if irt]
+    if not found.assertion:
+        return "it has no bearer SubjectConfirmationData."
+    if len(named) < len(found.assertion):
+        return (
+            "its SubjectConfirmationData has no InResponseTo, so nothing the IdP signed ties it "
+            "to a sign-in started here (an IdP-initiated or re-wrapped assertion)."
+        )
+    if set(named) != {request_id}:
+        return f"it answers {', '.join(sorted(set(named)))}, not {request_id}."
+    return f"the Response element says it answers {found.response}, the assertion {request_id}."
+
+
+def _confirmations(response) -> list:
+    """The assertion's bearer SubjectConfirmationData elements (the signed assertion once the
+    response is validated, never a copy hidden elsewhere in the document)."""
+    nodes = []
+    for confirmation in response._query_assertion("/saml:Subject/saml:SubjectConfirmation"):
+        method = confirmation.get("Method")
+        if method and method != OneLogin_Saml2_Constants.CM_BEARER:
+            continue
+        nodes.extend(
+            confirmation.findall(
+                "saml:SubjectConfirmationData", namespaces=OneLogin_Saml2_Constants.NSMAP
+            )
+        )
+    return nodes
+
+
 def _recipients(response) -> set:
-    confirmations = response._query_assertion(  # the signed assertion only, never a copy
-        "/saml:Subject/saml:SubjectConfirmation/saml:SubjectConfirmationData"
-    )
-    return {node.get("Recipient") for node in confirmations}
+    return {node.get("Recipient") for node in _confirmations(response)}
 
 
 def _recipient_problem(response, expected_acs) -> str:
@@ -216,6 +286,50 @@ def _recipient_problem(response, expected_acs) -> str:
     except Exception:  # noqa: BLE001 - only words for the reason; the refusal stands anyway
         found = "unreadable"
     return f"The assertion's Recipient must be {expected_acs} (got {found})."
+
+
+def _confirmation_problem(response, *, expected_acs: str, request_id: str) -> str:
+    """Why python3-saml found no valid SubjectConfirmation, in the terms it checks them:
+    InResponseTo, Recipient, NotOnOrAfter and NotBefore of each bearer confirmation."""
+    try:
+        confirmations = _confirmations(response)
+    except Exception:  # noqa: BLE001 - only words for the reason; the refusal stands anyway
+        return "the assertion's Subject cannot be read."
+    if not confirmations:
+        return "the assertion has no bearer SubjectConfirmationData."
+    now = OneLogin_Saml2_Utils.now()
+    problems = []
+    for data in confirmations:
+        irt = data.get("InResponseTo")
+        recipient = data.get("Recipient")
+        not_on_or_after = data.get("NotOnOrAfter")
+        not_before = data.get("NotBefore")
+        if irt and irt != request_id:
+            problems.append(f"it answers the sign-in request {irt}, not this one ({request_id})")
+        elif recipient and recipient != expected_acs:
+            problems.append(f"its Recipient must be {expected_acs} (got {recipient})")
+        elif not_on_or_after and _saml_time(not_on_or_after) <= now:
+            problems.append(
+                f"it expired at {not_on_or_after} (NotOnOrAfter); the time here is "
+                f"{_saml_instant(now)}. Check the clocks of the IdP and of this server"
+            )
+        elif not_before and _saml_time(not_before) > now:
+            problems.append(
+                f"it is not valid before {not_before} (NotBefore); the time here is "
+                f"{_saml_instant(now)}. Check the clocks of the IdP and of this server"
+            )
+    return "; ".join(problems) + "." if problems else "the assertion's Subject is not usable."
+
+
+def _saml_time(value: str) -> int:
+    try:
+        return OneLogin_Saml2_Utils.parse_SAML_to_time(value)
+    except Exception:  # noqa: BLE001 - an unreadable instant is never valid
+        return 0
+
+
+def _saml_instant(timestamp: int) -> str:
+    return OneLogin_Saml2_Utils.parse_time_to_SAML(timestamp)
 
 
 def _first(attributes: dict, names: tuple[str, ...]) -> str:

@@ -498,6 +498,11 @@ def response_consume(
 ) -> Outcome:
     """Check a SAMLResponse posted to `organisation`'s ACS and decide what it allows.
 
+    The response is bound to a request we sent by the InResponseTo of its assertion, the part
+    the IdP signs; the Response element around it is not signed and names whatever request an
+    attacker wants (docs/sso.md). The request must be pending, this
+    organisation's, unused and started in this browser; the assertion's ID is used once.
+
     Every refusal is logged as an SsoAttempt with its reason. A test-mode success marks the
     configuration tested; a sign-in success returns the user to sign in.
     """
@@ -520,13 +525,28 @@ def response_consume(
         return refuse(f"{organisation.name} has no single sign-on set up.", status=404)
     try:
         response = saml.response_open(config, saml_response)
+        bound = saml.binding(response)
     except saml.SamlMalformed as error:
         return refuse(f"Malformed SAMLResponse: {error}", status=400)
-    request_id = saml.in_response_to(response)
-    if not request_id:
+    except Exception as error:  # noqa: BLE001 - the library's surprises are malformed input
+        return refuse(f"Malformed SAMLResponse: {str(error)[:200]}", status=400)
+    request_id = bound.request_id
+    if request_id is None:
+        if bound.response is None and not any(bound.assertion):
+            return refuse(
+                "Unsolicited response: the IdP started this sign-in (IdP-initiated), which we "
+                "do not accept. Start from Sign in with SSO instead."
+            )
         return refuse(
-            "Unsolicited response: the IdP started this sign-in (IdP-initiated), which we do "
-            "not accept. Start from Sign in with SSO instead."
+            "Unsolicited response: the assertion does not answer a sign-in request started "
+            "here (its SubjectConfirmationData names no single InResponseTo, and only the "
+            "signed assertion counts). Start from Sign in with SSO; if this keeps happening, "
+            "the IdP must send InResponseTo in the assertion."
+        )
+    if bound.response is not None and bound.response != request_id:
+        return refuse(
+            "The assertion does not answer this sign-in request: the Response element names "
+            f"{bound.response}, the signed assertion {request_id}."
         )
     with transaction.atomic():
         pending = SsoRequest.objects.select_for_update().filter(request_id=request_id).first()
@@ -558,6 +578,11 @@ def response_consume(
     except Exception as error:  # noqa: BLE001 - the library's surprises are malformed input
         logger.warning("SSO response for %s broke the validator", organisation.slug, exc_info=True)
         return refuse(f"Malformed SAMLResponse: {str(error)[:200]}", status=400)
+    replayed = (
+        "The assertion was already used (replayed): each assertion signs in once. Sign in again."
+    )
+    if _assertion_used(organisation, assertion):
+        return refuse(replayed, assertion=assertion)
     if not assertion.email:
         return refuse(
             "The IdP sent no email address (NameID or an email attribute).", assertion=assertion
@@ -567,21 +592,24 @@ def response_consume(
         return refuse(reason, assertion=assertion)
     with transaction.atomic():
         try:
-            attempt = SsoAttempt.objects.create(
-                organisation=organisation,
-                mode=mode,
-                outcome=SsoAttempt.Outcome.SUCCESS,
-                reason=reason[:500],
-                email=assertion.email[:254],
-                name_id=assertion.name_id[:500],
-                attributes=assertion.attributes,
-                assertion_id=assertion.assertion_id[:256],
-                user=user if user.pk else None,
-                ip_address=ip_address,
-                created_at=now,
-            )
+            # A savepoint: a concurrent post of the same assertion may win the unique
+            # constraint, and the refusal below must still be written in this transaction.
+            with transaction.atomic():
+                attempt = SsoAttempt.objects.create(
+                    organisation=organisation,
+                    mode=mode,
+                    outcome=SsoAttempt.Outcome.SUCCESS,
+                    reason=reason[:500],
+                    email=assertion.email[:254],
+                    name_id=assertion.name_id[:500],
+                    attributes=assertion.attributes,
+                    assertion_id=assertion.assertion_id[:256],
+                    user=user if user.pk else None,
+                    ip_address=ip_address,
+                    created_at=now,
+                )
         except IntegrityError:
-            return refuse("The assertion was already used (replayed).", assertion=assertion)
+            return refuse(replayed, assertion=assertion)
         membership = None
         if mode == SsoAttempt.Mode.TEST:
             # Counts only for the IdP settings the test was started with.
@@ -603,6 +631,12 @@ def response_consume(
         next_url=pending.next_url,
         membership=membership,
     )
+
+
+def _assertion_used(organisation: Organisation, assertion) -> bool:
+    return SsoAttempt.objects.filter(
+        organisation=organisation, assertion_id=assertion.assertion_id[:256]
+    ).exists()
 
 
 def _email_domain(email: str) -> str:

@@ -95,6 +95,7 @@ class TestIdP:
         assertion_id=None,
         attributes=None,
         minutes_valid=5,
+        name_id_only=False,
         now=None,
     ) -> str:
         now = now or datetime.now(UTC)
@@ -135,8 +136,12 @@ class TestIdP:
             "<saml:AuthnContext><saml:AuthnContextClassRef>"
             "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"
             "</saml:AuthnContextClassRef></saml:AuthnContext></saml:AuthnStatement>"
-            f"<saml:AttributeStatement>{attrs}</saml:AttributeStatement>"
-            "</saml:Assertion>"
+            + (
+                ""
+                if name_id_only
+                else f"<saml:AttributeStatement>{attrs}</saml:AttributeStatement>"
+            )
+            + "</saml:Assertion>"
         )
 
     def sign(self, xml: str, *, algorithms=SHA256, key_pem=None, cert_pem=None) -> str:
@@ -191,17 +196,29 @@ class TestIdP:
         key_pem=None,
         cert_pem=None,
         minutes_valid=5,
+        assertion_in_response_to="__same__",
+        sign_response=False,
+        name_id_only=False,
+        now=None,
     ) -> str:
-        """A base64 SAMLResponse, as an IdP posts it to the ACS."""
+        """A base64 SAMLResponse, as an IdP posts it to the ACS.
+
+        `assertion_in_response_to=None` leaves InResponseTo out of the assertion (some IdPs
+        put it on the Response only); `sign_response` signs the Response element as well;
+        `name_id_only` sends no AttributeStatement (Google Workspace's default)."""
         assertion = self.assertion_xml(
             email=email,
             audience=audience,
             recipient=acs_url if recipient == "__acs__" else recipient,
-            in_response_to=in_response_to,
+            in_response_to=in_response_to
+            if assertion_in_response_to == "__same__"
+            else assertion_in_response_to,
             issuer=issuer,
             attributes=attributes,
             assertion_id=assertion_id,
             minutes_valid=minutes_valid,
+            name_id_only=name_id_only,
+            now=now,
         )
         if sign_assertion:
             assertion = self.sign(
@@ -213,6 +230,8 @@ class TestIdP:
             in_response_to=in_response_to,
             issuer=issuer,
         )
+        if sign_response:
+            xml = self.sign(xml, algorithms=algorithms, key_pem=key_pem, cert_pem=cert_pem)
         return encode(xml)
 
 

@@ -12,6 +12,7 @@ from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
+from django.utils import timezone
 from django.utils.text import slugify
 
 from accounts.audit import Actor, audit_record, changes_between
@@ -201,7 +202,7 @@ def _valid_primary_email_change(change: PrimaryEmailChange | None, *, now: datet
     if change.status == PrimaryEmailChange.Status.VERIFIED:
         raise ServiceError(
             f"This link has already been used: {change.new_email} was verified on "
-            f"{change.verified_at:%d %b %Y}.",
+            f"{timezone.localtime(change.verified_at, change.organisation.tzinfo):%-d %b %Y}.",
             code="used",
         )
     if change.status == PrimaryEmailChange.Status.SUPERSEDED:
@@ -298,7 +299,8 @@ def invitation_create(
             if not pending.is_expired_at(now):
                 raise ServiceError(
                     f"An invitation to {email} is already pending (sent "
-                    f"{pending.last_sent_at:%d %b %Y}). Resend it from the list of invitations.",
+                    f"{timezone.localtime(pending.last_sent_at, organisation.tzinfo):%-d %b %Y})."
+                    " Resend it from the list of invitations.",
                     field="email",
                 )
             pending.status = Invitation.Status.EXPIRED
@@ -417,8 +419,10 @@ def _valid_invitation(invitation: Invitation | None, *, now: datetime) -> Invita
             code="revoked",
         )
     if invitation.status == Invitation.Status.EXPIRED or invitation.is_expired_at(now):
+        # The organisation's clock, as the invitation email gave the end of its validity.
+        expired = timezone.localtime(invitation.expires_at, invitation.organisation.tzinfo)
         raise ServiceError(
-            f"This invitation expired on {invitation.expires_at:%d %b %Y}. Ask your "
+            f"This invitation expired on {expired:%-d %b %Y, %H:%M %Z}. Ask your "
             "administrator to resend it.",
             code="expired",
         )

@@ -12,10 +12,12 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, Max, OuterRef, Q
+from django.utils import timezone
 
 from accounts.audit import Actor, audit_record, changes_between, reason_change
 from accounts.emails import email_send
@@ -107,6 +109,11 @@ def tax_for(*, details: dict, rates: dict[str, tuple[str, int]] | None = None) -
 
 
 # Invoices -------------------------------------------------------------------------------------
+
+
+def invoice_year(moment: datetime) -> int:
+    """The year of the invoice numbers issued at `moment`: the seller's calendar year."""
+    return moment.astimezone(ZoneInfo(settings.SELLER_TIME_ZONE)).year
 
 
 def invoice_numbers_allocate(*, year: int, count: int) -> list[str]:
@@ -309,7 +316,7 @@ def _save_drafts(drafts: list[_Draft], *, now: datetime) -> list[Invoice]:
     """Number and store invoices (inside the caller's transaction)."""
     if not drafts:
         return []
-    numbers = invoice_numbers_allocate(year=now.astimezone(UTC).year, count=len(drafts))
+    numbers = invoice_numbers_allocate(year=invoice_year(now), count=len(drafts))
     for draft, number in zip(drafts, numbers, strict=True):
         draft.invoice.number = number
     invoices = Invoice.objects.bulk_create([draft.invoice for draft in drafts])
@@ -1232,9 +1239,9 @@ def upgrade_quote(*, subscription: Subscription, plan: Plan, now: datetime) -> U
     )
     if subtotal <= 0:
         # Seconds before the renewal the prorated difference rounds to nothing.
+        ends = timezone.localtime(subscription.current_period_end, subscription.organisation.tzinfo)
         raise ServiceError(
-            f"Your period ends on {subscription.current_period_end:%d %b %Y, %H:%M} UTC; "
-            "upgrade after the renewal.",
+            f"Your period ends on {ends:%-d %b %Y, %H:%M %Z}; upgrade after the renewal.",
             code="renewal_pending",
         )
     profile = BillingProfile.objects.filter(organisation_id=subscription.organisation_id).first()

@@ -323,6 +323,9 @@ SELLER = {
     "vat_number": env_str("SELLER_VAT_NUMBER", "IE6388047V"),
     "email": env_str("SELLER_BILLING_EMAIL", "billing@appseconnect.com"),
 }
+# The seller's calendar: the year in an invoice number (INV-2027-000001) is the seller's year,
+# so numbering starts again at the seller's New Year, not at UTC's.
+SELLER_TIME_ZONE = env_str("SELLER_TIME_ZONE", "Europe/Dublin")
 # Stripe reconciliation (billing/reconciliation.py) compares this many days of charges.
 RECONCILIATION_DAYS = env_int("RECONCILIATION_DAYS", 3)
 # Shown on Contact billing support (article section 13).

@@ -23,12 +23,16 @@ or closer to the real Stripe our code is written against:
 - A SetupIntent confirmed with a card for a customer attaches the card to that customer,
   as Stripe does (upstream leaves PaymentMethod.customer empty).
 - PaymentIntents accept `description` and can be listed with `customer=`, as on Stripe.
+- A card whose expiry month has passed is refused with `invalid_expiry_year` or
+  `invalid_expiry_month`, as Stripe refuses it (upstream accepts any year up to 2100). A card
+  is good until the end of its expiry month.
 """
 
 import hashlib
 import json
 import logging
 import os
+from datetime import UTC, datetime
 
 from aiohttp import web
 from localstripe import resources, server
@@ -144,9 +148,32 @@ def card_brand(number: str) -> str:
 _payment_method_init = resources.PaymentMethod.__init__
 
 
+def _refuse_expired(card: dict) -> None:
+    try:
+        month, year = int(card.get("exp_month")), int(card.get("exp_year"))
+    except (TypeError, ValueError):
+        return  # upstream's own validation answers that
+    year += 2000 if 0 < year < 100 else 0
+    today = datetime.now(UTC)
+    if year < today.year:
+        raise resources.UserError(
+            402,
+            "Your card's expiration year is invalid.",
+            {"code": "invalid_expiry_year", "param": "exp_year"},
+        )
+    if year == today.year and month < today.month:
+        raise resources.UserError(
+            402,
+            "Your card's expiration month is invalid.",
+            {"code": "invalid_expiry_month", "param": "exp_month"},
+        )
+
+
 def _payment_method_init_with_brand(self, **data):
     card = data.get("card")
     number = card.get("number") if isinstance(card, dict) else None
+    if data.get("type") == "card" and isinstance(card, dict):
+        _refuse_expired(card)
     if data.get("type") == "card" and isinstance(number, str) and number.isdigit():
         if len(number) == 15:
             # Upstream validates 16 digits and a 3-digit CVC; give it a stand-in to

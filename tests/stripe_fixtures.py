@@ -44,10 +44,12 @@ import json
 import os
 import urllib.error
 import urllib.request
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import pytest
 import stripe
+import time_machine
 from django.conf import settings
 
 VISA = "4242424242424242"
@@ -98,8 +100,16 @@ def localstripe() -> stripe.StripeClient:
     return _client()
 
 
+def card_exp_year() -> int:
+    """A year a new test card is good until: four years on by the stand-in's clock, the
+    machine's (not a clock the test travelled to), as Stripe refuses an expired card."""
+    hatch = time_machine.escape_hatch
+    now = hatch.datetime.datetime.now() if hatch.is_travelling() else datetime.now()
+    return now.year + 4
+
+
 def card_payment_method(
-    number: str = VISA, exp_month: int = 12, exp_year: int = 2030, cvc: str = "123"
+    number: str = VISA, exp_month: int = 12, exp_year: int | None = None, cvc: str = "123"
 ) -> str:
     """Create a card PaymentMethod, as Stripe.js's createPaymentMethod would; its id.
 
@@ -107,11 +117,9 @@ def card_payment_method(
     is declined when attached to a customer (`POST /v1/payment_methods/<id>/attach`) or
     used to confirm a SetupIntent, with a 402 "Your card was declined.".
     """
+    card = {"number": number, "exp_month": exp_month, "exp_year": exp_year or card_exp_year()}
     method = _client().v1.payment_methods.create(
-        params={
-            "type": "card",
-            "card": {"number": number, "exp_month": exp_month, "exp_year": exp_year, "cvc": cvc},
-        }
+        params={"type": "card", "card": {**card, "cvc": cvc}}
     )
     return method["id"]
 
@@ -121,7 +129,7 @@ def confirmed_setup_intent(
     customer_id: str,
     number: str = VISA,
     exp_month: int = 12,
-    exp_year: int = 2030,
+    exp_year: int | None = None,
     cvc: str = "123",
 ) -> str:
     """A SetupIntent of the customer, confirmed with a new card as the card page would.
@@ -143,7 +151,7 @@ def confirm_card_setup(
     *,
     number: str = VISA,
     exp_month: int = 12,
-    exp_year: int = 2030,
+    exp_year: int | None = None,
     cvc: str = "123",
     postal_code: str = "10001",
     authenticate: bool = True,
@@ -166,7 +174,7 @@ def confirm_card_setup(
             "card": {
                 "number": number,
                 "exp_month": str(exp_month),
-                "exp_year": str(exp_year),
+                "exp_year": str(exp_year or card_exp_year()),
                 "cvc": cvc,
             },
             "billing_details": {"address": {"postal_code": postal_code}},

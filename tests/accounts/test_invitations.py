@@ -1,5 +1,5 @@
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core import mail
@@ -184,6 +184,24 @@ def test_unusable_invitation_links_explain_why(client, org, change, status, text
         assert response.status_code == status
         assert text in response.content.decode()
     assert not User.objects.filter(email=invitation.email).exists()
+
+
+def test_an_invitation_that_ended_on_new_years_eve_says_so_in_the_organisations_zone(
+    client_for, client, admin, org, committed, time_machine
+):
+    # Sent at 22:00 on 24 December in New York and valid 7 days: it ends at 22:00 on New
+    # Year's Eve there, when it is already 2028 in UTC.
+    org.time_zone = "America/New_York"
+    org.save(update_fields=["time_zone"])
+    time_machine.move_to(datetime(2027, 12, 25, 3, 0, tzinfo=UTC), tick=False)
+    with committed():
+        client_for(admin).post(invite_url(org), {"email": "late@example.test", "role": "member"})
+    assert "until 31 Dec 2027, 22:00 EST" in mail.outbox[-1].body
+    client.logout()
+    time_machine.move_to(datetime(2028, 1, 1, 12, 0, tzinfo=UTC), tick=False)
+    response = client.get(link_from(mail.outbox[-1]))
+    assert response.status_code == 410
+    assert "This invitation expired on 31 Dec 2027, 22:00 EST." in response.content.decode()
 
 
 def test_unknown_invitation_token_is_404(client, db):

@@ -235,6 +235,37 @@ def test_two_racing_billing_runs_number_invoices_gaplessly():
     assert Invoice.objects.values("subscription").distinct().count() == 60
 
 
+def invoice_numbers() -> list[str]:
+    return sorted(Invoice.objects.values_list("number", flat=True))
+
+
+def test_the_first_invoice_of_a_new_year_is_number_one_of_that_year():
+    # The seller is in Dublin, on UTC in winter: its 2028 starts at midnight UTC.
+    _active_subscriptions(2, due=datetime(2027, 12, 31, 23, 50, tzinfo=UTC))
+    billing_run_issue(now=datetime(2027, 12, 31, 23, 55, tzinfo=UTC))
+    _active_subscriptions(2, due=datetime(2028, 1, 1, 0, 0, tzinfo=UTC))
+    billing_run_issue(now=datetime(2028, 1, 1, 0, 5, tzinfo=UTC))
+    assert invoice_numbers() == [
+        "INV-2027-000001",
+        "INV-2027-000002",
+        "INV-2028-000001",
+        "INV-2028-000002",
+    ]
+    assert list(InvoiceSequence.objects.order_by("year").values_list("year", "last_number")) == [
+        (2027, 2),
+        (2028, 2),
+    ]
+
+
+def test_invoice_numbers_start_again_at_the_sellers_new_year(settings):
+    settings.SELLER_TIME_ZONE = "Asia/Kolkata"  # 2028 starts there at 18:30 UTC on 31 December
+    _active_subscriptions(1, due=datetime(2027, 12, 31, 18, 0, tzinfo=UTC))
+    billing_run_issue(now=datetime(2027, 12, 31, 18, 20, tzinfo=UTC))
+    _active_subscriptions(1, due=datetime(2027, 12, 31, 18, 30, tzinfo=UTC))
+    billing_run_issue(now=datetime(2027, 12, 31, 18, 40, tzinfo=UTC))
+    assert invoice_numbers() == ["INV-2027-000001", "INV-2028-000001"]
+
+
 def test_tax_follows_the_billing_details_at_issue(subscribed, org):
     from billing.models import BillingProfile
 
@@ -280,12 +311,13 @@ def test_bank_transfer_invoices_wait_for_ops_to_record_payment(subscribed, org, 
 def test_card_expiry_reminder_is_sent_once_30_days_before(
     localstripe, org, admin, billing, committed
 ):
-    card = add_card(org)  # expires 12/2030: works until 2031-01-01
-    assert card.expires_at == datetime(2031, 1, 1, tzinfo=UTC)
+    card = add_card(org)  # expires in December: it works until the end of December
+    expires = datetime(card.exp_year + 1, 1, 1, tzinfo=UTC)
+    assert (card.exp_month, card.expires_at) == (12, expires)
     with committed():
-        assert card_expiry_reminders_send(now=datetime(2030, 12, 1, tzinfo=UTC)) == 0
-        assert card_expiry_reminders_send(now=datetime(2030, 12, 2, 1, tzinfo=UTC)) == 1
-        assert card_expiry_reminders_send(now=datetime(2030, 12, 20, tzinfo=UTC)) == 0
+        assert card_expiry_reminders_send(now=expires - timedelta(days=31)) == 0
+        assert card_expiry_reminders_send(now=expires - timedelta(days=29, hours=23)) == 1
+        assert card_expiry_reminders_send(now=expires - timedelta(days=12)) == 0
     reminders = [m for m in mail.outbox if "expires soon" in m.subject]
     assert {m.to[0] for m in reminders} == {
         "admin@acme.test",

@@ -23,6 +23,7 @@ from tests.stripe_fixtures import (
     VISA,
     VISA_DECLINED,
     StripeJsError,
+    card_exp_year,
     card_payment_method,
     confirm_card_setup,
     confirmed_setup_intent,
@@ -95,7 +96,8 @@ def test_saved_card_details_come_from_the_confirmed_setup_intent(localstripe):
     setup_intent_id, client_secret = gateway.setup_intent_create(customer_id=customer_id)
     assert client_secret.startswith(f"{setup_intent_id}_secret_")
 
-    confirm_card_setup(client_secret, number=VISA, exp_month=7, exp_year=2031)
+    exp_year = card_exp_year()
+    confirm_card_setup(client_secret, number=VISA, exp_month=7, exp_year=exp_year)
     card = gateway.setup_intent_card(setup_intent_id=setup_intent_id, customer_id=customer_id)
 
     setup_intent = localstripe.v1.setup_intents.retrieve(setup_intent_id)
@@ -104,7 +106,7 @@ def test_saved_card_details_come_from_the_confirmed_setup_intent(localstripe):
         brand="visa",
         last4="4242",
         exp_month=7,
-        exp_year=2031,
+        exp_year=exp_year,
     )
     method = localstripe.v1.payment_methods.retrieve(card.payment_method_id)
     assert method["customer"] == customer_id

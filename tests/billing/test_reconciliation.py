@@ -44,6 +44,7 @@ from subscriptions.models import PaymentMethodKind, Plan, Subscription
 from support.staff import BILLING, READ_ONLY
 from tests.billing.conftest import add_card, subscribe
 from tests.factories import UserFactory
+from tests.stripe_fixtures import VISA, card_exp_year
 
 pytestmark = pytest.mark.django_db
 
@@ -568,7 +569,7 @@ def test_charges_of_customers_that_are_not_ours_are_ignored(localstripe, org, cl
     method = localstripe.v1.payment_methods.create(
         params={
             "type": "card",
-            "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+            "card": {"number": VISA, "exp_month": 12, "exp_year": card_exp_year(), "cvc": "123"},
         }
     )
     localstripe.v1.payment_methods.attach(method["id"], params={"customer": stranger["id"]})

@@ -7,6 +7,12 @@ worker processes mid-task and check that the re-run leaves the books exactly rig
 - The billing run: the whole worker (solo pool) is SIGKILLed after some batches committed;
   the message stays unacknowledged in Redis and a new worker restores it once the broker's
   visibility timeout has passed (CELERY_VISIBILITY_TIMEOUT, 1 s here, 3600 s by default).
+  Both sides of that check are the workers' clocks, not Redis's: the first worker stamps the
+  message with its time(), the new one restores what is older than its time() minus the
+  timeout. So the redelivery needs the two workers to share a clock, which a moved clock
+  keeps (scripts/test_dates.sh shifts every process by one offset; libfaketime's "@instant"
+  would start each new process at that instant again, and the new worker would wait out the
+  time the first one had run).
 - Dunning: the pool child (prefork) running the day-3 step with its charge retries is
   SIGKILLed; the parent rejects the message (CELERY_TASK_REJECT_ON_WORKER_LOST) and it is
   delivered again at once. The step interrupted half-way is finished by the next run after
@@ -68,7 +74,7 @@ from tests.faults.private_services import (
     private_redis,
     redis_server_binary,
 )
-from tests.stripe_fixtures import CHARGE_FAILS, VISA
+from tests.stripe_fixtures import CHARGE_FAILS, VISA, card_exp_year
 from tests.subscriptions.factories import SubscriptionFactory
 
 pytestmark = [
@@ -299,7 +305,7 @@ def _failing_case(*, card: str, started_at, client: stripe.StripeClient):
     method = client.v1.payment_methods.create(
         params={
             "type": "card",
-            "card": {"number": card, "exp_month": 12, "exp_year": 2030, "cvc": "123"},
+            "card": {"number": card, "exp_month": 12, "exp_year": card_exp_year(), "cvc": "123"},
         }
     )
     client.v1.payment_methods.attach(method["id"], params={"customer": customer["id"]})

@@ -5,7 +5,7 @@ SHELL := /bin/bash
 ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 RUFF := $(ROOT)/.venv/bin/ruff
 
-.PHONY: help run test bootstrap services-start services-stop lint format clean-run
+.PHONY: help run test test-dates bootstrap services-start services-stop lint format clean-run
 
 help: ## Show this list
 	@echo "Targets:"
@@ -18,6 +18,9 @@ run: ## Start services, migrate, seed demo data, Celery, and the dev server on :
 
 test: ## The full CI check: pytest, missing migrations, ruff
 	@bash "$(ROOT)/scripts/test.sh" $(ARGS)
+
+test-dates: ## The suite at six moved clocks (libfaketime); one instant: make test-dates DATES=2028-02-29T23:40Z
+	@bash "$(ROOT)/scripts/test_dates.sh" $(DATES)
 
 bootstrap: ## Install Debian packages and the .venv (fast when nothing changed)
 	@bash "$(ROOT)/scripts/bootstrap.sh"

@@ -6,7 +6,7 @@ set -euo pipefail
 
 # Debian packages. "a|b" means either one counts as installed (a gets installed).
 # Append here when the project needs more.
-APT_PACKAGES="postgresql-15|postgresql redis-server chromium fonts-dejavu-core libpango-1.0-0 libpangoft2-1.0-0"
+APT_PACKAGES="postgresql-15|postgresql redis-server chromium fonts-dejavu-core libpango-1.0-0 libpangoft2-1.0-0 faketime"
 
 # The interpreter .venv is built from, and the minor version pyproject requires.
 PYTHON="${PYTHON:-python3}"

@@ -1,13 +1,42 @@
 import importlib
+import os
+from datetime import UTC, datetime
 
 import pytest
 from django.core.cache import cache
+from django.db import connection
 
 from accounts.models import Membership
 from billing_portal.queueing import broker_failure_forget
 from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
+from usage.partitions import TABLES
 
 pytest_plugins = ["tests.stripe_fixtures"]
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that commits (transaction=True, live_server) restores the migrated data first.
+
+    Its teardown empties the tables. A flush without a reload runs post_migrate, which makes
+    content types, permissions and the staff groups again under new ids; a later test that
+    reloads the serialized data then collides with them. So all of them reload, and any order
+    works.
+    """
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        kwargs = dict(marker.kwargs) if marker else {}
+        commits = kwargs.get("transaction") or (
+            {"transactional_db", "live_server"} & set(item.fixturenames)
+        )
+        if commits and not kwargs.get("serialized_rollback"):
+            kwargs.update(transaction=True, serialized_rollback=True)
+            item.add_marker(pytest.mark.django_db(**kwargs), append=False)
+
+
+def pytest_report_header(config):
+    # A run on a moved clock (scripts/test_dates.sh) says which instant it is.
+    label = os.environ.get("TEST_CLOCK_LABEL", "the machine's clock")
+    return f"clock: {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {label}"
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +61,20 @@ def _default_catalogue(request):
             "billing.migrations.0002_seed_tax_rates",
         ):
             importlib.import_module(module).seed(apps, None)
+
+
+@pytest.fixture(autouse=True)
+def _partitioned_tables_emptied(request):
+    """A test that commits leaves the Sync Info and snapshot tables empty, as the flush after it
+    leaves every table Django knows: these are partitioned by raw SQL and unknown to the flush."""
+    marker = request.node.get_closest_marker("django_db")
+    if not (marker and marker.kwargs.get("transaction")):
+        yield
+        return
+    request.getfixturevalue("_django_db_helper")
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {', '.join(TABLES)}")
 
 
 @pytest.fixture(autouse=True)

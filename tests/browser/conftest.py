@@ -31,6 +31,18 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.browser)
 
 
+def _chromium_env() -> dict:
+    """On a moved clock (scripts/test_dates.sh) Chromium moves its monotonic clock too.
+
+    The suite keeps monotonic clocks real there (Python's timed waits need it), but then
+    libfaketime 0.9.10 shifts the deadlines of Chromium's waits on monotonic condition
+    variables by the whole offset: it spins or stalls. With both clocks moved it runs normally.
+    """
+    env = dict(os.environ)
+    env.pop("FAKETIME_DONT_FAKE_MONOTONIC", None)
+    return env
+
+
 @pytest.fixture(scope="session")
 def browser():
     from playwright.sync_api import sync_playwright
@@ -38,7 +50,9 @@ def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"Chromium is not installed at {CHROMIUM}; run `make test` to install it.")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, env=_chromium_env()
+        )
         yield browser
         browser.close()
 

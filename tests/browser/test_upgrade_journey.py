@@ -14,9 +14,14 @@ from tests.factories import PASSWORD, MembershipFactory, OrganisationFactory, Us
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 
-def test_upgrade_shows_the_quote_that_the_invoice_charges(new_page, portal, localstripe):
+def test_upgrade_shows_the_quote_that_the_invoice_charges(
+    new_page, portal, localstripe, time_machine
+):
     from django.utils import timezone
 
+    # The quote is prorated to the second and computed again at confirmation: the clock of
+    # the test and the live server stands still, so both see the same instant.
+    time_machine.move_to(timezone.now(), tick=False)
     org = OrganisationFactory(name="Upgrade Co", slug="upgrade-co")
     admin = UserFactory(email="boss@upgrade.test")
     MembershipFactory(organisation=org, user=admin, role="admin")

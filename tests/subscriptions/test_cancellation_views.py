@@ -20,6 +20,15 @@ from tests.subscriptions.factories import SubscriptionFactory, plan
 pytestmark = pytest.mark.django_db
 
 PERIOD_END = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+# The subscriptions here are built in the period of November 2026 (SubscriptionFactory): the
+# clock stands inside it, after the cancellation of 20 November.
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def now(time_machine):
+    time_machine.move_to(NOW, tick=False)
+    return NOW
 
 
 def url(name, org):
@@ -61,7 +70,8 @@ def cancelled(subscription):
 
 
 @pytest.fixture
-def ended(subscription):
+def ended(subscription, time_machine):
+    time_machine.move_to(PERIOD_END + timedelta(days=1), tick=False)
     subscription.status = "ended"
     subscription.ended_at = PERIOD_END + timedelta(minutes=5)
     subscription.canceled_at = datetime(2026, 11, 20, 10, tzinfo=UTC)

@@ -30,6 +30,14 @@ from usage.views import STALE_CURSOR
 pytestmark = pytest.mark.django_db
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+# The rows here are stored at fixed instants around T0: the clock stands a week after it.
+NOW = datetime(2026, 11, 27, 13, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def now(time_machine):
+    time_machine.move_to(NOW, tick=False)
+    return NOW
 
 
 def tier(flow) -> int:
@@ -382,13 +390,10 @@ def test_the_filter_fields_keep_their_labels_values_and_errors(client_for, org, 
 
 # Retention window and partition pruning ---------------------------------------------------
 
-NOW = datetime(2026, 11, 27, 13, 0, tzinfo=UTC)
-
 
 @pytest.fixture
-def standard(org, time_machine):
+def standard(org):
     """`org` on Standard (Sync Info kept 30 days) at NOW, with this week's partitions."""
-    time_machine.move_to(NOW, tick=False)
     partitions_ensure(now=NOW)
     return SubscriptionFactory(organisation=org, plan=Plan.objects.get(code="standard"))
 

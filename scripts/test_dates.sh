@@ -93,6 +93,10 @@ main() {
         *) chosen=("$@") ;;
     esac
 
+    for instant in "${chosen[@]}"; do
+        date -u -d "${instant/T/ }" +%s >/dev/null 2>&1 \
+            || { echo "test_dates: ERROR: '$instant' is not a date and time (e.g. 2028-02-29T23:40Z)" >&2; return 2; }
+    done
     bash scripts/bootstrap.sh
     command -v faketime >/dev/null || { echo "test_dates: ERROR: faketime is missing" >&2; return 1; }
 
@@ -117,8 +121,7 @@ main() {
     export PYTHONPATH="$root/scripts/moved_clock${PYTHONPATH:+:$PYTHONPATH}"
 
     for instant in "${chosen[@]}"; do
-        target="$(date -u -d "${instant/T/ }" +%s 2>/dev/null)" \
-            || { echo "test_dates: ERROR: '$instant' is not a date and time" >&2; return 2; }
+        target="$(date -u -d "${instant/T/ }" +%s)"
         label="$(date -u -d "@$target" '+%Y-%m-%d %H:%M UTC')"
         log="$root/.run/dates-$(date -u -d "@$target" +%Y%m%dT%H%MZ).log"
         # Fresh services each time: nothing carries over from one instant to the next.

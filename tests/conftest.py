@@ -1,4 +1,3 @@
-import importlib
 import os
 from datetime import UTC, datetime
 
@@ -37,30 +36,6 @@ def pytest_report_header(config):
     # A run on a moved clock (scripts/test_dates.sh) says which instant it is.
     label = os.environ.get("TEST_CLOCK_LABEL", "the machine's clock")
     return f"clock: {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {label}"
-
-
-@pytest.fixture(autouse=True)
-def _default_catalogue(request):
-    """The plans and tax rates that migrations seed, even after a transactional test's flush.
-
-    Tests with database access get them back when an earlier transactional test (browser
-    journeys, races) emptied the tables; the check is one query inside the test's transaction.
-    """
-    if request.node.get_closest_marker("django_db") is None and not (
-        {"db", "transactional_db", "live_server"} & set(request.fixturenames)
-    ):
-        return
-    request.getfixturevalue("_django_db_helper")
-    from django.apps import apps
-
-    from subscriptions.models import Plan
-
-    if not Plan.objects.exists():
-        for module in (
-            "subscriptions.migrations.0002_seed_plans",
-            "billing.migrations.0002_seed_tax_rates",
-        ):
-            importlib.import_module(module).seed(apps, None)
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,6 @@ import io
 from datetime import timedelta
 
 import pytest
-from django.db import connection
 from playwright.sync_api import expect
 
 from tests.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
@@ -16,22 +15,10 @@ from tests.usage.test_sync_info_page import insert_rows
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
 
-@pytest.fixture
-def sync_rows_cleanup():
-    """usage_syncinfo is not a Django-managed table, so the end-of-test flush leaves it alone."""
-    organisations = []
-    yield organisations
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "DELETE FROM usage_syncinfo WHERE organisation_id = ANY(%s)", [organisations]
-        )
-
-
-def test_a_member_exports_a_date_range_as_csv(new_page, portal, sync_rows_cleanup):
+def test_a_member_exports_a_date_range_as_csv(new_page, portal):
     from django.utils import timezone
 
     org = OrganisationFactory(name="Export Co", slug="export-co", time_zone="Europe/London")
-    sync_rows_cleanup.append(org.pk)
     member = UserFactory(email="member@export.test")
     MembershipFactory(organisation=org, user=member, role="member")
     flow = ProcessFlowFactory(

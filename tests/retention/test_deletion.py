@@ -50,13 +50,6 @@ ENDED_AT = datetime(2026, 12, 1, 9, 5, tzinfo=UTC)
 DELETION_AT = ENDED_AT + timedelta(days=30)  # 31 December 2026, 09:05 UTC
 
 
-@pytest.fixture(autouse=True)
-def _empty_partitioned_tables():
-    yield
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE usage_syncinfo, usage_snapshot")
-
-
 def _fill(organisation, *, status=Subscription.Status.ENDED, ended_at=ENDED_AT, tag="a"):
     """One of every kind of row an organisation owns."""
     subscription = SubscriptionFactory(

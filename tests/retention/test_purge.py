@@ -106,16 +106,6 @@ def drop_tier_tables() -> None:
             cursor.execute(f"DROP TABLE {name}")
 
 
-@pytest.fixture
-def truncate_usage():
-    """Transactional tests: the flush does not know the unmanaged partitioned tables, and
-    the partitions they created were committed."""
-    yield
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE usage_syncinfo, usage_snapshot")
-    drop_tier_tables()
-
-
 @pytest.mark.django_db
 @pytest.mark.parametrize(
     ("code", "sync_days", "snapshot_days"),
@@ -256,7 +246,7 @@ def test_whole_blocks_past_their_tier_are_dropped_and_counted():
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_an_interrupted_run_is_finished_by_the_next_without_double_counting(
-    monkeypatch, truncate_usage
+    monkeypatch, tier_tables_dropped
 ):
     partitions_ensure(now=NOW)
     orgs = [SubscriptionFactory().organisation for _ in range(2)]  # Standard: 30 days
@@ -302,7 +292,9 @@ def test_an_interrupted_run_is_finished_by_the_next_without_double_counting(
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_a_concurrent_run_returns_at_once_and_one_run_does_the_work(monkeypatch, truncate_usage):
+def test_a_concurrent_run_returns_at_once_and_one_run_does_the_work(
+    monkeypatch, tier_tables_dropped
+):
     partitions_ensure(now=NOW)
     org = SubscriptionFactory().organisation
     add_sync_info_series(org.pk, newest=NOW - timedelta(days=31), count=30)

@@ -16,7 +16,6 @@ from tests.retention.test_purge import (
     SECOND,
     add_sync_info,
     count,
-    drop_tier_tables,
     exists,
     moments,
     tiers,
@@ -42,15 +41,6 @@ def blocks_before_the_cutoffs():
     """Blocks from 30 days before NOW as well, so some end before NOW's cutoffs."""
     partitions_ensure(now=NOW - timedelta(days=30))
     partitions_ensure(now=NOW)
-
-
-@pytest.fixture
-def clean_partitions():
-    """Transactional tests: their rows and partitions were committed."""
-    yield
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE usage_syncinfo, usage_snapshot")
-    drop_tier_tables()
 
 
 @pytest.mark.django_db
@@ -186,7 +176,7 @@ def test_a_tier_default_holding_a_row_to_keep_is_not_dropped():
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_runs_killed_after_a_detach_are_finished_by_the_next_with_exact_counts(
-    monkeypatch, clean_partitions, blocks_before_the_cutoffs
+    monkeypatch, tier_tables_dropped, blocks_before_the_cutoffs
 ):
     org = subscribed("standard")
     add_sync_info(org.pk, [datetime(2026, 10, 13, 1, m, tzinfo=UTC) for m in range(10)])
@@ -246,7 +236,7 @@ def test_runs_killed_after_a_detach_are_finished_by_the_next_with_exact_counts(
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_block_in_use_is_left_for_tomorrow_and_its_rows_deleted_by_row(
-    monkeypatch, clean_partitions, blocks_before_the_cutoffs
+    monkeypatch, tier_tables_dropped, blocks_before_the_cutoffs
 ):
     org = subscribed("standard")
     add_sync_info(org.pk, [datetime(2026, 10, 13, 1, m, tzinfo=UTC) for m in range(5)])

@@ -4,7 +4,6 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
 from django.db.models import Sum
 
 from subscriptions.models import Environment, ProcessFlow
@@ -12,15 +11,6 @@ from tests.subscriptions.factories import SubscriptionFactory
 from usage.models import ApiKey, IngestBatch, SyncInfo, UsageCounter
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
-
-
-@pytest.fixture(autouse=True)
-def _empty_sync_info():
-    """The flush after a transactional test skips the partitioned (unmanaged) tables: empty them,
-    so the tests that count every Sync Info row find none of these."""
-    yield
-    with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE usage_snapshot, usage_syncinfo")
 
 
 def simulate(*args):

@@ -1,3 +1,4 @@
+import importlib
 import os
 from datetime import UTC, datetime
 
@@ -36,6 +37,31 @@ def pytest_report_header(config):
     # A run on a moved clock (scripts/test_dates.sh) says which instant it is.
     label = os.environ.get("TEST_CLOCK_LABEL", "the machine's clock")
     return f"clock: {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {label}"
+
+
+@pytest.fixture(autouse=True)
+def _default_catalogue(request):
+    """The plans and tax rates that migrations seed, even after a transactional test's flush.
+
+    The reload of the migrated data (above) misses them in browser tests: Playwright's event
+    loop runs in the test thread, where Django hands out another connection object, one
+    without the serialized data, so nothing is reloaded. The check is one query.
+    """
+    if request.node.get_closest_marker("django_db") is None and not (
+        {"db", "transactional_db", "live_server"} & set(request.fixturenames)
+    ):
+        return
+    request.getfixturevalue("_django_db_helper")
+    from django.apps import apps
+
+    from subscriptions.models import Plan
+
+    if not Plan.objects.exists():
+        for module in (
+            "subscriptions.migrations.0002_seed_plans",
+            "billing.migrations.0002_seed_tax_rates",
+        ):
+            importlib.import_module(module).seed(apps, None)
 
 
 @pytest.fixture(autouse=True)

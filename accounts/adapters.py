@@ -2,9 +2,9 @@ from allauth.account.adapter import DefaultAccountAdapter
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.audit import client_ip
 from accounts.emails import email_queue
 from accounts.services import organisation_create
+from core.http import client_ip
 
 
 class AccountAdapter(DefaultAccountAdapter):

@@ -7,7 +7,7 @@ from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.db.models import Count, Q
 from django.utils import timezone
 
-from accounts.audit import Actor, client_ip
+from accounts.audit import Actor
 from accounts.models import (
     AuditEvent,
     Invitation,
@@ -22,7 +22,8 @@ from accounts.services import (
     membership_deactivate,
     membership_reactivate,
 )
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
+from core.http import client_ip
 
 
 class UserCreationForm(AdminUserCreationForm):

@@ -4,9 +4,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
-
 from accounts.models import AuditEvent, Organisation, User
+from core.http import client_ip
 
 
 @dataclass(frozen=True)
@@ -27,17 +26,6 @@ class Actor:
 
 
 SYSTEM = Actor(user=None)
-
-
-def client_ip(request) -> str | None:
-    """REMOTE_ADDR, or the hop our trusted proxy appended to X-Forwarded-For."""
-    hops = settings.TRUSTED_PROXY_COUNT
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-    if hops and forwarded:
-        addresses = [part.strip() for part in forwarded.split(",") if part.strip()]
-        if len(addresses) >= hops:
-            return addresses[-hops]
-    return request.META.get("REMOTE_ADDR") or None
 
 
 def changes_between(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -16,7 +16,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts.models import Organisation, OutgoingEmail
-from billing_portal.queueing import enqueue
+from core.queueing import enqueue
 
 logger = logging.getLogger(__name__)
 

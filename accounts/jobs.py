@@ -2,7 +2,7 @@ from celery.schedules import crontab
 
 from accounts.emails import email_deliver_pending
 from accounts.services import invitation_expire_due
-from billing_portal.jobs import scheduled_job
+from core.jobs import scheduled_job
 
 
 @scheduled_job(name="expire_invitations", schedule=crontab(minute="*/10"))

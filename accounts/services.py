@@ -19,8 +19,8 @@ from accounts.audit import Actor, audit_record, changes_between
 from accounts.emails import email_send
 from accounts.models import Invitation, Membership, Organisation, PrimaryEmailChange, User
 from accounts.tokens import new_token, token_digest
-from billing_portal.errors import ServiceError
-from billing_portal.links import absolute_url
+from core.errors import ServiceError
+from core.links import absolute_url
 
 ORGANISATION_NAME_MAX = 100
 

@@ -2,8 +2,20 @@ from celery import shared_task
 from django.utils import timezone
 
 from accounts.emails import email_deliver
+from accounts.models import OutgoingEmail
+from core.observability import register_task_ids
 
 
 @shared_task(name="accounts.deliver_email", acks_late=True)
 def deliver_email(email_id: int) -> bool:
     return email_deliver(email_id=email_id, now=timezone.now())
+
+
+def _email_ids(email_id) -> dict:
+    organisation = (
+        OutgoingEmail.objects.filter(pk=email_id).values_list("organisation", flat=True).first()
+    )
+    return {"organisation_id": organisation}
+
+
+register_task_ids(deliver_email.name, _email_ids)

@@ -27,7 +27,7 @@ from django.utils.http import urlencode
 
 from accounts.roles import ALL_ROLES
 from accounts.selectors import membership_for_user, memberships_of_user
-from billing_portal.observability import log_context
+from core.observability import log_context
 
 SESSION_KEY = "current_org"
 # Set by the SSO sign-in: the id of the organisation whose IdP vouched for this session.
@@ -143,7 +143,7 @@ def tenant_view(*, roles=ALL_ROLES, section: str | None = None, allow_when_ended
             # Dates on organisation pages show in the organisation's time zone.
             timezone.activate(membership.organisation.tzinfo)
             try:
-                # Every log line of the view names the organisation (billing_portal/observability).
+                # Every log line of the view names the organisation (core/observability).
                 with log_context(organisation_id=membership.organisation_id):
                     return view(request, *args, **kwargs)
             finally:

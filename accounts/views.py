@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.formats import date_format
 from django.views.decorators.http import require_POST, require_safe
 
-from accounts.audit import Actor, client_ip
+from accounts.audit import Actor
 from accounts.forms import (
     InvitationForm,
     InvitationSignupForm,
@@ -50,9 +50,10 @@ from accounts.services import (
     primary_email_change_verify,
 )
 from accounts.tenancy import SESSION_KEY, tenant_view
-from billing_portal import ratelimit
-from billing_portal.errors import ServiceError
-from billing_portal.forms import form_error
+from core import ratelimit
+from core.errors import ServiceError
+from core.forms import form_error
+from core.http import client_ip
 
 NOTIFICATIONS_PER_PAGE = 20
 LINK_ERROR_STATUS = {"invalid": 404, "used": 410, "revoked": 410, "expired": 410, "superseded": 410}

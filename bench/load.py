@@ -512,7 +512,7 @@ def server_env(work: Path) -> dict:
         "TRUSTED_PROXY_COUNT": "1",
         "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
         "CELERY_TASK_ALWAYS_EAGER": "1",
-        # The production default: one access line per request (billing_portal.observability),
+        # The production default: one access line per request (core.observability),
         # into the run's log file.
         "LOG_LEVEL": "INFO",
         "LOAD_STATIC_ROOT": str(work / "static"),

@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from accounts.audit import Actor, client_ip
+from accounts.audit import Actor
 from billing.admin_ledger import OpenOrResolved
 from billing.dunning import dunning_extend_grace, invoice_mark_uncollectible, step_due_at
 from billing.models import (
@@ -29,9 +29,10 @@ from billing.reconciliation import (
     difference_resolve_record_payment,
 )
 from billing.services import invoice_revised_copy_issue, payment_record_manual
-from billing_portal.admin import ReadOnlyModelAdmin, permission_check, reason_asked
-from billing_portal.errors import ServiceError
-from billing_portal.money import format_money
+from core.admin import ReadOnlyModelAdmin, permission_check, reason_asked
+from core.errors import ServiceError
+from core.http import client_ip
+from core.money import format_money
 from subscriptions.admin import SubscriptionAdmin
 from subscriptions.models import Subscription
 

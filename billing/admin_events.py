@@ -8,7 +8,7 @@ the ones ops act on, e.g. with a refund in the Stripe dashboard.
 from django.contrib import admin
 
 from billing.models import StripeEvent
-from billing_portal.admin import ReadOnlyModelAdmin
+from core.admin import ReadOnlyModelAdmin
 
 
 @admin.register(StripeEvent)

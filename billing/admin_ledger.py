@@ -7,7 +7,7 @@ by themselves once the data is right again.
 from django.contrib import admin
 
 from billing.models import LedgerViolation
-from billing_portal.admin import ReadOnlyModelAdmin
+from core.admin import ReadOnlyModelAdmin
 
 
 class OpenOrResolved(admin.SimpleListFilter):

@@ -23,8 +23,8 @@ from accounts.audit import SYSTEM, Actor, audit_record, reason_change
 from accounts.emails import email_send
 from accounts.selectors import billing_recipients
 from billing.models import DunningCase, DunningStep, Invoice, Payment
-from billing_portal.errors import ServiceError
-from billing_portal.links import absolute_url
+from core.errors import ServiceError
+from core.links import absolute_url
 from subscriptions.models import PaymentMethodKind, Subscription
 from subscriptions.services import process_flows_resume_suspended, process_flows_suspend
 from subscriptions.states import subscription_transition

@@ -9,7 +9,7 @@ from billing.services import (
     invoices_charge_due,
     overage_invoices_issue,
 )
-from billing_portal.jobs import scheduled_job
+from core.jobs import scheduled_job
 
 
 # Order within a tick: issue the period invoices, render their PDFs (the "invoice issued"

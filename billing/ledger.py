@@ -29,7 +29,7 @@ from billing.models import (
     Payment,
 )
 from billing.tax import TaxDecision
-from billing_portal.money import format_money
+from core.money import format_money
 from subscriptions.models import PaymentMethodKind, PlanChange, Subscription
 from subscriptions.states import RENEWING
 from usage.models import UsageCounter

@@ -14,7 +14,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone, translation
 
 from billing.models import Invoice
-from billing_portal.money import format_money
+from core.money import format_money
 from subscriptions.models import PaymentMethodKind
 
 TEMPLATE = "billing/invoice_pdf.html"

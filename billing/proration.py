@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from billing_portal.money import round_half_up
+from core.money import round_half_up
 
 _TICK = timedelta(microseconds=1)
 

@@ -47,8 +47,8 @@ from billing.models import (
     ReconciliationDifference,
 )
 from billing.services import card_attempt_add, payment_failed, payment_succeeded
-from billing_portal.errors import ServiceError
-from billing_portal.money import format_money
+from core.errors import ServiceError
+from core.money import format_money
 from subscriptions.models import PaymentMethodKind
 
 logger = logging.getLogger(__name__)

@@ -37,11 +37,11 @@ from billing.models import (
     TaxRate,
 )
 from billing.tax import TaxDecision, tax_decide
-from billing_portal.errors import ServiceError
-from billing_portal.links import absolute_url
-from billing_portal.money import format_money
-from billing_portal.observability import log_context
-from billing_portal.queueing import enqueue
+from core.errors import ServiceError
+from core.links import absolute_url
+from core.money import format_money
+from core.observability import log_context
+from core.queueing import enqueue
 from subscriptions.lifecycle import (
     Period,
     scheduled_changes_prefetch,

@@ -3,7 +3,7 @@ from django.utils import timezone
 
 from billing.models import Invoice
 from billing.services import invoice_document_original
-from billing_portal.observability import log_context
+from core.observability import log_context, register_task_ids
 
 
 @shared_task(name="billing.render_invoice_documents", acks_late=True)
@@ -15,3 +15,17 @@ def render_invoice_documents(invoice_ids: list[int]) -> int:
             invoice_document_original(invoice=invoice, now=timezone.now())
         rendered += 1
     return rendered
+
+
+def _invoice_ids(invoice_ids) -> dict:
+    rows = list(Invoice.objects.filter(pk__in=list(invoice_ids)).values_list("pk", "organisation"))
+    if len(rows) == 1:
+        return {"invoice_id": rows[0][0], "organisation_id": rows[0][1]}
+    organisations = sorted({organisation for _, organisation in rows})
+    ids = {"invoice_ids": sorted(pk for pk, _ in rows)}
+    if len(organisations) == 1:
+        ids["organisation_id"] = organisations[0]
+    return ids
+
+
+register_task_ids(render_invoice_documents.name, _invoice_ids)

@@ -6,7 +6,7 @@ from decimal import Decimal
 from stdnum.exceptions import ValidationError as StdnumError
 from stdnum.util import get_cc_module
 
-from billing_portal.money import round_half_up
+from core.money import round_half_up
 
 # fmt: off
 EU_MEMBER_STATES = frozenset({

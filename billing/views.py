@@ -41,8 +41,8 @@ from billing.services import (
     upgrade_plans,
     upgrade_quote,
 )
-from billing_portal.errors import ServiceError
-from billing_portal.money import format_money
+from core.errors import ServiceError
+from core.money import format_money
 from subscriptions.models import PaymentMethodKind, Plan, Subscription
 from subscriptions.selectors import subscription_with_plan
 

@@ -1,10 +1,10 @@
-"""The Celery app. Beat's schedule is built from the one job registry (billing_portal.jobs)."""
+"""The Celery app. Beat's schedule is built from the one job registry (core.jobs)."""
 
 import os
 
 from celery import Celery, signals
 
-from billing_portal import observability
+from core import observability
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "billing_portal.settings")
 
@@ -15,8 +15,8 @@ app.autodiscover_tasks()
 
 @app.on_after_finalize.connect
 def _schedule_registered_jobs(sender, **kwargs):
-    from billing_portal.jobs import all_jobs
-    from billing_portal.tasks import run_scheduled_job
+    from core.jobs import all_jobs
+    from core.tasks import run_scheduled_job
 
     for job in all_jobs():
         sender.add_periodic_task(job.schedule, run_scheduled_job.s(job.name), name=job.name)
@@ -35,7 +35,7 @@ def _log_like_the_web(**kwargs):
 
 
 # Every log line of a task carries its task id; a failed task is logged with its organisation
-# and invoice (billing_portal/observability.py). weak=False: module functions, kept for good.
+# and invoice (core/observability.py). weak=False: module functions, kept for good.
 signals.task_prerun.connect(observability.task_prerun, weak=False)
 signals.task_postrun.connect(observability.task_postrun, weak=False)
 signals.task_failure.connect(observability.task_failure, weak=False)

@@ -39,7 +39,7 @@ SITE_URL = env_str("SITE_URL", "http://127.0.0.1:8000").rstrip("/")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "billing_portal.apps.PortalAdminConfig",
+    "portal.apps.PortalAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -50,7 +50,7 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "django_countries",
-    "billing_portal",
+    "core",
     "accounts",
     "subscriptions",
     "billing",
@@ -58,12 +58,13 @@ INSTALLED_APPS = [
     "sso",
     "support",
     "retention",
+    "portal",
 ]
 
 MIDDLEWARE = [
-    "billing_portal.observability.RequestIdMiddleware",
+    "core.observability.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "billing_portal.security.ContentSecurityPolicyMiddleware",
+    "core.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -93,7 +94,7 @@ TEMPLATES = [
         },
     },
 ]
-FORM_RENDERER = "billing_portal.forms.FormRenderer"
+FORM_RENDERER = "core.forms.FormRenderer"
 
 DATABASES = {
     "default": database_from_url(
@@ -106,7 +107,7 @@ REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:56379/0")
 CACHES = {
     "default": {
         # Django's Redis cache that fails open: the cache holds rate-limit counters only.
-        "BACKEND": "billing_portal.ratelimit.FailOpenRedisCache",
+        "BACKEND": "core.ratelimit.FailOpenRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "portal",
         "TIMEOUT": 300,
@@ -159,7 +160,7 @@ ACCOUNT_RATE_LIMITS = {
     "confirm_email": "1/3m/key",
     "change_password": "5/m/user",
 }
-# Our own limits (billing_portal/ratelimit.py), per client IP: opening or submitting an
+# Our own limits (core/ratelimit.py), per client IP: opening or submitting an
 # emailed link, unknown link tokens (guessing), starting an SSO sign-in (one SsoRequest row
 # each; an office behind one address signs in together, hence as many as password sign-ins).
 RATE_LIMITS = {
@@ -197,9 +198,7 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", f"{PRODUCT_NAME} <no-reply@ex
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
 EMAIL_BACKEND = env_str(
     "EMAIL_BACKEND",
-    "billing_portal.mail_backend.DevEmailBackend"
-    if DEBUG
-    else "django.core.mail.backends.smtp.EmailBackend",
+    "core.mail_backend.DevEmailBackend" if DEBUG else "django.core.mail.backends.smtp.EmailBackend",
 )
 EMAIL_FILE_PATH = Path(env_str("EMAIL_FILE_PATH", str(RUN_DIR / "mail")))
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
@@ -250,7 +249,7 @@ SSO_REQUEST_VALID_MINUTES = 10
 PRIMARY_EMAIL_CHANGE_VALID_DAYS = 3
 CURRENCIES = ["USD", "EUR", "GBP"]
 
-# Content-Security-Policy: billing_portal/security.py (a middleware, every response).
+# Content-Security-Policy: core/security.py (a middleware, every response).
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
@@ -284,10 +283,10 @@ if LOG_FORMAT not in {"json", "plain"}:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "billing_portal.observability.LogContextFilter"}},
+    "filters": {"context": {"()": "core.observability.LogContextFilter"}},
     "formatters": {
-        "plain": {"()": "billing_portal.observability.PlainFormatter"},
-        "json": {"()": "billing_portal.observability.JsonFormatter"},
+        "plain": {"()": "core.observability.PlainFormatter"},
+        "json": {"()": "core.observability.JsonFormatter"},
     },
     "handlers": {
         "console": {

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from billing.webhook_views import stripe_webhook
-from billing_portal.health import healthz
+from core.health import healthz
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

@@ -8,9 +8,10 @@ request rows themselves stay read-only: their status only changes through the se
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from accounts.audit import Actor, client_ip
-from billing_portal.admin import ReadOnlyModelAdmin, permission_check, reason_asked
-from billing_portal.errors import ServiceError
+from accounts.audit import Actor
+from core.admin import ReadOnlyModelAdmin, permission_check, reason_asked
+from core.errors import ServiceError
+from core.http import client_ip
 from retention.gdpr import deletion_request_approve, deletion_request_reject
 from retention.models import DataDeletionRequest, DeletionRecord
 

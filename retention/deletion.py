@@ -45,8 +45,8 @@ from accounts.models import (
 )
 from accounts.selectors import billing_recipients
 from billing.models import BillingProfile
-from billing_portal.errors import ServiceError
-from billing_portal.links import absolute_url, organisation_day
+from core.errors import ServiceError
+from core.links import absolute_url, organisation_day
 from retention.models import DeletionRecord
 from sso.models import SsoAttempt, SsoConfiguration, SsoDomain, SsoRequest
 from subscriptions.cancellation import DATA_KEPT_AFTER_END, data_deletion_at

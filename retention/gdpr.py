@@ -27,9 +27,9 @@ from accounts.models import (
     OutgoingEmail,
     User,
 )
-from billing_portal.errors import ServiceError
-from billing_portal.links import absolute_url
-from billing_portal.queueing import enqueue
+from core.errors import ServiceError
+from core.links import absolute_url
+from core.queueing import enqueue
 from retention.models import DataDeletionRequest, DeletionRecord
 from sso.models import SsoAttempt
 from support.models import SupportTicket, TicketMessage

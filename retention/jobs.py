@@ -1,6 +1,6 @@
 from celery.schedules import crontab
 
-from billing_portal.jobs import scheduled_job
+from core.jobs import scheduled_job
 from retention.purge import retention_purge, summary
 
 

@@ -5,7 +5,7 @@ from django.utils import timezone
 from accounts.audit import Actor
 from accounts.roles import ADMIN_ONLY
 from accounts.tenancy import tenant_view
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from retention.forms import DeletionRequestForm
 from retention.gdpr import deletion_request_create
 from retention.models import DataDeletionRequest

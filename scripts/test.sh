@@ -45,4 +45,7 @@ echo "test.sh: ruff"
 ruff check . || { echo "test.sh: ERROR: ruff check failed (try: make format)" >&2; exit 1; }
 ruff format --check . || { echo "test.sh: ERROR: code not formatted (run: make format)" >&2; exit 1; }
 
+echo "test.sh: import contracts (docs/architecture.md)"
+lint-imports --no-cache || { echo "test.sh: ERROR: an import breaks a layer contract (pyproject.toml [tool.importlinter])" >&2; exit 1; }
+
 echo "test.sh: all checks passed"

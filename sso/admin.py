@@ -4,8 +4,9 @@ enforcement off for an organisation locked out by its IdP (with a reason, audite
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from accounts.audit import Actor, client_ip
-from billing_portal.admin import ReadOnlyModelAdmin, permission_check, reason_asked
+from accounts.audit import Actor
+from core.admin import ReadOnlyModelAdmin, permission_check, reason_asked
+from core.http import client_ip
 from sso.models import SsoAttempt, SsoConfiguration, SsoDomain
 from sso.services import enforcement_switch_off_by_ops
 

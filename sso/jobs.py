@@ -1,6 +1,6 @@
 from celery.schedules import crontab
 
-from billing_portal.jobs import scheduled_job
+from core.jobs import scheduled_job
 from sso.services import certificate_expiry_notify, housekeeping, metadata_refresh_due
 
 

@@ -24,7 +24,7 @@ from onelogin.saml2.constants import OneLogin_Saml2_Constants
 from onelogin.saml2.idp_metadata_parser import OneLogin_Saml2_IdPMetadataParser
 from onelogin.saml2.xml_utils import OneLogin_Saml2_XML
 
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 
 MAX_METADATA_BYTES = 1_000_000
 FETCH_TIMEOUT_SECONDS = 5.0

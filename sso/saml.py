@@ -22,7 +22,7 @@ from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
 
-from billing_portal.links import absolute_url
+from core.links import absolute_url
 
 MAX_RESPONSE_BYTES = 256_000
 

@@ -30,8 +30,8 @@ from accounts.audit import SYSTEM, Actor, audit_record, changes_between, reason_
 from accounts.emails import email_send
 from accounts.models import Membership, Organisation, User
 from accounts.services import invitation_accept_by_email, organisation_lock
-from billing_portal.errors import ServiceError
-from billing_portal.links import absolute_url
+from core.errors import ServiceError
+from core.links import absolute_url
 from sso import saml
 from sso.metadata import certificate_expires, metadata_fetch, metadata_parse
 from sso.models import SsoAttempt, SsoConfiguration, SsoDomain, SsoRequest

@@ -18,15 +18,16 @@ from django.views.decorators.http import (
     require_safe,
 )
 
-from accounts.audit import Actor, client_ip
+from accounts.audit import Actor
 from accounts.models import Organisation
 from accounts.roles import ADMIN_ONLY
 from accounts.tenancy import SESSION_KEY, SSO_SESSION_KEY, tenant_view
-from billing_portal import ratelimit
-from billing_portal.errors import ServiceError
-from billing_portal.forms import form_error
-from billing_portal.links import absolute_url
-from billing_portal.security import csp_extend, origin
+from core import ratelimit
+from core.errors import ServiceError
+from core.forms import form_error
+from core.http import client_ip
+from core.links import absolute_url
+from core.security import csp_extend, origin
 from sso import saml, services
 from sso.forms import (
     DomainForm,

@@ -8,9 +8,10 @@ here; the one write ops make is scheduling the switch to annual billing (article
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from accounts.audit import Actor, client_ip
-from billing_portal.admin import ReadOnlyModelAdmin
-from billing_portal.errors import ServiceError
+from accounts.audit import Actor
+from core.admin import ReadOnlyModelAdmin
+from core.errors import ServiceError
+from core.http import client_ip
 from subscriptions.models import (
     Connection,
     Environment,

@@ -21,8 +21,8 @@ from django.db import transaction
 from accounts.audit import SYSTEM, Actor, audit_record
 from accounts.emails import email_send
 from accounts.selectors import billing_recipients as subscription_recipients
-from billing_portal.errors import ServiceError
-from billing_portal.links import absolute_url, organisation_day
+from core.errors import ServiceError
+from core.links import absolute_url, organisation_day
 from subscriptions.models import (
     BillingCycle,
     CancellationReason,

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_POST
 from accounts.audit import Actor
 from accounts.roles import ADMIN_ONLY
 from accounts.tenancy import tenant_view
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from subscriptions.cancellation import (
     DETAIL_MAX_LENGTH,
     cancellation_refusal,

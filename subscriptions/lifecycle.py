@@ -7,7 +7,7 @@ from django.db import connection
 from django.db.models import Prefetch
 
 from accounts.models import Organisation
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from subscriptions.models import (
     BillingCycle,
     PaymentMethodKind,

@@ -17,8 +17,8 @@ from django.db import transaction
 
 from accounts.audit import SYSTEM, Actor, audit_record
 from accounts.emails import email_send
-from billing_portal.errors import ServiceError
-from billing_portal.links import absolute_url
+from core.errors import ServiceError
+from core.links import absolute_url
 from subscriptions.models import (
     Connection,
     Environment,

@@ -13,7 +13,7 @@ from django.db import transaction
 from accounts.audit import Actor, audit_record
 from accounts.models import Organisation
 from accounts.services import organisation_lock
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from subscriptions.models import (
     BillingCycle,
     Connection,

@@ -19,7 +19,7 @@ listed in TRANSITIONS and records when the status changed.
 
 from datetime import datetime
 
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from subscriptions.models import Subscription
 
 Status = Subscription.Status

@@ -7,8 +7,8 @@ from django.views.decorators.http import require_POST, require_safe
 from accounts.audit import Actor
 from accounts.roles import ADMIN, ADMIN_AND_BILLING, ADMIN_ONLY, ALL_ROLES
 from accounts.tenancy import tenant_view
-from billing_portal.errors import ServiceError
-from billing_portal.forms import form_error
+from core.errors import ServiceError
+from core.forms import form_error
 from subscriptions.forms import ConnectionForm, DowngradeForm, EnvironmentForm, ProcessFlowForm
 from subscriptions.models import ProcessFlow
 from subscriptions.plan_changes import (

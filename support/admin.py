@@ -11,11 +11,12 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from accounts.audit import Actor, client_ip
+from accounts.audit import Actor
 from billing.admin import issue_revised_copies
 from billing.models import Invoice
-from billing_portal.admin import ReadOnlyModelAdmin, permission_check, reason_asked
-from billing_portal.errors import ServiceError
+from core.admin import ReadOnlyModelAdmin, permission_check, reason_asked
+from core.errors import ServiceError
+from core.http import client_ip
 from support.models import SupportTicket, TicketAttachment, TicketMessage
 from support.services import MESSAGE_MAX_CHARS, ticket_assign, ticket_close, ticket_reply_support
 

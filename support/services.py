@@ -11,8 +11,8 @@ from accounts.audit import Actor, audit_record
 from accounts.emails import email_send
 from accounts.models import Membership, Organisation
 from billing.models import Invoice
-from billing_portal.errors import ServiceError
-from billing_portal.links import absolute_url
+from core.errors import ServiceError
+from core.links import absolute_url
 from support.models import SupportTicket, TicketAttachment, TicketMessage
 
 MESSAGE_MAX_CHARS = 10_000

@@ -12,8 +12,8 @@ from django.views.decorators.http import require_safe
 from accounts.audit import Actor
 from accounts.models import Membership
 from accounts.tenancy import tenant_view
-from billing_portal.errors import ServiceError
-from billing_portal.forms import form_error
+from core.errors import ServiceError
+from core.forms import form_error
 from support.forms import ReplyForm, TicketForm
 from support.models import SupportTicket
 from support.selectors import attachment_get, ticket_get, tickets_visible

@@ -7,7 +7,7 @@ from django.core.cache import cache
 from django.db import connection
 
 from accounts.models import Membership
-from billing_portal.queueing import broker_failure_forget
+from core.queueing import broker_failure_forget
 from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
 from usage.partitions import TABLES
 
@@ -80,7 +80,7 @@ def _partitioned_tables_emptied(request):
 
 @pytest.fixture(autouse=True)
 def _broker_not_remembered_down():
-    # billing_portal.queueing remembers a broker failure for a few seconds per process.
+    # core.queueing remembers a broker failure for a few seconds per process.
     broker_failure_forget()
     yield
     broker_failure_forget()

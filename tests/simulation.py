@@ -1,6 +1,6 @@
 """A simulated year of customers (issue 10 point 4), shared by the test and bench/simulate_year.py.
 
-N organisations live through D days of the real scheduled jobs (`billing_portal.jobs`, what
+N organisations live through D days of the real scheduled jobs (`core.jobs`, what
 `manage.py tick` runs) while a seeded random walk decides what their people and ops staff do,
 every step through the services the product's views and admin actions call, with an explicit
 `now` and time-machine at that instant for anything that reads the clock. Nothing here writes a
@@ -67,8 +67,8 @@ from billing.services import (
     upgrade_plans,
     upgrade_quote,
 )
-from billing_portal.errors import ServiceError
-from billing_portal.jobs import all_jobs, run_job
+from core.errors import ServiceError
+from core.jobs import all_jobs, run_job
 from subscriptions.cancellation import (
     DATA_KEPT_AFTER_END,
     subscription_cancel,

@@ -3,7 +3,7 @@
 from django.contrib import admin
 from django.utils import timezone
 
-from billing_portal.admin import ReadOnlyModelAdmin
+from core.admin import ReadOnlyModelAdmin
 from usage.models import UsageAlert
 
 

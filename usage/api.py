@@ -12,7 +12,7 @@ from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from billing_portal import ratelimit
+from core import ratelimit
 from subscriptions.models import ProcessFlow, Subscription
 from subscriptions.states import SERVING
 from usage.openapi import openapi_document
@@ -46,7 +46,7 @@ def _too_many(decision: ratelimit.Decision, message: str) -> JsonResponse:
 
 
 def _rate_limited(key) -> JsonResponse | None:
-    """The 429 for a key past its limit (counted per key, fail-open: billing_portal.ratelimit)."""
+    """The 429 for a key past its limit (counted per key, fail-open: core.ratelimit)."""
     decision = ratelimit.hit(f"api-key:{key.pk}", "api", settings.API_RATE_LIMIT)
     if decision.allowed:
         return None

@@ -1,6 +1,6 @@
 from celery.schedules import crontab
 
-from billing_portal.jobs import scheduled_job
+from core.jobs import scheduled_job
 from usage.partitions import partitions_ensure
 
 

@@ -27,8 +27,8 @@ from accounts.audit import Actor, audit_record
 from accounts.emails import email_send
 from accounts.models import Organisation
 from accounts.selectors import billing_recipients
-from billing_portal.errors import ServiceError
-from billing_portal.links import absolute_url
+from core.errors import ServiceError
+from core.links import absolute_url
 from subscriptions.models import Environment, ProcessFlow, Subscription
 from usage.models import ApiKey, IngestBatch, UsageCounter
 from usage.months import usage_month_of

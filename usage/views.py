@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST, require_safe
 from accounts.audit import Actor
 from accounts.roles import ADMIN_ONLY, ALL_ROLES
 from accounts.tenancy import tenant_view
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from subscriptions.models import Environment, ProcessFlow
 from subscriptions.selectors import subscription_with_plan
 from usage.export import sync_info_csv

@@ -4,7 +4,7 @@ from django import template
 from django.urls import reverse
 from django.utils import timezone
 
-from billing_portal.money import format_money
+from core.money import format_money
 
 register = template.Library()
 

@@ -1,6 +1,6 @@
 """`{% load quantities %}`: counts and limits as people read them.
 
-Money has its own library, `{% load money %}` (billing_portal/templatetags/money.py).
+Money has its own library, `{% load money %}` (core/templatetags/money.py).
 """
 
 from django import template

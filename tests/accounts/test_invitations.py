@@ -259,7 +259,7 @@ def test_revoke_voids_the_link(client_for, admin, org):
 
 
 def test_expired_invitations_are_marked_by_the_scheduled_job(org):
-    from billing_portal.jobs import run_job
+    from core.jobs import run_job
 
     now = timezone.now()
     due = InvitationFactory(organisation=org, expires_at=now - timedelta(seconds=1))

@@ -215,7 +215,7 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin():
 
     from accounts.audit import Actor
     from accounts.services import membership_change_role
-    from billing_portal.errors import ServiceError
+    from core.errors import ServiceError
     from tests.factories import OrganisationFactory
 
     org = OrganisationFactory()

@@ -10,7 +10,7 @@ from itertools import count
 from zoneinfo import ZoneInfo
 
 from billing.models import Invoice, InvoiceLine
-from billing_portal.money import round_half_up
+from core.money import round_half_up
 from tests.factories import OrganisationFactory
 
 _numbers = count(1)

@@ -13,7 +13,7 @@ from accounts.audit import Actor
 from accounts.models import AuditEvent
 from billing.dunning import dunning_advance, retry_after_card_update, retry_payment
 from billing.models import DunningCase, DunningStep, Invoice, Payment
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from subscriptions.models import ProcessFlow, Subscription
 from tests.billing.conftest import START, add_card, subscribe
 from tests.stripe_fixtures import CHARGE_FAILS

@@ -18,8 +18,8 @@ from billing.services import (
     payment_record_manual,
     subscription_start,
 )
-from billing_portal.errors import ServiceError
-from billing_portal.jobs import run_job
+from core.errors import ServiceError
+from core.jobs import run_job
 from subscriptions.models import Plan, PlanPrice, Subscription
 from tests.billing.conftest import START, add_card, subscribe
 from tests.factories import MembershipFactory, OrganisationFactory
@@ -328,7 +328,7 @@ def test_card_expiry_reminder_is_sent_once_30_days_before(
 
 
 def test_jobs_are_registered_in_billing_order():
-    from billing_portal.jobs import all_jobs
+    from core.jobs import all_jobs
 
     names = [job.name for job in all_jobs()]
     assert names.index("billing_run") < names.index("render_invoice_pdfs")

@@ -13,7 +13,7 @@ from django.db import connection
 from billing.ledger import ledger_check, ledger_record
 from billing.models import Invoice, LedgerViolation, OverageCharge
 from billing.services import billing_run_issue, invoices_charge_due
-from billing_portal.jobs import run_job
+from core.jobs import run_job
 from subscriptions.models import Plan, Subscription
 from tests.billing.conftest import subscribe
 from tests.billing.test_upgrade import upgrade

@@ -10,7 +10,7 @@ from accounts.audit import Actor
 from billing.ledger import ledger_check
 from billing.models import Invoice
 from billing.services import invoice_charge, subscription_start, upgrade_quote
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from subscriptions.cancellation import subscription_cancel
 from subscriptions.models import Plan, Subscription
 from tests.billing.conftest import START

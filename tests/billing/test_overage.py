@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from billing.models import Invoice, OverageCharge
 from billing.services import billing_run_issue, overage_invoices_issue
-from billing_portal.jobs import all_jobs, run_job
+from core.jobs import all_jobs, run_job
 from subscriptions.models import BillingCycle, PaymentMethodKind
 from tests.factories import OrganisationFactory
 from tests.subscriptions.factories import PERIOD_START, SubscriptionFactory

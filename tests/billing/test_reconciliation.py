@@ -38,8 +38,8 @@ from billing.services import (
     payment_succeeded,
     subscription_start,
 )
-from billing_portal.errors import ServiceError
-from billing_portal.money import format_money
+from core.errors import ServiceError
+from core.money import format_money
 from subscriptions.models import PaymentMethodKind, Plan, Subscription
 from support.staff import BILLING, READ_ONLY
 from tests.billing.conftest import add_card, subscribe

@@ -18,7 +18,7 @@ from billing.services import (
     subscription_upgrade,
     upgrade_quote,
 )
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from subscriptions.models import Plan, PlanChange, Subscription
 from tests.billing.conftest import START, add_card, subscribe
 from tests.stripe_fixtures import CHARGE_FAILS

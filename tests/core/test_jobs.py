@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from accounts.models import Invitation
 from billing_portal.celery import _schedule_registered_jobs, app
-from billing_portal.jobs import all_jobs, run_job
+from core.jobs import all_jobs, run_job
 from tests.factories import InvitationFactory
 
 pytestmark = pytest.mark.django_db
@@ -86,7 +86,7 @@ def test_run_job_refuses_a_naive_datetime():
 
 
 def test_celery_task_runs_a_job_through_the_broker_settings(org):
-    from billing_portal.tasks import run_scheduled_job
+    from core.tasks import run_scheduled_job
 
     InvitationFactory(organisation=org, expires_at=timezone.now() - timedelta(minutes=1))
     assert run_scheduled_job.delay("expire_invitations").get() == "1 invitation(s) expired"

@@ -19,15 +19,15 @@ from accounts.emails import email_queue
 from accounts.tenancy import tenant_view
 from billing import services as billing_services
 from billing.tasks import render_invoice_documents
-from billing_portal import health
-from billing_portal.observability import (
+from core import health
+from core.observability import (
     JsonFormatter,
     LogContextFilter,
     PlainFormatter,
     RequestIdMiddleware,
     log_context,
 )
-from billing_portal.tasks import run_scheduled_job
+from core.tasks import run_scheduled_job
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import InvitationFactory
 
@@ -96,7 +96,7 @@ def test_every_line_of_a_request_carries_its_id(client, log_lines, settings):
     assert response.status_code == 503
     lines = log_lines()
     assert [(line["logger"], line["request_id"]) for line in lines] == [
-        ("billing_portal.health", "req-0001-abcd"),  # logged inside the view
+        ("core.health", "req-0001-abcd"),  # logged inside the view
         ("billing_portal.request", "req-0001-abcd"),  # the access line
         ("django.request", "req-0001-abcd"),  # Django's, after the middleware returned
     ]
@@ -334,7 +334,7 @@ def test_a_failed_scheduled_job_logs_the_invoice_it_failed_on(org, log_lines, mo
         with log_context(organisation_id=org.pk, invoice_id=invoice.pk):
             raise RuntimeError("renderer crashed")
 
-    monkeypatch.setattr("billing_portal.tasks.run_job", job)
+    monkeypatch.setattr("core.tasks.run_job", job)
     assert run_scheduled_job.apply(args=["render_invoice_pdfs"], throw=False).failed()
 
     [line] = failure_lines(log_lines())

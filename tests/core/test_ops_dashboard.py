@@ -8,8 +8,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from billing.models import Invoice, LedgerViolation, Payment
-from billing_portal.dashboard import ops_dashboard
-from billing_portal.money import format_money
+from core.money import format_money
+from portal.dashboard import ops_dashboard
 from support.models import SupportTicket
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import OrganisationFactory, UserFactory

@@ -1,9 +1,9 @@
-"""Queueing from a request while the broker is down (billing_portal/queueing.py)."""
+"""Queueing from a request while the broker is down (core/queueing.py)."""
 
 import pytest
 from kombu.exceptions import OperationalError
 
-from billing_portal import queueing
+from core import queueing
 
 
 class Task:

@@ -1,5 +1,5 @@
 """Issue 11, point 2: security headers and the CSP, production settings, password rules and
-rate limits (billing_portal/security.py, billing_portal/ratelimit.py)."""
+rate limits (core/security.py, core/ratelimit.py)."""
 
 import os
 import re
@@ -17,8 +17,8 @@ from django.utils import timezone
 
 from accounts.audit import Actor
 from accounts.models import Invitation, Membership, Organisation, User
-from billing_portal import ratelimit
-from billing_portal.security import header_value
+from core import ratelimit
+from core.security import header_value
 from sso import services as sso_services
 from sso.models import SsoRequest
 from tests.factories import PASSWORD, InvitationFactory, UserFactory
@@ -209,7 +209,7 @@ import django
 django.setup()
 from django.conf import settings as s
 from django.test import Client
-from billing_portal.security import header_value
+from core.security import header_value
 print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SESSION_COOKIE_HTTPONLY,
       s.CSRF_COOKIE_HTTPONLY, s.SESSION_COOKIE_SAMESITE, s.CSRF_COOKIE_SAMESITE)
 print(header_value())
@@ -440,7 +440,7 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def cache_at(location, backend="billing_portal.ratelimit.FailOpenRedisCache"):
+def cache_at(location, backend="core.ratelimit.FailOpenRedisCache"):
     return {"default": {"BACKEND": backend, "LOCATION": location, "KEY_PREFIX": "test"}}
 
 

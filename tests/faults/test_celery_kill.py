@@ -62,8 +62,8 @@ from billing.models import (
     PaymentMethod,
 )
 from billing.services import invoices_charge_due
-from billing_portal.jobs import run_job
-from billing_portal.tasks import run_scheduled_job
+from core.jobs import run_job
+from core.tasks import run_scheduled_job
 from subscriptions.models import Subscription
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import OrganisationFactory

@@ -1,7 +1,7 @@
 """Fault: Redis stops (or hangs) while the portal serves pages and the machine API.
 
 Issue 11, point 4: pages keep working, jobs catch up after the restart. Redis is the cache
-(allauth's and our rate-limit counters; billing_portal.ratelimit.FailOpenRedisCache) and the
+(allauth's and our rate-limit counters; core.ratelimit.FailOpenRedisCache) and the
 Celery broker (emails and PDFs are queued after commit; the deliver_pending_emails and
 render_invoice_pdfs jobs send what could not be queued). Sessions are in Postgres.
 
@@ -29,8 +29,8 @@ from accounts.audit import Actor
 from accounts.models import Invitation, Membership, OutgoingEmail
 from accounts.tasks import deliver_email
 from billing.models import InvoiceDocument
-from billing_portal import queueing
-from billing_portal.jobs import run_job
+from core import queueing
+from core.jobs import run_job
 from subscriptions.models import Plan
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import PASSWORD, MembershipFactory, UserFactory
@@ -194,7 +194,7 @@ def test_pages_and_api_work_with_redis_stopped_and_email_catches_up(
     assert mail.outbox == []
     # Both failures were logged as warnings: the cache's (fail-open backend) and the broker's.
     warned = {record.name for record in caplog.records if record.levelno == logging.WARNING}
-    assert {type(caches["default"]).__module__, "billing_portal.queueing"} <= warned
+    assert {type(caches["default"]).__module__, "core.queueing"} <= warned
 
     redis_server.start()
     # The job sends what the broker could not take, once, however often it runs.

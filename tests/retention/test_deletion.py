@@ -26,8 +26,8 @@ from billing.models import (
     Payment,
     PaymentMethod,
 )
-from billing_portal.errors import ServiceError
-from billing_portal.jobs import get_job, run_job
+from core.errors import ServiceError
+from core.jobs import get_job, run_job
 from retention.deletion import organisation_data_delete
 from retention.models import DeletionRecord
 from sso.models import SsoAttempt, SsoConfiguration, SsoDomain, SsoRequest

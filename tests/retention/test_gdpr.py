@@ -9,7 +9,7 @@ from django.urls import reverse
 
 from accounts.audit import Actor, audit_record
 from accounts.models import AuditEvent, Invitation, Membership, OutgoingEmail, User
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from retention.gdpr import (
     _pseudonym_for,
     deletion_request_approve,

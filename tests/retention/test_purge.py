@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection
 
-from billing_portal.jobs import run_job
+from core.jobs import run_job
 from retention import purge
 from retention.models import DeletionRecord
 from retention.purge import retention_purge

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from accounts.audit import Actor
 from accounts.models import AuditEvent
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from sso import services
 from sso.models import SsoConfiguration
 from tests.factories import MembershipFactory, OrganisationFactory, UserFactory

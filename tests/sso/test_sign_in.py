@@ -6,7 +6,7 @@ from django.utils import timezone
 from accounts.audit import Actor
 from accounts.models import Invitation, Membership, User
 from accounts.tenancy import SSO_SESSION_KEY
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from sso import services
 from sso.models import SsoAttempt
 from tests.factories import InvitationFactory, MembershipFactory, UserFactory

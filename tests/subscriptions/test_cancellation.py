@@ -10,8 +10,8 @@ from django.core.management import call_command
 
 from accounts.audit import Actor
 from accounts.models import AuditEvent, Membership, OutgoingEmail
-from billing_portal.errors import ServiceError
-from billing_portal.jobs import all_jobs
+from core.errors import ServiceError
+from core.jobs import all_jobs
 from subscriptions.cancellation import (
     data_deletion_at,
     subscription_cancel,

@@ -8,7 +8,7 @@ from django.db import connection as db_connection
 
 from accounts.audit import Actor
 from accounts.models import AuditEvent
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from subscriptions.models import Connection, Environment, ProcessFlow
 from subscriptions.selectors import plan_limits, usage_counts
 from subscriptions.services import (

@@ -8,7 +8,7 @@ import pytest
 
 from accounts.audit import Actor
 from accounts.models import AuditEvent, Membership, OutgoingEmail
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from subscriptions.models import Plan, PlanChange, ProcessFlow, Subscription
 from subscriptions.plan_changes import (
     downgrade_apply_flows,

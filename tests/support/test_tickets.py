@@ -209,7 +209,7 @@ def test_reply_to_a_closed_ticket_is_refused(client_for, admin, org):
     assert "is closed" in response.content.decode()
     assert state() == before
     ops = UserFactory(is_staff=True)
-    from billing_portal.errors import ServiceError
+    from core.errors import ServiceError
 
     with pytest.raises(ServiceError):
         ticket_reply_support(

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection
 
-from billing_portal.jobs import run_job
+from core.jobs import run_job
 from subscriptions.models import Plan
 from usage.partitions import block_width, partitions_ensure
 

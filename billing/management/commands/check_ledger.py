@@ -5,7 +5,7 @@ from django.utils import timezone
 
 from accounts.models import Organisation
 from billing.ledger import ledger_check
-from billing_portal.management.commands.tick import parse_instant
+from core.management.commands.tick import parse_instant
 
 
 class Command(BaseCommand):

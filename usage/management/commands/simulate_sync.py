@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from accounts.audit import SYSTEM
 from accounts.models import Organisation
-from billing_portal.errors import ServiceError
+from core.errors import ServiceError
 from subscriptions.models import Environment, ProcessFlow
 from subscriptions.services import environment_create, process_flow_create
 from usage.models import ApiKey

@@ -65,20 +65,3 @@ def permission_check(codename: str):
         return request.user.has_perm(codename)
 
     return check
-
-
-class PortalAdminSite(admin.AdminSite):
-    """Django admin with the ops dashboard on its index page."""
-
-    site_header = "APPSeCONNECT ops"
-    site_title = "APPSeCONNECT ops"
-    index_title = "Ops dashboard"
-
-    def index(self, request, extra_context=None):
-        from django.utils import timezone
-
-        from billing_portal.dashboard import ops_dashboard
-
-        return super().index(
-            request, {"dashboard": ops_dashboard(now=timezone.now()), **(extra_context or {})}
-        )

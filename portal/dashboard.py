@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from accounts.models import Organisation
 from billing.models import Invoice, LedgerViolation, Payment, ReconciliationDifference
-from billing_portal.money import format_money
+from core.money import format_money
 from subscriptions.models import Subscription
 from support.models import SupportTicket
 from usage.models import UsageAlert

@@ -12,10 +12,11 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from typing import Any
 
 from django.core.signals import request_finished
 from django.dispatch import receiver
@@ -212,47 +213,16 @@ def task_postrun(*, task_id: str, **kwargs) -> None:
         _request_id.reset(token)
 
 
-def _invoice_ids(invoice_ids) -> dict:
-    from billing.models import Invoice
-
-    rows = list(Invoice.objects.filter(pk__in=list(invoice_ids)).values_list("pk", "organisation"))
-    if len(rows) == 1:
-        return {"invoice_id": rows[0][0], "organisation_id": rows[0][1]}
-    organisations = sorted({organisation for _, organisation in rows})
-    ids = {"invoice_ids": sorted(pk for pk, _ in rows)}
-    if len(organisations) == 1:
-        ids["organisation_id"] = organisations[0]
-    return ids
-
-
-def _email_ids(email_id) -> dict:
-    from accounts.models import OutgoingEmail
-
-    organisation = (
-        OutgoingEmail.objects.filter(pk=email_id).values_list("organisation", flat=True).first()
-    )
-    return {"organisation_id": organisation}
-
-
-def _deletion_request_ids(request_id) -> dict:
-    from retention.models import DataDeletionRequest
-
-    organisation = (
-        DataDeletionRequest.objects.filter(pk=request_id)
-        .values_list("organisation", flat=True)
-        .first()
-    )
-    return {"organisation_id": organisation}
-
-
 # Task name -> how its first argument leads to the organisation (and invoice) it worked for.
-# Scheduled jobs (billing_portal.run_scheduled_job) take only a job name: the row a job failed
-# on comes from the exception's `log_context` instead (see log_context above).
-TASK_IDS = {
-    "billing.render_invoice_documents": _invoice_ids,
-    "accounts.deliver_email": _email_ids,
-    "retention.execute_deletion_request": _deletion_request_ids,
-}
+# Each app registers its own tasks' lookups (register_task_ids in its tasks.py), so the kernel
+# needs no app. Scheduled jobs (billing_portal.run_scheduled_job) take only a job name: the row a
+# job failed on comes from the exception's `log_context` instead (see log_context above).
+TASK_IDS: dict[str, Callable[[Any], dict]] = {}
+
+
+def register_task_ids(task_name: str, lookup: Callable[[Any], dict]) -> None:
+    """Say how a task's first argument names the organisation (and invoice) it works for."""
+    TASK_IDS[task_name] = lookup
 
 
 def _ids_from_arguments(task_name: str, args, kwargs) -> dict:

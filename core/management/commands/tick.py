@@ -5,7 +5,7 @@ from datetime import datetime
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from billing_portal.jobs import all_jobs, get_job, run_job
+from core.jobs import all_jobs, get_job, run_job
 
 
 def parse_instant(value: str) -> datetime:

@@ -2,9 +2,11 @@ from django.apps import AppConfig
 from django.contrib.admin import apps as admin_apps
 
 
-class BillingPortalConfig(AppConfig):
-    name = "billing_portal"
-    verbose_name = "Billing portal"
+class PortalConfig(AppConfig):
+    """The composition layer: what joins several apps (docs/architecture.md)."""
+
+    name = "portal"
+    verbose_name = "Portal"
     default = True
 
 
@@ -12,4 +14,4 @@ class PortalAdminConfig(admin_apps.AdminConfig):
     """django.contrib.admin with our site (the ops dashboard on the index)."""
 
     default = False
-    default_site = "billing_portal.admin.PortalAdminSite"
+    default_site = "portal.admin.PortalAdminSite"

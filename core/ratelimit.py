@@ -33,6 +33,8 @@ from django.core.cache.backends.redis import RedisCache
 from django.shortcuts import render
 from redis.exceptions import RedisError
 
+from core.http import client_ip
+
 logger = logging.getLogger(__name__)
 
 PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -107,10 +109,7 @@ def per_ip(action: str, limit: str | None = None):
 def _identity(who) -> str:
     if isinstance(who, str):
         return who
-    # The audit log's client address (TRUSTED_PROXY_COUNT). Imported here: this module is
-    # also the cache backend, which must load without the models.
-    from accounts.audit import client_ip
-
+    # The audit log's client address (TRUSTED_PROXY_COUNT).
     return f"ip:{client_ip(who)}"
 
 

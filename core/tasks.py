@@ -1,7 +1,7 @@
 from celery import shared_task
 from django.utils import timezone
 
-from billing_portal.jobs import run_job
+from core.jobs import run_job
 
 
 @shared_task(name="billing_portal.run_scheduled_job")

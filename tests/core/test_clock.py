@@ -16,6 +16,8 @@ PRODUCT = (
     "accounts",
     "billing",
     "billing_portal",
+    "core",
+    "portal",
     "retention",
     "sso",
     "subscriptions",

@@ -10,13 +10,8 @@ from django.utils.functional import SimpleLazyObject
 from accounts.roles import ADMIN_AND_BILLING
 from billing.dunning import ORDER, Step, open_invoices, step_due_at
 from billing.models import DunningCase
-from subscriptions.models import PaymentMethodKind, Subscription
-
-BANNER_STATUSES = (
-    Subscription.Status.PAST_DUE,
-    Subscription.Status.GRACE,
-    Subscription.Status.SUSPENDED,
-)
+from subscriptions.models import PaymentMethodKind
+from subscriptions.states import FAILING
 
 
 @dataclass(frozen=True)
@@ -70,7 +65,7 @@ def _state(organisation, *, can_pay: bool) -> AccountState | None:
         )
         .first()
     )
-    if case is None or case.subscription_status not in BANNER_STATUSES:
+    if case is None or case.subscription_status not in FAILING:
         return None
     # Steps are recorded in schedule order (a late run records the ones it skipped), so the
     # next step is the one after those recorded.

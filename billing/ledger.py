@@ -31,7 +31,7 @@ from billing.models import (
 from billing.tax import TaxDecision
 from core.money import format_money
 from subscriptions.models import PaymentMethodKind, PlanChange, Subscription
-from subscriptions.states import RENEWING
+from subscriptions.states import FAILING, RENEWING
 from usage.models import UsageCounter
 from usage.months import usage_month_of
 from usage.overage import overage_units
@@ -532,9 +532,6 @@ def check_usage_counters(*, now: datetime, organisation_ids) -> Iterator[Violati
 
 
 # 7. Status, open invoices and dunning ----------------------------------------------------------
-
-
-FAILING = {Subscription.Status.PAST_DUE, Subscription.Status.GRACE, Subscription.Status.SUSPENDED}
 
 
 def check_status(*, now: datetime, organisation_ids) -> Iterator[Violation]:

@@ -45,6 +45,7 @@ from core.errors import ServiceError
 from core.money import format_money
 from subscriptions.models import PaymentMethodKind, Plan, Subscription
 from subscriptions.selectors import subscription_with_plan
+from subscriptions.states import FAILING
 
 INVOICES_PER_PAGE = 20
 
@@ -118,7 +119,6 @@ def invoice_revised_pdf(request, invoice_number, document_id):
     return response
 
 
-FAILING = (Subscription.Status.PAST_DUE, Subscription.Status.GRACE, Subscription.Status.SUSPENDED)
 # What each step of the schedule does, said before it happens (DESIGN.md section 2).
 PLANNED = {
     Step.DAY_0: "The payment fails and we email you.",

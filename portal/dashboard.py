@@ -15,14 +15,9 @@ from accounts.models import Organisation
 from billing.models import Invoice, LedgerViolation, Payment, ReconciliationDifference
 from core.money import format_money
 from subscriptions.models import Subscription
+from subscriptions.states import FAILING
 from support.models import SupportTicket
 from usage.models import UsageAlert
-
-FAILING = (
-    Subscription.Status.PAST_DUE,
-    Subscription.Status.GRACE,
-    Subscription.Status.SUSPENDED,
-)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 # Statuses whose service runs (flows may execute) and which renew at period end.
 SERVING = frozenset({Status.ACTIVE, Status.PAST_DUE, Status.GRACE})
+# A payment is failing: the failed-payment banner shows, the ops dashboard counts it, the ledger
+# expects an open dunning case.
+FAILING = frozenset({Status.PAST_DUE, Status.GRACE, Status.SUSPENDED})
 # A suspended subscription issues no new period invoice until it is paid up (DESIGN.md 2).
 RENEWING = frozenset({Status.ACTIVE, Status.PAST_DUE, Status.GRACE})
 

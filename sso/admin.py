@@ -7,8 +7,8 @@ from django.utils import timezone
 from accounts.audit import Actor
 from core.admin import ReadOnlyModelAdmin, permission_check, reason_asked
 from core.http import client_ip
+from sso.enforcement import enforcement_switch_off_by_ops
 from sso.models import SsoAttempt, SsoConfiguration, SsoDomain
-from sso.services import enforcement_switch_off_by_ops
 
 
 @admin.register(SsoConfiguration)

@@ -2,7 +2,7 @@ from django import forms
 
 from accounts.models import Membership, User
 from sso.models import SsoConfiguration
-from sso.services import PROVISION_ROLES
+from sso.provisioning import PROVISION_ROLES
 
 
 class IdentityProviderForm(forms.Form):

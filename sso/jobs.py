@@ -1,7 +1,8 @@
 from celery.schedules import crontab
 
 from core.jobs import scheduled_job
-from sso.services import certificate_expiry_notify, housekeeping, metadata_refresh_due
+from sso.attempts import housekeeping
+from sso.certificates import certificate_expiry_notify, metadata_refresh_due
 
 
 # Daily, before the certificate check, so a certificate renewed at the IdP is seen first.

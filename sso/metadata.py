@@ -16,6 +16,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from urllib.parse import urljoin, urlsplit
 
 from cryptography import x509
@@ -31,6 +32,13 @@ FETCH_TIMEOUT_SECONDS = 5.0
 MAX_REDIRECTS = 3
 
 
+class MetadataCode(StrEnum):
+    """`ServiceError.code` of the refusals raised here."""
+
+    INVALID = "metadata_invalid"
+    FETCH_FAILED = "metadata_fetch_failed"
+
+
 @dataclass
 class IdpMetadata:
     entity_id: str
@@ -40,7 +48,7 @@ class IdpMetadata:
 
 
 def _error(message: str) -> ServiceError:
-    return ServiceError(message, field="metadata_xml", code="metadata_invalid")
+    return ServiceError(message, field="metadata_xml", code=MetadataCode.INVALID)
 
 
 def certificate_info(pem_body: str) -> dict:
@@ -143,7 +151,7 @@ def metadata_parse(xml: str | bytes, *, now: datetime) -> IdpMetadata:
 
 
 def _fetch_error(message: str) -> ServiceError:
-    return ServiceError(message, field="metadata_url", code="metadata_fetch_failed")
+    return ServiceError(message, field="metadata_url", code=MetadataCode.FETCH_FAILED)
 
 
 def _address_allowed(address: str) -> bool:

@@ -1,4 +1,4 @@
-"""SAML single sign-on per organisation (DESIGN.md section 2, SSO; article section 10)."""
+"""SAML single sign-on per organisation (docs/sso.md; article section 10)."""
 
 import uuid
 

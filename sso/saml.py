@@ -8,7 +8,7 @@ an absent one pass), and the signed assertion itself must name the request it an
 (`SubjectConfirmationData/@InResponseTo`): python3-saml compares that attribute only when it
 is there, and the Response element around the assertion is not covered by the assertion's
 signature, so anyone can re-wrap a stolen assertion in a Response naming their own request.
-Replay and who may sign in are `sso.services`' (docs/sso.md).
+Replay is `sso.responses`' and who may sign in `sso.provisioning`' (docs/sso.md).
 """
 
 import binascii

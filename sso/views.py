@@ -6,7 +6,7 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -28,7 +28,11 @@ from core.forms import form_error
 from core.http import client_ip
 from core.links import absolute_url
 from core.security import csp_extend, origin
-from sso import saml, services
+from sso import domains, saml, selectors
+from sso.authn_requests import new_browser_token, sign_in_start
+from sso.certificates import certificate_warnings
+from sso.configuration import configuration_for, idp_configure, sso_available
+from sso.enforcement import backup_admin_is_valid, enforcement_set
 from sso.forms import (
     DomainForm,
     EnforcementForm,
@@ -36,7 +40,9 @@ from sso.forms import (
     ProvisioningForm,
     SignInForm,
 )
-from sso.models import SsoAttempt, SsoDomain
+from sso.models import SsoAttempt
+from sso.provisioning import provisioning_set
+from sso.responses import response_consume
 
 BROWSER_COOKIE = "sso_state"
 BROWSER_COOKIE_MAX_AGE = 60 * 60 * 24 * 30
@@ -75,12 +81,12 @@ SETUP_STEPS = {
 def _settings_context(request, *, forms=None, warnings=()):
     organisation = request.organisation
     now = timezone.now()
-    config = services.configuration_for(organisation)
+    config = configuration_for(organisation)
     forms = forms or {}
     enforcement_initial = {"backup_admin": config.backup_admin_id, "enforced": config.enforced}
     return {
         "config": config,
-        "available": services.sso_available(organisation),
+        "available": sso_available(organisation),
         "sp_entity_id": saml.sp_entity_id(organisation),
         "acs_url": saml.acs_url(organisation),
         "metadata_url": saml.sp_entity_id(organisation),
@@ -103,12 +109,12 @@ def _settings_context(request, *, forms=None, warnings=()):
         ),
         "enforcement_form": forms.get("enforcement")
         or EnforcementForm(initial=enforcement_initial, organisation=organisation),
-        "domains": list(SsoDomain.objects.filter(organisation=organisation)),
-        "attempts": list(services.attempts_recent(organisation)),
-        "certificate_warnings": services.certificate_warnings(config, now=now),
+        "domains": selectors.domains_of(organisation),
+        "attempts": list(selectors.attempts_recent(organisation)),
+        "certificate_warnings": certificate_warnings(config, now=now),
         "warnings": warnings,
         "setup_steps": SETUP_STEPS,
-        "backup_admin_lapsed": config.enforced and not services.backup_admin_is_valid(config),
+        "backup_admin_lapsed": config.enforced and not backup_admin_is_valid(config),
         "now": now,
     }
 
@@ -139,7 +145,7 @@ def settings(request):
 def _save(request, form, *, key, action, success):
     """The POST of one form on the SSO page: `action(cleaned_data)` calls the service; its
     refusal shows on the form, success redirects back to the page with `success(result)`."""
-    if not services.sso_available(request.organisation):
+    if not sso_available(request.organisation):
         raise PermissionDenied("Single sign-on is part of the Enterprise plan.")
     if form.is_valid():
         try:
@@ -176,7 +182,7 @@ def idp_save(request):
         request,
         IdentityProviderForm(request.POST),
         key="idp",
-        action=lambda data: services.idp_configure(
+        action=lambda data: idp_configure(
             idp_type=data["idp_type"],
             metadata_url=data["metadata_url"],
             metadata_xml=data["metadata_xml"],
@@ -193,7 +199,7 @@ def domain_add(request):
         request,
         DomainForm(request.POST),
         key="domain",
-        action=lambda data: services.domain_add(domain=data["domain"], **_changed_by(request)),
+        action=lambda data: domains.domain_add(domain=data["domain"], **_changed_by(request)),
         success=lambda claim: [
             (messages.SUCCESS, f"{claim.domain} now signs in through your IdP.")
         ],
@@ -203,8 +209,10 @@ def domain_add(request):
 @tenant_view(roles=ADMIN_ONLY, section="sso")
 @require_POST
 def domain_remove(request, domain_id):
-    claim = get_object_or_404(SsoDomain, organisation=request.organisation, public_id=domain_id)
-    services.domain_remove(claim=claim, actor=Actor.from_request(request), now=timezone.now())
+    claim = selectors.domain_of(request.organisation, domain_id)
+    if claim is None:
+        raise Http404("No such domain.")
+    domains.domain_remove(claim=claim, actor=Actor.from_request(request), now=timezone.now())
     messages.success(request, f"{claim.domain} removed.")
     return redirect("sso:settings", org_slug=request.organisation.slug)
 
@@ -216,7 +224,7 @@ def provisioning_save(request):
         request,
         ProvisioningForm(request.POST),
         key="provisioning",
-        action=lambda data: services.provisioning_set(
+        action=lambda data: provisioning_set(
             enabled=data["provision_users"], role=data["provision_role"], **_changed_by(request)
         ),
         success=lambda _config: [(messages.SUCCESS, "New-user settings saved.")],
@@ -230,7 +238,7 @@ def enforcement_save(request):
         request,
         EnforcementForm(request.POST, organisation=request.organisation),
         key="enforcement",
-        action=lambda data: services.enforcement_set(
+        action=lambda data: enforcement_set(
             enforced=data["enforced"], backup_admin=data["backup_admin"], **_changed_by(request)
         ),
         success=lambda config: [
@@ -248,12 +256,8 @@ def enforcement_save(request):
 
 
 def _organisation(organisation_slug) -> Organisation:
-    organisation = (
-        Organisation.objects.select_related("subscription__plan")
-        .filter(slug=organisation_slug, status=Organisation.Status.ACTIVE)
-        .first()
-    )
-    if organisation is None or not services.sso_available(organisation):
+    organisation = selectors.organisation_active(organisation_slug)
+    if organisation is None or not sso_available(organisation):
         raise Http404("No single sign-on here.")
     return organisation
 
@@ -261,14 +265,14 @@ def _organisation(organisation_slug) -> Organisation:
 @require_GET
 def metadata(request, organisation_slug):
     """Our SP metadata for the organisation's IdP; it exists before the IdP is configured."""
-    config = services.configuration_for(_organisation(organisation_slug))
+    config = configuration_for(_organisation(organisation_slug))
     return HttpResponse(saml.sp_metadata_xml(config), content_type="application/samlmetadata+xml")
 
 
 def _browser_token(request, response=None) -> str:
     token = request.COOKIES.get(BROWSER_COOKIE)
     if not token or len(token) > 100:
-        token = services.new_browser_token()
+        token = new_browser_token()
     return token
 
 
@@ -295,7 +299,7 @@ def _start(request, organisation, *, mode, next_url=""):
         return ratelimit.too_many_requests(request, decision)
     token = _browser_token(request)
     try:
-        url = services.sign_in_start(
+        url = sign_in_start(
             organisation=organisation,
             mode=mode,
             browser_token=token,
@@ -330,7 +334,7 @@ def test_start(request, organisation_slug):
     organisation = _organisation(organisation_slug)
     if request.method == "POST":
         return _start(request, organisation, mode=SsoAttempt.Mode.TEST)
-    config = services.configuration_for(organisation)
+    config = configuration_for(organisation)
     response = render(
         request, "sso/test_start.html", {"organisation": organisation, "config": config}
     )
@@ -342,14 +346,10 @@ def test_start(request, organisation_slug):
 @require_POST
 def acs(request, organisation_slug):
     """Assertion Consumer Service: the IdP's answer (HTTP-POST binding)."""
-    organisation = (
-        Organisation.objects.select_related("subscription__plan")
-        .filter(slug=organisation_slug, status=Organisation.Status.ACTIVE)
-        .first()
-    )
+    organisation = selectors.organisation_active(organisation_slug)
     if organisation is None:
         raise Http404("No single sign-on here.")
-    outcome = services.response_consume(
+    outcome = response_consume(
         organisation=organisation,
         saml_response=request.POST.get("SAMLResponse", ""),
         browser_token=request.COOKIES.get(BROWSER_COOKIE),
@@ -384,8 +384,8 @@ def sign_in(request):
     next_url = request.POST.get("next") or request.GET.get("next", "")
     if request.method == "POST" and form.is_valid():
         email = form.cleaned_data["email"]
-        organisation = services.organisation_for_email(email)
-        if organisation is None or not services.sso_available(organisation):
+        organisation = selectors.organisation_for_email(email)
+        if organisation is None or not sso_available(organisation):
             form.add_error(
                 "email",
                 f"Single sign-on is not set up for {email.rpartition('@')[2]}. Sign in with "

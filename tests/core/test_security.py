@@ -19,7 +19,7 @@ from accounts.audit import Actor
 from accounts.models import Invitation, Membership, Organisation, User
 from core import ratelimit
 from core.security import header_value
-from sso import services as sso_services
+from sso import configuration as sso_configuration
 from sso.models import SsoRequest
 from tests.factories import PASSWORD, InvitationFactory, UserFactory
 from tests.sso.idp import TestIdP
@@ -125,7 +125,7 @@ def enterprise_with_idp(org, admin):
     SubscriptionFactory(organisation=org, plan=plan("enterprise"))
     org.refresh_from_db()
     idp = TestIdP()
-    sso_services.idp_configure(
+    sso_configuration.idp_configure(
         organisation=org,
         actor=Actor(user=admin),
         idp_type="okta",

@@ -66,7 +66,7 @@ from billing.models import (
     StripeEvent,
 )
 from retention.models import DataDeletionRequest, DeletionRecord
-from sso import services as sso_services
+from sso import configuration as sso_configuration
 from sso.models import SsoAttempt
 from support import staff
 from tests.accounts.tenancy_objects import organisation_objects
@@ -416,7 +416,7 @@ class World:
             ),
             "org_slug": org.slug,
         }
-        sso_services.idp_configure(
+        sso_configuration.idp_configure(
             organisation=org,
             actor=Actor(user=admin),
             idp_type="okta",

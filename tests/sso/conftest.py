@@ -7,7 +7,9 @@ import pytest
 from django.utils import timezone
 
 from accounts.audit import Actor
-from sso import saml, services
+from sso import saml
+from sso.configuration import configuration_for, idp_configure
+from sso.domains import domain_add
 from sso.views import BROWSER_COOKIE
 from tests.sso.idp import TestIdP, authn_request_from_redirect
 from tests.subscriptions.factories import SubscriptionFactory, plan
@@ -29,7 +31,7 @@ def enterprise(org):
 def configured(enterprise, admin, idp):
     """Acme on Enterprise with the test IdP saved and acme.test routed to it."""
     actor = Actor(user=admin)
-    services.idp_configure(
+    idp_configure(
         organisation=enterprise,
         actor=actor,
         idp_type="okta",
@@ -37,10 +39,8 @@ def configured(enterprise, admin, idp):
         metadata_xml=idp.metadata(),
         now=timezone.now(),
     )
-    services.domain_add(
-        organisation=enterprise, actor=actor, domain="acme.test", now=timezone.now()
-    )
-    return services.configuration_for(enterprise)
+    domain_add(organisation=enterprise, actor=actor, domain="acme.test", now=timezone.now())
+    return configuration_for(enterprise)
 
 
 class SsoBrowser:

@@ -9,8 +9,9 @@ from django.utils import timezone
 from accounts.audit import Actor
 from accounts.models import AuditEvent
 from core.errors import ServiceError
-from sso import services
-from sso.models import SsoConfiguration
+from sso.enforcement import enforcement_set, enforcement_switch_off_by_ops
+from sso.models import SsoAttempt, SsoConfiguration
+from subscriptions.models import Plan, Subscription
 from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +38,7 @@ def tested(configured):
 
 @pytest.fixture
 def enforced(tested, admin):
-    return services.enforcement_set(
+    return enforcement_set(
         organisation=tested.organisation,
         actor=Actor(user=admin),
         enforced=True,
@@ -150,8 +151,6 @@ def test_sso_sign_in_works_when_enforced(enforced, sso_client, member):
 
 
 def test_enforcement_lapses_with_the_enterprise_plan(enforced, member, client_for):
-    from subscriptions.models import Plan, Subscription
-
     Subscription.objects.filter(organisation=enforced.organisation).update(
         plan=Plan.objects.get(code="professional")
     )
@@ -214,7 +213,7 @@ def test_ops_switch_enforcement_off_with_a_reason(client_for, staff, enforced):
 
 def test_ops_switch_off_is_refused_without_a_reason(enforced, staff):
     with pytest.raises(ServiceError):
-        services.enforcement_switch_off_by_ops(
+        enforcement_switch_off_by_ops(
             organisation=enforced.organisation,
             actor=Actor(user=staff),
             reason=" ",
@@ -225,8 +224,6 @@ def test_ops_switch_off_is_refused_without_a_reason(enforced, staff):
 
 
 def test_sso_admin_is_registered_read_only(staff):
-    from sso.models import SsoAttempt
-
     for model in (SsoConfiguration, SsoAttempt):
         assert model in site._registry
         model_admin = site._registry[model]

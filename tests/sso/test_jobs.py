@@ -8,8 +8,12 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from accounts.audit import Actor
-from sso import services
+from sso.attempts import housekeeping
+from sso.certificates import certificate_expiry_notify, metadata_refresh_due
+from sso.configuration import configuration_for, idp_configure
+from sso.domains import domain_add
 from sso.models import SsoAttempt, SsoConfiguration, SsoRequest
+from tests.sso.conftest import SsoBrowser
 from tests.sso.idp import TestIdP, key_pair
 
 pytestmark = pytest.mark.django_db
@@ -18,7 +22,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def from_url(enterprise, admin, idp, metadata_server):
     metadata_server.routes["/metadata"] = (200, "application/xml", idp.metadata().encode(), 0)
-    services.idp_configure(
+    idp_configure(
         organisation=enterprise,
         actor=Actor(user=admin),
         idp_type="okta",
@@ -26,17 +30,15 @@ def from_url(enterprise, admin, idp, metadata_server):
         metadata_xml="",
         now=timezone.now(),
     )
-    services.domain_add(
+    domain_add(
         organisation=enterprise, actor=Actor(user=admin), domain="acme.test", now=timezone.now()
     )
-    return services.configuration_for(enterprise)
+    return configuration_for(enterprise)
 
 
 def test_rollover_certificate_is_accepted_alongside_the_old_one(
     from_url, idp, metadata_server, client, member
 ):
-    from tests.sso.conftest import SsoBrowser
-
     new_key, new_cert = key_pair("Test IdP (new)")
     metadata_server.routes["/metadata"] = (
         200,
@@ -45,7 +47,7 @@ def test_rollover_certificate_is_accepted_alongside_the_old_one(
         0,
     )
     later = timezone.now() + timedelta(days=1)
-    assert services.metadata_refresh_due(now=later) == {"refreshed": 1, "failed": 0}
+    assert metadata_refresh_due(now=later) == {"refreshed": 1, "failed": 0}
     from_url.refresh_from_db()
     assert len(from_url.idp_certificates) == 2
     browser = SsoBrowser(client, idp, from_url.organisation)
@@ -60,11 +62,11 @@ def test_rollover_certificate_is_accepted_alongside_the_old_one(
 
 def test_refresh_runs_once_a_day(from_url):
     now = timezone.now()
-    assert services.metadata_refresh_due(now=now + timedelta(hours=1)) == {
+    assert metadata_refresh_due(now=now + timedelta(hours=1)) == {
         "refreshed": 0,
         "failed": 0,
     }
-    assert services.metadata_refresh_due(now=now + timedelta(hours=21))["refreshed"] == 1
+    assert metadata_refresh_due(now=now + timedelta(hours=21))["refreshed"] == 1
 
 
 def test_failed_refresh_keeps_the_last_good_metadata_and_says_why(
@@ -72,7 +74,7 @@ def test_failed_refresh_keeps_the_last_good_metadata_and_says_why(
 ):
     before = from_url.idp_certificates
     metadata_server.routes["/metadata"] = (500, "text/plain", b"boom", 0)
-    assert services.metadata_refresh_due(now=timezone.now() + timedelta(days=1))["failed"] == 1
+    assert metadata_refresh_due(now=timezone.now() + timedelta(days=1))["failed"] == 1
     from_url.refresh_from_db()
     assert from_url.idp_certificates == before
     assert "HTTP 500" in from_url.metadata_refresh_error
@@ -83,7 +85,7 @@ def test_failed_refresh_keeps_the_last_good_metadata_and_says_why(
 def test_a_different_idp_behind_the_url_is_not_taken_silently(from_url, metadata_server):
     impostor = TestIdP("https://somebody-else.test/saml")
     metadata_server.routes["/metadata"] = (200, "application/xml", impostor.metadata().encode(), 0)
-    services.metadata_refresh_due(now=timezone.now() + timedelta(days=1))
+    metadata_refresh_due(now=timezone.now() + timedelta(days=1))
     from_url.refresh_from_db()
     assert from_url.idp_entity_id != impostor.entity_id
     assert impostor.cert_pem.split("\n")[1] not in str(from_url.idp_certificates)
@@ -93,7 +95,7 @@ def test_a_different_idp_behind_the_url_is_not_taken_silently(from_url, metadata
 def test_certificate_expiry_email_30_days_before_once(enterprise, admin, committed):
     expires = datetime.now(UTC) + timedelta(days=45)
     idp = TestIdP(not_after=expires)
-    services.idp_configure(
+    idp_configure(
         organisation=enterprise,
         actor=Actor(user=admin),
         idp_type="custom",
@@ -102,9 +104,9 @@ def test_certificate_expiry_email_30_days_before_once(enterprise, admin, committ
         now=timezone.now(),
     )
     with committed():
-        assert services.certificate_expiry_notify(now=expires - timedelta(days=31)) == 0
-        assert services.certificate_expiry_notify(now=expires - timedelta(days=30)) == 1
-        assert services.certificate_expiry_notify(now=expires - timedelta(days=29)) == 0
+        assert certificate_expiry_notify(now=expires - timedelta(days=31)) == 0
+        assert certificate_expiry_notify(now=expires - timedelta(days=30)) == 1
+        assert certificate_expiry_notify(now=expires - timedelta(days=29)) == 0
     assert len(mail.outbox) == 1
     message = mail.outbox[0]
     assert message.to == ["admin@acme.test"]
@@ -126,7 +128,7 @@ def test_tick_runs_the_sso_jobs(from_url, capsys):
 def test_housekeeping_forgets_old_requests_and_attempts(configured, sso_client):
     sso_client.sign_in(email="nobody@nowhere.test")
     later = timezone.now() + timedelta(days=91)
-    assert services.housekeeping(now=later) == {"requests": 1, "attempts": 1}
+    assert housekeeping(now=later) == {"requests": 1, "attempts": 1}
     assert not SsoRequest.objects.exists()
     assert not SsoAttempt.objects.exists()
     assert SsoConfiguration.objects.filter(pk=configured.pk).exists()

@@ -7,8 +7,9 @@ from accounts.audit import Actor
 from accounts.models import Invitation, Membership, User
 from accounts.tenancy import SSO_SESSION_KEY
 from core.errors import ServiceError
-from sso import services
+from sso.configuration import idp_configure
 from sso.models import SsoAttempt
+from sso.provisioning import provisioning_set
 from tests.factories import InvitationFactory, MembershipFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -94,7 +95,7 @@ def test_test_mode_failure_shows_the_exact_reason(sso_client, configured):
 def test_a_test_started_before_the_idp_changed_does_not_count(sso_client, configured, admin, idp):
 
     request = sso_client.start(mode="test")
-    services.idp_configure(
+    idp_configure(
         organisation=configured.organisation,
         actor=Actor(user=admin),
         idp_type="okta",
@@ -121,7 +122,7 @@ def test_new_person_is_created_with_the_chosen_role_when_provisioning_is_on(
     sso_client, configured, admin
 ):
 
-    services.provisioning_set(
+    provisioning_set(
         organisation=configured.organisation,
         actor=Actor(user=admin),
         enabled=True,
@@ -142,7 +143,7 @@ def test_new_person_is_created_with_the_chosen_role_when_provisioning_is_on(
 
 def test_provisioning_never_attaches_an_existing_account(sso_client, configured, admin):
 
-    services.provisioning_set(
+    provisioning_set(
         organisation=configured.organisation,
         actor=Actor(user=admin),
         enabled=True,
@@ -159,7 +160,7 @@ def test_provisioning_never_attaches_an_existing_account(sso_client, configured,
 def test_provisioning_cannot_make_admins(configured, admin):
 
     with pytest.raises(ServiceError):
-        services.provisioning_set(
+        provisioning_set(
             organisation=configured.organisation,
             actor=Actor(user=admin),
             enabled=True,

@@ -1,5 +1,6 @@
 """The log of sign-in attempts (Settings > SSO, "Recent sign-in attempts"): every refusal with
-its reason, every success with the assertion's ID, which a later response may not reuse."""
+its reason, every success with the assertion's ID, which a later response may not reuse. The
+daily housekeeping forgets old attempts and sign-in requests."""
 
 from datetime import datetime, timedelta
 

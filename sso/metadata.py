@@ -72,6 +72,21 @@ def metadata_parse(xml: str | bytes, *, now: datetime) -> IdpMetadata:
     """The IdP's entity id, SSO URL and signing certificates, or ServiceError saying what is
     wrong. Certificates that have expired are left out (with a warning); none valid is an
     error."""
+    xml = _xml_checked(xml)
+    try:
+        found = OneLogin_Saml2_IdPMetadataParser.parse(
+            xml, required_sso_binding=OneLogin_Saml2_Constants.BINDING_HTTP_REDIRECT
+        )
+    except Exception as error:  # noqa: BLE001
+        raise _error(f"The metadata could not be read ({str(error)[:120]}).") from None
+    idp = found.get("idp") or {}
+    entity_id, sso_url = _idp_endpoint(idp)
+    certificates, warnings = _signing_certificates(idp, now=now)
+    return IdpMetadata(entity_id, sso_url, certificates, warnings)
+
+
+def _xml_checked(xml: str | bytes) -> bytes:
+    """The metadata as bytes, once it is small enough, not an HTML page and safe XML."""
     if isinstance(xml, str):
         xml = xml.encode()
     xml = xml.strip()
@@ -88,13 +103,11 @@ def metadata_parse(xml: str | bytes, *, now: datetime) -> IdpMetadata:
         if "DTD" in str(error) or "entit" in str(error).lower():
             raise _error("The metadata contains a DTD or entities, which we refuse.") from None
         raise _error(f"The metadata is not valid XML ({str(error)[:120]}).") from None
-    try:
-        found = OneLogin_Saml2_IdPMetadataParser.parse(
-            xml, required_sso_binding=OneLogin_Saml2_Constants.BINDING_HTTP_REDIRECT
-        )
-    except Exception as error:  # noqa: BLE001
-        raise _error(f"The metadata could not be read ({str(error)[:120]}).") from None
-    idp = found.get("idp") or {}
+    return xml
+
+
+def _idp_endpoint(idp: dict) -> tuple[str, str]:
+    """The IdP's entity id and the SSO URL people's browsers are sent to."""
     entity_id = idp.get("entityId") or ""
     if not entity_id:
         raise _error(
@@ -115,6 +128,11 @@ def metadata_parse(xml: str | bytes, *, now: datetime) -> IdpMetadata:
             if "http" not in schemes
             else "The IdP's SingleSignOnService is not an http(s) URL."
         )
+    return entity_id, sso_url
+
+
+def _signing_certificates(idp: dict, *, now: datetime) -> tuple[list[dict], list[str]]:
+    """The distinct signing certificates still valid at `now`, and warnings for the rest."""
     bodies = list((idp.get("x509certMulti") or {}).get("signing") or [])
     if idp.get("x509cert"):
         bodies.append(idp["x509cert"])
@@ -144,7 +162,7 @@ def metadata_parse(xml: str | bytes, *, now: datetime) -> IdpMetadata:
             "Every signing certificate in the metadata has expired. Renew it in your IdP "
             "and copy the metadata again."
         )
-    return IdpMetadata(entity_id, sso_url, certificates, warnings)
+    return certificates, warnings
 
 
 # Fetching ---------------------------------------------------------------------------------

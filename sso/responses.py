@@ -15,7 +15,7 @@ from sso.configuration import configuration_for, sso_available
 from sso.models import SsoAttempt, SsoConfiguration, SsoRequest
 from sso.provisioning import user_for, user_provision
 
-# The logger of the module this code came from: log configuration and alerts name it.
+# The logger's name from before this code left sso/services.py: log searches keep matching.
 logger = logging.getLogger("sso.services")
 
 REPLAYED = "The assertion was already used (replayed): each assertion signs in once. Sign in again."
@@ -69,16 +69,7 @@ def response_consume(
     mode = SsoAttempt.Mode.SIGN_IN
 
     def refuse(refusal: Refusal) -> Outcome:
-        attempt = attempt_refused(
-            organisation,
-            mode=mode,
-            reason=refusal.reason,
-            ip_address=ip_address,
-            now=now,
-            assertion=refusal.assertion,
-        )
-        logger.info("SSO refused for %s: %s", organisation.slug, refusal.reason)
-        return Outcome(status=refusal.status, attempt=attempt, mode=mode, reason=refusal.reason)
+        return _refused(organisation, refusal, mode=mode, ip_address=ip_address, now=now)
 
     if not sso_available(organisation) or not config.is_configured:
         return refuse(Refusal(f"{organisation.name} has no single sign-on set up.", status=404))
@@ -101,29 +92,32 @@ def response_consume(
     if user is None:
         return refuse(Refusal(reason, assertion=assertion))
     with transaction.atomic():
-        attempt = attempt_succeeded(
-            organisation,
-            mode=mode,
-            reason=reason,
-            assertion=assertion,
-            user=user,
-            ip_address=ip_address,
-            now=now,
+        outcome = _success(
+            config, pending, assertion, user, reason=reason, ip_address=ip_address, now=now
         )
-        if attempt is None:
-            return refuse(Refusal(REPLAYED, assertion=assertion))
-        user, membership = _success_apply(
-            config, pending, assertion, user, attempt, ip_address=ip_address, now=now
-        )
-    return Outcome(
-        status=200,
-        attempt=attempt,
+        if isinstance(outcome, Refusal):
+            return refuse(outcome)
+    return outcome
+
+
+def _refused(
+    organisation: Organisation,
+    refusal: Refusal,
+    *,
+    mode: str,
+    ip_address: str | None,
+    now: datetime,
+) -> Outcome:
+    attempt = attempt_refused(
+        organisation,
         mode=mode,
-        reason=reason,
-        user=user,
-        next_url=pending.next_url,
-        membership=membership,
+        reason=refusal.reason,
+        ip_address=ip_address,
+        now=now,
+        assertion=refusal.assertion,
     )
+    logger.info("SSO refused for %s: %s", organisation.slug, refusal.reason)
+    return Outcome(status=refusal.status, attempt=attempt, mode=mode, reason=refusal.reason)
 
 
 def _request_id(config: SsoConfiguration, saml_response: str) -> str | Refusal:
@@ -177,24 +171,45 @@ def _assertion(
     return assertion
 
 
-def _success_apply(
+def _success(
     config: SsoConfiguration,
     pending: SsoRequest,
     assertion: saml.Assertion,
     user: User,
-    attempt: SsoAttempt,
     *,
+    reason: str,
     ip_address: str | None,
     now: datetime,
-) -> tuple[User, Membership | None]:
-    """A test marks the configuration tested; a sign-in gets its account and membership."""
+) -> Outcome | Refusal:
+    """Record the success; a test marks the configuration tested, a sign-in gets its account
+    and membership. Refused when a concurrent post of the same assertion won."""
+    attempt = attempt_succeeded(
+        config.organisation,
+        mode=pending.mode,
+        reason=reason,
+        assertion=assertion,
+        user=user,
+        ip_address=ip_address,
+        now=now,
+    )
+    if attempt is None:
+        return Refusal(REPLAYED, assertion=assertion)
+    membership = None
     if pending.mode == SsoAttempt.Mode.TEST:
         # Counts only for the IdP settings the test was started with.
         SsoConfiguration.objects.filter(pk=config.pk, configured_at=pending.configured_at).update(
             tested_at=now
         )
-        return user, None
-    user, membership = user_provision(config, assertion, user, ip_address=ip_address, now=now)
-    attempt.user = user
-    attempt.save(update_fields=["user"])
-    return user, membership
+    else:
+        user, membership = user_provision(config, assertion, user, ip_address=ip_address, now=now)
+        attempt.user = user
+        attempt.save(update_fields=["user"])
+    return Outcome(
+        status=200,
+        attempt=attempt,
+        mode=pending.mode,
+        reason=reason,
+        user=user,
+        next_url=pending.next_url,
+        membership=membership,
+    )

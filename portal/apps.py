@@ -9,6 +9,13 @@ class PortalConfig(AppConfig):
     verbose_name = "Portal"
     default = True
 
+    def ready(self):
+        # The organisation pages' frame joins subscriptions, sso, billing and retention:
+        # composed here, plugged into accounts' hooks.
+        from portal import frame
+
+        frame.install()
+
 
 class PortalAdminConfig(admin_apps.AdminConfig):
     """django.contrib.admin with our site (the ops dashboard on the index)."""

@@ -55,6 +55,18 @@ def subscription_with_plan(*, organisation: Organisation) -> Subscription | None
     return Subscription.objects.select_related("plan").filter(organisation=organisation).first()
 
 
+def subscription_has_ended(*, organisation: Organisation) -> bool:
+    """Whether the organisation's subscription has ended (one query; nothing cached)."""
+    return Subscription.objects.filter(
+        organisation=organisation, status=Subscription.Status.ENDED
+    ).exists()
+
+
+def environment_choices(*, organisation: Organisation) -> QuerySet[Environment]:
+    """The organisation's environments by name: the choices of the forms that pick one."""
+    return Environment.objects.filter(organisation=organisation).order_by("name", "pk")
+
+
 def plan_limits(*, organisation: Organisation) -> PlanLimits | None:
     """The limits of the organisation's current plan; None when it has no subscription.
 

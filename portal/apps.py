@@ -21,4 +21,4 @@ class PortalAdminConfig(admin_apps.AdminConfig):
     """django.contrib.admin with our site (the ops dashboard on the index)."""
 
     default = False
-    default_site = "portal.admin.PortalAdminSite"
+    default_site = "portal.sites.PortalAdminSite"

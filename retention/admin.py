@@ -108,6 +108,3 @@ class DeletionRecordAdmin(ReadOnlyModelAdmin):
 
     def has_view_permission(self, request, obj=None):
         return request.user.is_staff
-
-
-from retention import admin_export  # noqa: E402,F401

@@ -123,6 +123,16 @@ def environment_list(*, organisation: Organisation) -> QuerySet[Environment]:
     )
 
 
+def process_flow_choices(*, organisation: Organisation) -> QuerySet[ProcessFlow]:
+    """The organisation's ProcessFlows by name, with their environment: the choices of the
+    Sync Info filter and the names shown in its rows."""
+    return (
+        ProcessFlow.objects.filter(organisation=organisation)
+        .select_related("environment")
+        .order_by("name", "pk")
+    )
+
+
 def connection_list(*, organisation: Organisation) -> QuerySet[Connection]:
     return (
         Connection.objects.filter(organisation=organisation)

@@ -149,7 +149,7 @@ def notification_rows(
 ) -> QuerySet[OutgoingEmail]:
     """The organisation's email rows (one per recipient) that `user`, with `role`, may see.
 
-    The rule (issue 9, point 3; DESIGN.md section 2, Roles):
+    The rule:
     - everyone sees the emails of this organisation addressed to them;
     - an Admin sees every email of the organisation, with all its recipients;
     - a Billing contact also sees the emails sent to the organisation's primary email (the

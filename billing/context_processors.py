@@ -1,5 +1,5 @@
-"""The failed-payment banner on every organisation page (DESIGN.md section 2b: dunning states
-show as banners in the portal, not only by email)."""
+"""The failed-payment banner on every organisation page (dunning states show
+as banners in the portal, not only by email)."""
 
 from dataclasses import dataclass
 from datetime import datetime

@@ -1,4 +1,4 @@
-"""Ops review of GDPR data deletion requests (DESIGN.md section 2, Data retention).
+"""Ops review of GDPR data deletion requests.
 
 Approve and Reject are admin actions calling the same services as everything else. Rejecting
 needs a note the requester reads, so Reject shows an intermediate page asking for it (the

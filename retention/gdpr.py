@@ -1,4 +1,4 @@
-"""GDPR data deletion requests (article section 12; DESIGN.md section 2, Data retention).
+"""GDPR data deletion requests (article section 12).
 
 Settings > Privacy > Data Deletion Request creates a request; ops approve or reject it in
 Django admin; approval queues the deletion, which runs once and records what it deleted.

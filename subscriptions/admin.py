@@ -1,6 +1,6 @@
 """Django admin for ops: the plan catalogue, subscriptions and the control-plane objects.
 
-Plans and their prices are edited here (DESIGN.md section 2, Plans). Subscriptions change
+Plans and their prices are edited here. Subscriptions change
 only through services (status through subscriptions.states), so their fields are read-only
 here; the one write ops make is scheduling the switch to annual billing (article section 7).
 """

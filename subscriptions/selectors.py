@@ -20,7 +20,7 @@ from subscriptions.models import (
 
 @dataclass(frozen=True)
 class PlanLimits:
-    """What a plan includes (DESIGN.md section 2, Plans)."""
+    """What a plan includes."""
 
     plan: Plan
     environments: int
@@ -95,7 +95,7 @@ def usage_counts(*, organisation: Organisation) -> dict[str, int]:
     """What the organisation uses against its plan limits, in one query.
 
     Keys: "environments", "connections", "active_process_flows" (paused flows do not count
-    against the plan, DESIGN.md section 2) and "process_flows" (all of them).
+    against the plan) and "process_flows" (all of them).
     """
     with connection.cursor() as cursor:
         cursor.execute(

@@ -1,4 +1,4 @@
-"""Sync Info (with its CSV export) and the API keys page (issue 6 and 7)."""
+"""Sync Info (with its CSV export) and the API keys page."""
 
 from datetime import timedelta
 from urllib.parse import urlencode

@@ -1,4 +1,4 @@
-"""Configuration export (DESIGN.md section 2, Data retention; section 2b): content, secrets
+"""Configuration export: content, secrets
 removed, who may download it, the ops admin action, and the cancellation panel's countdown."""
 
 import json

@@ -10,7 +10,9 @@ accounts sits below subscriptions, sso, billing and retention, so it never names
 - write guards: run by tenant_view for a change (POST, PUT, PATCH, DELETE) to a view not
   declared `allow_when_ended=True`; a guard returns the reason it refuses (403) or None;
 - password sign-in checks: why a person may not sign in with a password, or None;
-- landing notices: lines shown above the list of the signed-in user's organisations.
+- landing notices: lines shown above the list of the signed-in user's organisations;
+- menu links: the top bar's links to pages of the apps above (`organisation_urls`, built by
+  accounts.context_processors), each a URL name taking the organisation's slug.
 
 Each hook runs in registration order; registering the same function twice keeps one.
 See docs/architecture.md#accounts.
@@ -31,6 +33,7 @@ access_gates: list[AccessGate] = []
 write_guards: list[WriteGuard] = []
 password_sign_in_checks: list[PasswordSignInCheck] = []
 landing_notices: list[LandingNotices] = []
+menu_url_names: dict[str, str] = {}
 
 
 def _add(hooks: list, func) -> None:
@@ -62,3 +65,8 @@ def password_sign_in_check_add(func: PasswordSignInCheck) -> None:
 def landing_notices_add(func: LandingNotices) -> None:
     """`func(user)`: notices for the page listing the user's organisations."""
     _add(landing_notices, func)
+
+
+def menu_urls_add(**url_names: str) -> None:
+    """Top bar links, {key in `organisation_urls`: URL name taking the organisation's slug}."""
+    menu_url_names.update(url_names)

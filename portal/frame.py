@@ -11,7 +11,8 @@ called by PortalConfig.ready):
   refused with 403 unless the view is declared with `allow_when_ended=True`;
 - whether a dunning case is open, read with the membership, so the failed-payment banner
   (billing.context_processors) costs nothing for an account in good standing;
-- the notices about deleted organisations on the page listing the user's organisations.
+- the notices about deleted organisations on the page listing the user's organisations;
+- the top bar's links to ProcessFlows and Sync Info.
 
 See docs/architecture.md#portal.
 """
@@ -144,3 +145,4 @@ def install() -> None:
     hooks.write_guard_add(ended_guard)
     hooks.password_sign_in_check_add(sso_password_refusal)
     hooks.landing_notices_add(deleted_organisation_notices)
+    hooks.menu_urls_add(flows="subscriptions:flows", sync_info="usage:sync_info")

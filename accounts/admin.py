@@ -12,7 +12,6 @@ from accounts.models import (
     AuditEvent,
     Invitation,
     Membership,
-    Organisation,
     OutgoingEmail,
     PrimaryEmailChange,
     User,
@@ -73,7 +72,8 @@ class UserAdmin(DjangoUserAdmin):
     )
 
 
-@admin.register(Organisation)
+# Registered by portal.admin, which adds the actions of the apps above accounts (the
+# configuration export): no app registers over, or patches, another app's admin.
 class OrganisationAdmin(admin.ModelAdmin):
     list_display = ("name", "slug", "primary_email", "status", "currency", "members", "created_at")
     list_filter = ("status", "currency")

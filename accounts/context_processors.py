@@ -4,6 +4,7 @@ from django.conf import settings
 from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils.functional import SimpleLazyObject
 
+from accounts import hooks
 from accounts.roles import SETTINGS_SECTIONS, sections_for
 from accounts.selectors import memberships_of_user, notification_unread_count
 
@@ -61,8 +62,8 @@ def _portal_urls(script_prefix: str, urlconf: str) -> dict[str, str]:
 def _organisation_urls(slug: str, script_prefix: str, urlconf: str) -> dict[str, str]:
     return {
         "overview": reverse("accounts:dashboard", args=[slug]),
-        "flows": reverse("subscriptions:flows", args=[slug]),
-        "sync_info": reverse("usage:sync_info", args=[slug]),
+        # The pages of the apps above accounts (plugged in by portal.frame).
+        **{key: reverse(name, args=[slug]) for key, name in hooks.menu_url_names.items()},
         "notifications": reverse("accounts:notifications", args=[slug]),
         "settings": reverse("accounts:settings", args=[slug]),
         **{section.key: reverse(section.url_name, args=[slug]) for section in SETTINGS_SECTIONS},

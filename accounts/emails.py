@@ -90,10 +90,21 @@ def email_queue(
     return record
 
 
-def _enqueue_delivery(email_id: int) -> None:
-    from accounts.tasks import deliver_email
+# The Celery task that delivers one email. It lives in accounts.tasks, which imports this
+# module, so the task plugs itself in here when its module loads (AccountsConfig.ready imports
+# it) and queueing needs no import back.
+_delivery_task = None
 
-    enqueue(deliver_email, email_id, catch_up="deliver_pending_emails")
+
+def delivery_task_register(task) -> None:
+    global _delivery_task
+    _delivery_task = task
+
+
+def _enqueue_delivery(email_id: int) -> None:
+    if _delivery_task is None:
+        raise RuntimeError("accounts.tasks was not imported: no task delivers emails.")
+    enqueue(_delivery_task, email_id, catch_up="deliver_pending_emails")
 
 
 def email_deliver(*, email_id: int, now: datetime) -> bool:

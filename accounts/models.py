@@ -119,7 +119,7 @@ class Organisation(models.Model):
 
 
 class Membership(models.Model):
-    """A user's place in an organisation, with one role (DESIGN.md section 2, Roles)."""
+    """A user's place in an organisation, with one role."""
 
     class Role(models.TextChoices):
         ADMIN = "admin", "Admin"

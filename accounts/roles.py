@@ -1,4 +1,4 @@
-"""Who may use which Settings page (DESIGN.md section 2, Roles), written down in one place."""
+"""Who may use which Settings page, written down in one place."""
 
 from dataclasses import dataclass
 

@@ -4,11 +4,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.apps import apps
-from django.db.models import Exists, F, Min, OuterRef, Q, QuerySet
+from django.db.models import Min, Q, QuerySet
 from django.db.models.functions import Lower
 from django.http import Http404
 
+from accounts import hooks
 from accounts.models import (
     AuditEvent,
     Invitation,
@@ -24,26 +24,17 @@ def membership_for_user(*, user: User, org_slug: str) -> Membership:
     """The user's active membership in the organisation `org_slug`, or 404.
 
     One query answers all that the frame of an organisation page asks before the view runs
-    (accounts.tenancy.tenant_view, then the context processors): the organisation, and
-    - `sso_enforced` and `sso_backup_admin_id`: from the organisation's SSO configuration
-      (None without one), the first check of accounts.tenancy.sso_required;
-    - `dunning_open`: the organisation has an open dunning case; without one there is no
-      failed-payment banner (billing.context_processors).
-    sso and billing sit above accounts: they are reached by relation and model names.
+    (accounts.tenancy.tenant_view, then the context processors): the organisation, and the
+    columns the apps above accounts annotate through accounts.hooks (portal.frame: the SSO
+    configuration's flags, whether a dunning case is open).
     """
-    dunning_case = apps.get_model("billing", "DunningCase")
+    annotations = {}
+    for extra in hooks.membership_annotations:
+        annotations.update(extra())
     try:
         return (
             Membership.objects.select_related("organisation")
-            .annotate(
-                sso_enforced=F("organisation__sso_configuration__enforced"),
-                sso_backup_admin_id=F("organisation__sso_configuration__backup_admin_id"),
-                dunning_open=Exists(
-                    dunning_case.objects.filter(
-                        organisation=OuterRef("organisation"), status=dunning_case.Status.OPEN
-                    )
-                ),
-            )
+            .annotate(**annotations)
             .get(
                 user=user,
                 organisation__slug=org_slug,
@@ -158,7 +149,7 @@ def notification_rows(
 ) -> QuerySet[OutgoingEmail]:
     """The organisation's email rows (one per recipient) that `user`, with `role`, may see.
 
-    The rule (issue 9, point 3; DESIGN.md section 2, Roles):
+    The rule:
     - everyone sees the emails of this organisation addressed to them;
     - an Admin sees every email of the organisation, with all its recipients;
     - a Billing contact also sees the emails sent to the organisation's primary email (the

@@ -1,7 +1,7 @@
 from celery import shared_task
 from django.utils import timezone
 
-from accounts.emails import email_deliver
+from accounts.emails import delivery_task_register, email_deliver
 from accounts.models import OutgoingEmail
 from core.observability import register_task_ids
 
@@ -19,3 +19,4 @@ def _email_ids(email_id) -> dict:
 
 
 register_task_ids(deliver_email.name, _email_ids)
+delivery_task_register(deliver_email)

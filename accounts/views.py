@@ -1,6 +1,3 @@
-from datetime import UTC
-
-from django.apps import apps
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -9,9 +6,9 @@ from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.formats import date_format
 from django.views.decorators.http import require_POST, require_safe
 
+from accounts import hooks
 from accounts.audit import Actor
 from accounts.forms import (
     InvitationForm,
@@ -66,32 +63,10 @@ def _org_url(request, name: str, *args) -> str:
 # Signed-in landing ----------------------------------------------------------------------
 
 
-def _deleted_organisation_notices(user) -> list[str]:
-    """The notice "Acme Trading was deleted on 31 December 2026 (...)." for each organisation
-    the user belonged to when it was deleted (retention.deletion keeps their ids, no emails).
-
-    accounts sits below retention, so the model is looked up by name, not imported.
-    """
-    record_model = apps.get_model("retention", "DeletionRecord")
-    why = {
-        record_model.Kind.CANCELLATION: "30 days after its subscription ended",
-        record_model.Kind.GDPR_ORGANISATION: "at its request to delete all of its data",
-    }
-    records = (
-        record_model.objects.filter(
-            kind__in=list(why),
-            counts__completed=True,
-            counts__former_member_ids__contains=[user.pk],
-        )
-        .select_related("organisation")
-        .order_by("-created_at", "-id")[:10]
-    )
-    notices = []
-    for record in records:
-        zone = record.organisation.tzinfo if record.organisation else UTC
-        day = date_format(timezone.localtime(record.created_at, zone), "j F Y")
-        notices.append(f"{record.organisation_label} was deleted on {day} ({why[record.kind]}).")
-    return notices
+def _landing_notices(user) -> list[str]:
+    """What the apps above accounts tell the user on this page (accounts.hooks; e.g. which of
+    their organisations were deleted)."""
+    return [notice for notices in hooks.landing_notices for notice in notices(user)]
 
 
 @login_required
@@ -118,7 +93,7 @@ def _organisations_page(request, memberships):
         "accounts/organisations.html",
         {
             "memberships": memberships,
-            "deleted_notices": _deleted_organisation_notices(request.user),
+            "deleted_notices": _landing_notices(request.user),
         },
     )
 

@@ -33,8 +33,6 @@ from core.admin import ReadOnlyModelAdmin, permission_check, reason_asked
 from core.errors import ServiceError
 from core.http import client_ip
 from core.money import format_money
-from subscriptions.admin import SubscriptionAdmin
-from subscriptions.models import Subscription
 
 
 class InvoiceLineInline(admin.TabularInline):
@@ -306,6 +304,7 @@ class DunningCaseAdmin(ReadOnlyModelAdmin):
         return None
 
 
+# The dunning timeline on the subscription admin (composed by portal.admin).
 class DunningCaseInline(admin.TabularInline):
     model = DunningCase
     extra = 0
@@ -323,16 +322,6 @@ class DunningCaseInline(admin.TabularInline):
             f"{step.get_step_display()}: {'paid' if step.succeeded else step.result}"
             for step in obj.steps.all()
         )
-
-
-# The subscription admin (subscriptions app) shows the dunning timeline too; subscriptions
-# cannot import billing, so billing extends it here.
-admin.site.unregister(Subscription)
-
-
-@admin.register(Subscription)
-class SubscriptionWithDunningAdmin(SubscriptionAdmin):
-    inlines = [*SubscriptionAdmin.inlines, DunningCaseInline]
 
 
 @admin.register(OverageCharge)

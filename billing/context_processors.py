@@ -1,5 +1,5 @@
-"""The failed-payment banner on every organisation page (DESIGN.md section 2b: dunning states
-show as banners in the portal, not only by email)."""
+"""The failed-payment banner on every organisation page (dunning states show
+as banners in the portal, not only by email)."""
 
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,10 +31,11 @@ def account_state(request) -> dict:
 
     Lazy, so a page that never renders the banner runs no query. On an organisation page
     tenant_view's membership query has already said whether a dunning case is open
-    (`dunning_open`): without one the banner costs nothing. With one (or a membership that was
-    not loaded by tenant_view) it costs one query: the open case with its subscription and the
-    amount due. A past due, grace or suspended subscription always has an open case, and an
-    account in good standing never touches the subscription table for it.
+    (`dunning_open`, annotated by portal.frame): without one the banner costs nothing. With
+    one (or a membership that was not loaded by tenant_view) it costs one query: the open case
+    with its subscription and the amount due. A past due, grace or suspended subscription
+    always has an open case, and an account in good standing never touches the subscription
+    table for it.
     """
     organisation = getattr(request, "organisation", None)
     membership = getattr(request, "membership", None)

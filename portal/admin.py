@@ -1,19 +1,29 @@
-"""Django admin's site: the ops dashboard, which spans every app, on its index page."""
+"""The admins that join several apps, registered once here, on top of every app.
+
+A lower app's ModelAdmin cannot name the apps above it, and no app registers over, or
+patches, another app's admin: the final admin of such a model is composed here from the
+owning app's class and what the apps above add.
+"""
 
 from django.contrib import admin
-from django.utils import timezone
 
-from portal.dashboard import ops_dashboard
+from accounts.admin import OrganisationAdmin
+from accounts.models import Organisation
+from billing.admin import DunningCaseInline
+from retention.admin_export import download_configuration_export
+from subscriptions.admin import SubscriptionAdmin
+from subscriptions.models import Subscription
 
 
-class PortalAdminSite(admin.AdminSite):
-    """Django admin with the ops dashboard on its index page."""
+@admin.register(Organisation)
+class PortalOrganisationAdmin(OrganisationAdmin):
+    """accounts' admin with retention's configuration export."""
 
-    site_header = "APPSeCONNECT ops"
-    site_title = "APPSeCONNECT ops"
-    index_title = "Ops dashboard"
+    actions = [*(OrganisationAdmin.actions or ()), download_configuration_export]
 
-    def index(self, request, extra_context=None):
-        return super().index(
-            request, {"dashboard": ops_dashboard(now=timezone.now()), **(extra_context or {})}
-        )
+
+@admin.register(Subscription)
+class SubscriptionWithDunningAdmin(SubscriptionAdmin):
+    """subscriptions' admin with billing's dunning timeline."""
+
+    inlines = [*SubscriptionAdmin.inlines, DunningCaseInline]

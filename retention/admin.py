@@ -1,4 +1,4 @@
-"""Ops review of GDPR data deletion requests (DESIGN.md section 2, Data retention).
+"""Ops review of GDPR data deletion requests.
 
 Approve and Reject are admin actions calling the same services as everything else. Rejecting
 needs a note the requester reads, so Reject shows an intermediate page asking for it (the
@@ -108,6 +108,3 @@ class DeletionRecordAdmin(ReadOnlyModelAdmin):
 
     def has_view_permission(self, request, obj=None):
         return request.user.is_staff
-
-
-from retention import admin_export  # noqa: E402,F401

@@ -1,10 +1,9 @@
 """Ops: "Download configuration export" on Django admin's Organisation list.
 
-An action added to the existing OrganisationAdmin (accounts/admin.py owns the class; this
-module appends to the registered instance's `actions`, so accounts does not import retention).
+An admin action for the Organisation admin of accounts (which cannot import retention):
+portal.admin composes the registered OrganisationAdmin from accounts' class and this action.
 It downloads the same JSON as the Admins' self-service link, for exactly one selected
-organisation, deleted ones excepted (their configuration is gone). Imported from
-retention/admin.py so it runs when the admin site loads.
+organisation, deleted ones excepted (their configuration is gone).
 """
 
 from django.contrib import admin, messages
@@ -31,15 +30,3 @@ def download_configuration_export(modeladmin, request, queryset):
         )
         return None
     return configuration_export_response(organisation=organisation, now=timezone.now())
-
-
-def _register() -> None:
-    organisation_admin = admin.site._registry.get(Organisation)
-    if organisation_admin is None:
-        return
-    actions = list(organisation_admin.actions or [])
-    if download_configuration_export not in actions:
-        organisation_admin.actions = [*actions, download_configuration_export]
-
-
-_register()

@@ -1,7 +1,7 @@
 """The organisation's data deleted for good: 30 days after its subscription ended, or on an
 approved GDPR request for the whole organisation.
 
-The rule (article section 8; DESIGN.md section 2, Cancellation): "30 days later all
+The rule (article section 8): "30 days later all
 organisation data is deleted for good, except invoices and payment records, which are kept for
 accounting and tax law." Kept, therefore: the organisation row itself (marked `deleted`, so
 its pages 404 and nobody can sign in to it), the subscription row and its plan changes,
@@ -18,7 +18,7 @@ marked `completed` at the end, in the same transaction that marks the organisati
 a rerun after a crash reuses that record and adds to its counts. Once the organisation is
 deleted, a second call is refused (ServiceError "already_deleted") and changes nothing.
 
-Reminders (DESIGN.md section 2b, the deletion countdown): one email 7 days and one 1 day
+Reminders: one email 7 days and one 1 day
 before the deletion date to the primary email and the active Admins and Billing contacts.
 The claim for "sent once" is the OutgoingEmail rows themselves: the reminder is queued under
 the template label `data_deletion_reminder:7` or `:1`, created after the subscription ended,
@@ -313,9 +313,9 @@ def _deleted_email_send(organisation, *, recipients: list[str], ended_at, now) -
 
 
 def cancelled_organisations_delete(*, now: datetime) -> int:
-    """Delete the data of every organisation whose subscription ended 30 days ago or more
-    (DESIGN.md section 2, Cancellation). Resubscribing before then (the status is no longer
-    "ended") keeps everything. Returns how many organisations were deleted.
+    """Delete the data of every organisation whose subscription ended 30 days ago or more.
+    Resubscribing before then (the status is no longer "ended") keeps everything.
+    Returns how many organisations were deleted.
 
     Each organisation is claimed with a session advisory lock so two runs never delete the same
     one at once; the subscription status is checked again under its row lock first.

@@ -1,6 +1,6 @@
 """Configuration export: every ProcessFlow, connection and environment of an organisation as
-one JSON document (DESIGN.md section 2, Data retention: self-service, beyond the article,
-which routes this through support; section 2b: offered during the deletion countdown).
+one JSON document (self-service, beyond the article, which routes this through support;
+offered during the deletion countdown).
 
 No secrets leave the portal in it. Connection and flow settings (`config`) are meant to hold
 non-secret settings only, but nothing enforces that, so every value whose key looks like a

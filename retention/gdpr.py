@@ -1,4 +1,4 @@
-"""GDPR data deletion requests (article section 12; DESIGN.md section 2, Data retention).
+"""GDPR data deletion requests (article section 12).
 
 Settings > Privacy > Data Deletion Request creates a request; ops approve or reject it in
 Django admin; approval queues the deletion, which runs once and records what it deleted.
@@ -30,6 +30,7 @@ from accounts.models import (
 from core.errors import ServiceError
 from core.links import absolute_url
 from core.queueing import enqueue
+from retention.deletion import organisation_data_delete
 from retention.models import DataDeletionRequest, DeletionRecord
 from sso.models import SsoAttempt
 from support.models import SupportTicket, TicketMessage
@@ -234,10 +235,21 @@ def deletion_request_approve(
     return request
 
 
-def _enqueue_execute(request_id: int) -> None:
-    from retention.tasks import execute_deletion_request
+# The Celery task that runs an approved request. It lives in retention.tasks, which imports
+# this module, so the task plugs itself in here when its module loads (RetentionConfig.ready
+# imports it) and queueing needs no import back.
+_execute_task = None
 
-    enqueue(execute_deletion_request, request_id, catch_up="gdpr_deletion_requests_catch_up")
+
+def execute_task_register(task) -> None:
+    global _execute_task
+    _execute_task = task
+
+
+def _enqueue_execute(request_id: int) -> None:
+    if _execute_task is None:
+        raise RuntimeError("retention.tasks was not imported: no task runs deletion requests.")
+    enqueue(_execute_task, request_id, catch_up="gdpr_deletion_requests_catch_up")
 
 
 def deletion_request_reject(
@@ -317,8 +329,6 @@ def _person_delete(request: DataDeletionRequest, *, now: datetime) -> DeletionRe
 
 
 def _organisation_delete(request: DataDeletionRequest, *, now: datetime) -> DeletionRecord:
-    from retention.deletion import organisation_data_delete
-
     organisation = request.organisation
     try:
         return organisation_data_delete(

@@ -1,6 +1,10 @@
+from datetime import timedelta
+
 from celery.schedules import crontab
 
 from core.jobs import scheduled_job
+from retention.deletion import cancelled_organisations_delete, data_deletion_reminders_send
+from retention.gdpr import deletion_requests_execute_stuck
 from retention.purge import retention_purge, summary
 
 
@@ -13,9 +17,6 @@ def retention_purge_job(*, now):
 # run as nothing else still goes; then the deletions 30 days after a subscription ended.
 @scheduled_job(name="delete_cancelled_organisations", schedule=crontab(minute="20"), order=85)
 def delete_cancelled_organisations(*, now):
-    # Imported here so this block touches no line of the purge job's above it.
-    from retention.deletion import cancelled_organisations_delete, data_deletion_reminders_send
-
     reminders = data_deletion_reminders_send(now=now)
     deleted = cancelled_organisations_delete(now=now)
     return f"{reminders} deletion reminder(s) queued, {deleted} organisation(s) deleted"
@@ -24,9 +25,5 @@ def delete_cancelled_organisations(*, now):
 # GDPR deletion requests approved while the broker was down: the approval's task never ran.
 @scheduled_job(name="gdpr_deletion_requests_catch_up", schedule=crontab(minute="*/15"), order=90)
 def gdpr_deletion_requests_catch_up(*, now):
-    from datetime import timedelta
-
-    from retention.gdpr import deletion_requests_execute_stuck
-
     done = deletion_requests_execute_stuck(now=now, older_than=timedelta(minutes=10))
     return f"{done} GDPR deletion request(s) executed"

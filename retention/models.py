@@ -1,5 +1,5 @@
-"""Deletions of customer data and the requests for them (DESIGN.md section 2, Data retention;
-Cancellation; GDPR)."""
+"""Deletions of customer data and the requests for them (after a cancellation, and on
+GDPR requests)."""
 
 from django.conf import settings
 from django.db import models

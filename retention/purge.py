@@ -1,5 +1,4 @@
-"""Nightly retention purge of Sync Info and snapshots (DESIGN.md section 2, Data retention;
-issue 8 point 1).
+"""Nightly retention purge of Sync Info and snapshots.
 
 Sync Info and snapshots are partitioned by retention tier (the organisation's retention in
 days when the row was ingested), then in blocks of weeks (usage.partitions has the layout and

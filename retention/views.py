@@ -8,7 +8,7 @@ from accounts.tenancy import tenant_view
 from core.errors import ServiceError
 from retention.forms import DeletionRequestForm
 from retention.gdpr import deletion_request_create
-from retention.models import DataDeletionRequest
+from retention.selectors import deletion_request_list
 from subscriptions.selectors import subscription_for
 
 
@@ -39,9 +39,7 @@ def privacy(request):
             )
             return redirect("retention:privacy", org_slug=organisation.slug)
     subscription = subscription_for(organisation=organisation)
-    deletion_requests = DataDeletionRequest.objects.filter(
-        organisation=organisation
-    ).select_related("subject_user", "requested_by", "record")
+    deletion_requests = deletion_request_list(organisation=organisation)
     return render(
         request,
         "retention/privacy.html",

@@ -1,6 +1,6 @@
 """Django admin for ops: the plan catalogue, subscriptions and the control-plane objects.
 
-Plans and their prices are edited here (DESIGN.md section 2, Plans). Subscriptions change
+Plans and their prices are edited here. Subscriptions change
 only through services (status through subscriptions.states), so their fields are read-only
 here; the one write ops make is scheduling the switch to annual billing (article section 7).
 """
@@ -20,7 +20,6 @@ from subscriptions.models import (
     PlanChange,
     PlanPrice,
     ProcessFlow,
-    Subscription,
 )
 from subscriptions.services import (
     subscription_schedule_annual_billing,
@@ -121,7 +120,8 @@ class PlanChangeInline(admin.TabularInline):
         return len(obj.keep_flow_ids) if obj.kind == PlanChange.Kind.DOWNGRADE else "—"
 
 
-@admin.register(Subscription)
+# Registered by portal.admin, which adds billing's dunning timeline (subscriptions cannot
+# import billing): no app registers over, or patches, another app's admin.
 class SubscriptionAdmin(admin.ModelAdmin):
     list_display = (
         "organisation",

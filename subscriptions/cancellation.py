@@ -1,6 +1,6 @@
 """Cancel Subscription, its undo, and the end of a cancelled subscription at period end.
 
-The rules (article section 8; DESIGN.md section 2, Cancellation and Data retention):
+The rules (article section 8, and how long the data is kept after the end):
 
 - Cancelling takes effect at once in that no further invoice or charge is ever made (the
   billing run skips subscriptions with `cancel_at_period_end`); the service keeps running
@@ -34,7 +34,7 @@ from subscriptions.states import subscription_transition
 
 Status = Subscription.Status
 
-# How long the organisation's data is kept after the subscription ends (DESIGN.md section 2).
+# How long the organisation's data is kept after the subscription ends.
 DATA_KEPT_AFTER_END = timedelta(days=30)
 DETAIL_MAX_LENGTH = 2000
 # Suspended subscriptions may be cancelled too: nothing more is charged either way, and the
@@ -188,7 +188,7 @@ def subscription_cancel(
 def subscription_cancel_undo(
     *, subscription: Subscription, actor: Actor, now: datetime
 ) -> Subscription:
-    """Undo a cancellation while the period runs (DESIGN.md section 2): the subscription
+    """Undo a cancellation while the period runs: the subscription
     renews again as before. The reason given stays in the audit row. A downgrade that the
     cancellation cancelled is not brought back; the Admin may schedule it again.
     """

@@ -2,6 +2,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from subscriptions.models import Connection, Environment
+from subscriptions.selectors import environment_choices
 from subscriptions.services import NAME_MAX
 
 WRONG_ENVIRONMENT = "Choose one of your organisation's environments."
@@ -31,10 +32,6 @@ class EnvironmentChoiceField(PublicIdChoiceField):
 class ConnectionChoiceField(PublicIdChoiceField):
     def label_from_instance(self, obj):
         return f"{obj.name} ({obj.application}) · {obj.environment.name}"
-
-
-def _environments(organisation):
-    return Environment.objects.filter(organisation=organisation).order_by("name", "pk")
 
 
 class EnvironmentForm(forms.Form):
@@ -69,7 +66,7 @@ class ConnectionForm(forms.Form):
 
     def __init__(self, *args, organisation, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["environment"].queryset = _environments(organisation)
+        self.fields["environment"].queryset = environment_choices(organisation=organisation)
 
 
 class ProcessFlowForm(forms.Form):
@@ -105,7 +102,7 @@ class ProcessFlowForm(forms.Form):
 
     def __init__(self, *args, organisation, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["environment"].queryset = _environments(organisation)
+        self.fields["environment"].queryset = environment_choices(organisation=organisation)
         connections = (
             Connection.objects.filter(organisation=organisation)
             .select_related("environment")

@@ -21,7 +21,7 @@ class PaymentMethodKind(models.TextChoices):
 
 
 class Plan(models.Model):
-    """A plan of the catalogue (DESIGN.md section 2, Plans). Ops edit it in Django admin."""
+    """A plan of the catalogue. Ops edit it in Django admin."""
 
     class SupportTier(models.TextChoices):
         STANDARD = "standard", "Standard support"
@@ -138,7 +138,7 @@ class Subscription(models.Model):
     scheduled_billing_cycle = models.CharField(
         max_length=16, choices=BillingCycle.choices, blank=True
     )
-    # Cancellation (DESIGN.md section 2): no further invoice once cancelled; the service runs
+    # Cancellation: no further invoice once cancelled; the service runs
     # until the current period ends, then the subscription ends. Undo is possible until then.
     cancel_at_period_end = models.BooleanField(default=False)
     canceled_at = models.DateTimeField(null=True, blank=True)

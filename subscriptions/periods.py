@@ -1,4 +1,4 @@
-"""Anniversary billing periods (DESIGN.md section 2, Billing periods).
+"""Anniversary billing periods.
 
 The k-th period starts k months (or years) after the anchor, computed in the organisation's
 time zone so a period that starts on the 31st ends on the last day of shorter months and

@@ -1,6 +1,6 @@
 """Downgrades: the review, scheduling for the renewal, cancelling, and pausing flows at renewal.
 
-Article section 3 and DESIGN.md section 2 (Downgrade): a downgrade never takes effect at once.
+Article section 3: a downgrade never takes effect at once.
 The Admin reviews every feature and limit that shrinks and the objects above the new limits,
 may choose which ProcessFlows stay active, and confirms; the change is scheduled for the
 renewal date and can be cancelled until then. At the renewal billing switches the plan and
@@ -175,7 +175,7 @@ def _newest_first(queryset, limit: int) -> tuple[int, int, list]:
 
 
 def downgrade_review(*, subscription: Subscription, plan: Plan) -> DowngradeReview:
-    """Everything the review step shows (DESIGN.md section 2, Downgrade): features lost,
+    """Everything the review step shows: features lost,
     limits that shrink, the price, and the objects above the new limits.
 
     The objects above a limit are the newest ones; by default the oldest active ProcessFlows
@@ -340,8 +340,8 @@ def _clean_keep_ids(keep_flow_ids, *, active: list[ProcessFlow], plan: Plan) -> 
 
 
 def downgrade_cancel(*, subscription: Subscription, actor: Actor, now: datetime) -> PlanChange:
-    """Cancel the scheduled downgrade: the subscription stays on its plan (DESIGN.md section 2,
-    "cancellable until then")."""
+    """Cancel the scheduled downgrade: the subscription stays on its plan (a
+    downgrade is cancellable until the renewal)."""
     with transaction.atomic():
         subscription = _lock_subscription(subscription)
         change = plan_change_scheduled(subscription=subscription)
@@ -368,7 +368,7 @@ def downgrade_apply_flows(
     *, subscription: Subscription, change: PlanChange, now: datetime
 ) -> list[ProcessFlow]:
     """Pause the active ProcessFlows above the new plan's limit, at the renewal that applied
-    `change` (DESIGN.md section 2: "those flows pause with reason plan limit").
+    `change` (those flows pause with reason plan limit).
 
     Billing calls it inside its renewal transaction, after the plan switched. The flows the
     Admin kept stay active while they still are; free places go to the oldest other active

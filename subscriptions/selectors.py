@@ -20,7 +20,7 @@ from subscriptions.models import (
 
 @dataclass(frozen=True)
 class PlanLimits:
-    """What a plan includes (DESIGN.md section 2, Plans)."""
+    """What a plan includes."""
 
     plan: Plan
     environments: int
@@ -55,6 +55,18 @@ def subscription_with_plan(*, organisation: Organisation) -> Subscription | None
     return Subscription.objects.select_related("plan").filter(organisation=organisation).first()
 
 
+def subscription_has_ended(*, organisation: Organisation) -> bool:
+    """Whether the organisation's subscription has ended (one query; nothing cached)."""
+    return Subscription.objects.filter(
+        organisation=organisation, status=Subscription.Status.ENDED
+    ).exists()
+
+
+def environment_choices(*, organisation: Organisation) -> QuerySet[Environment]:
+    """The organisation's environments by name: the choices of the forms that pick one."""
+    return Environment.objects.filter(organisation=organisation).order_by("name", "pk")
+
+
 def plan_limits(*, organisation: Organisation) -> PlanLimits | None:
     """The limits of the organisation's current plan; None when it has no subscription.
 
@@ -83,7 +95,7 @@ def usage_counts(*, organisation: Organisation) -> dict[str, int]:
     """What the organisation uses against its plan limits, in one query.
 
     Keys: "environments", "connections", "active_process_flows" (paused flows do not count
-    against the plan, DESIGN.md section 2) and "process_flows" (all of them).
+    against the plan) and "process_flows" (all of them).
     """
     with connection.cursor() as cursor:
         cursor.execute(
@@ -107,6 +119,16 @@ def environment_list(*, organisation: Organisation) -> QuerySet[Environment]:
             connection_count=Count("connections", distinct=True),
             process_flow_count=Count("process_flows", distinct=True),
         )
+        .order_by("name", "pk")
+    )
+
+
+def process_flow_choices(*, organisation: Organisation) -> QuerySet[ProcessFlow]:
+    """The organisation's ProcessFlows by name, with their environment: the choices of the
+    Sync Info filter and the names shown in its rows."""
+    return (
+        ProcessFlow.objects.filter(organisation=organisation)
+        .select_related("environment")
         .order_by("name", "pk")
     )
 

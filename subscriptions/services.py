@@ -1,6 +1,6 @@
 """Writes for the control plane (environments, connections, ProcessFlows) within plan limits.
 
-The limits come from the organisation's plan (DESIGN.md section 2, Plans): environments,
+The limits come from the organisation's plan: environments,
 integrations (app connections) and *active* ProcessFlows; a paused flow does not count. Every
 service that counts against a limit first locks the organisation row, so two creations (or
 resumes) at the same moment are serialised and cannot both pass the check.
@@ -306,7 +306,7 @@ def process_flow_pause(
     """Pause an active ProcessFlow by hand (reason "user").
 
     Allowed whatever the subscription's state: stopping a flow never needs a plan. A flow
-    paused by a user stays paused when a suspended account is paid up (DESIGN.md section 2).
+    paused by a user stays paused when a suspended account is paid up.
     """
     with transaction.atomic():
         flow = _lock_flow(organisation, flow)
@@ -341,7 +341,7 @@ def process_flow_resume(
     subscription serves (active, past due or grace period):
 
     - paused by a user: yes, when the active flows are below the plan limit;
-    - paused for the plan limit (at a downgrade, DESIGN.md section 2): yes, when the active
+    - paused for the plan limit (at a downgrade): yes, when the active
       flows are below the limit now (another flow was paused, or the plan upgraded). Choosing
       which flows run is the Admin's call, as at the downgrade review;
     - paused for suspension: no while the account is suspended; they resume by themselves
@@ -504,7 +504,7 @@ def process_flows_suspend(*, organisation: Organisation, now: datetime) -> int:
 
 def process_flows_resume_suspended(*, organisation: Organisation) -> int:
     """Paid up: exactly the flows paused for suspension run again; flows paused by a user or by
-    a plan limit stay paused (DESIGN.md section 2, Failed payments)."""
+    a plan limit stay paused."""
     return ProcessFlow.objects.filter(
         organisation=organisation,
         status=ProcessFlow.Status.PAUSED,

@@ -1,6 +1,6 @@
-"""Support tickets: "Contact billing support" (article section 13; DESIGN.md section 2,
-Support). The customer writes in the portal, ops answer in Django admin; both sides see the
-same thread, and each reply is also emailed."""
+"""Support tickets: "Contact billing support" (article section 13). The customer writes
+in the portal, ops answer in Django admin; both sides see the same thread, and each reply is
+also emailed."""
 
 import uuid
 

@@ -1,4 +1,4 @@
-"""Django staff roles (issue 9 point 5): read-only support staff see everything in admin and
+"""Django staff roles: read-only support staff see everything in admin and
 change nothing; billing staff also run the money actions and answer tickets; account staff
 run the access actions (SSO lockout recovery, GDPR reviews) and answer tickets. Superusers
 can do everything. Groups are (re)made after every migrate, so new permissions reach them."""

@@ -1,4 +1,4 @@
-"""The machine API for the integration runtime (DESIGN.md section 3).
+"""The machine API for the integration runtime.
 
 Authenticated by a per-environment key (`Authorization: Bearer ak_...`), JSON in and out, every
 error a JSON body `{"error": "..."}` (plus `errors` for a rejected batch). Each key may make

@@ -1,4 +1,4 @@
-"""Usage figures the billing engine charges overage on (DESIGN.md section 2, Usage).
+"""Usage figures the billing engine charges overage on.
 
 Reads only: the usage counters of closed usage months, in one aggregate query for many
 subscriptions at once. What was billed is recorded by billing (which imports this module,

@@ -1,4 +1,4 @@
-"""Transaction metering (DESIGN.md section 2, Usage). Each Sync Info record is one transaction.
+"""Transaction metering. Each Sync Info record is one transaction.
 
 Sync Info rows live in `usage_syncinfo`, partitioned by retention tier and blocks of weeks (created
 by migration SQL and usage.partitions; Django reads it through the unmanaged SyncInfo model),

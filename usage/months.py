@@ -1,4 +1,4 @@
-"""Usage months (DESIGN.md section 2, Billing periods): the transaction limit is per usage month,
+"""Usage months: the transaction limit is per usage month,
 the billing period for monthly plans and each monthly slice of the term for annual plans; both
 are the months counted from the subscription's anchor in the organisation's time zone."""
 

@@ -1,4 +1,4 @@
-"""Overage (DESIGN.md section 2, Usage): flows keep running past the monthly limit, and every
+"""Overage: flows keep running past the monthly limit, and every
 started 1,000 transactions above it is charged at the plan's rate."""
 
 OVERAGE_UNIT = 1_000

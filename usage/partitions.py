@@ -1,5 +1,5 @@
 """Partitions of the Sync Info and snapshot tables, laid out so the retention purge drops whole
-tables for every plan (issue 8 point 1; DESIGN.md section 2, Data retention).
+tables for every plan.
 
 Each row carries `retention_days`, its tier: how many days the organisation's plan kept that
 table when the row was ingested (Sync Info: the plan's Sync Info retention; snapshots: its
@@ -65,7 +65,7 @@ UNKNOWN_TIER = 0
 @dataclass(frozen=True)
 class Retention:
     """Days a plan keeps Sync Info and snapshots. Snapshots are kept no longer than their
-    Sync Info rows (DESIGN.md section 2, Data retention)."""
+    Sync Info rows."""
 
     sync_info_days: int
     snapshot_days: int

@@ -1,20 +1,25 @@
-"""Reads for the Usage section of Settings > Subscription (article section 11; DESIGN.md
-section 2, Usage and Billing periods).
+"""Reads of the usage app, always scoped to one organisation.
 
-Everything comes from the per-day usage counters and the alert rows, never from Sync Info
-(`usage_syncinfo` may hold tens of millions of rows): the figures cost the same whatever the
-volume.
+The Usage section of Settings > Subscription (article section 11; usage and billing periods in
+docs/architecture.md#usage) comes from the per-day usage counters and the alert rows, never
+from Sync Info (`usage_syncinfo` may hold tens of millions of rows): the figures cost the same
+whatever the volume. The Sync Info page reads its rows by keyset, one page at a time.
 """
 
+import base64
+import binascii
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
-from django.db.models import Sum
+from django.db.models import Q, QuerySet, Sum
+from django.http import Http404
 
-from subscriptions.models import BillingCycle, Subscription
-from usage.models import UsageAlert, UsageCounter
+from accounts.models import Organisation
+from subscriptions.models import BillingCycle, ProcessFlow, Subscription
+from usage.models import ApiKey, SyncInfo, UsageAlert, UsageCounter
 from usage.months import usage_month
 from usage.overage import overage_amount, overage_units
+from usage.services import NEWEST
 
 WARNING_PERCENT = 80
 OVER_PERCENT = 100
@@ -284,3 +289,140 @@ def _chart(days: list[DayUsage]) -> UsageChart:
         ticks=ticks,
         labels=labels,
     )
+
+
+# Sync Info ------------------------------------------------------------------------------------
+
+PAGE_SIZE = 50
+
+
+def sync_info_rows(
+    *,
+    organisation: Organisation,
+    subscription: Subscription | None,
+    now: datetime,
+    flow: ProcessFlow | None = None,
+    status: str = "",
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> QuerySet[SyncInfo]:
+    """The organisation's Sync Info rows within its retention (`_retained`), filtered by
+    ProcessFlow, status and [start, end) when given; the columns the page shows."""
+    queryset = SyncInfo.objects.filter(organisation=organisation).only(
+        "id", "flow_id", "record_key", "status", "direction", "synced_at", "message"
+    )
+    queryset = _retained(queryset, subscription=subscription, now=now)
+    if flow is not None:
+        queryset = queryset.filter(flow=flow)
+    if status:
+        queryset = queryset.filter(status=status)
+    if start is not None:
+        queryset = queryset.filter(synced_at__gte=start)
+    if end is not None:
+        queryset = queryset.filter(synced_at__lt=end)
+    return queryset
+
+
+def cursor_encode(row: SyncInfo) -> str:
+    """An opaque page position: the row's (synced_at, id), the sort key of the list."""
+    raw = f"{row.synced_at.astimezone(UTC).isoformat()}|{row.pk}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def cursor_decode(value: str) -> tuple[datetime, int] | None:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        moment, pk = raw.split("|")
+        moment, pk = datetime.fromisoformat(moment), int(pk)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment, pk
+
+
+@dataclass
+class Page:
+    rows: list[SyncInfo]
+    newer: str | None  # cursor of the page before (newer rows), or None on the first page
+    older: str | None  # cursor of the page after (older rows), or None on the last page
+    first: bool
+
+
+def sync_info_page(queryset, *, before=None, after=None) -> Page:
+    """One page of `queryset`, newest first, by keyset on (synced_at, id): no OFFSET and no
+    COUNT, so any page costs what the first does (index organisation_id, synced_at, id)."""
+    if after is not None:
+        moment, pk = after
+        rows = list(
+            queryset.filter(synced_at__gte=moment)
+            .filter(Q(synced_at__gt=moment) | Q(id__gt=pk))
+            .order_by("synced_at", "id")[: PAGE_SIZE + 1]
+        )
+        more_newer = len(rows) > PAGE_SIZE
+        if more_newer or len(rows) == PAGE_SIZE:
+            rows = rows[:PAGE_SIZE][::-1]
+            return Page(
+                rows=rows,
+                newer=cursor_encode(rows[0]) if more_newer else None,
+                older=cursor_encode(rows[-1]),
+                first=not more_newer,
+            )
+        # Fewer than a page above the cursor (rows purged, an old link): the newest page.
+        return sync_info_page(queryset)
+    if before is not None:
+        moment, pk = before
+        queryset = queryset.filter(synced_at__lte=moment).filter(
+            Q(synced_at__lt=moment) | Q(id__lt=pk)
+        )
+    rows = list(queryset.order_by("-synced_at", "-id")[: PAGE_SIZE + 1])
+    more_older = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    return Page(
+        rows=rows,
+        newer=cursor_encode(rows[0]) if before is not None and rows else None,
+        older=cursor_encode(rows[-1]) if more_older else None,
+        first=before is None,
+    )
+
+
+def _retained(queryset, *, subscription, now: datetime):
+    """`queryset` bounded by the synced_at a row of the organisation can have: not older than
+    its plan's Sync Info retention (the purge deletes `synced_at < now - retention`, exactly;
+    retention.purge) and not more than NEWEST ahead (the ingest refuses later times). Constant
+    bounds let Postgres leave out of the plan every week block outside them, in every tier
+    (usage.partitions): planning over all ~46 leaves cost more than running the query.
+
+    Not restricted to the plan's tier: after an upgrade, a downgrade or a subscription started
+    after ingesting, the organisation keeps rows in another tier until they expire, and they
+    are still within its retention. Without a subscription there is no lower bound (its
+    retention would cost a query over the plan catalogue)."""
+    queryset = queryset.filter(synced_at__lte=now + NEWEST)
+    if subscription is not None:
+        days = subscription.plan.sync_info_retention_days
+        queryset = queryset.filter(synced_at__gte=now - timedelta(days=days))
+    return queryset
+
+
+# API keys -------------------------------------------------------------------------------------
+
+
+def api_key_list(*, organisation: Organisation) -> QuerySet[ApiKey]:
+    """The organisation's keys, live ones first, newest first."""
+    return (
+        ApiKey.objects.filter(organisation=organisation)
+        .select_related("created_by")
+        .order_by("revoked_at", "-created_at", "-pk")
+    )
+
+
+def api_key_get(*, organisation, key_id: int) -> ApiKey:
+    """One of the organisation's keys; another organisation's key is a 404, like no key."""
+    key = (
+        ApiKey.objects.select_related("environment")
+        .filter(organisation=organisation, pk=key_id)
+        .first()
+    )
+    if key is None:
+        raise Http404("No such API key in this organisation.")
+    return key

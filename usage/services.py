@@ -1,4 +1,4 @@
-"""Machine API keys and Sync Info ingestion (DESIGN.md section 3, machine API; issue 6).
+"""Machine API keys and Sync Info ingestion.
 
 A batch is validated whole first; any invalid record rejects it with every error listed and
 nothing stored. An accepted batch is written with COPY, and the per-day usage counters are

@@ -1,14 +1,10 @@
-"""Sync Info (with its CSV export) and the API keys page (issue 6 and 7)."""
+"""Sync Info (with its CSV export) and the API keys page."""
 
-import base64
-import binascii
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.db.models import Q
-from django.http import Http404, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST, require_safe
@@ -17,110 +13,29 @@ from accounts.audit import Actor
 from accounts.roles import ADMIN_ONLY, ALL_ROLES
 from accounts.tenancy import tenant_view
 from core.errors import ServiceError
-from subscriptions.models import Environment, ProcessFlow
-from subscriptions.selectors import subscription_with_plan
+from subscriptions.selectors import (
+    environment_choices,
+    process_flow_choices,
+    subscription_with_plan,
+)
 from usage.export import sync_info_csv
 from usage.forms import ApiKeyForm, SyncInfoExportForm, SyncInfoFilterForm
-from usage.models import ApiKey, SyncInfo
-from usage.services import NEWEST, api_key_create, api_key_revoke
+from usage.models import SyncInfo
+from usage.selectors import (
+    api_key_get,
+    api_key_list,
+    cursor_decode,
+    sync_info_page,
+    sync_info_rows,
+)
+from usage.services import api_key_create, api_key_revoke
 
-PAGE_SIZE = 50
 FILTERS = ("flow", "status", "date_from", "date_to")
 STALE_CURSOR = "That page link is no longer valid, so the newest records are shown."
 EXPORT_DAYS_DEFAULT = 30
 
 
 # Sync Info ------------------------------------------------------------------------------------
-
-
-def _flows(organisation) -> list[ProcessFlow]:
-    """The organisation's ProcessFlows: the filter's choices and the names shown in rows."""
-    return list(
-        ProcessFlow.objects.filter(organisation=organisation)
-        .select_related("environment")
-        .order_by("name", "pk")
-    )
-
-
-def cursor_encode(row: SyncInfo) -> str:
-    """An opaque page position: the row's (synced_at, id), the sort key of the list."""
-    raw = f"{row.synced_at.astimezone(UTC).isoformat()}|{row.pk}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def cursor_decode(value: str) -> tuple[datetime, int] | None:
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-        moment, pk = raw.split("|")
-        moment, pk = datetime.fromisoformat(moment), int(pk)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        return None
-    if moment.tzinfo is None:
-        return None
-    return moment, pk
-
-
-@dataclass
-class Page:
-    rows: list[SyncInfo]
-    newer: str | None  # cursor of the page before (newer rows), or None on the first page
-    older: str | None  # cursor of the page after (older rows), or None on the last page
-    first: bool
-
-
-def sync_info_page(queryset, *, before=None, after=None) -> Page:
-    """One page of `queryset`, newest first, by keyset on (synced_at, id): no OFFSET and no
-    COUNT, so any page costs what the first does (index organisation_id, synced_at, id)."""
-    if after is not None:
-        moment, pk = after
-        rows = list(
-            queryset.filter(synced_at__gte=moment)
-            .filter(Q(synced_at__gt=moment) | Q(id__gt=pk))
-            .order_by("synced_at", "id")[: PAGE_SIZE + 1]
-        )
-        more_newer = len(rows) > PAGE_SIZE
-        if more_newer or len(rows) == PAGE_SIZE:
-            rows = rows[:PAGE_SIZE][::-1]
-            return Page(
-                rows=rows,
-                newer=cursor_encode(rows[0]) if more_newer else None,
-                older=cursor_encode(rows[-1]),
-                first=not more_newer,
-            )
-        # Fewer than a page above the cursor (rows purged, an old link): the newest page.
-        return sync_info_page(queryset)
-    if before is not None:
-        moment, pk = before
-        queryset = queryset.filter(synced_at__lte=moment).filter(
-            Q(synced_at__lt=moment) | Q(id__lt=pk)
-        )
-    rows = list(queryset.order_by("-synced_at", "-id")[: PAGE_SIZE + 1])
-    more_older = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
-    return Page(
-        rows=rows,
-        newer=cursor_encode(rows[0]) if before is not None and rows else None,
-        older=cursor_encode(rows[-1]) if more_older else None,
-        first=before is None,
-    )
-
-
-def _retained(queryset, *, subscription, now: datetime):
-    """`queryset` bounded by the synced_at a row of the organisation can have: not older than
-    its plan's Sync Info retention (the purge deletes `synced_at < now - retention`, exactly;
-    retention.purge) and not more than NEWEST ahead (the ingest refuses later times). Constant
-    bounds let Postgres leave out of the plan every week block outside them, in every tier
-    (usage.partitions): planning over all ~46 leaves cost more than running the query.
-
-    Not restricted to the plan's tier: after an upgrade, a downgrade or a subscription started
-    after ingesting, the organisation keeps rows in another tier until they expire, and they
-    are still within its retention. Without a subscription there is no lower bound (its
-    retention would cost a query over the plan catalogue)."""
-    queryset = queryset.filter(synced_at__lte=now + NEWEST)
-    if subscription is not None:
-        days = subscription.plan.sync_info_retention_days
-        queryset = queryset.filter(synced_at__gte=now - timedelta(days=days))
-    return queryset
 
 
 def _display_times(rows: list[SyncInfo], zone) -> None:
@@ -145,7 +60,7 @@ def _filter_query(form) -> str:
 def sync_info(request):
     """Sync Info: every synced record (one transaction each), newest first, with filters."""
     organisation = request.organisation
-    flows = _flows(organisation)
+    flows = list(process_flow_choices(organisation=organisation))
     filtered = any(request.GET.get(name) for name in FILTERS)
     form = SyncInfoFilterForm(request.GET if filtered else None, flows=flows)
     subscription = subscription_with_plan(organisation=organisation)
@@ -159,20 +74,18 @@ def sync_info(request):
     if form.is_bound and not form.is_valid():
         return render(request, "usage/sync_info.html", {**context, "page": None}, status=400)
 
-    queryset = SyncInfo.objects.filter(organisation=organisation).only(
-        "id", "flow_id", "record_key", "status", "direction", "synced_at", "message"
-    )
-    queryset = _retained(queryset, subscription=subscription, now=timezone.now())
+    filters = {}
     if form.is_bound:
         start, end = form.bounds(organisation.tzinfo)
-        if form.cleaned_data["flow"] is not None:
-            queryset = queryset.filter(flow=form.cleaned_data["flow"])
-        if form.cleaned_data["status"]:
-            queryset = queryset.filter(status=form.cleaned_data["status"])
-        if start is not None:
-            queryset = queryset.filter(synced_at__gte=start)
-        if end is not None:
-            queryset = queryset.filter(synced_at__lt=end)
+        filters = {
+            "flow": form.cleaned_data["flow"],
+            "status": form.cleaned_data["status"],
+            "start": start,
+            "end": end,
+        }
+    queryset = sync_info_rows(
+        organisation=organisation, subscription=subscription, now=timezone.now(), **filters
+    )
 
     before = after = None
     if request.GET.get("before") or request.GET.get("after"):
@@ -196,7 +109,7 @@ def sync_info_export(request):
     Without `export=csv` the form is shown, prefilled from the Sync Info page's filters.
     """
     organisation = request.organisation
-    flows = _flows(organisation)
+    flows = list(process_flow_choices(organisation=organisation))
     subscription = subscription_with_plan(organisation=organisation)
     if request.GET.get("export") != "csv":
         today = timezone.localdate()
@@ -240,39 +153,19 @@ def sync_info_export(request):
 # API keys -------------------------------------------------------------------------------------
 
 
-def _environments(organisation):
-    return Environment.objects.filter(organisation=organisation).order_by("name", "pk")
-
-
 def _api_keys_page(request, *, form=None, status=200):
     organisation = request.organisation
-    environments = list(_environments(organisation))
-    keys = list(
-        ApiKey.objects.filter(organisation=organisation)
-        .select_related("created_by")
-        .order_by("revoked_at", "-created_at", "-pk")
-    )
+    environments = list(environment_choices(organisation=organisation))
+    keys = list(api_key_list(organisation=organisation))
     by_environment = {environment.pk: [] for environment in environments}
     for key in keys:
         by_environment.setdefault(key.environment_id, []).append(key)
     context = {
         "groups": [(environment, by_environment[environment.pk]) for environment in environments],
-        "form": form or ApiKeyForm(environments=_environments(organisation)),
+        "form": form or ApiKeyForm(environments=environment_choices(organisation=organisation)),
         "has_keys": bool(keys),
     }
     return render(request, "usage/api_keys.html", context, status=status)
-
-
-def api_key_get(*, organisation, key_id: int) -> ApiKey:
-    """One of the organisation's keys; another organisation's key is a 404, like no key."""
-    key = (
-        ApiKey.objects.select_related("environment")
-        .filter(organisation=organisation, pk=key_id)
-        .first()
-    )
-    if key is None:
-        raise Http404("No such API key in this organisation.")
-    return key
 
 
 @tenant_view(roles=ADMIN_ONLY)
@@ -286,7 +179,9 @@ def api_keys(request):
 @require_POST
 def api_key_create_view(request):
     """Create key: the plain key is on this response only; it is never stored or shown again."""
-    form = ApiKeyForm(request.POST, environments=_environments(request.organisation))
+    form = ApiKeyForm(
+        request.POST, environments=environment_choices(organisation=request.organisation)
+    )
     if form.is_valid():
         try:
             key, plain = api_key_create(

@@ -1,4 +1,4 @@
-"""The default plan catalogue (DESIGN.md section 2, Plans). Ops edit it afterwards in admin."""
+"""The default plan catalogue. Ops edit it afterwards in admin."""
 
 from django.db import migrations
 

@@ -1,5 +1,5 @@
 """The organisation's data deleted 30 days after its subscription ended, the reminders before
-it, and the notice on sign-in (article section 8; DESIGN.md section 2, Cancellation)."""
+it, and the notice on sign-in (article section 8)."""
 
 from datetime import UTC, datetime, timedelta
 

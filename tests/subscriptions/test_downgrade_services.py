@@ -1,4 +1,4 @@
-"""Downgrade services (article section 3, DESIGN.md section 2 Downgrade): review, schedule,
+"""Downgrade services (article section 3): review, schedule,
 cancel, and pausing the flows above the new limit at the renewal."""
 
 import uuid

@@ -1,4 +1,4 @@
-"""Sync Info page (issue 6, point 1 UI): filters, keyset pagination, constant queries."""
+"""Sync Info page: filters, keyset pagination, constant queries."""
 
 import json
 import re
@@ -24,6 +24,7 @@ from usage.partitions import (
     partitions_ensure,
     tier_blocks,
 )
+from usage.selectors import cursor_encode
 from usage.services import NEWEST
 from usage.views import STALE_CURSOR
 
@@ -272,8 +273,6 @@ def test_an_invalid_cursor_shows_the_first_page_with_a_message(
 
 
 def test_a_cursor_past_the_end_says_there_is_nothing_older(client_for, org, member, flow):
-    from usage.views import cursor_encode
-
     insert_series(flow, 3)
     oldest = SyncInfo.objects.filter(organisation=org).order_by("synced_at", "id").first()
     response = client_for(member).get(url(org, before=cursor_encode(oldest)))
@@ -284,8 +283,6 @@ def test_a_cursor_past_the_end_says_there_is_nothing_older(client_for, org, memb
 def test_a_newer_link_with_less_than_a_page_above_shows_the_newest_page(
     client_for, org, member, flow
 ):
-    from usage.views import cursor_encode
-
     insert_series(flow, 60)
     tenth = SyncInfo.objects.filter(organisation=org).order_by("-synced_at", "-id")[9]
     response = client_for(member).get(url(org, after=cursor_encode(tenth)))

@@ -1,4 +1,4 @@
-"""Sync Info and snapshots partitioned by retention tier, then by week (issue 8, purge speed).
+"""Sync Info and snapshots partitioned by retention tier, then by week.
 
 Monthly partitions over all organisations could only be dropped once past the LONGEST
 retention (Enterprise, 365 days); Standard and Professional rows were deleted row by row.

@@ -10,8 +10,8 @@ register = template.Library()
 def usage_summary_for(subscription):
     """The Usage section's figures for Settings > Subscription.
 
-    A template tag, so the subscriptions app's view does not import usage (DESIGN.md section 1:
-    dependencies flow accounts <- subscriptions <- usage <- billing).
+    A template tag, so the subscriptions app's view does not import usage (usage sits above
+    subscriptions: docs/architecture.md#usage).
     """
     if subscription is None:
         return None

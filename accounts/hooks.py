@@ -1,0 +1,72 @@
+"""Where the apps above accounts plug into the frame of the organisation pages.
+
+accounts sits below subscriptions, sso, billing and retention, so it never names them; they
+(composed by portal.frame, registered in PortalConfig.ready) add what the frame needs:
+
+- membership annotations: extra columns of the one membership query of tenant_view
+  (accounts.selectors.membership_for_user), so a concern of the frame costs no query of its own;
+- access gates: run by tenant_view before the role check; a gate returns a response (sign in
+  another way, a refusal page) or None to let the request through;
+- write guards: run by tenant_view for a change (POST, PUT, PATCH, DELETE) to a view not
+  declared `allow_when_ended=True`; a guard returns the reason it refuses (403) or None;
+- password sign-in checks: why a person may not sign in with a password, or None;
+- landing notices: lines shown above the list of the signed-in user's organisations;
+- menu links: the top bar's links to pages of the apps above (`organisation_urls`, built by
+  accounts.context_processors), each a URL name taking the organisation's slug.
+
+Each hook runs in registration order; registering the same function twice keeps one.
+See docs/architecture.md#accounts.
+"""
+
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse
+
+MembershipAnnotations = Callable[[], dict]
+AccessGate = Callable[[HttpRequest, object], HttpResponse | None]
+WriteGuard = Callable[[object], str | None]
+PasswordSignInCheck = Callable[[object], str | None]
+LandingNotices = Callable[[object], list[str]]
+
+membership_annotations: list[MembershipAnnotations] = []
+access_gates: list[AccessGate] = []
+write_guards: list[WriteGuard] = []
+password_sign_in_checks: list[PasswordSignInCheck] = []
+landing_notices: list[LandingNotices] = []
+menu_url_names: dict[str, str] = {}
+
+
+def _add(hooks: list, func) -> None:
+    if func not in hooks:
+        hooks.append(func)
+
+
+def membership_annotations_add(func: MembershipAnnotations) -> None:
+    """`func()` returns {name: expression} for Membership.objects.annotate (relations from the
+    membership, e.g. `organisation__...`)."""
+    _add(membership_annotations, func)
+
+
+def access_gate_add(func: AccessGate) -> None:
+    """`func(request, membership)`: a response instead of the page, or None."""
+    _add(access_gates, func)
+
+
+def write_guard_add(func: WriteGuard) -> None:
+    """`func(membership)`: why a change is refused, or None."""
+    _add(write_guards, func)
+
+
+def password_sign_in_check_add(func: PasswordSignInCheck) -> None:
+    """`func(user)`: why `user` may not sign in with a password, or None."""
+    _add(password_sign_in_checks, func)
+
+
+def landing_notices_add(func: LandingNotices) -> None:
+    """`func(user)`: notices for the page listing the user's organisations."""
+    _add(landing_notices, func)
+
+
+def menu_urls_add(**url_names: str) -> None:
+    """Top bar links, {key in `organisation_urls`: URL name taking the organisation's slug}."""
+    menu_url_names.update(url_names)

@@ -1,0 +1,148 @@
+"""The frame of the organisation pages, composed from the apps above accounts.
+
+accounts.tenancy.tenant_view resolves the membership and runs the hooks of accounts.hooks;
+this module plugs in what subscriptions, sso, billing and retention add to it (install(),
+called by PortalConfig.ready):
+
+- single sign-on: a session that began through organisation A's IdP opens only A; an
+  organisation that enforces SSO opens only to sessions from its own IdP, except for its
+  backup admin, and refuses password sign-in to people it enforces SSO on;
+- once the organisation's subscription has ended, its pages are read-only: a change is
+  refused with 403 unless the view is declared with `allow_when_ended=True`;
+- whether a dunning case is open, read with the membership, so the failed-payment banner
+  (billing.context_processors) costs nothing for an account in good standing;
+- the notices about deleted organisations on the page listing the user's organisations;
+- the top bar's links to ProcessFlows and Sync Info.
+
+See docs/architecture.md#portal.
+"""
+
+from django.db.models import Exists, F, OuterRef
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import urlencode
+
+from accounts import hooks
+from accounts.selectors import memberships_of_user
+from accounts.tenancy import SSO_SESSION_KEY
+from billing.models import DunningCase
+from retention.selectors import deleted_organisation_notices
+from sso.models import SsoConfiguration
+from subscriptions.models import Subscription
+from subscriptions.selectors import subscription_has_ended
+
+ENDED_MESSAGE = (
+    "Your subscription has ended: your organisation's data can be viewed but no longer "
+    "changed. Choose a plan to make changes again."
+)
+
+
+# Single sign-on ------------------------------------------------------------------------
+
+
+def sso_annotations() -> dict:
+    """`sso_enforced` and `sso_backup_admin_id` from the organisation's SSO configuration
+    (None without one): the first check of sso_required, free with the membership."""
+    return {
+        "sso_enforced": F("organisation__sso_configuration__enforced"),
+        "sso_backup_admin_id": F("organisation__sso_configuration__backup_admin_id"),
+    }
+
+
+def _sso_enforcing(user, organisation_ids):
+    """Configurations among `organisation_ids` that enforce SSO on `user`: enforced, on a plan
+    with SSO that has not ended, and `user` not their backup admin."""
+    return (
+        SsoConfiguration.objects.filter(
+            organisation_id__in=organisation_ids,
+            enforced=True,
+            organisation__subscription__plan__allows_sso=True,
+        )
+        .exclude(organisation__subscription__status=Subscription.Status.ENDED)
+        .exclude(backup_admin=user)
+    )
+
+
+def sso_required(membership, user) -> bool:
+    """Whether the organisation of `membership` (from membership_for_user) enforces SSO on
+    `user`. Its SSO configuration, read with the membership, answers for most pages: not
+    enforced, or `user` is its backup admin. Only when enforcement is on is the plan looked at
+    (one query)."""
+    if not membership.sso_enforced or membership.sso_backup_admin_id == user.pk:
+        return False
+    return _sso_enforcing(user, [membership.organisation_id]).exists()
+
+
+def sso_gate(request, membership):
+    """A response sending the person to sign in the right way, or None when the session may
+    open the organisation of `membership` (from membership_for_user)."""
+    organisation = membership.organisation
+    sso_organisation_id = request.session.get(SSO_SESSION_KEY)
+    if sso_organisation_id is not None and sso_organisation_id != organisation.pk:
+        return render(
+            request,
+            "sso/other_organisation.html",
+            {"organisation": organisation},
+            status=403,
+        )
+    if sso_organisation_id is None and sso_required(membership, request.user):
+        login_url = reverse("sso:login", args=[organisation.slug])
+        return redirect(f"{login_url}?{urlencode({'next': request.get_full_path()})}")
+    return None
+
+
+def sso_password_refusal(user) -> str | None:
+    """Why `user` may not sign in with a password, or None.
+
+    Refused when every organisation they belong to enforces SSO on them: a password would open
+    nothing. Someone with another organisation still signs in, and each enforcing
+    organisation then sends them through its IdP.
+    """
+    organisation_ids = list(
+        memberships_of_user(user=user).values_list("organisation_id", flat=True)
+    )
+    if not organisation_ids:
+        return None
+    enforcing = dict(
+        _sso_enforcing(user, organisation_ids).values_list("organisation_id", "organisation__name")
+    )
+    if len(enforcing) < len(organisation_ids):
+        return None
+    names = ", ".join(sorted(enforcing.values()))
+    return f"{names} requires single sign-on: use Sign in with SSO with your work email."
+
+
+# Subscription ended ----------------------------------------------------------------------
+
+
+def ended_guard(membership) -> str | None:
+    """Refuses changes once the organisation's subscription has ended (one query)."""
+    if subscription_has_ended(organisation=membership.organisation):
+        return ENDED_MESSAGE
+    return None
+
+
+# Failed payments -------------------------------------------------------------------------
+
+
+def dunning_annotations() -> dict:
+    """`dunning_open`: the organisation has an open dunning case; without one there is no
+    failed-payment banner (billing.context_processors)."""
+    return {
+        "dunning_open": Exists(
+            DunningCase.objects.filter(
+                organisation=OuterRef("organisation"), status=DunningCase.Status.OPEN
+            )
+        )
+    }
+
+
+def install() -> None:
+    """Plug the frame's concerns into accounts.hooks (idempotent)."""
+    hooks.membership_annotations_add(sso_annotations)
+    hooks.membership_annotations_add(dunning_annotations)
+    hooks.access_gate_add(sso_gate)
+    hooks.write_guard_add(ended_guard)
+    hooks.password_sign_in_check_add(sso_password_refusal)
+    hooks.landing_notices_add(deleted_organisation_notices)
+    hooks.menu_urls_add(flows="subscriptions:flows", sync_info="usage:sync_info")

@@ -116,7 +116,7 @@ def admin(org):
 
 
 @pytest.fixture
-def billing(org):
+def billing_user(org):
     return _member(org, Membership.Role.BILLING, "billing@acme.test")
 
 

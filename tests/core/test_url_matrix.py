@@ -644,9 +644,14 @@ def quiet_request_logs(caplog):
 
 
 @pytest.fixture
-def world(org, other_org, member, billing, admin, outsider):
+def world(org, other_org, member, billing_user, admin, outsider):
     return World(
-        org=org, other_org=other_org, member=member, billing=billing, admin=admin, outsider=outsider
+        org=org,
+        other_org=other_org,
+        member=member,
+        billing=billing_user,
+        admin=admin,
+        outsider=outsider,
     )
 
 

@@ -65,7 +65,7 @@ NOT_CANCELLED = (False, None, "", "")
 
 
 @pytest.fixture
-def recipients(org, admin, billing, member):
+def recipients(org, admin, billing_user, member):
     """Who is told: the primary email, active Admins and Billing contacts; not Members, not
     deactivated users."""
     MembershipFactory(
@@ -74,7 +74,7 @@ def recipients(org, admin, billing, member):
         status=Membership.Status.DEACTIVATED,
         user=UserFactory(email="gone@acme.test"),
     )
-    return sorted([org.primary_email, admin.email, billing.email])
+    return sorted([org.primary_email, admin.email, billing_user.email])
 
 
 # Cancel ----------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def test_review_when_everything_fits(org, professional, production):
 # Schedule --------------------------------------------------------------------------------
 
 
-def test_schedule_with_the_default_keep(org, admin, billing, professional, flows, actor):
+def test_schedule_with_the_default_keep(org, admin, billing_user, professional, flows, actor):
     change = schedule(professional, actor)
 
     assert (change.kind, change.status, change.from_plan.code, change.to_plan.code) == (

@@ -269,7 +269,7 @@ def test_undo_after_the_end_says_why(client_for, org, admin, ended):
 # Who may ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("role", ["billing", "member"])
+@pytest.mark.parametrize("role", ["billing_user", "member"])
 def test_billing_contacts_and_members_cannot_cancel_or_undo(request, client_for, org, role):
     subscription = SubscriptionFactory(organisation=org)
     client = client_for(request.getfixturevalue(role))

@@ -293,7 +293,7 @@ def test_billing_contact_sees_the_scheduled_change_without_the_button(
 # Access ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("role", ["member", "billing"])
+@pytest.mark.parametrize("role", ["member", "billing_user"])
 @pytest.mark.parametrize(
     ("method", "name", "args"),
     [

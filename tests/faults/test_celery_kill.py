@@ -64,6 +64,7 @@ from billing.models import (
 from billing.services import invoices_charge_due
 from core.jobs import run_job
 from core.tasks import run_scheduled_job
+from devkit.stripe_standin import CHARGE_FAILS, VISA, card_exp_year
 from subscriptions.models import Subscription
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import OrganisationFactory
@@ -74,7 +75,6 @@ from tests.faults.private_services import (
     private_redis,
     redis_server_binary,
 )
-from tests.stripe_fixtures import CHARGE_FAILS, VISA, card_exp_year
 from tests.subscriptions.factories import SubscriptionFactory
 
 pytestmark = [

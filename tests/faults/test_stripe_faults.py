@@ -43,10 +43,10 @@ from billing.models import (
     PaymentMethod,
     StripeEvent,
 )
+from devkit.stripe_standin import CHARGE_FAILS, MASTERCARD, confirmed_setup_intent
 from subscriptions.models import Subscription
 from tests.billing.conftest import add_card, subscribe
 from tests.factories import OrganisationFactory
-from tests.stripe_fixtures import CHARGE_FAILS, MASTERCARD, confirmed_setup_intent
 
 pytestmark = pytest.mark.django_db
 

@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 
 from devkit.stripe_standin import CHARGE_FAILS
 from subscriptions.models import ProcessFlow, Subscription
-from tests.billing.conftest import add_card, subscribe
+from tests.billing.helpers import add_card, subscribe
 from tests.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 from tests.subscriptions.factories import EnvironmentFactory, ProcessFlowFactory
 

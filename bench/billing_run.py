@@ -1,4 +1,4 @@
-"""Billing run benchmark (issue 3): 10,000 subscriptions due the same day, run through `tick`.
+"""Billing run benchmark: 10,000 subscriptions due the same day, run through `tick`.
 
 Prints invoices issued per second (charges and PDFs excluded; gapless numbering included),
 charges per second against localstripe, PDFs per second, WeasyPrint's own time for one

@@ -1,4 +1,4 @@
-"""A simulated year (issue 10 point 4), bigger than the test: many organisations through a year of
+"""A simulated year, bigger than the test: many organisations through a year of
 daily `tick`s with the random walk of devkit/simulation.py (sign-ups, upgrades, downgrades, cycle
 switches, cancellations and undos, card failures and recoveries, bank transfers, usage above and
 below the limits), every ledger invariant checked after every simulated day.

@@ -1,4 +1,4 @@
-"""Notifications (issue 9, point 3): every email sent to an organisation is listed in the portal.
+"""Notifications: every email sent to an organisation is listed in the portal.
 
 Who sees what is the rule in accounts.selectors.notification_rows: everyone their own emails,
 Billing contacts also the emails sent to the primary email (with the billing recipients),

@@ -1,4 +1,5 @@
-"""Who gets what on every URL of the project (issue 11, point 1).
+"""Who gets what on every URL of the project
+(docs/architecture.md#decision-every-url-has-a-permission-row).
 
 The URL list comes from the resolver (`url_patterns()`), so a new view is covered without anyone
 remembering: a pattern missing from TABLE fails `test_every_url_has_a_row`, naming it, and a row

@@ -1,8 +1,10 @@
 """Fault: a Celery worker killed in the middle of the billing run and of dunning.
 
-Issue 11, point 4. Tasks are acknowledged late (CELERY_TASK_ACKS_LATE), so a task whose
-worker dies is delivered again, and every job is safe to run twice: these tests kill real
-worker processes mid-task and check that the re-run leaves the books exactly right.
+Work is late, never lost
+(docs/architecture.md#decision-failures-of-a-dependency-make-work-late-never-lost). Tasks are
+acknowledged late (CELERY_TASK_ACKS_LATE), so a task whose worker dies is delivered again, and
+every job is safe to run twice: these tests kill real worker processes mid-task and check that
+the re-run leaves the books exactly right.
 
 - The billing run: the whole worker (solo pool) is SIGKILLed after some batches committed;
   the message stays unacknowledged in Redis and a new worker restores it once the broker's

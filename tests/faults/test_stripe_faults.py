@@ -1,4 +1,4 @@
-"""Stripe slow (timeouts) and down (issue 11, point 4).
+"""Stripe slow (timeouts) and down.
 
 A fault-injecting HTTP proxy sits between our code and the shared localstripe; the tests
 point settings.STRIPE_API_BASE at it (billing.gateway builds one client per API base and

@@ -1,5 +1,6 @@
-"""Configuration export (DESIGN.md section 2, Data retention; section 2b): content, secrets
-removed, who may download it, the ops admin action, and the cancellation panel's countdown."""
+"""Configuration export (docs/architecture.md#decision-data-retention-and-exports): content,
+secrets removed, who may download it, the ops admin action, and the cancellation panel's
+countdown."""
 
 import json
 from datetime import UTC, datetime, timedelta

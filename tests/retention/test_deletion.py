@@ -1,5 +1,6 @@
 """The organisation's data deleted 30 days after its subscription ended, the reminders before
-it, and the notice on sign-in (article section 8; DESIGN.md section 2, Cancellation)."""
+it, and the notice on sign-in (article section 8;
+docs/architecture.md#decision-cancellation-ends-at-period-end-and-can-be-undone)."""
 
 from datetime import UTC, datetime, timedelta
 

@@ -1,4 +1,4 @@
-"""The nightly retention purge of Sync Info and snapshots (issue 8 point 1)."""
+"""The nightly retention purge of Sync Info and snapshots past the plan's retention."""
 
 import threading
 from datetime import UTC, datetime, timedelta

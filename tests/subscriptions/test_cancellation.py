@@ -1,5 +1,6 @@
-"""Cancel Subscription, its undo and the end at period end (article section 8; DESIGN.md
-section 2, Cancellation and Data retention): services and the scheduled job."""
+"""Cancel Subscription, its undo and the end at period end (article section 8;
+docs/architecture.md#decision-cancellation-ends-at-period-end-and-can-be-undone): services and
+the scheduled job."""
 
 from datetime import UTC, datetime, timedelta
 from io import StringIO

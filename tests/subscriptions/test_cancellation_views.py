@@ -1,5 +1,6 @@
 """Settings > Subscription > Cancel Subscription and its undo, the cancellation panel, and the
-read-only portal once the subscription has ended (article section 8; DESIGN.md section 2)."""
+read-only portal once the subscription has ended (article section 8;
+docs/architecture.md#subscriptions)."""
 
 import re
 from datetime import UTC, datetime, timedelta

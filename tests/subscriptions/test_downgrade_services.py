@@ -1,5 +1,6 @@
-"""Downgrade services (article section 3, DESIGN.md section 2 Downgrade): review, schedule,
-cancel, and pausing the flows above the new limit at the renewal."""
+"""Downgrade services (article section 3;
+docs/architecture.md#decision-a-downgrade-waits-for-the-renewal): review, schedule, cancel,
+and pausing the flows above the new limit at the renewal."""
 
 import uuid
 from datetime import UTC, datetime, timedelta

@@ -1,4 +1,4 @@
-"""The machine API: POST /api/v1/sync-info and GET /api/v1/flows (issue 6)."""
+"""The machine API: POST /api/v1/sync-info and GET /api/v1/flows."""
 
 import json
 import re

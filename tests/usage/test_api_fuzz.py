@@ -1,4 +1,4 @@
-"""Fuzzing the machine API (issue 11): schemathesis against the OpenAPI document it serves.
+"""Fuzzing the machine API: schemathesis against the OpenAPI document it serves.
 
 Every operation of /api/v1/openapi.json gets schema-valid and schema-invalid requests with a
 real key: no 5xx, every answer as documented (status, content type, body schema), every 4xx a
@@ -91,7 +91,8 @@ FUZZ = settings(
 
 
 def json_error_body(ctx, response, case):
-    """Every 4xx is JSON {"error": "a sentence"} (DESIGN.md section 3)."""
+    """Every 4xx is JSON {"error": "a sentence"}
+    (docs/architecture.md#decision-bad-input-gets-one-readable-line-and-changes-nothing)."""
     if not 400 <= response.status_code < 500:
         return None
     content_type = (response.headers.get("content-type") or [""])[0]

@@ -1,4 +1,4 @@
-"""API keys page (issue 6): per-environment keys, shown once at creation, revocable; Admins only."""
+"""API keys page: per-environment keys, shown once at creation, revocable; Admins only."""
 
 import json
 import re

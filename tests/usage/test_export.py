@@ -1,4 +1,4 @@
-"""Sync Info > Export (article section 12; issue 7): a streamed CSV of a date range."""
+"""Sync Info > Export (article section 12): a streamed CSV of a date range."""
 
 import csv
 import io

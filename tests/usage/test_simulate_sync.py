@@ -1,4 +1,4 @@
-"""`manage.py simulate_sync` against a live server (issue 6)."""
+"""`manage.py simulate_sync` against a live server."""
 
 from io import StringIO
 

@@ -1,4 +1,4 @@
-"""Sync Info page (issue 6, point 1 UI): filters, keyset pagination, constant queries."""
+"""Sync Info page: filters, keyset pagination, constant queries."""
 
 import json
 import re

@@ -205,7 +205,8 @@ def test_overage_in_the_subscription_currency_and_annual_wording(
     _, plain = api_key_create(environment=environment, actor=Actor(user=admin), name="k", now=NOW)
     post(client, {"flow": flow, "plain": plain}, 1011, key="a")
     usage = text(section(page(client_for(admin), org)))
-    # Annual plans: an overage-only invoice at the close of each usage month (DESIGN.md 2).
+    # Annual plans: an overage-only invoice at the close of each usage month
+    # (docs/architecture.md#decision-anniversary-billing-periods-and-usage-months).
     assert (
         "2 started thousands above the limit × €4.50 = €9.00, on an overage invoice when this "
         "usage month closes on 1 Dec." in usage

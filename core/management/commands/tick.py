@@ -2,7 +2,7 @@
 
 `tick` and beat read the same registry (core/jobs.py), so a test or an operator moving the
 clock with `--now` runs what production would run at that instant; every job is safe to run
-twice (docs/architecture.md#core).
+twice (docs/architecture.md#decision-one-job-registry-run-by-beat-and-by-tick).
 """
 
 import inspect

@@ -1,4 +1,4 @@
-"""Billing run benchmark (issue 3): 10,000 subscriptions due the same day, run through `tick`.
+"""Billing run benchmark: 10,000 subscriptions due the same day, run through `tick`.
 
 Prints invoices issued per second (charges and PDFs excluded; gapless numbering included),
 charges per second against localstripe, PDFs per second, WeasyPrint's own time for one
@@ -135,9 +135,9 @@ def issue_phase(count: int, offset: int) -> tuple[float, float, int]:
 
 def charge_phase(count: int) -> tuple[float, int]:
     from billing import gateway
-    from tests.stripe_fixtures import _post, confirmed_setup_intent  # noqa: PLC2701
+    from devkit.stripe_standin import confirmed_setup_intent, standin_request
 
-    _post("/_config/data", method="DELETE")
+    standin_request("/_config/data", method="DELETE")
     invoices = list(Invoice.objects.select_related("organisation").order_by("pk")[:count])
     for invoice in invoices:
         customer_id = gateway.customer_create(

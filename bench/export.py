@@ -1,4 +1,4 @@
-"""Sync Info export benchmark (issue 7): 1,000,000 rows of one organisation as CSV.
+"""Sync Info export benchmark: 1,000,000 rows of one organisation as CSV.
 
 Prints, for exports of 250,000 / 500,000 / 1,000,000 rows: (a) the app's export view through
 Django's test client, streaming the response (rows, seconds, rows/s) and the app process's

@@ -1,4 +1,4 @@
-"""Sync Info ingestion benchmark (issue 6): the machine API against a raw COPY of the same rows.
+"""Sync Info ingestion benchmark: the machine API against a raw COPY of the same rows.
 
 Serves the app with gunicorn (DEBUG off, several workers) on a scratch database
 `billing_bench_ingest` (created and dropped here), posts --records records in batches of

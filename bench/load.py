@@ -1,4 +1,4 @@
-"""Load benchmark (issue 11 point 5): signed-in users browsing the billing pages, the machine
+"""Load benchmark: signed-in users browsing the billing pages, the machine
 API at the same time, and a trivial Django view as the floor, all against gunicorn.
 
 1. Seeds a scratch database `billing_bench_load` (bench/scratch.py): --organisations

@@ -1,4 +1,4 @@
-"""Ops dashboard benchmark (issue 9 point 4): the Django admin index with 10,000 organisations.
+"""Ops dashboard benchmark: the Django admin index with 10,000 organisations.
 
 Loads 10,000 organisations in every subscription state, with an issued invoice each, payments,
 usage alerts and support tickets (COPY-speed bulk inserts), then times the admin index page

@@ -1,4 +1,4 @@
-"""Retention purge benchmark (issue 8 point 1): 10,000,000 Sync Info rows over 13 months.
+"""Retention purge benchmark: 10,000,000 Sync Info rows over 13 months.
 
 Organisations on all three plans (Standard 30 days, Professional 90, Enterprise 365) share the
 rows evenly, spread over the 13 months up to NOW, each row in its organisation's retention

@@ -1,5 +1,5 @@
-"""A simulated year (issue 10 point 4), bigger than the test: many organisations through a year of
-daily `tick`s with the random walk of tests/simulation.py (sign-ups, upgrades, downgrades, cycle
+"""A simulated year, bigger than the test: many organisations through a year of
+daily `tick`s with the random walk of devkit/simulation.py (sign-ups, upgrades, downgrades, cycle
 switches, cancellations and undos, card failures and recoveries, bank transfers, usage above and
 below the limits), every ledger invariant checked after every simulated day.
 
@@ -49,7 +49,7 @@ app.conf.task_always_eager = True
 from django.db import connection  # noqa: E402
 
 from billing.ledger import ledger_check  # noqa: E402
-from tests.simulation import Simulation  # noqa: E402
+from devkit.simulation import Simulation  # noqa: E402
 
 # The Stripe customer's idempotency key is "customer-organisation-<id>" and localstripe, unlike
 # Stripe (24 hours), remembers keys until it restarts: ids of this run must not repeat those of

@@ -1,4 +1,4 @@
-"""Settings > Subscription with its Usage section (issue 6): the page costs the same whatever
+"""Settings > Subscription with its Usage section: the page costs the same whatever
 the Sync Info volume.
 
 Two organisations on the same plan, one with no Sync Info and one with 10,000,000 rows spread

@@ -30,7 +30,8 @@ class ReasonForm(forms.Form):
 def reason_asked(
     modeladmin, request, queryset, *, action: str, title: str, intro: str, label: str = ""
 ):
-    """Ops actions that change money or access ask why first (issue 9 point 5).
+    """Ops actions that change money or access ask why first
+    (docs/architecture.md#decision-ops-actions-that-change-money-or-access-ask-why).
 
     Returns (reason, None) once the confirmation page was submitted with a reason, or
     (None, the confirmation page) to show; nothing has changed until then.

@@ -1,4 +1,5 @@
-"""Content-Security-Policy on every response (issue 11).
+"""Content-Security-Policy on every response
+(docs/architecture.md#decision-security-headers-and-observability).
 
 No inline script or style anywhere: our JavaScript and CSS are files under static/, Stripe.js
 is the one script from elsewhere. htmx is not used; served from static/ it would be 'self'.

@@ -8,7 +8,8 @@ from django.db import connection
 
 from accounts.models import Membership
 from core.queueing import broker_failure_forget
-from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
+from tests.factories import OrganisationFactory
+from tests.helpers import user_with_role
 from usage.partitions import TABLES
 
 pytest_plugins = ["tests.stripe_fixtures"]
@@ -104,31 +105,25 @@ def other_org(db):
     return OrganisationFactory(name="Globex", slug="globex")
 
 
-def _member(organisation, role, email):
-    return MembershipFactory(
-        organisation=organisation, role=role, user=UserFactory(email=email)
-    ).user
-
-
 @pytest.fixture
 def admin(org):
-    return _member(org, Membership.Role.ADMIN, "admin@acme.test")
+    return user_with_role(org, Membership.Role.ADMIN, "admin@acme.test")
 
 
 @pytest.fixture
-def billing(org):
-    return _member(org, Membership.Role.BILLING, "billing@acme.test")
+def billing_user(org):
+    return user_with_role(org, Membership.Role.BILLING, "billing@acme.test")
 
 
 @pytest.fixture
 def member(org):
-    return _member(org, Membership.Role.MEMBER, "member@acme.test")
+    return user_with_role(org, Membership.Role.MEMBER, "member@acme.test")
 
 
 @pytest.fixture
 def outsider(other_org):
     """An Admin of another organisation."""
-    return _member(other_org, Membership.Role.ADMIN, "admin@globex.test")
+    return user_with_role(other_org, Membership.Role.ADMIN, "admin@globex.test")
 
 
 @pytest.fixture

@@ -15,7 +15,9 @@ def url(name, org, user):
     return reverse(f"accounts:{name}", args=[org.slug, membership_of(user, org).public_id])
 
 
-def test_users_page_lists_members_with_role_and_status(client_for, admin, billing, member, org):
+def test_users_page_lists_members_with_role_and_status(
+    client_for, admin, billing_user, member, org
+):
     Membership.objects.filter(user=member).update(status="deactivated")
     body = client_for(admin).get(reverse("accounts:users", args=[org.slug])).content.decode()
     for text in ("admin@acme.test", "billing@acme.test", "member@acme.test", "Billing contact"):
@@ -41,10 +43,10 @@ def test_users_page_query_count_does_not_grow_with_members(
     assert response.content.decode().count("/settings/users/") >= 26
 
 
-def test_admin_changes_a_role_and_it_is_audited(client_for, admin, billing, org):
-    response = client_for(admin).post(url("member_role", org, billing), {"role": "member"})
+def test_admin_changes_a_role_and_it_is_audited(client_for, admin, billing_user, org):
+    response = client_for(admin).post(url("member_role", org, billing_user), {"role": "member"})
     assert response.status_code == 302
-    assert membership_of(billing, org).role == "member"
+    assert membership_of(billing_user, org).role == "member"
     event = AuditEvent.objects.get(action="member.role_changed")
     assert event.changes == {"role": {"old": "billing", "new": "member"}}
     assert (event.actor, event.target_label) == (admin, "billing@acme.test")
@@ -59,14 +61,16 @@ def test_the_last_admin_cannot_be_demoted(client_for, admin, org):
     assert not AuditEvent.objects.filter(action="member.role_changed").exists()
 
 
-def test_an_admin_can_be_demoted_when_another_admin_remains(client_for, admin, billing, org):
-    Membership.objects.filter(user=billing).update(role="admin")
+def test_an_admin_can_be_demoted_when_another_admin_remains(client_for, admin, billing_user, org):
+    Membership.objects.filter(user=billing_user).update(role="admin")
     client_for(admin).post(url("member_role", org, admin), {"role": "billing"})
     assert membership_of(admin, org).role == "billing"
 
 
-def test_a_deactivated_admin_does_not_count_as_the_remaining_admin(client_for, admin, billing, org):
-    Membership.objects.filter(user=billing).update(role="admin", status="deactivated")
+def test_a_deactivated_admin_does_not_count_as_the_remaining_admin(
+    client_for, admin, billing_user, org
+):
+    Membership.objects.filter(user=billing_user).update(role="admin", status="deactivated")
     response = client_for(admin).post(
         url("member_role", org, admin), {"role": "member"}, follow=True
     )
@@ -150,7 +154,7 @@ def test_deactivation_in_one_organisation_keeps_access_to_another(
     assert member_client.get(reverse("accounts:dashboard", args=[org.slug])).status_code == 404
 
 
-@pytest.mark.parametrize("role_fixture", ["member", "billing"])
+@pytest.mark.parametrize("role_fixture", ["member", "billing_user"])
 @pytest.mark.parametrize("name", ["users", "user_invite", "organisation", "audit_log"])
 def test_non_admins_get_403_on_admin_pages(request, client_for, org, role_fixture, name):
     user = request.getfixturevalue(role_fixture)
@@ -173,12 +177,12 @@ def test_member_cannot_change_anything_by_posting(client_for, admin, member, org
     assert Invitation.objects.count() == 0
 
 
-def test_settings_navigation_matches_the_role(client_for, admin, billing, member, org):
+def test_settings_navigation_matches_the_role(client_for, admin, billing_user, member, org):
     dashboard = reverse("accounts:dashboard", args=[org.slug])
     admin_page = client_for(admin).get(dashboard).content.decode()
     for label in ("Subscription", "Billing", "Users", "Organisation", "SSO", "Privacy"):
         assert f">{label}</h2>" in admin_page
-    billing_page = client_for(billing).get(dashboard).content.decode()
+    billing_page = client_for(billing_user).get(dashboard).content.decode()
     assert ">Subscription</h2>" in billing_page
     assert ">Billing</h2>" in billing_page
     assert ">Users</h2>" not in billing_page
@@ -187,7 +191,7 @@ def test_settings_navigation_matches_the_role(client_for, admin, billing, member
     assert ">Settings</a>" not in member_client.get(dashboard).content.decode()
     settings_url = reverse("accounts:settings", args=[org.slug])
     assert member_client.get(settings_url).status_code == 403
-    assert client_for(billing).get(settings_url)["Location"] == reverse(
+    assert client_for(billing_user).get(settings_url)["Location"] == reverse(
         "subscriptions:settings", args=[org.slug]
     )
 

@@ -72,7 +72,7 @@ def unread_marker(client, org) -> str | None:
 # Grouping -------------------------------------------------------------------------------
 
 
-def test_one_email_send_to_several_people_is_one_notification(client_for, admin, billing, org):
+def test_one_email_send_to_several_people_is_one_notification(client_for, admin, billing_user, org):
     rows = email_send(
         template="service_restored",
         to=[org.primary_email, "admin@acme.test", "billing@acme.test"],
@@ -119,7 +119,7 @@ def test_email_queue_calls_without_a_message_id_are_separate_messages(org):
 
 
 @pytest.fixture
-def mailbox(org, other_org, admin, billing, member):
+def mailbox(org, other_org, admin, billing_user, member):
     """One email of each kind the rule tells apart, oldest first."""
     PrimaryEmailChange.objects.create(
         organisation=org,
@@ -160,8 +160,10 @@ def test_an_admin_sees_every_email_of_the_organisation(client_for, admin, org, m
     }
 
 
-def test_a_billing_contact_sees_their_own_and_the_primary_emails(client_for, billing, org, mailbox):
-    assert listed(client_for(billing), org) == {
+def test_a_billing_contact_sees_their_own_and_the_primary_emails(
+    client_for, billing_user, org, mailbox
+):
+    assert listed(client_for(billing_user), org) == {
         "Your ticket": ["billing@acme.test"],
         # A Member is not a billing recipient: their address is not shown.
         "Shared notice": [org.primary_email],
@@ -188,8 +190,10 @@ def test_another_organisations_emails_never_show(client_for, outsider, other_org
     }
 
 
-def test_the_page_opens_for_every_role_from_the_top_bar(client_for, admin, billing, member, org):
-    for user in (admin, billing, member):
+def test_the_page_opens_for_every_role_from_the_top_bar(
+    client_for, admin, billing_user, member, org
+):
+    for user in (admin, billing_user, member):
         response = client_for(user).get(page_url(org))
         assert response.status_code == 200
         html = response.content.decode()
@@ -200,7 +204,7 @@ def test_the_page_opens_for_every_role_from_the_top_bar(client_for, admin, billi
 # Secret links ---------------------------------------------------------------------------
 
 
-def test_invitation_links_are_only_for_the_invitee(client_for, admin, billing, org, committed):
+def test_invitation_links_are_only_for_the_invitee(client_for, admin, billing_user, org, committed):
     with committed():
         client_for(admin).post(
             reverse("accounts:user_invite", args=[org.slug]),
@@ -229,7 +233,7 @@ def test_invitation_links_are_only_for_the_invitee(client_for, admin, billing, o
 
 
 def test_primary_email_verification_link_is_hidden_from_everyone_signed_in(
-    client_for, admin, billing, org, committed
+    client_for, admin, billing_user, org, committed
 ):
     with committed():
         client_for(admin).post(
@@ -246,7 +250,7 @@ def test_primary_email_verification_link_is_hidden_from_everyone_signed_in(
     assert by_subject[notice.subject].body == notice.body_text.strip()
     assert link not in admin_page.content.decode()
     # The addressee reads their link.
-    assert link in client_for(billing).get(page_url(org)).content.decode()
+    assert link in client_for(billing_user).get(page_url(org)).content.decode()
 
 
 def test_secret_link_templates_name_real_email_templates():
@@ -291,8 +295,8 @@ def seen_by(user):
     return Membership.objects.get(user=user).notifications_seen_at
 
 
-def test_unread_count_shows_in_the_top_bar_and_resets_on_visit(client_for, billing, org):
-    client = client_for(billing)
+def test_unread_count_shows_in_the_top_bar_and_resets_on_visit(client_for, billing_user, org):
+    client = client_for(billing_user)
     assert unread_marker(client, org) is None
     sent(org, [org.primary_email, "admin@acme.test", "billing@acme.test"], subject="One")
     sent(org, ["billing@acme.test"], subject="Two")
@@ -302,7 +306,7 @@ def test_unread_count_shows_in_the_top_bar_and_resets_on_visit(client_for, billi
     first_visit = client.get(page_url(org))
     assert [n.is_new for n in first_visit.context["notifications"]] == [True, True]
     assert 'class="unread-count"' not in first_visit.content.decode()
-    seen_at = seen_by(billing)
+    seen_at = seen_by(billing_user)
     assert seen_at is not None
     assert unread_marker(client, org) is None
 
@@ -314,17 +318,17 @@ def test_unread_count_shows_in_the_top_bar_and_resets_on_visit(client_for, billi
         ("Two", False),
         ("One", False),
     ]
-    assert seen_by(billing) > seen_at
+    assert seen_by(billing_user) > seen_at
 
 
-def test_unread_is_per_user_and_per_organisation(client_for, admin, billing, org, other_org):
+def test_unread_is_per_user_and_per_organisation(client_for, admin, billing_user, org, other_org):
     MembershipFactory(organisation=other_org, user=admin, role=Membership.Role.ADMIN)
     sent(org, [org.primary_email], subject="Acme's")
     sent(other_org, [other_org.primary_email], subject="Globex's")
     client_for(admin).get(page_url(org))
     assert unread_marker(client_for(admin), org) is None
     assert unread_marker(client_for(admin), other_org) == "1"
-    assert unread_marker(client_for(billing), org) == "1"
+    assert unread_marker(client_for(billing_user), org) == "1"
 
 
 def test_the_read_mark_never_moves_back(member):

@@ -49,8 +49,8 @@ def test_the_overview_page_costs_the_frame_and_its_own(client_for, org, other_or
     assert html.count('href="/o/globex/"') == 1  # the other organisation, in the menu
 
 
-def test_settings_navigation_links_each_section_of_the_role(client_for, org, billing):
-    response = client_for(billing).get(reverse("billing:invoices", args=[org.slug]))
+def test_settings_navigation_links_each_section_of_the_role(client_for, org, billing_user):
+    response = client_for(billing_user).get(reverse("billing:invoices", args=[org.slug]))
     html = response.content.decode()
     nav = html.split('<nav class="settings-nav"', 1)[1].split("</nav>", 1)[0]
     assert nav.count("<li>") == 2

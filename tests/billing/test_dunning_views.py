@@ -147,12 +147,12 @@ def test_grace_banner(failing, org, admin, member, client_for, time_machine):
     )
 
 
-def test_suspended_banner(failing, org, admin, billing, member, client_for, time_machine):
+def test_suspended_banner(failing, org, admin, billing_user, member, client_for, time_machine):
     run_schedule(0, 3, 7, 14)
     time_machine.move_to(RENEWAL + timedelta(days=15))
     assert status(org) == "suspended"
     expected = f"Account suspended: ProcessFlows are paused until {DUE} is paid."
-    for user in (admin, billing):
+    for user in (admin, billing_user):
         page = client_for(user).get(dashboard(org))
         assert banner(page) == f"{expected} Update card or retry payment Contact billing support"
         assert 'account-banner--suspended" data-account-banner="suspended" role="alert"' in (
@@ -215,10 +215,10 @@ def rows(response):
     return [(row["step"], row["state"], row["text"]) for row in response.context["dunning"]["rows"]]
 
 
-def test_timeline_after_day_0(failing, org, billing, client_for, time_machine):
+def test_timeline_after_day_0(failing, org, billing_user, client_for, time_machine):
     run_schedule(0)
     time_machine.move_to(RENEWAL + timedelta(days=1))
-    page = client_for(billing).get(url("payment_method", org))
+    page = client_for(billing_user).get(url("payment_method", org))
     assert rows(page) == [
         ("day_0", "failed", "Charge failed: Your card was declined."),
         ("day_3", "scheduled", "Second charge attempt, with a reminder email."),
@@ -286,11 +286,13 @@ def test_no_timeline_while_active(subscribed, org, admin, client_for):
 # --- Retry Payment ------------------------------------------------------------------------------
 
 
-def test_retry_payment_pays_and_removes_the_banner(failing, org, billing, client_for, time_machine):
+def test_retry_payment_pays_and_removes_the_banner(
+    failing, org, billing_user, client_for, time_machine
+):
     run_schedule(0, 3, 7, 14)
     add_card(org)  # a working card again
     time_machine.move_to(RENEWAL + timedelta(days=15))
-    client = client_for(billing)
+    client = client_for(billing_user)
     response = client.post(url("retry_payment", org))
     assert response.status_code == 302
     assert response["Location"] == url("payment_method", org)
@@ -302,7 +304,9 @@ def test_retry_payment_pays_and_removes_the_banner(failing, org, billing, client
     assert not Invoice.objects.filter(organisation=org, status="open").exists()
     assert DunningCase.objects.get().status == "resolved"
     assert flows(org) == [("active", ""), ("active", ""), ("paused", "user")]
-    assert AuditEvent.objects.filter(action="billing.retry_payment", actor=billing).count() == 1
+    assert (
+        AuditEvent.objects.filter(action="billing.retry_payment", actor=billing_user).count() == 1
+    )
 
 
 def test_retry_payment_declined_shows_the_processor_message(

@@ -309,7 +309,7 @@ def test_bank_transfer_invoices_wait_for_ops_to_record_payment(subscribed, org, 
 
 
 def test_card_expiry_reminder_is_sent_once_30_days_before(
-    localstripe, org, admin, billing, committed
+    localstripe, org, admin, billing_user, committed
 ):
     card = add_card(org)  # expires in December: it works until the end of December
     expires = datetime(card.exp_year + 1, 1, 1, tzinfo=UTC)

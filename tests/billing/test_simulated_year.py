@@ -1,5 +1,5 @@
 """A simulated year (issue 10 point 4): eight organisations through 366 days of the real
-scheduled jobs, with a seeded random walk of what their people and ops do (tests/simulation.py);
+scheduled jobs, with a seeded random walk of what their people and ops do (devkit/simulation.py);
 after every simulated day every ledger invariant holds.
 
 To stay fast the walk is busier than the bench's (activity 2.5) and the jobs run only on days
@@ -12,7 +12,7 @@ import pytest
 import stripe
 
 from billing.ledger import ledger_check
-from tests.simulation import Simulation
+from devkit.simulation import Simulation
 
 pytestmark = pytest.mark.django_db
 

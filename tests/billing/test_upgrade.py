@@ -242,5 +242,7 @@ def test_unknown_plan_on_the_upgrade_page(client_for, subscribed, org, admin):
     assert "That plan does not exist or is no longer offered." in response.content.decode()
 
 
-def test_billing_contact_cannot_upgrade(client_for, subscribed, org, billing):
-    assert client_for(billing).get(reverse("billing:upgrade", args=[org.slug])).status_code == 403
+def test_billing_contact_cannot_upgrade(client_for, subscribed, org, billing_user):
+    assert (
+        client_for(billing_user).get(reverse("billing:upgrade", args=[org.slug])).status_code == 403
+    )

@@ -93,8 +93,8 @@ def test_invoice_history_query_count_is_constant(client_for, subscribed, org, ad
     assert len(many.captured_queries) == expected
 
 
-def test_clicking_an_invoice_downloads_its_pdf(client_for, subscribed, org, admin, billing):
-    for user in (admin, billing):
+def test_clicking_an_invoice_downloads_its_pdf(client_for, subscribed, org, admin, billing_user):
+    for user in (admin, billing_user):
         response = client_for(user).get(url("invoice_pdf", org, subscribed.number))
         assert response.status_code == 200
         assert response["Content-Type"] == "application/pdf"
@@ -177,8 +177,8 @@ def test_po_number_is_accepted_on_enterprise(client_for, subscribed, org, admin)
     assert BillingProfile.objects.get(organisation=org).po_number == "PO-7788"
 
 
-def test_update_card_replaces_the_card_charged_next(client_for, subscribed, org, billing):
-    client = client_for(billing)
+def test_update_card_replaces_the_card_charged_next(client_for, subscribed, org, billing_user):
+    client = client_for(billing_user)
     page = client.get(url("payment_method", org))
     assert "Visa ending 4242" in page.content.decode()
     setup_intent_id = confirm_card_setup(client_secret_in(page), number=MASTERCARD)
@@ -251,8 +251,8 @@ def test_tampered_plan_is_refused(client_for, localstripe, org, admin):
     assert Invoice.objects.count() == 0
 
 
-def test_billing_contact_cannot_choose_the_plan(client_for, org, billing):
-    assert client_for(billing).get(url("choose_plan", org)).status_code == 403
+def test_billing_contact_cannot_choose_the_plan(client_for, org, billing_user):
+    assert client_for(billing_user).get(url("choose_plan", org)).status_code == 403
 
 
 def test_dashboard_asks_a_new_admin_to_choose_a_plan(client_for, localstripe, org, admin, member):

@@ -4,10 +4,11 @@ Never `playwright install`: the browser is /usr/bin/chromium from apt (make test
 """
 
 import os
-import re
 from pathlib import Path
 
 import pytest
+
+from tests.browser.helpers import chromium_env
 
 # Playwright's sync API runs an event loop in this thread; the tests still read the database.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -31,18 +32,6 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.browser)
 
 
-def _chromium_env() -> dict:
-    """On a moved clock (scripts/test_dates.sh) Chromium moves its monotonic clock too.
-
-    The suite keeps monotonic clocks real there (Python's timed waits need it), but then
-    libfaketime 0.9.10 shifts the deadlines of Chromium's waits on monotonic condition
-    variables by the whole offset: it spins or stalls. With both clocks moved it runs normally.
-    """
-    env = dict(os.environ)
-    env.pop("FAKETIME_DONT_FAKE_MONOTONIC", None)
-    return env
-
-
 @pytest.fixture(scope="session")
 def browser():
     from playwright.sync_api import sync_playwright
@@ -51,7 +40,7 @@ def browser():
         pytest.fail(f"Chromium is not installed at {CHROMIUM}; run `make test` to install it.")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, env=_chromium_env()
+            executable_path=CHROMIUM, args=CHROMIUM_ARGS, env=chromium_env()
         )
         yield browser
         browser.close()
@@ -92,9 +81,3 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.when == "call":
         item.rep_call = report
-
-
-def link_in_mail(message, path_prefix: str) -> str:
-    match = re.search(rf"https?://[^/\s]+{re.escape(path_prefix)}[^\s]+", message.body)
-    assert match, message.body
-    return match.group(0)

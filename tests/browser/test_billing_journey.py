@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 from pypdf import PdfReader
 
 from billing.models import Invoice
-from tests.browser.conftest import link_in_mail
+from tests.browser.helpers import link_in_mail
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

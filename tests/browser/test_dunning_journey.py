@@ -10,10 +10,10 @@ from django.core.management import call_command
 from django.utils import timezone
 from playwright.sync_api import expect
 
+from devkit.stripe_standin import CHARGE_FAILS
 from subscriptions.models import ProcessFlow, Subscription
-from tests.billing.conftest import add_card, subscribe
+from tests.billing.helpers import add_card, subscribe
 from tests.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
-from tests.stripe_fixtures import CHARGE_FAILS
 from tests.subscriptions.factories import EnvironmentFactory, ProcessFlowFactory
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)

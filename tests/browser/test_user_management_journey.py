@@ -7,7 +7,7 @@ from django.core import mail
 from playwright.sync_api import expect
 
 from accounts.models import Membership
-from tests.browser.conftest import link_in_mail
+from tests.browser.helpers import link_in_mail
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

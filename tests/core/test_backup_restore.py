@@ -1,4 +1,4 @@
-"""Backups (README "Backups", issue 11 point 7): what the README says to run, run for real.
+"""Backups (README "Backups"): what the README says to run, run for real.
 
 The test database gets committed data (an organisation, its Admin, a subscription, an issued
 invoice with its PDF, a Sync Info row in a partition); `pg_dump -Fc` dumps it, `pg_restore`

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from datetime import timedelta
 from io import StringIO
 
@@ -56,6 +58,9 @@ def test_tick_before_expiry_changes_nothing(org):
         (["--now", "yesterday"], "is not an ISO-8601 date-time"),
         (["--now", "2026-11-27T10:00:00"], "needs a UTC offset or Z"),
         (["--job", "nope"], "No scheduled job named 'nope'"),
+        (["--list", "--job", "expire_invitations"], "--list takes no --now or --job"),
+        (["--list", "--now", "2026-11-27T10:00:00Z"], "--list takes no --now or --job"),
+        (["--bogus"], "Unrecognized arguments: --bogus"),
     ],
 )
 def test_tick_refuses_bad_input_with_one_line(args, message):
@@ -64,10 +69,25 @@ def test_tick_refuses_bad_input_with_one_line(args, message):
     assert "\n" not in str(caught.value)
 
 
-def test_tick_exits_non_zero_from_the_shell():
-    import subprocess
-    import sys
+def test_tick_list_names_every_job_in_the_order_tick_runs_them():
+    out = StringIO()
+    call_command("tick", "--list", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == [job.name for job in all_jobs()]
+    assert [int(line.split()[0]) for line in lines] == [job.order for job in all_jobs()]
+    by_name = {line.split()[1]: line for line in lines}
+    assert "every minute" in by_name["deliver_pending_emails"]
+    assert "every 15 minutes" in by_name["billing_run"]
+    assert "daily at 08:00" in by_name["card_expiry_reminders"]
 
+
+def test_tick_list_runs_nothing(org):
+    InvitationFactory(organisation=org, expires_at=timezone.now() - timedelta(minutes=1))
+    call_command("tick", "--list", stdout=StringIO())
+    assert Invitation.objects.get().status == "pending"
+
+
+def test_tick_exits_non_zero_from_the_shell():
     result = subprocess.run(
         [sys.executable, "manage.py", "tick", "--now", "not-a-date"],
         capture_output=True,
@@ -78,6 +98,17 @@ def test_tick_exits_non_zero_from_the_shell():
     assert result.stderr.strip() == (
         "CommandError: --now 'not-a-date' is not an ISO-8601 date-time (e.g. 2026-11-27T09:00:00Z)."
     )
+
+
+def test_tick_refuses_an_unknown_argument_from_the_shell_with_one_line():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "tick", "--bogus"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == "CommandError: Unrecognized arguments: --bogus.\n"
 
 
 def test_run_job_refuses_a_naive_datetime():

@@ -1,4 +1,4 @@
-"""Request ids, JSON log lines, /healthz and failed Celery tasks (issue 11, point 6)."""
+"""Request ids, JSON log lines, /healthz and failed Celery tasks."""
 
 import io
 import json

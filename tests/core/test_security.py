@@ -1,4 +1,4 @@
-"""Issue 11, point 2: security headers and the CSP, production settings, password rules and
+"""Security headers and the CSP, production settings, password rules and
 rate limits (core/security.py, core/ratelimit.py)."""
 
 import os

@@ -4,6 +4,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from accounts.models import Membership, Organisation, User
+from devkit.stripe_standin import standin_request
 
 pytestmark = pytest.mark.django_db
 
@@ -53,11 +54,10 @@ def test_demo_admin_can_sign_in(client, settings, localstripe):
 
 def test_seed_demo_again_after_the_stripe_stand_in_forgot_everything(settings, localstripe):
     from billing.models import PaymentMethod
-    from tests.stripe_fixtures import _post
 
     settings.DEBUG = True
     call_command("seed_demo", stdout=StringIO())
-    _post("/_config/data", method="DELETE")  # as a restarted localstripe
+    standin_request("/_config/data", method="DELETE")  # as a restarted localstripe
     call_command("seed_demo", stdout=StringIO())
     acme = Organisation.objects.get(slug="acme-trading")
     assert PaymentMethod.objects.filter(organisation=acme, status="active").count() == 1

@@ -1,4 +1,5 @@
-"""Who gets what on every URL of the project (issue 11, point 1).
+"""Who gets what on every URL of the project
+(docs/architecture.md#decision-every-url-has-a-permission-row).
 
 The URL list comes from the resolver (`url_patterns()`), so a new view is covered without anyone
 remembering: a pattern missing from TABLE fails `test_every_url_has_a_row`, naming it, and a row
@@ -644,9 +645,14 @@ def quiet_request_logs(caplog):
 
 
 @pytest.fixture
-def world(org, other_org, member, billing, admin, outsider):
+def world(org, other_org, member, billing_user, admin, outsider):
     return World(
-        org=org, other_org=other_org, member=member, billing=billing, admin=admin, outsider=outsider
+        org=org,
+        other_org=other_org,
+        member=member,
+        billing=billing_user,
+        admin=admin,
+        outsider=outsider,
     )
 
 

@@ -1,8 +1,10 @@
 """Fault: a Celery worker killed in the middle of the billing run and of dunning.
 
-Issue 11, point 4. Tasks are acknowledged late (CELERY_TASK_ACKS_LATE), so a task whose
-worker dies is delivered again, and every job is safe to run twice: these tests kill real
-worker processes mid-task and check that the re-run leaves the books exactly right.
+Work is late, never lost
+(docs/architecture.md#decision-failures-of-a-dependency-make-work-late-never-lost). Tasks are
+acknowledged late (CELERY_TASK_ACKS_LATE), so a task whose worker dies is delivered again, and
+every job is safe to run twice: these tests kill real worker processes mid-task and check that
+the re-run leaves the books exactly right.
 
 - The billing run: the whole worker (solo pool) is SIGKILLed after some batches committed;
   the message stays unacknowledged in Redis and a new worker restores it once the broker's
@@ -64,6 +66,7 @@ from billing.models import (
 from billing.services import invoices_charge_due
 from core.jobs import run_job
 from core.tasks import run_scheduled_job
+from devkit.stripe_standin import CHARGE_FAILS, VISA, card_exp_year
 from subscriptions.models import Subscription
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import OrganisationFactory
@@ -74,7 +77,6 @@ from tests.faults.private_services import (
     private_redis,
     redis_server_binary,
 )
-from tests.stripe_fixtures import CHARGE_FAILS, VISA, card_exp_year
 from tests.subscriptions.factories import SubscriptionFactory
 
 pytestmark = [

@@ -1,4 +1,4 @@
-"""Postgres restarted under the billing run: no invoice lost or duplicated (issue 11, point 4).
+"""Postgres restarted under the billing run: no invoice lost or duplicated.
 
 A private PostgreSQL cluster (tests/faults/private_services.py; the shared one is never
 touched) gets the schema (`manage.py migrate`) and SUBSCRIPTIONS subscriptions whose period

@@ -1,6 +1,6 @@
 """Fault: Redis stops (or hangs) while the portal serves pages and the machine API.
 
-Issue 11, point 4: pages keep working, jobs catch up after the restart. Redis is the cache
+Pages keep working, jobs catch up after the restart. Redis is the cache
 (allauth's and our rate-limit counters; core.ratelimit.FailOpenRedisCache) and the
 Celery broker (emails and PDFs are queued after commit; the deliver_pending_emails and
 render_invoice_pdfs jobs send what could not be queued). Sessions are in Postgres.

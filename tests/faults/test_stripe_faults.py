@@ -1,4 +1,4 @@
-"""Stripe slow (timeouts) and down (issue 11, point 4).
+"""Stripe slow (timeouts) and down.
 
 A fault-injecting HTTP proxy sits between our code and the shared localstripe; the tests
 point settings.STRIPE_API_BASE at it (billing.gateway builds one client per API base and
@@ -43,10 +43,10 @@ from billing.models import (
     PaymentMethod,
     StripeEvent,
 )
+from devkit.stripe_standin import CHARGE_FAILS, MASTERCARD, confirmed_setup_intent
 from subscriptions.models import Subscription
-from tests.billing.conftest import add_card, subscribe
+from tests.billing.helpers import add_card, subscribe
 from tests.factories import OrganisationFactory
-from tests.stripe_fixtures import CHARGE_FAILS, MASTERCARD, confirmed_setup_intent
 
 pytestmark = pytest.mark.django_db
 

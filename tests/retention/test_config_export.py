@@ -1,5 +1,6 @@
-"""Configuration export: content, secrets
-removed, who may download it, the ops admin action, and the cancellation panel's countdown."""
+"""Configuration export (docs/architecture.md#decision-data-retention-and-exports): content,
+secrets removed, who may download it, the ops admin action, and the cancellation panel's
+countdown."""
 
 import json
 from datetime import UTC, datetime, timedelta
@@ -153,7 +154,7 @@ def test_it_stays_downloadable_once_the_subscription_ended(org, admin, configure
     assert client_for(admin).get(export_url(org)).status_code == 200
 
 
-@pytest.mark.parametrize("role", ["member", "billing"])
+@pytest.mark.parametrize("role", ["member", "billing_user"])
 def test_members_and_billing_contacts_get_403(org, configured, client_for, request, role):
     user = request.getfixturevalue(role)
     response = client_for(user).get(export_url(org))
@@ -227,14 +228,14 @@ def test_the_ended_panel_shows_the_countdown_and_the_exports(org, admin, client_
 
 
 def test_the_cancelled_panel_shows_the_countdown_billing_sees_no_config_link(
-    org, billing, client_for
+    org, billing_user, client_for
 ):
     SubscriptionFactory(
         organisation=org, cancel_at_period_end=True, canceled_at=datetime(2026, 11, 20, tzinfo=UTC)
     )
     # The period ends 1 December 2026 09:00 UTC; deletion 31 December.
     with time_machine.travel(datetime(2026, 11, 30, 10, 0, tzinfo=UTC), tick=False):
-        page = client_for(billing).get(reverse("subscriptions:settings", args=["acme"]))
+        page = client_for(billing_user).get(reverse("subscriptions:settings", args=["acme"]))
     html = page.content.decode()
     assert '<span class="deletion-countdown">in 31 days</span>' in html
     assert "Configuration export" not in html

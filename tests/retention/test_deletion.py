@@ -1,5 +1,6 @@
 """The organisation's data deleted 30 days after its subscription ended, the reminders before
-it, and the notice on sign-in (article section 8)."""
+it, and the notice on sign-in (article section 8;
+docs/architecture.md#decision-cancellation-ends-at-period-end-and-can-be-undone)."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -259,7 +260,7 @@ KEPT = {
 
 
 @pytest.fixture
-def ended(org, admin, billing, member):
+def ended(org, admin, billing_user, member):
     return _fill(org)
 
 
@@ -309,7 +310,7 @@ def test_resubscribing_within_30_days_keeps_everything(org, ended, bystander):
 
 
 def test_day_30_deletes_everything_but_billing_records(
-    org, admin, billing, member, ended, bystander
+    org, admin, billing_user, member, ended, bystander
 ):
     before = table_counts(org)
     other_before = table_counts(bystander.organisation)
@@ -373,7 +374,9 @@ def test_day_30_deletes_everything_but_billing_records(
     }
     # Told by email, not tied to the deleted organisation.
     told = OutgoingEmail.objects.filter(template="data_deleted").order_by("to_email")
-    assert [e.to_email for e in told] == sorted([org.primary_email, admin.email, billing.email])
+    assert [e.to_email for e in told] == sorted(
+        [org.primary_email, admin.email, billing_user.email]
+    )
     assert told[0].organisation is None
     assert told[0].subject == "Acme Trading: your APPSeCONNECT data was deleted"
     assert "permanently deleted on 31 December 2026" in " ".join(told[0].body_text.split())
@@ -447,8 +450,8 @@ def reminders(org):
     )
 
 
-def test_reminders_7_and_1_day_before_once_each(org, admin, billing, member, ended):
-    recipients = sorted([org.primary_email, admin.email, billing.email])
+def test_reminders_7_and_1_day_before_once_each(org, admin, billing_user, member, ended):
+    recipients = sorted([org.primary_email, admin.email, billing_user.email])
     assert job(DELETION_AT - timedelta(days=7, minutes=1)).startswith("0 deletion reminder(s)")
     assert reminders(org) == []
 

@@ -69,7 +69,7 @@ def test_privacy_page_shows_retention_of_the_plan_and_exports(client_for, admin,
     assert reverse("retention:configuration_export", args=[org.slug]) in body
 
 
-@pytest.mark.parametrize("role_user", ["member", "billing"])
+@pytest.mark.parametrize("role_user", ["member", "billing_user"])
 def test_members_and_billing_contacts_may_not_open_privacy(
     request, client_for, admin, org, role_user
 ):
@@ -360,10 +360,10 @@ def test_organisation_scope_runs_the_organisation_deletion(admin, member, org, o
 
 
 def test_ops_approve_and_reject_in_django_admin(
-    admin, member, billing, org, ops, client, client_for, committed
+    admin, member, billing_user, org, ops, client, client_for, committed
 ):
     first = request_for(org, admin, member)
-    second = request_for(org, admin, billing)
+    second = request_for(org, admin, billing_user)
     client.force_login(ops)
     changelist = "/admin/retention/datadeletionrequest/"
     assert client.get(changelist + "?status__exact=pending").status_code == 200

@@ -1,4 +1,4 @@
-"""The nightly retention purge of Sync Info and snapshots."""
+"""The nightly retention purge of Sync Info and snapshots past the plan's retention."""
 
 import threading
 from datetime import UTC, datetime, timedelta

@@ -1,4 +1,4 @@
-"""The retention purge over tier partitions: whole blocks dropped per
+"""The retention purge over tier partitions, for speed: whole blocks dropped per
 tier, plan changes, interrupted and busy runs."""
 
 from datetime import UTC, datetime, timedelta

@@ -311,7 +311,7 @@ def test_non_enterprise_organisation_sees_what_sso_needs_and_cannot_configure(
     assert not SsoConfiguration.objects.exclude(idp_entity_id="").exists()
 
 
-@pytest.mark.parametrize("role", ["member", "billing"])
+@pytest.mark.parametrize("role", ["member", "billing_user"])
 def test_only_admins_open_sso_settings(client_for, enterprise, role, request):
     user = request.getfixturevalue(role)
     assert client_for(user).get("/o/acme/settings/sso/").status_code == 403

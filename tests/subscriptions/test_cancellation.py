@@ -1,5 +1,6 @@
-"""Cancel Subscription, its undo and the end at period end (article section 8):
-services and the scheduled job."""
+"""Cancel Subscription, its undo and the end at period end (article section 8;
+docs/architecture.md#decision-cancellation-ends-at-period-end-and-can-be-undone): services and
+the scheduled job."""
 
 from datetime import UTC, datetime, timedelta
 from io import StringIO
@@ -65,7 +66,7 @@ NOT_CANCELLED = (False, None, "", "")
 
 
 @pytest.fixture
-def recipients(org, admin, billing, member):
+def recipients(org, admin, billing_user, member):
     """Who is told: the primary email, active Admins and Billing contacts; not Members, not
     deactivated users."""
     MembershipFactory(
@@ -74,7 +75,7 @@ def recipients(org, admin, billing, member):
         status=Membership.Status.DEACTIVATED,
         user=UserFactory(email="gone@acme.test"),
     )
-    return sorted([org.primary_email, admin.email, billing.email])
+    return sorted([org.primary_email, admin.email, billing_user.email])
 
 
 # Cancel ----------------------------------------------------------------------------------

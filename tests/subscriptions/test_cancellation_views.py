@@ -1,5 +1,6 @@
 """Settings > Subscription > Cancel Subscription and its undo, the cancellation panel, and the
-read-only portal once the subscription has ended (article section 8)."""
+read-only portal once the subscription has ended (article section 8;
+docs/architecture.md#subscriptions)."""
 
 import re
 from datetime import UTC, datetime, timedelta
@@ -269,7 +270,7 @@ def test_undo_after_the_end_says_why(client_for, org, admin, ended):
 # Who may ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("role", ["billing", "member"])
+@pytest.mark.parametrize("role", ["billing_user", "member"])
 def test_billing_contacts_and_members_cannot_cancel_or_undo(request, client_for, org, role):
     subscription = SubscriptionFactory(organisation=org)
     client = client_for(request.getfixturevalue(role))
@@ -308,7 +309,7 @@ def panel(org, user):
     )
 
 
-def test_panel_of_a_cancelled_subscription(org, admin, billing, cancelled):
+def test_panel_of_a_cancelled_subscription(org, admin, billing_user, cancelled):
     body = panel(org, admin)
     page = text(body)
     assert "Your subscription ends on 1 December 2026." in page
@@ -317,13 +318,13 @@ def test_panel_of_a_cancelled_subscription(org, admin, billing, cancelled):
     assert f'action="{url("cancel_undo", org)}"' in body
     assert "Undo cancellation</button>" in body
 
-    body = panel(org, billing)
+    body = panel(org, billing_user)
     assert "Your subscription ends on 1 December 2026." in text(body)
     assert "Undo cancellation</button>" not in body
     assert "An Admin of Acme Trading can undo the cancellation until then." in text(body)
 
 
-def test_panel_of_an_ended_subscription(org, admin, billing, ended):
+def test_panel_of_an_ended_subscription(org, admin, billing_user, ended):
     body = panel(org, admin)
     page = text(body)
     assert (
@@ -332,7 +333,7 @@ def test_panel_of_an_ended_subscription(org, admin, billing, ended):
     )
     choose = reverse("billing:choose_plan", args=[org.slug])
     assert f'href="{choose}">Choose a plan</a>' in body
-    body = panel(org, billing)
+    body = panel(org, billing_user)
     assert "Your subscription ended on 1 December 2026." in text(body)
     assert choose not in body
 

@@ -1,6 +1,6 @@
 """The scheduled downgrade at the renewal, through billing's run (what `manage.py tick` runs):
 the plan switches, the period invoice is for the lower plan, and the flows above its limit
-pause."""
+pause (docs/architecture.md#decision-a-downgrade-waits-for-the-renewal)."""
 
 from datetime import UTC, datetime, timedelta
 

@@ -1,5 +1,6 @@
-"""Downgrade services (article section 3): review, schedule,
-cancel, and pausing the flows above the new limit at the renewal."""
+"""Downgrade services (article section 3;
+docs/architecture.md#decision-a-downgrade-waits-for-the-renewal): review, schedule, cancel,
+and pausing the flows above the new limit at the renewal."""
 
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -136,7 +137,7 @@ def test_review_when_everything_fits(org, professional, production):
 # Schedule --------------------------------------------------------------------------------
 
 
-def test_schedule_with_the_default_keep(org, admin, billing, professional, flows, actor):
+def test_schedule_with_the_default_keep(org, admin, billing_user, professional, flows, actor):
     change = schedule(professional, actor)
 
     assert (change.kind, change.status, change.from_plan.code, change.to_plan.code) == (

@@ -220,8 +220,8 @@ def test_subscription_page_actions_for_admins(client_for, org, admin, profession
     assert f'<a class="button" href="{url("cancel", org)}">Cancel Subscription</a>' in body
 
 
-def test_billing_contact_sees_no_plan_actions(client_for, org, billing, professional):
-    body = client_for(billing).get(url("settings", org)).content.decode()
+def test_billing_contact_sees_no_plan_actions(client_for, org, billing_user, professional):
+    body = client_for(billing_user).get(url("settings", org)).content.decode()
     assert "Change Plan" not in body
     assert "Cancel Subscription" not in body
 
@@ -274,7 +274,7 @@ def test_cancel_is_post_only(client_for, org, admin, professional):
 
 
 def test_billing_contact_sees_the_scheduled_change_without_the_button(
-    client_for, org, billing, professional
+    client_for, org, billing_user, professional
 ):
     PlanChange.objects.create(
         subscription=professional,
@@ -285,7 +285,7 @@ def test_billing_contact_sees_the_scheduled_change_without_the_button(
         billing_cycle="monthly",
         effective_at=professional.current_period_end,
     )
-    facts = text(client_for(billing).get(url("settings", org)).content.decode())
+    facts = text(client_for(billing_user).get(url("settings", org)).content.decode())
     assert "Your plan changes to Standard on 1 December 2026" in facts
     assert "Cancel scheduled change" not in facts
 
@@ -293,7 +293,7 @@ def test_billing_contact_sees_the_scheduled_change_without_the_button(
 # Access ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("role", ["member", "billing"])
+@pytest.mark.parametrize("role", ["member", "billing_user"])
 @pytest.mark.parametrize(
     ("method", "name", "args"),
     [

@@ -45,7 +45,7 @@ def orders(production):
 # Seeing ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("role", ["admin", "billing", "member"])
+@pytest.mark.parametrize("role", ["admin", "billing_user", "member"])
 def test_every_role_sees_the_page_in_the_top_navigation(
     request, client_for, org, subscription, orders, role
 ):
@@ -303,7 +303,7 @@ def test_resume_above_the_limit_shows_why(client_for, org, subscription, product
     assert state(org) == before
 
 
-@pytest.mark.parametrize("role", ["member", "billing"])
+@pytest.mark.parametrize("role", ["member", "billing_user"])
 def test_only_admins_change_anything(request, client_for, org, subscription, orders, role):
     client = client_for(request.getfixturevalue(role))
     before = state(org)

@@ -37,7 +37,7 @@ def limit_row(body, label):
     return text(match.group(1))
 
 
-@pytest.mark.parametrize("role", ["admin", "billing"])
+@pytest.mark.parametrize("role", ["admin", "billing_user"])
 def test_admin_and_billing_contact_see_plan_cycle_renewal_and_limits(
     request, client_for, org, production, role
 ):

@@ -91,7 +91,8 @@ FUZZ = settings(
 
 
 def json_error_body(ctx, response, case):
-    """Every 4xx is JSON {"error": "a sentence"}."""
+    """Every 4xx is JSON {"error": "a sentence"}
+    (docs/architecture.md#decision-bad-input-gets-one-readable-line-and-changes-nothing)."""
     if not 400 <= response.status_code < 500:
         return None
     content_type = (response.headers.get("content-type") or [""])[0]

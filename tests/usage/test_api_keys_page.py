@@ -169,7 +169,7 @@ def test_another_organisations_key_is_404(client_for, org, admin, other_org, out
     assert keys_state() == before
 
 
-@pytest.mark.parametrize("role", ["member", "billing"])
+@pytest.mark.parametrize("role", ["member", "billing_user"])
 def test_members_and_billing_contacts_get_403_and_change_nothing(
     client_for, org, production, key, request, role
 ):

@@ -261,8 +261,8 @@ def test_the_export_page_is_prefilled_from_the_sync_info_filters(client_for, org
     assert "Download CSV" in html
 
 
-def test_every_role_may_export(client_for, org, admin, billing, member, flow):
-    for user in (admin, billing, member):
+def test_every_role_may_export(client_for, org, admin, billing_user, member, flow):
+    for user in (admin, billing_user, member):
         response = client_for(user).get(
             export_url(org, date_from="2026-11-01", date_to="2026-11-02")
         )

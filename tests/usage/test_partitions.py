@@ -1,4 +1,4 @@
-"""Sync Info and snapshot partitions by retention tier and block."""
+"""Sync Info and snapshot partitions by retention tier and block: the purge drops whole blocks."""
 
 from datetime import UTC, datetime, timedelta
 

@@ -105,7 +105,7 @@ def bars(body: str) -> list[dict]:
     return found
 
 
-@pytest.mark.parametrize("role", ["admin", "billing"])
+@pytest.mark.parametrize("role", ["admin", "billing_user"])
 def test_figures_after_posting_batches(request, client, client_for, org, setup, role):
     limit_to(100)
     post(client, setup, 50, key="a")
@@ -205,7 +205,8 @@ def test_overage_in_the_subscription_currency_and_annual_wording(
     _, plain = api_key_create(environment=environment, actor=Actor(user=admin), name="k", now=NOW)
     post(client, {"flow": flow, "plain": plain}, 1011, key="a")
     usage = text(section(page(client_for(admin), org)))
-    # Annual plans: an overage-only invoice at the close of each usage month.
+    # Annual plans: an overage-only invoice at the close of each usage month
+    # (docs/architecture.md#decision-anniversary-billing-periods-and-usage-months).
     assert (
         "2 started thousands above the limit × €4.50 = €9.00, on an overage invoice when this "
         "usage month closes on 1 Dec." in usage
@@ -318,7 +319,7 @@ def test_alerts_sent_are_listed(client, client_for, org, admin, setup):
     assert "No alert this month." not in usage
 
 
-def test_upgrade_advice_from_80_percent(client, client_for, org, admin, billing, setup):
+def test_upgrade_advice_from_80_percent(client, client_for, org, admin, billing_user, setup):
     limit_to(100)
     post(client, setup, 79, key="a")
     assert "upgrade your plan" not in page(client_for(admin), org)
@@ -329,7 +330,7 @@ def test_upgrade_advice_from_80_percent(client, client_for, org, admin, billing,
         "If you regularly approach your limit, upgrade your plan to avoid overage charges." in body
     )
     assert f'<a href="{upgrade}">Upgrade your plan</a>' in body
-    body = section(page(client_for(billing), org))
+    body = section(page(client_for(billing_user), org))
     assert upgrade not in body
     assert "An Admin of Acme Trading can upgrade it." in text(body)
 

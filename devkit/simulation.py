@@ -1,4 +1,5 @@
-"""A simulated year of customers (issue 10 point 4), shared by the test and bench/simulate_year.py.
+"""A simulated year of customers, shared by tests/billing/test_simulated_year.py and
+bench/simulate_year.py.
 
 N organisations live through D days of the real scheduled jobs (`core.jobs`, what
 `manage.py tick` runs) while a seeded random walk decides what their people and ops staff do,
@@ -21,6 +22,8 @@ they belong to (a runtime posts within minutes; a record arriving after its mont
 a different story, not simulated). The catalogue's monthly limits are lowered first, as ops
 would in Django admin > Plans, so a few hundred records cross a limit instead of 50,000.
 
+The moves themselves are in devkit/simulation_moves.py.
+
 PDFs: rendering is replaced by a constant document (WeasyPrint costs ~150 ms an invoice and has
 no bearing on money); the job that renders them and the "invoice issued" email still run.
 """
@@ -35,67 +38,45 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from unittest import mock
 
-import time_machine
 from django.db.models import Count, Exists, OuterRef, Q
 
 from accounts.audit import Actor
 from accounts.models import Organisation, User
-from accounts.services import organisation_create
 from billing.dunning import ORDER as DUNNING_ORDER
 from billing.dunning import (
-    dunning_extend_grace,
-    invoice_mark_uncollectible,
-    retry_after_card_update,
-    retry_payment,
     step_due_at,
 )
-from billing.forms import BillingInformationForm
 from billing.models import DunningCase, Invoice, OverageCharge, Payment
-from billing.selectors import billing_profile_for
 from billing.services import (
     OVERAGE_LOOKBACK,
     OVERAGE_STATUSES,
     PENDING_RETRY_AFTER,
-    QuoteChanged,
-    billing_profile_update,
-    card_setup_complete,
-    invoice_charge,
     payment_record_manual,
-    stripe_customer_ensure,
-    subscription_start,
-    subscription_upgrade,
-    upgrade_plans,
-    upgrade_quote,
 )
 from core.errors import ServiceError
 from core.jobs import all_jobs, run_job
+from devkit.simulation_moves import (
+    BILLING_DETAILS,
+    SIM_LIMITS,
+    Customer,
+    CustomerMoves,
+    at_instant,
+)
 from subscriptions.cancellation import (
     DATA_KEPT_AFTER_END,
-    subscription_cancel,
-    subscription_cancel_undo,
 )
 from subscriptions.models import (
     BillingCycle,
-    CancellationReason,
     PaymentMethodKind,
     Plan,
     PlanChange,
     ProcessFlow,
     Subscription,
 )
-from subscriptions.plan_changes import downgrade_cancel, downgrade_schedule
-from subscriptions.services import (
-    environment_create,
-    process_flow_create,
-    process_flow_resume,
-    subscription_schedule_annual_billing,
-    subscription_set_payment_method_kind,
-)
 from subscriptions.states import RENEWING, SERVING
-from tests.stripe_fixtures import CHARGE_FAILS, MASTERCARD, VISA, confirmed_setup_intent
 from usage.billing import annual_months_over_limit
 from usage.months import usage_month_of
-from usage.services import api_key_authenticate, api_key_create, sync_info_ingest
+from usage.services import api_key_authenticate, sync_info_ingest
 
 START = datetime(2027, 1, 4, tzinfo=UTC)  # a Monday, ahead of the real clock
 DAY_TICK = timedelta(hours=23, minutes=45)
@@ -103,8 +84,6 @@ QUARTER = timedelta(minutes=15)
 # Skipping the ticks of days with no billing work due (tick_every_day=False), the daily
 # housekeeping jobs (retention, partitions, SSO, reconciliation) still run this often.
 HOUSEKEEPING_AT_LEAST_EVERY = timedelta(days=7)
-# Lowered monthly limits (see the module docstring); overage is per started 1,000 above them.
-SIM_LIMITS = {"standard": 100, "professional": 300, "enterprise": 800}
 # A valid PDF with one empty page.
 PDF_STUB = (
     b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[3 0 R]"
@@ -112,16 +91,6 @@ PDF_STUB = (
     b"trailer<</Root 1 0 R>>\n%%EOF\n"
 )
 ZONES = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Australia/Sydney"]
-# Billing Information as people type it: (country, VAT number). DE with a VAT number is an EU
-# reverse charge (the seller is in Ireland); the others are taxed at their country's rate or not.
-BILLING_DETAILS = [
-    ("US", ""),
-    ("GB", ""),
-    ("DE", "DE136695976"),
-    ("IE", ""),
-    ("IN", ""),
-    ("CA", ""),
-]
 CURRENCY_WEIGHTS = {"USD": 5, "EUR": 3, "GBP": 2}
 PLAN_WEIGHTS = {"standard": 5, "professional": 4, "enterprise": 2}
 
@@ -150,38 +119,11 @@ BAD_CARD_WHILE_ACTIVE = {"replace_card": 0.01}
 BOUNDARY_MOVES = 0.05
 INCOMPLETE_MOVES = {"checkout_again": 0.4}
 ENDED_MOVES = {"resubscribe": 0.04}
-FIRST_CARD_FAILS = 0.1
 PREFERS_TRANSFER = 0.4
 SLOW_PAYERS = 0.4  # ignore the failed-payment emails for weeks: some get suspended
 # Ops record a bank transfer / PO payment: (share, days after issue from, to); None: never.
 TRANSFER_DELAYS = [(0.65, 1, 29), (0.27, 31, 50), (0.08, None, None)]
 FAILED_SYNC_SHARE = 0.03  # Sync Info records with status "failed"
-
-
-@dataclass
-class Customer:
-    """One organisation and what its people know or intend (never the database's truth)."""
-
-    index: int
-    signup_day: int
-    zone: str
-    currency: str
-    plan: str
-    cycle: str
-    details: tuple[str, str]
-    prefers_transfer: bool
-    slow_payer: bool
-    organisation_id: int | None = None
-    admin: User | None = None
-    card_bad: bool = False
-    api_key: str = ""
-    flows_set_up: bool = False
-    pending: list[datetime] = field(default_factory=list)
-    generated_until: datetime | None = None
-    factor: float = 0.0
-    factor_until: datetime | None = None
-    batches: int = 0
-    grace_extended_case: int | None = None
 
 
 @dataclass
@@ -251,7 +193,7 @@ class Stats:
 DayCheck = Callable[[datetime], list]
 
 
-class Simulation:
+class Simulation(CustomerMoves):
     """`Simulation(organisations=8, days=366, seed=1).run(check=...)`; `check(now)` after each
     day's tick returns the day's problems (ledger violations), collected in `problems`."""
 
@@ -271,7 +213,7 @@ class Simulation:
         self.days = days
         self.start = start
         self.activity = activity
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # noqa: S311 - a reproducible walk, not a secret
         self.seed = seed
         self.stop_on_problem = stop_on_problem
         self.tick_every_day = tick_every_day
@@ -323,7 +265,7 @@ class Simulation:
                     self._tick(end)
                 self.stats.days += 1
                 if check is not None:
-                    with _at(end):
+                    with at_instant(end):
                         found = check(end)
                     self.problems.extend((end, problem) for problem in found)
                     if found and self.stop_on_problem:
@@ -332,7 +274,7 @@ class Simulation:
         return self.stats
 
     def _set_up(self) -> None:
-        with _at(self.start):
+        with at_instant(self.start):
             for code, limit in SIM_LIMITS.items():
                 plan = Plan.objects.get(code=code)
                 plan.monthly_transactions = limit
@@ -458,7 +400,7 @@ class Simulation:
         if self.last_tick is not None and now <= self.last_tick:
             return
         self._usage_until(now)
-        with _at(now):
+        with at_instant(now):
             for name in self.jobs:
                 started = time.perf_counter()
                 with self._errors(f"job {name}", now):
@@ -604,7 +546,7 @@ class Simulation:
         flows = list(
             flows.filter(status=ProcessFlow.Status.ACTIVE).values_list("public_id", flat=True)
         ) or list(flows.values_list("public_id", flat=True))
-        with _at(now):
+        with at_instant(now):
             key = api_key_authenticate(plain=customer.api_key, now=now)
             if key is None or not flows:
                 return  # the organisation was deleted: its runtime gets 401
@@ -662,7 +604,7 @@ class Simulation:
         self._transfer_due[invoice_id] = None
         customer = next(c for c in self.customers if c.organisation_id == invoice.organisation_id)
         self._before_move(customer, at)
-        with _at(at), self._errors(f"recording the transfer for {invoice.number}", at):
+        with at_instant(at), self._errors(f"recording the transfer for {invoice.number}", at):
             try:
                 payment_record_manual(
                     invoice=invoice,
@@ -687,7 +629,10 @@ class Simulation:
 
     def _act(self, customer: Customer, move: str, at: datetime) -> None:
         self._before_move(customer, at)
-        with _at(at), self._errors(f"move {move} of organisation {customer.organisation_id}", at):
+        with (
+            at_instant(at),
+            self._errors(f"move {move} of organisation {customer.organisation_id}", at),
+        ):
             try:
                 getattr(self, f"_move_{move}")(customer, at)
             except ServiceError as error:
@@ -720,271 +665,6 @@ class Simulation:
             else:
                 self._scheduled_downgrades.discard(subscription.pk)
 
-    def _organisation(self, customer: Customer) -> Organisation:
-        return Organisation.objects.get(pk=customer.organisation_id)
-
-    def _subscription(self, customer: Customer) -> Subscription:
-        return (
-            Subscription.objects.select_related("organisation", "plan")
-            .prefetch_related("plan__prices")
-            .get(organisation_id=customer.organisation_id)
-        )
-
-    def _actor(self, customer: Customer) -> Actor:
-        return Actor(user=customer.admin)
-
-    def _move_sign_up(self, customer: Customer, at: datetime) -> None:
-        """Sign-up (what the allauth adapter does), Billing Information, then the checkout."""
-        user = User.objects.create_user(
-            email=f"admin{customer.index}@sim{self.seed}.test", full_name=f"Admin {customer.index}"
-        )
-        organisation = organisation_create(
-            name=f"Simulated {customer.index}",
-            owner=user,
-            now=at,
-            time_zone=customer.zone,
-            currency=customer.currency,
-        )
-        customer.organisation_id = organisation.pk
-        customer.admin = user
-        customer.generated_until = at
-        self._billing_details(customer, organisation, customer.details, at)
-        number = CHARGE_FAILS if self.rng.random() < FIRST_CARD_FAILS else VISA
-        self._checkout(customer, organisation, number, at)
-
-    def _billing_details(self, customer, organisation, details, at) -> None:
-        country, vat_number = details
-        form = BillingInformationForm(
-            {
-                "company_name": organisation.name,
-                "address_line1": f"{customer.index} Main Street",
-                "city": "Springfield",
-                "postal_code": "12345",
-                "country": country,
-                "vat_number": vat_number,
-            },
-            instance=billing_profile_for(organisation=organisation),
-            plan=None,
-        )
-        if not form.is_valid():
-            raise AssertionError(f"Billing Information refused: {form.errors.as_json()}")
-        billing_profile_update(
-            organisation=organisation,
-            actor=self._actor(customer),
-            now=at,
-            **{name: form.cleaned_data[name] for name in BillingInformationForm.Meta.fields},
-        )
-
-    def _new_card(self, customer: Customer, organisation: Organisation, number: str, at) -> None:
-        """Update Card: Stripe.js confirms a SetupIntent, the view completes it."""
-        customer_id = stripe_customer_ensure(organisation=organisation)
-        setup_intent_id = confirmed_setup_intent(customer_id=customer_id, number=number)
-        card_setup_complete(
-            organisation=organisation,
-            actor=self._actor(customer),
-            setup_intent_id=setup_intent_id,
-            now=at,
-        )
-        customer.card_bad = number == CHARGE_FAILS
-
-    def _checkout(self, customer: Customer, organisation: Organisation, number: str, at) -> None:
-        """Choose a plan > checkout (billing.views.checkout): card, first invoice, charge."""
-        self._new_card(customer, organisation, number, at)
-        invoice = subscription_start(
-            organisation=organisation,
-            actor=self._actor(customer),
-            plan=Plan.objects.get(code=customer.plan),
-            billing_cycle=customer.cycle,
-            currency=customer.currency,
-            now=at,
-        )
-        payment = invoice_charge(invoice=invoice, now=at)
-        self._refresh_one(customer)
-        if payment is not None and payment.status == Payment.Status.SUCCEEDED:
-            self._flows_running(customer, organisation, at)
-        else:
-            self.stats.moves["first_payment_failed"] += 1
-
-    def _flows_running(self, customer: Customer, organisation: Organisation, at) -> None:
-        """A first environment, flows and an API key; after a resubscription, flows resumed."""
-        actor = self._actor(customer)
-        if not customer.flows_set_up:
-            environment = environment_create(
-                organisation=organisation, actor=actor, now=at, name="Production"
-            )
-            for n in range(self.rng.randint(1, 3)):
-                process_flow_create(
-                    organisation=organisation,
-                    actor=actor,
-                    now=at,
-                    name=f"Orders {n + 1}",
-                    environment=environment,
-                )
-            _, customer.api_key = api_key_create(
-                environment=environment, actor=actor, name="runtime", now=at
-            )
-            customer.flows_set_up = True
-            return
-        for flow in ProcessFlow.objects.filter(
-            organisation=organisation,
-            status=ProcessFlow.Status.PAUSED,
-            pause_reason=ProcessFlow.PauseReason.CANCELLED,
-        ):
-            process_flow_resume(organisation=organisation, actor=actor, now=at, flow=flow)
-
-    def _move_checkout_again(self, customer: Customer, at: datetime) -> None:
-        self._checkout(customer, self._organisation(customer), VISA, at)
-
-    def _move_resubscribe(self, customer: Customer, at: datetime) -> None:
-        customer.plan = self.rng.choice(list(SIM_LIMITS))
-        customer.cycle = self.rng.choice([BillingCycle.MONTHLY, BillingCycle.ANNUAL])
-        self._checkout(customer, self._organisation(customer), MASTERCARD, at)
-
-    def _move_upgrade(self, customer: Customer, at: datetime) -> None:
-        """Upgrade Plan: the quote shown, then confirmed (sometimes hours later, when the
-        amount has moved: the page shows the new quote and the Admin confirms that)."""
-        subscription = self._subscription(customer)
-        plans = upgrade_plans(subscription=subscription)
-        if not plans:
-            raise ServiceError("no higher plan")
-        plan = self.rng.choice(plans)
-        quote = upgrade_quote(subscription=subscription, plan=plan, now=at)
-        confirm_at = at
-        if self.rng.random() < 0.25:
-            later = at + timedelta(minutes=self.rng.randrange(30, 240))
-            if later < subscription.current_period_end - timedelta(hours=1):
-                confirm_at = later
-        with _at(confirm_at):
-            organisation = subscription.organisation
-            try:
-                invoice = subscription_upgrade(
-                    organisation=organisation,
-                    actor=self._actor(customer),
-                    plan=plan,
-                    quoted_total=quote.total,
-                    now=confirm_at,
-                )
-            except QuoteChanged as changed:
-                self.stats.moves["upgrade_quote_changed"] += 1
-                invoice = subscription_upgrade(
-                    organisation=organisation,
-                    actor=self._actor(customer),
-                    plan=plan,
-                    quoted_total=changed.quote.total,
-                    now=confirm_at,
-                )
-            payment = invoice_charge(invoice=invoice, now=confirm_at)
-        if payment is None or payment.status != Payment.Status.SUCCEEDED:
-            self.stats.moves["upgrade_declined"] += 1
-
-    def _move_downgrade(self, customer: Customer, at: datetime) -> None:
-        subscription = self._subscription(customer)
-        lower = [
-            plan
-            for plan in Plan.objects.filter(is_public=True, rank__lt=subscription.plan.rank)
-            .prefetch_related("prices")
-            .order_by("rank")
-            if plan.price_for(subscription.currency)
-        ]
-        if not lower:
-            raise ServiceError("no lower plan")
-        downgrade_schedule(
-            subscription=subscription,
-            actor=self._actor(customer),
-            plan=self.rng.choice(lower),
-            keep_flow_ids=None,
-            now=at,
-        )
-
-    def _move_undo_downgrade(self, customer: Customer, at: datetime) -> None:
-        downgrade_cancel(
-            subscription=self._subscription(customer), actor=self._actor(customer), now=at
-        )
-
-    def _move_cancel(self, customer: Customer, at: datetime) -> None:
-        subscription_cancel(
-            subscription=self._subscription(customer),
-            actor=self._actor(customer),
-            reason=self.rng.choice(
-                [r for r in CancellationReason.values if r != CancellationReason.OTHER]
-            ),
-            detail="",
-            now=at,
-        )
-
-    def _move_undo_cancel(self, customer: Customer, at: datetime) -> None:
-        subscription_cancel_undo(
-            subscription=self._subscription(customer), actor=self._actor(customer), now=at
-        )
-
-    def _update_card(self, customer: Customer, number: str, at: datetime) -> None:
-        """Payment Method > Update Card (billing.views.payment_method): while past due the
-        open invoices are retried with the new card at once."""
-        organisation = self._organisation(customer)
-        self._new_card(customer, organisation, number, at)
-        retry_after_card_update(organisation=organisation, now=at)
-
-    def _move_card_goes_bad(self, customer: Customer, at: datetime) -> None:
-        self._update_card(customer, CHARGE_FAILS, at)
-
-    def _move_replace_card(self, customer: Customer, at: datetime) -> None:
-        self._update_card(customer, VISA, at)
-
-    def _move_retry_payment(self, customer: Customer, at: datetime) -> None:
-        retry_payment(
-            organisation=self._organisation(customer), actor=self._actor(customer), now=at
-        )
-
-    def _move_billing_details(self, customer: Customer, at: datetime) -> None:
-        details = self.rng.choice(BILLING_DETAILS)
-        self._billing_details(customer, self._organisation(customer), details, at)
-
-    def _move_switch_to_annual(self, customer: Customer, at: datetime) -> None:
-        subscription_schedule_annual_billing(
-            subscription=self._subscription(customer), actor=Actor(user=self.ops), now=at
-        )
-
-    def _move_invoice_by_transfer(self, customer: Customer, at: datetime) -> None:
-        subscription = self._subscription(customer)
-        kind = (
-            PaymentMethodKind.PURCHASE_ORDER
-            if subscription.plan.allows_purchase_order and self.rng.random() < 0.5
-            else PaymentMethodKind.BANK_TRANSFER
-        )
-        subscription_set_payment_method_kind(
-            subscription=subscription, kind=kind, actor=Actor(user=self.ops), now=at
-        )
-
-    def _move_invoice_by_card(self, customer: Customer, at: datetime) -> None:
-        subscription_set_payment_method_kind(
-            subscription=self._subscription(customer),
-            kind=PaymentMethodKind.CARD,
-            actor=Actor(user=self.ops),
-            now=at,
-        )
-
-    def _move_extend_grace(self, customer: Customer, at: datetime) -> None:
-        case = DunningCase.objects.filter(
-            organisation_id=customer.organisation_id, status=DunningCase.Status.OPEN
-        ).first()
-        if case is None or case.pk == customer.grace_extended_case:
-            raise ServiceError("no case to extend")
-        customer.grace_extended_case = case.pk
-        dunning_extend_grace(
-            case=case, days=7, actor=Actor(user=self.ops), now=at, reason="Customer called"
-        )
-
-    def _move_write_off(self, customer: Customer, at: datetime) -> None:
-        invoices = Invoice.objects.filter(
-            organisation_id=customer.organisation_id, status=Invoice.Status.OPEN
-        ).exclude(kind=Invoice.Kind.UPGRADE)
-        if not invoices:
-            raise ServiceError("nothing open")
-        for invoice in invoices.order_by("pk"):
-            invoice_mark_uncollectible(
-                invoice=invoice, actor=Actor(user=self.ops), now=at, reason="Customer insolvent"
-            )
-
 
 def _weighted(rng: random.Random, weights: dict[str, int]) -> str:
     return rng.choices(list(weights), weights=list(weights.values()))[0]
@@ -994,10 +674,3 @@ def _quarter_after(moment: datetime) -> datetime:
     """The first quarter hour at or after `moment`: when the 15-minute schedule runs."""
     floor = moment.replace(minute=moment.minute - moment.minute % 15, second=0, microsecond=0)
     return floor if floor == moment else floor + QUARTER
-
-
-@contextmanager
-def _at(moment: datetime):
-    """The clock stands at `moment` for whatever reads it (timezone.now, model defaults)."""
-    with time_machine.travel(moment, tick=False):
-        yield

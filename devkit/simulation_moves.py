@@ -1,0 +1,376 @@
+"""What the simulated people and ops staff do (devkit.simulation runs them).
+
+Each `_move_<name>` is one thing a person does in the portal or ops do in Django admin, through
+the same services the views and admin actions call, with an explicit `now`. A move that the
+product refuses raises ServiceError, which the simulation counts as refused.
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import time_machine
+
+from accounts.audit import Actor
+from accounts.models import Organisation, User
+from accounts.services import organisation_create
+from billing.dunning import (
+    dunning_extend_grace,
+    invoice_mark_uncollectible,
+    retry_after_card_update,
+    retry_payment,
+)
+from billing.forms import BillingInformationForm
+from billing.models import DunningCase, Invoice, Payment
+from billing.selectors import billing_profile_for
+from billing.services import (
+    QuoteChanged,
+    billing_profile_update,
+    card_setup_complete,
+    invoice_charge,
+    stripe_customer_ensure,
+    subscription_start,
+    subscription_upgrade,
+    upgrade_plans,
+    upgrade_quote,
+)
+from core.errors import ServiceError
+from devkit.stripe_standin import CHARGE_FAILS, MASTERCARD, VISA, confirmed_setup_intent
+from subscriptions.cancellation import (
+    subscription_cancel,
+    subscription_cancel_undo,
+)
+from subscriptions.models import (
+    BillingCycle,
+    CancellationReason,
+    PaymentMethodKind,
+    Plan,
+    ProcessFlow,
+    Subscription,
+)
+from subscriptions.plan_changes import downgrade_cancel, downgrade_schedule
+from subscriptions.services import (
+    environment_create,
+    process_flow_create,
+    process_flow_resume,
+    subscription_schedule_annual_billing,
+    subscription_set_payment_method_kind,
+)
+from usage.services import api_key_create
+
+# Lowered monthly limits (devkit/simulation.py says why); overage is per started 1,000 above them.
+SIM_LIMITS = {"standard": 100, "professional": 300, "enterprise": 800}
+# Billing Information as people type it: (country, VAT number). DE with a VAT number is an EU
+# reverse charge (the seller is in Ireland); the others are taxed at their country's rate or not.
+BILLING_DETAILS = [
+    ("US", ""),
+    ("GB", ""),
+    ("DE", "DE136695976"),
+    ("IE", ""),
+    ("IN", ""),
+    ("CA", ""),
+]
+FIRST_CARD_FAILS = 0.1
+
+
+@dataclass
+class Customer:
+    """One organisation and what its people know or intend (never the database's truth)."""
+
+    index: int
+    signup_day: int
+    zone: str
+    currency: str
+    plan: str
+    cycle: str
+    details: tuple[str, str]
+    prefers_transfer: bool
+    slow_payer: bool
+    organisation_id: int | None = None
+    admin: User | None = None
+    card_bad: bool = False
+    api_key: str = ""
+    flows_set_up: bool = False
+    pending: list[datetime] = field(default_factory=list)
+    generated_until: datetime | None = None
+    factor: float = 0.0
+    factor_until: datetime | None = None
+    batches: int = 0
+    grace_extended_case: int | None = None
+
+
+@contextmanager
+def at_instant(moment: datetime):
+    """The clock stands at `moment` for whatever reads it (timezone.now, model defaults)."""
+    with time_machine.travel(moment, tick=False):
+        yield
+
+
+class CustomerMoves:
+    """The moves, mixed into devkit.simulation.Simulation, which provides `rng`, `seed`,
+    `stats`, `ops` and `_refresh_one`."""
+
+    def _organisation(self, customer: Customer) -> Organisation:
+        return Organisation.objects.get(pk=customer.organisation_id)
+
+    def _subscription(self, customer: Customer) -> Subscription:
+        return (
+            Subscription.objects.select_related("organisation", "plan")
+            .prefetch_related("plan__prices")
+            .get(organisation_id=customer.organisation_id)
+        )
+
+    def _actor(self, customer: Customer) -> Actor:
+        return Actor(user=customer.admin)
+
+    def _move_sign_up(self, customer: Customer, at: datetime) -> None:
+        """Sign-up (what the allauth adapter does), Billing Information, then the checkout."""
+        user = User.objects.create_user(
+            email=f"admin{customer.index}@sim{self.seed}.test", full_name=f"Admin {customer.index}"
+        )
+        organisation = organisation_create(
+            name=f"Simulated {customer.index}",
+            owner=user,
+            now=at,
+            time_zone=customer.zone,
+            currency=customer.currency,
+        )
+        customer.organisation_id = organisation.pk
+        customer.admin = user
+        customer.generated_until = at
+        self._billing_details(customer, organisation, customer.details, at)
+        number = CHARGE_FAILS if self.rng.random() < FIRST_CARD_FAILS else VISA
+        self._checkout(customer, organisation, number, at)
+
+    def _billing_details(self, customer, organisation, details, at) -> None:
+        country, vat_number = details
+        form = BillingInformationForm(
+            {
+                "company_name": organisation.name,
+                "address_line1": f"{customer.index} Main Street",
+                "city": "Springfield",
+                "postal_code": "12345",
+                "country": country,
+                "vat_number": vat_number,
+            },
+            instance=billing_profile_for(organisation=organisation),
+            plan=None,
+        )
+        if not form.is_valid():
+            raise AssertionError(f"Billing Information refused: {form.errors.as_json()}")
+        billing_profile_update(
+            organisation=organisation,
+            actor=self._actor(customer),
+            now=at,
+            **{name: form.cleaned_data[name] for name in BillingInformationForm.Meta.fields},
+        )
+
+    def _new_card(self, customer: Customer, organisation: Organisation, number: str, at) -> None:
+        """Update Card: Stripe.js confirms a SetupIntent, the view completes it."""
+        customer_id = stripe_customer_ensure(organisation=organisation)
+        setup_intent_id = confirmed_setup_intent(customer_id=customer_id, number=number)
+        card_setup_complete(
+            organisation=organisation,
+            actor=self._actor(customer),
+            setup_intent_id=setup_intent_id,
+            now=at,
+        )
+        customer.card_bad = number == CHARGE_FAILS
+
+    def _checkout(self, customer: Customer, organisation: Organisation, number: str, at) -> None:
+        """Choose a plan > checkout (billing.views.checkout): card, first invoice, charge."""
+        self._new_card(customer, organisation, number, at)
+        invoice = subscription_start(
+            organisation=organisation,
+            actor=self._actor(customer),
+            plan=Plan.objects.get(code=customer.plan),
+            billing_cycle=customer.cycle,
+            currency=customer.currency,
+            now=at,
+        )
+        payment = invoice_charge(invoice=invoice, now=at)
+        self._refresh_one(customer)
+        if payment is not None and payment.status == Payment.Status.SUCCEEDED:
+            self._flows_running(customer, organisation, at)
+        else:
+            self.stats.moves["first_payment_failed"] += 1
+
+    def _flows_running(self, customer: Customer, organisation: Organisation, at) -> None:
+        """A first environment, flows and an API key; after a resubscription, flows resumed."""
+        actor = self._actor(customer)
+        if not customer.flows_set_up:
+            environment = environment_create(
+                organisation=organisation, actor=actor, now=at, name="Production"
+            )
+            for n in range(self.rng.randint(1, 3)):
+                process_flow_create(
+                    organisation=organisation,
+                    actor=actor,
+                    now=at,
+                    name=f"Orders {n + 1}",
+                    environment=environment,
+                )
+            _, customer.api_key = api_key_create(
+                environment=environment, actor=actor, name="runtime", now=at
+            )
+            customer.flows_set_up = True
+            return
+        for flow in ProcessFlow.objects.filter(
+            organisation=organisation,
+            status=ProcessFlow.Status.PAUSED,
+            pause_reason=ProcessFlow.PauseReason.CANCELLED,
+        ):
+            process_flow_resume(organisation=organisation, actor=actor, now=at, flow=flow)
+
+    def _move_checkout_again(self, customer: Customer, at: datetime) -> None:
+        self._checkout(customer, self._organisation(customer), VISA, at)
+
+    def _move_resubscribe(self, customer: Customer, at: datetime) -> None:
+        customer.plan = self.rng.choice(list(SIM_LIMITS))
+        customer.cycle = self.rng.choice([BillingCycle.MONTHLY, BillingCycle.ANNUAL])
+        self._checkout(customer, self._organisation(customer), MASTERCARD, at)
+
+    def _move_upgrade(self, customer: Customer, at: datetime) -> None:
+        """Upgrade Plan: the quote shown, then confirmed (sometimes hours later, when the
+        amount has moved: the page shows the new quote and the Admin confirms that)."""
+        subscription = self._subscription(customer)
+        plans = upgrade_plans(subscription=subscription)
+        if not plans:
+            raise ServiceError("no higher plan")
+        plan = self.rng.choice(plans)
+        quote = upgrade_quote(subscription=subscription, plan=plan, now=at)
+        confirm_at = at
+        if self.rng.random() < 0.25:
+            later = at + timedelta(minutes=self.rng.randrange(30, 240))
+            if later < subscription.current_period_end - timedelta(hours=1):
+                confirm_at = later
+        with at_instant(confirm_at):
+            organisation = subscription.organisation
+            try:
+                invoice = subscription_upgrade(
+                    organisation=organisation,
+                    actor=self._actor(customer),
+                    plan=plan,
+                    quoted_total=quote.total,
+                    now=confirm_at,
+                )
+            except QuoteChanged as changed:
+                self.stats.moves["upgrade_quote_changed"] += 1
+                invoice = subscription_upgrade(
+                    organisation=organisation,
+                    actor=self._actor(customer),
+                    plan=plan,
+                    quoted_total=changed.quote.total,
+                    now=confirm_at,
+                )
+            payment = invoice_charge(invoice=invoice, now=confirm_at)
+        if payment is None or payment.status != Payment.Status.SUCCEEDED:
+            self.stats.moves["upgrade_declined"] += 1
+
+    def _move_downgrade(self, customer: Customer, at: datetime) -> None:
+        subscription = self._subscription(customer)
+        lower = [
+            plan
+            for plan in Plan.objects.filter(is_public=True, rank__lt=subscription.plan.rank)
+            .prefetch_related("prices")
+            .order_by("rank")
+            if plan.price_for(subscription.currency)
+        ]
+        if not lower:
+            raise ServiceError("no lower plan")
+        downgrade_schedule(
+            subscription=subscription,
+            actor=self._actor(customer),
+            plan=self.rng.choice(lower),
+            keep_flow_ids=None,
+            now=at,
+        )
+
+    def _move_undo_downgrade(self, customer: Customer, at: datetime) -> None:
+        downgrade_cancel(
+            subscription=self._subscription(customer), actor=self._actor(customer), now=at
+        )
+
+    def _move_cancel(self, customer: Customer, at: datetime) -> None:
+        subscription_cancel(
+            subscription=self._subscription(customer),
+            actor=self._actor(customer),
+            reason=self.rng.choice(
+                [r for r in CancellationReason.values if r != CancellationReason.OTHER]
+            ),
+            detail="",
+            now=at,
+        )
+
+    def _move_undo_cancel(self, customer: Customer, at: datetime) -> None:
+        subscription_cancel_undo(
+            subscription=self._subscription(customer), actor=self._actor(customer), now=at
+        )
+
+    def _update_card(self, customer: Customer, number: str, at: datetime) -> None:
+        """Payment Method > Update Card (billing.views.payment_method): while past due the
+        open invoices are retried with the new card at once."""
+        organisation = self._organisation(customer)
+        self._new_card(customer, organisation, number, at)
+        retry_after_card_update(organisation=organisation, now=at)
+
+    def _move_card_goes_bad(self, customer: Customer, at: datetime) -> None:
+        self._update_card(customer, CHARGE_FAILS, at)
+
+    def _move_replace_card(self, customer: Customer, at: datetime) -> None:
+        self._update_card(customer, VISA, at)
+
+    def _move_retry_payment(self, customer: Customer, at: datetime) -> None:
+        retry_payment(
+            organisation=self._organisation(customer), actor=self._actor(customer), now=at
+        )
+
+    def _move_billing_details(self, customer: Customer, at: datetime) -> None:
+        details = self.rng.choice(BILLING_DETAILS)
+        self._billing_details(customer, self._organisation(customer), details, at)
+
+    def _move_switch_to_annual(self, customer: Customer, at: datetime) -> None:
+        subscription_schedule_annual_billing(
+            subscription=self._subscription(customer), actor=Actor(user=self.ops), now=at
+        )
+
+    def _move_invoice_by_transfer(self, customer: Customer, at: datetime) -> None:
+        subscription = self._subscription(customer)
+        kind = (
+            PaymentMethodKind.PURCHASE_ORDER
+            if subscription.plan.allows_purchase_order and self.rng.random() < 0.5
+            else PaymentMethodKind.BANK_TRANSFER
+        )
+        subscription_set_payment_method_kind(
+            subscription=subscription, kind=kind, actor=Actor(user=self.ops), now=at
+        )
+
+    def _move_invoice_by_card(self, customer: Customer, at: datetime) -> None:
+        subscription_set_payment_method_kind(
+            subscription=self._subscription(customer),
+            kind=PaymentMethodKind.CARD,
+            actor=Actor(user=self.ops),
+            now=at,
+        )
+
+    def _move_extend_grace(self, customer: Customer, at: datetime) -> None:
+        case = DunningCase.objects.filter(
+            organisation_id=customer.organisation_id, status=DunningCase.Status.OPEN
+        ).first()
+        if case is None or case.pk == customer.grace_extended_case:
+            raise ServiceError("no case to extend")
+        customer.grace_extended_case = case.pk
+        dunning_extend_grace(
+            case=case, days=7, actor=Actor(user=self.ops), now=at, reason="Customer called"
+        )
+
+    def _move_write_off(self, customer: Customer, at: datetime) -> None:
+        invoices = Invoice.objects.filter(
+            organisation_id=customer.organisation_id, status=Invoice.Status.OPEN
+        ).exclude(kind=Invoice.Kind.UPGRADE)
+        if not invoices:
+            raise ServiceError("nothing open")
+        for invoice in invoices.order_by("pk"):
+            invoice_mark_uncollectible(
+                invoice=invoice, actor=Actor(user=self.ops), now=at, reason="Customer insolvent"
+            )

@@ -1,0 +1,10 @@
+"""Plain helpers for tests of every app (fixtures stay in tests/conftest.py)."""
+
+from tests.factories import MembershipFactory, UserFactory
+
+
+def user_with_role(organisation, role, email):
+    """A new user with `email`, an active member of `organisation` with `role`."""
+    return MembershipFactory(
+        organisation=organisation, role=role, user=UserFactory(email=email)
+    ).user

@@ -46,7 +46,7 @@ from billing.models import (
     PaymentMethod,
     ReconciliationDifference,
 )
-from billing.services import card_attempt_add, payment_failed, payment_succeeded
+from billing.payments import card_attempt_add, payment_failed, payment_succeeded
 from core.errors import ServiceError
 from core.money import format_money
 from subscriptions.models import PaymentMethodKind
@@ -63,7 +63,7 @@ SETTLE_AFTER = timedelta(minutes=30)
 
 _SUCCEEDED = "succeeded"
 _IN_FLIGHT = frozenset({"processing", "requires_capture"})
-# The idempotency keys of billing.services.payment_record_manual: money ops recorded by hand.
+# The idempotency keys of billing.payments.payment_record_manual: money ops recorded by hand.
 _MANUAL_KEY = "-manual-"
 FAILURE_CODE = "not_at_processor"
 FAILURE_MESSAGE = "Our card processor has no record of this payment."

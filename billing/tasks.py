@@ -1,8 +1,8 @@
 from celery import shared_task
 from django.utils import timezone
 
+from billing.documents import invoice_document_original
 from billing.models import Invoice
-from billing.services import invoice_document_original
 from core.observability import log_context, register_task_ids
 
 

@@ -13,37 +13,28 @@ from accounts.audit import Actor
 from accounts.roles import ADMIN_AND_BILLING, ADMIN_ONLY
 from accounts.tenancy import tenant_view
 from billing import gateway
-from billing.dunning import (
-    Step,
-    amount_due,
-    retry_after_card_update,
-    retry_payment,
-    timeline,
-)
+from billing.cards import card_setup_begin, card_setup_complete
+from billing.checkout import subscription_checkout
+from billing.collection import retry_after_card_update, retry_payment
+from billing.details import billing_profile_update
+from billing.documents import invoice_document_original
+from billing.dunning import Step, amount_due, timeline
 from billing.forms import BillingInformationForm, CardForm, CheckoutForm, PlanChoiceForm
-from billing.models import Payment
+from billing.payments import ChargeOutcome, charge_outcome, invoice_charge
 from billing.selectors import (
     billing_profile_for,
     invoice_get,
     invoice_list,
     invoice_revised_copy_get,
     payment_method_current,
+    plan_offered,
+    subscription_for_upgrade,
 )
-from billing.services import (
-    billing_profile_update,
-    card_setup_begin,
-    card_setup_complete,
-    invoice_charge,
-    invoice_document_original,
-    subscription_start,
-    subscription_upgrade,
-    tax_for,
-    upgrade_plans,
-    upgrade_quote,
-)
+from billing.tax import tax_for
+from billing.upgrades import UpgradeError, subscription_upgrade, upgrade_plans, upgrade_quote
 from core.errors import ServiceError
 from core.money import format_money
-from subscriptions.models import PaymentMethodKind, Plan, Subscription
+from subscriptions.models import PaymentMethodKind, Subscription
 from subscriptions.selectors import subscription_with_plan
 from subscriptions.states import FAILING
 
@@ -72,7 +63,7 @@ def _stripe_context(organisation, *, reach_stripe: bool = True) -> dict:
 
 
 def _stripe_unavailable(exc: Exception) -> bool:
-    return getattr(exc, "code", None) == "gateway_unavailable"
+    return getattr(exc, "code", None) == gateway.GatewayErrorCode.UNAVAILABLE
 
 
 def _retry_reason(outcome) -> str:
@@ -119,7 +110,7 @@ def invoice_revised_pdf(request, invoice_number, document_id):
     return response
 
 
-# What each step of the schedule does, said before it happens (DESIGN.md section 2).
+# What each step of the schedule does, said before it happens (billing.dunning).
 PLANNED = {
     Step.DAY_0: "The payment fails and we email you.",
     Step.DAY_3: "Second charge attempt, with a reminder email.",
@@ -199,7 +190,7 @@ def _timeline_display(dunning: dict, subscription, now) -> dict:
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing", allow_when_ended=True)
 def payment_method(request):
     """Payment Method: the card on file, Update Card and, while a payment is failing, the
-    dunning timeline with Retry Payment (article section 6; DESIGN.md section 2b)."""
+    dunning timeline with Retry Payment (billing.dunning, billing.collection)."""
     organisation = request.organisation
     form = CardForm(request.POST or None)
     error = None
@@ -263,7 +254,7 @@ def payment_method(request):
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing", allow_when_ended=False)
 @require_POST
 def retry_payment_view(request):
-    """Retry Payment (article section 6): charge every open invoice now, whatever the day.
+    """Retry Payment: charge every open invoice now, whatever the day.
 
     Two clicks at once charge once: the second finds the first one's attempt pending.
     """
@@ -369,40 +360,29 @@ def checkout(request):
     error = None
     reach_stripe = True
     if request.method == "POST":
-        now = timezone.now()
-        actor = Actor.from_request(request)
         try:
-            if form.cleaned_data["setup_intent_id"]:
-                card_setup_complete(
-                    organisation=organisation,
-                    actor=actor,
-                    setup_intent_id=form.cleaned_data["setup_intent_id"],
-                    now=now,
-                )
-            elif payment_method_current(organisation=organisation) is None:
-                raise ServiceError("Enter your card details.")
-            invoice = subscription_start(
+            checkout = subscription_checkout(
                 organisation=organisation,
-                actor=actor,
+                actor=Actor.from_request(request),
                 plan=plan,
                 billing_cycle=cycle,
                 currency=currency,
-                now=now,
+                now=timezone.now(),
+                setup_intent_id=form.cleaned_data["setup_intent_id"],
             )
-            payment = invoice_charge(invoice=invoice, now=now)
         except (ServiceError, gateway.PaymentError) as exc:
             error = exc.message
             reach_stripe = not _stripe_unavailable(exc)
         else:
-            if payment is not None and payment.status == Payment.Status.SUCCEEDED:
+            if checkout.outcome == ChargeOutcome.PAID:
                 messages.success(
                     request,
-                    f"Welcome to the {plan.name} plan. Invoice {invoice.number} is paid; "
+                    f"Welcome to the {plan.name} plan. Invoice {checkout.invoice.number} is paid; "
                     "you find it in Settings > Billing > Invoice History.",
                 )
                 return redirect("subscriptions:settings", org_slug=organisation.slug)
-            if payment is not None and payment.status == Payment.Status.FAILED:
-                error = f"Your card was not charged: {payment.failure_message}"
+            if checkout.outcome == ChargeOutcome.DECLINED:
+                error = f"Your card was not charged: {checkout.payment.failure_message}"
             else:
                 error = "We have not heard back from the card processor yet. Refresh in a minute."
                 reach_stripe = False
@@ -427,12 +407,7 @@ def checkout(request):
 
 
 def _subscription_for_upgrade(request):
-    subscription = (
-        Subscription.objects.select_related("plan", "organisation")
-        .prefetch_related("plan__prices")
-        .filter(organisation=request.organisation)
-        .first()
-    )
+    subscription = subscription_for_upgrade(organisation=request.organisation)
     if subscription is None:
         messages.info(request, "Choose a plan first.")
     return subscription
@@ -468,7 +443,7 @@ def upgrade_confirm(request):
     if subscription is None:
         return redirect("billing:choose_plan", org_slug=organisation.slug)
     data = request.POST if request.method == "POST" else request.GET
-    plan = Plan.objects.filter(code=data.get("plan", ""), is_public=True).first()
+    plan = plan_offered(code=data.get("plan", ""))
     if plan is None:
         messages.error(request, "That plan does not exist or is no longer offered.")
         return redirect("billing:upgrade", org_slug=organisation.slug)
@@ -489,16 +464,17 @@ def upgrade_confirm(request):
             )
             payment = invoice_charge(invoice=invoice, now=now)
         except ServiceError as exc:
-            notice, status = exc.message, (409 if exc.code == "quote_changed" else 400)
+            notice, status = exc.message, (409 if exc.code == UpgradeError.QUOTE_CHANGED else 400)
         else:
-            if payment is not None and payment.status == Payment.Status.SUCCEEDED:
+            outcome = charge_outcome(payment)
+            if outcome == ChargeOutcome.PAID:
                 messages.success(
                     request,
                     f"You are now on the {plan.name} plan. Invoice {invoice.number} "
                     f"({format_money(invoice.total, invoice.currency)}) is paid.",
                 )
                 return redirect("subscriptions:settings", org_slug=organisation.slug)
-            if payment is not None and payment.status == Payment.Status.FAILED:
+            if outcome == ChargeOutcome.DECLINED:
                 notice, status = (
                     f"Your card was not charged and you stay on {subscription.plan.name}: "
                     f"{payment.failure_message}",

@@ -41,32 +41,17 @@ from django.db.models import Count, Exists, OuterRef, Q
 from accounts.audit import Actor
 from accounts.models import Organisation, User
 from accounts.services import organisation_create
+from billing.cards import card_setup_complete, stripe_customer_ensure
+from billing.collection import retry_after_card_update, retry_payment
+from billing.details import billing_profile_update
 from billing.dunning import ORDER as DUNNING_ORDER
-from billing.dunning import (
-    dunning_extend_grace,
-    invoice_mark_uncollectible,
-    retry_after_card_update,
-    retry_payment,
-    step_due_at,
-)
+from billing.dunning import dunning_extend_grace, invoice_mark_uncollectible, step_due_at
 from billing.forms import BillingInformationForm
+from billing.invoicing import OVERAGE_LOOKBACK, OVERAGE_STATUSES, subscription_start
 from billing.models import DunningCase, Invoice, OverageCharge, Payment
+from billing.payments import PENDING_RETRY_AFTER, invoice_charge, payment_record_manual
 from billing.selectors import billing_profile_for
-from billing.services import (
-    OVERAGE_LOOKBACK,
-    OVERAGE_STATUSES,
-    PENDING_RETRY_AFTER,
-    QuoteChanged,
-    billing_profile_update,
-    card_setup_complete,
-    invoice_charge,
-    payment_record_manual,
-    stripe_customer_ensure,
-    subscription_start,
-    subscription_upgrade,
-    upgrade_plans,
-    upgrade_quote,
-)
+from billing.upgrades import QuoteChanged, subscription_upgrade, upgrade_plans, upgrade_quote
 from core.errors import ServiceError
 from core.jobs import all_jobs, run_job
 from subscriptions.cancellation import (

@@ -3,13 +3,10 @@ from datetime import UTC, datetime
 import pytest
 
 from accounts.audit import Actor
+from billing.cards import card_setup_complete, stripe_customer_ensure
+from billing.invoicing import subscription_start
 from billing.models import Invoice
-from billing.services import (
-    card_setup_complete,
-    invoice_charge,
-    stripe_customer_ensure,
-    subscription_start,
-)
+from billing.payments import invoice_charge
 from subscriptions.models import Plan
 from tests.stripe_fixtures import VISA, confirmed_setup_intent
 

@@ -11,7 +11,7 @@ from django.db import connection
 
 from accounts.audit import Actor
 from accounts.models import AuditEvent
-from billing.dunning import dunning_advance, retry_after_card_update, retry_payment
+from billing.collection import dunning_advance, retry_after_card_update, retry_payment
 from billing.models import DunningCase, DunningStep, Invoice, Payment
 from core.errors import ServiceError
 from subscriptions.models import ProcessFlow, Subscription
@@ -189,7 +189,8 @@ def test_processor_down_during_a_retry_then_back(failing, org, settings, localst
 
 
 def test_overdue_bank_transfer_follows_the_schedule_without_charges(subscribed, org, committed):
-    from billing.services import billing_run_issue, payment_record_manual
+    from billing.invoicing import billing_run_issue
+    from billing.payments import payment_record_manual
 
     Subscription.objects.filter(organisation=org).update(
         billing_cycle="annual", payment_method_kind="bank_transfer"

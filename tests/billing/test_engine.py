@@ -9,15 +9,10 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.audit import Actor
+from billing.cards import card_expiry_reminders_send
+from billing.invoicing import billing_run_issue, subscription_start
 from billing.models import Invoice, InvoiceSequence, Payment, PaymentMethod
-from billing.services import (
-    billing_run_issue,
-    card_expiry_reminders_send,
-    invoice_charge,
-    invoices_charge_due,
-    payment_record_manual,
-    subscription_start,
-)
+from billing.payments import invoice_charge, invoices_charge_due, payment_record_manual
 from core.errors import ServiceError
 from core.jobs import run_job
 from subscriptions.models import Plan, PlanPrice, Subscription

@@ -10,9 +10,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
+from billing.invoicing import billing_run_issue
 from billing.ledger import ledger_check, ledger_record
 from billing.models import Invoice, LedgerViolation, OverageCharge
-from billing.services import billing_run_issue, invoices_charge_due
+from billing.payments import invoices_charge_due
 from core.jobs import run_job
 from subscriptions.models import Plan, Subscription
 from tests.billing.conftest import subscribe

@@ -18,6 +18,7 @@ from django.utils import timezone
 from accounts.audit import Actor
 from accounts.models import AuditEvent, OutgoingEmail
 from billing import gateway
+from billing.invoicing import billing_run_issue, subscription_start
 from billing.models import (
     BillingProfile,
     DunningCase,
@@ -26,17 +27,12 @@ from billing.models import (
     PaymentMethod,
     ReconciliationDifference,
 )
+from billing.payments import payment_record_manual, payment_succeeded
 from billing.reconciliation import (
     difference_dismiss,
     difference_resolve_mark_failed,
     difference_resolve_record_payment,
     reconcile,
-)
-from billing.services import (
-    billing_run_issue,
-    payment_record_manual,
-    payment_succeeded,
-    subscription_start,
 )
 from core.errors import ServiceError
 from core.money import format_money

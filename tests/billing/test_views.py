@@ -9,8 +9,8 @@ from django.urls import reverse
 from pypdf import PdfReader
 
 from accounts.models import AuditEvent
+from billing.invoicing import billing_run_issue
 from billing.models import BillingProfile, Invoice, InvoiceDocument, PaymentMethod
-from billing.services import billing_run_issue
 from subscriptions.models import Subscription
 from tests.billing.conftest import add_card, subscribe
 from tests.stripe_fixtures import MASTERCARD, confirm_card_setup

@@ -20,6 +20,7 @@ from django.urls import reverse
 from accounts.audit import Actor
 from accounts.models import OutgoingEmail
 from billing import gateway
+from billing.invoicing import billing_run_issue, subscription_start
 from billing.models import (
     BillingProfile,
     DunningCase,
@@ -28,7 +29,7 @@ from billing.models import (
     PaymentMethod,
     StripeEvent,
 )
-from billing.services import billing_run_issue, payment_record_manual, subscription_start
+from billing.payments import payment_record_manual
 from subscriptions.models import PaymentMethodKind, Plan, Subscription
 from tests.billing.conftest import START, add_card
 from tests.stripe_fixtures import CHARGE_FAILS, register_webhook, unregister_webhook

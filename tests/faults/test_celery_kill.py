@@ -51,7 +51,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from accounts.models import OutgoingEmail
-from billing.dunning import dunning_advance
+from billing.collection import dunning_advance
 from billing.models import (
     BillingProfile,
     DunningCase,
@@ -61,7 +61,7 @@ from billing.models import (
     Payment,
     PaymentMethod,
 )
-from billing.services import invoices_charge_due
+from billing.payments import invoices_charge_due
 from core.jobs import run_job
 from core.tasks import run_scheduled_job
 from subscriptions.models import Subscription
@@ -496,9 +496,9 @@ def _die_before(func):
 @pytest.mark.parametrize(
     ("window", "target", "die"),
     [
-        ("claimed, nothing charged", "billing.dunning.charge_open_invoices", _die_before),
+        ("claimed, nothing charged", "billing.collection.charge_open_invoices", _die_before),
         ("charged, answer not recorded", "billing.gateway.charge", _die_after),
-        ("answer recorded, step not", "billing.dunning.charge_open_invoices", _die_after),
+        ("answer recorded, step not", "billing.collection.charge_open_invoices", _die_after),
     ],
 )
 def test_an_interrupted_dunning_step_is_finished_once(monkeypatch, card, window, target, die):

@@ -11,15 +11,10 @@ from accounts.audit import SYSTEM
 from accounts.models import Membership, Organisation, User
 from accounts.services import organisation_create
 from billing import gateway
+from billing.cards import card_setup_begin, card_setup_complete
+from billing.invoicing import billing_run_issue, subscription_start
 from billing.models import BillingProfile, PaymentMethod
-from billing.services import (
-    billing_run_issue,
-    card_setup_begin,
-    card_setup_complete,
-    invoice_charge,
-    invoices_charge_due,
-    subscription_start,
-)
+from billing.payments import invoice_charge, invoices_charge_due
 from subscriptions.models import Plan, Subscription
 
 DEMO_PASSWORD = "demo-pass-2026"  # noqa: S105 - published demo logins, development only

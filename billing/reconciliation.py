@@ -1,4 +1,4 @@
-"""Reconciliation with Stripe (issue 10 point 2): do our card payments and the processor's
+"""Reconciliation with Stripe: do our card payments and the processor's
 PaymentIntents agree?
 
 The `reconcile_stripe` job compares, once a day, the PaymentIntents created in the last
@@ -103,7 +103,7 @@ def _key(kind: str, processor_id: str, payment_id: int | None) -> tuple[str, str
 
 def reconcile(*, now: datetime, days: int | None = None) -> ReconcileResult:
     """Compare our card payments with Stripe's PaymentIntents of the last `days` days
-    (default: settings.RECONCILIATION_DAYS) and record the differences (issue 10 point 2).
+    (default: settings.RECONCILIATION_DAYS) and record the differences.
 
     Safe to run twice or concurrently: a difference is one open row, found again it only
     moves last_seen_at. Stripe is asked first, outside the transaction; if it cannot be

@@ -1,4 +1,4 @@
-"""Stripe webhooks: the processor tells us how our charges ended (issue 5 point 7).
+"""Stripe webhooks: the processor tells us how our charges ended.
 
 The charge call itself normally tells us (billing.payments.invoice_charge). The webhook is
 for when it could not: the HTTP answer was lost (timeout, crash) and the payment row stayed

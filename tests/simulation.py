@@ -1,4 +1,4 @@
-"""A simulated year of customers (issue 10 point 4), shared by the test and bench/simulate_year.py.
+"""A simulated year of customers, shared by the test and bench/simulate_year.py.
 
 N organisations live through D days of the real scheduled jobs (`core.jobs`, what
 `manage.py tick` runs) while a seeded random walk decides what their people and ops staff do,
@@ -42,14 +42,20 @@ from accounts.audit import Actor
 from accounts.models import Organisation, User
 from accounts.services import organisation_create
 from billing.cards import card_setup_complete, stripe_customer_ensure
+from billing.checkout import subscription_checkout
 from billing.collection import retry_after_card_update, retry_payment
 from billing.details import billing_profile_update
 from billing.dunning import ORDER as DUNNING_ORDER
 from billing.dunning import dunning_extend_grace, invoice_mark_uncollectible, step_due_at
 from billing.forms import BillingInformationForm
-from billing.invoicing import OVERAGE_LOOKBACK, OVERAGE_STATUSES, subscription_start
+from billing.invoicing import OVERAGE_LOOKBACK, OVERAGE_STATUSES
 from billing.models import DunningCase, Invoice, OverageCharge, Payment
-from billing.payments import PENDING_RETRY_AFTER, invoice_charge, payment_record_manual
+from billing.payments import (
+    PENDING_RETRY_AFTER,
+    ChargeOutcome,
+    invoice_charge,
+    payment_record_manual,
+)
 from billing.selectors import billing_profile_for
 from billing.upgrades import QuoteChanged, subscription_upgrade, upgrade_plans, upgrade_quote
 from core.errors import ServiceError
@@ -760,32 +766,35 @@ class Simulation:
             **{name: form.cleaned_data[name] for name in BillingInformationForm.Meta.fields},
         )
 
-    def _new_card(self, customer: Customer, organisation: Organisation, number: str, at) -> None:
-        """Update Card: Stripe.js confirms a SetupIntent, the view completes it."""
+    def _confirmed_card(self, customer: Customer, organisation: Organisation, number: str) -> str:
+        """Stripe.js confirms a SetupIntent with the card; its id, as the page posts it."""
         customer_id = stripe_customer_ensure(organisation=organisation)
         setup_intent_id = confirmed_setup_intent(customer_id=customer_id, number=number)
+        customer.card_bad = number == CHARGE_FAILS
+        return setup_intent_id
+
+    def _new_card(self, customer: Customer, organisation: Organisation, number: str, at) -> None:
+        """Update Card: Stripe.js confirms a SetupIntent, the view completes it."""
         card_setup_complete(
             organisation=organisation,
             actor=self._actor(customer),
-            setup_intent_id=setup_intent_id,
+            setup_intent_id=self._confirmed_card(customer, organisation, number),
             now=at,
         )
-        customer.card_bad = number == CHARGE_FAILS
 
     def _checkout(self, customer: Customer, organisation: Organisation, number: str, at) -> None:
         """Choose a plan > checkout (billing.views.checkout): card, first invoice, charge."""
-        self._new_card(customer, organisation, number, at)
-        invoice = subscription_start(
+        checkout = subscription_checkout(
             organisation=organisation,
             actor=self._actor(customer),
             plan=Plan.objects.get(code=customer.plan),
             billing_cycle=customer.cycle,
             currency=customer.currency,
             now=at,
+            setup_intent_id=self._confirmed_card(customer, organisation, number),
         )
-        payment = invoice_charge(invoice=invoice, now=at)
         self._refresh_one(customer)
-        if payment is not None and payment.status == Payment.Status.SUCCEEDED:
+        if checkout.outcome == ChargeOutcome.PAID:
             self._flows_running(customer, organisation, at)
         else:
             self.stats.moves["first_payment_failed"] += 1

@@ -1,4 +1,5 @@
-"""Failed payments (issue 5): the day 0/3/7/14 schedule through `tick`, Retry Payment, resume."""
+"""Failed payments (billing.dunning, billing.collection): the day 0/3/7/14 schedule through
+`tick`, Retry Payment, resume."""
 
 import threading
 from datetime import UTC, datetime, timedelta

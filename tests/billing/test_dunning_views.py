@@ -1,4 +1,4 @@
-"""Failed payments in the portal (issue 5; DESIGN.md section 2b): the banner on every
+"""Failed payments in the portal (billing.dunning): the banner on every
 organisation page, the dunning timeline and Retry Payment on Settings > Billing > Payment Method,
 and Update Card retrying the open invoices."""
 

@@ -1,4 +1,4 @@
-"""The billing engine against real Postgres and localstripe (issue 3)."""
+"""The billing engine against real Postgres and localstripe."""
 
 import threading
 from datetime import UTC, datetime, timedelta
@@ -372,7 +372,7 @@ def test_ops_record_a_payment_from_the_invoice_admin(client, subscribed, org, co
     client.force_login(ops)
     assert client.get("/admin/billing/invoice/").status_code == 200
     assert client.get(f"/admin/billing/invoice/{invoice.pk}/change/").status_code == 200
-    # The reason is asked first (money actions, issue 9); without one nothing happens.
+    # The reason is asked first (money actions are audited with it); without one nothing happens.
     asked = client.post(
         "/admin/billing/invoice/", {"action": "record_payment", "_selected_action": [invoice.pk]}
     )

@@ -1,4 +1,4 @@
-"""Money invariants (issue 10): a year's worth of ordinary billing holds every rule, and each
+"""Money invariants (billing.ledger): a year's worth of ordinary billing holds every rule, and each
 rule, broken on purpose through raw SQL, is reported."""
 
 import hashlib

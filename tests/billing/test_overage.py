@@ -1,4 +1,4 @@
-"""Overage on invoices (DESIGN.md section 2, Billing periods and Usage; issue 6 points 6 and 8).
+"""Overage on invoices (billing.invoicing, billing.drafts): monthly and annual plans.
 
 Standard: 50,000 transactions a month, $5.00 per started 1,000 above that. Usage goes straight
 into the per-day counters, as the ingestion API leaves it.

@@ -1,4 +1,4 @@
-"""Reconciliation with Stripe (issue 10 point 2): our card payments against localstripe's
+"""Reconciliation with Stripe (billing.reconciliation): our card payments against localstripe's
 PaymentIntents, the differences in Django admin, and their resolution through our services.
 
 localstripe stamps PaymentIntents with the real clock, so these tests live in real time:

@@ -1,4 +1,4 @@
-"""Upgrade Plan (issue 4): the quote shown is the amount charged, to the cent."""
+"""Upgrade Plan (billing.upgrades): the quote shown is the amount charged, to the cent."""
 
 import contextlib
 import re

@@ -1,4 +1,4 @@
-"""POST /webhooks/stripe/: Stripe events settle charges whose answer we never got (issue 5.7).
+"""POST /webhooks/stripe/: Stripe events settle charges whose answer we never got.
 
 Events are signed here as Stripe signs them (HMAC-SHA256 of "{t}.{body}" with the webhook
 secret, header "t=...,v1=..."); their PaymentIntents are real ones from localstripe. The

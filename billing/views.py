@@ -208,27 +208,7 @@ def payment_method(request):
             error = exc.message
             reach_stripe = not _stripe_unavailable(exc)
         else:
-            # Update Card while past due retries the open invoices with the new card at once.
-            subscription = subscription_with_plan(organisation=organisation)
-            before = amount_due(subscription) if subscription else 0
-            outcome = retry_after_card_update(organisation=organisation, now=now)
-            if outcome is None:
-                messages.success(
-                    request, f"{card} saved. It will be charged from the next billing date."
-                )
-            elif outcome.succeeded:
-                paid = format_money(before - amount_due(subscription), subscription.currency)
-                messages.success(
-                    request,
-                    f"{card} saved and the open invoices were paid with it: {paid} paid. "
-                    "Your service is running normally.",
-                )
-            else:
-                messages.error(
-                    request,
-                    f"{card} saved, but the open invoices could not be paid with it: "
-                    f"{_retry_reason(outcome)}",
-                )
+            _retry_with_new_card(request, card, now=now)
             return redirect("billing:payment_method", org_slug=organisation.slug)
     elif request.method == "POST":
         error = form.errors["setup_intent_id"][0]
@@ -249,6 +229,30 @@ def payment_method(request):
         **_stripe_context(organisation, reach_stripe=reach_stripe),
     }
     return render(request, "billing/payment_method.html", context, status=400 if error else 200)
+
+
+def _retry_with_new_card(request, card, *, now) -> None:
+    """Update Card while past due retries the open invoices with the new card at once; the
+    message says what came of it."""
+    organisation = request.organisation
+    subscription = subscription_with_plan(organisation=organisation)
+    before = amount_due(subscription) if subscription else 0
+    outcome = retry_after_card_update(organisation=organisation, now=now)
+    if outcome is None:
+        messages.success(request, f"{card} saved. It will be charged from the next billing date.")
+    elif outcome.succeeded:
+        paid = format_money(before - amount_due(subscription), subscription.currency)
+        messages.success(
+            request,
+            f"{card} saved and the open invoices were paid with it: {paid} paid. "
+            "Your service is running normally.",
+        )
+    else:
+        messages.error(
+            request,
+            f"{card} saved, but the open invoices could not be paid with it: "
+            f"{_retry_reason(outcome)}",
+        )
 
 
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing", allow_when_ended=False)
@@ -386,6 +390,15 @@ def checkout(request):
             else:
                 error = "We have not heard back from the card processor yet. Refresh in a minute."
                 reach_stripe = False
+    return _checkout_page(
+        request, form, plan=plan, cycle=cycle, currency=currency, error=error, reach=reach_stripe
+    )
+
+
+def _checkout_page(request, form, *, plan, cycle, currency, error, reach) -> HttpResponse:
+    """The checkout page: the price with tax for the billing details entered, the card on
+    file or the card form; 402 with the reason when the checkout did not go through."""
+    organisation = request.organisation
     profile = billing_profile_for(organisation=organisation)
     price = plan.price_for(currency).amount_for(cycle)
     tax = tax_for(details=profile.snapshot())
@@ -401,7 +414,7 @@ def checkout(request):
         "card": payment_method_current(organisation=organisation),
         "card_error": error,
         "profile": profile,
-        **_stripe_context(organisation, reach_stripe=reach_stripe),
+        **_stripe_context(organisation, reach_stripe=reach),
     }
     return render(request, "billing/checkout.html", context, status=402 if error else 200)
 
@@ -450,42 +463,10 @@ def upgrade_confirm(request):
     now = timezone.now()
     notice, status = None, 200
     if request.method == "POST":
-        try:
-            quoted_total = int(data.get("quoted_total", ""))
-        except ValueError:
-            quoted_total = -1
-        try:
-            invoice = subscription_upgrade(
-                organisation=organisation,
-                actor=Actor.from_request(request),
-                plan=plan,
-                quoted_total=quoted_total,
-                now=now,
-            )
-            payment = invoice_charge(invoice=invoice, now=now)
-        except ServiceError as exc:
-            notice, status = exc.message, (409 if exc.code == UpgradeError.QUOTE_CHANGED else 400)
-        else:
-            outcome = charge_outcome(payment)
-            if outcome == ChargeOutcome.PAID:
-                messages.success(
-                    request,
-                    f"You are now on the {plan.name} plan. Invoice {invoice.number} "
-                    f"({format_money(invoice.total, invoice.currency)}) is paid.",
-                )
-                return redirect("subscriptions:settings", org_slug=organisation.slug)
-            if outcome == ChargeOutcome.DECLINED:
-                notice, status = (
-                    f"Your card was not charged and you stay on {subscription.plan.name}: "
-                    f"{payment.failure_message}",
-                    402,
-                )
-            else:
-                notice, status = (
-                    "We have not heard back from the card processor yet. The upgrade applies "
-                    "as soon as the payment is confirmed.",
-                    202,
-                )
+        answer = _upgrade_and_charge(request, subscription=subscription, plan=plan, now=now)
+        if isinstance(answer, HttpResponse):
+            return answer
+        notice, status = answer
         subscription.refresh_from_db()
     try:
         quote = upgrade_quote(subscription=subscription, plan=plan, now=now)
@@ -502,4 +483,44 @@ def upgrade_confirm(request):
             "notice": notice,
         },
         status=status,
+    )
+
+
+def _upgrade_and_charge(request, *, subscription, plan, now) -> HttpResponse | tuple[str, int]:
+    """Confirm Upgrade: upgrade and charge the card at once. Paid: back to the subscription
+    page; otherwise what to tell the Admin on the quote page, with the HTTP status."""
+    organisation = request.organisation
+    try:
+        quoted_total = int(request.POST.get("quoted_total", ""))
+    except ValueError:
+        quoted_total = -1
+    try:
+        invoice = subscription_upgrade(
+            organisation=organisation,
+            actor=Actor.from_request(request),
+            plan=plan,
+            quoted_total=quoted_total,
+            now=now,
+        )
+        payment = invoice_charge(invoice=invoice, now=now)
+    except ServiceError as exc:
+        return exc.message, (409 if exc.code == UpgradeError.QUOTE_CHANGED else 400)
+    outcome = charge_outcome(payment)
+    if outcome == ChargeOutcome.PAID:
+        messages.success(
+            request,
+            f"You are now on the {plan.name} plan. Invoice {invoice.number} "
+            f"({format_money(invoice.total, invoice.currency)}) is paid.",
+        )
+        return redirect("subscriptions:settings", org_slug=organisation.slug)
+    if outcome == ChargeOutcome.DECLINED:
+        return (
+            f"Your card was not charged and you stay on {subscription.plan.name}: "
+            f"{payment.failure_message}",
+            402,
+        )
+    return (
+        "We have not heard back from the card processor yet. The upgrade applies "
+        "as soon as the payment is confirmed.",
+        202,
     )

@@ -89,7 +89,7 @@ def renewal_invoice(org) -> Invoice:
 def timed_out_charge(localstripe, invoice: Invoice, *, now=RENEWAL) -> tuple[Payment, dict]:
     """A card charge whose HTTP answer we never got: Stripe ran it, our row says pending.
 
-    The attempt row is made as billing.services does before calling Stripe, then the charge
+    The attempt row is made as billing.payments does before calling Stripe, then the charge
     goes through billing.gateway, and its answer (success or decline) is thrown away.
     Returns the pending payment and the PaymentIntent as Stripe's events carry it.
     """

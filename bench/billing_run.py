@@ -49,7 +49,7 @@ from django.db import connection, transaction  # noqa: E402
 call_command("migrate", verbosity=0)
 
 from accounts.models import Organisation  # noqa: E402
-from billing import services  # noqa: E402
+from billing import documents, invoicing, payments  # noqa: E402
 from billing.models import BillingProfile, Invoice, PaymentMethod  # noqa: E402
 from billing.pdf import invoice_pdf_bytes, invoice_pdf_html  # noqa: E402
 from subscriptions.models import Plan, Subscription  # noqa: E402
@@ -100,7 +100,7 @@ def make_subscriptions(count: int, *, offset: int) -> None:
 
 def silence_on_commit_enqueue():
     # PDF rendering is measured on its own below; keep the issue phase free of broker traffic.
-    services._after_issue = lambda invoices: None
+    invoicing.queue_invoice_documents = lambda invoices: None
 
 
 def reset_invoices() -> None:
@@ -119,7 +119,7 @@ def issue_phase(count: int, offset: int) -> tuple[float, float, int]:
     (tracemalloc slows Python down, so it is not on while timing)."""
     make_subscriptions(count, offset=offset)
     started = time.perf_counter()
-    issued = services.billing_run_issue(now=DUE)
+    issued = invoicing.billing_run_issue(now=DUE)
     elapsed = time.perf_counter() - started
     assert issued == count, (issued, count)
     numbers = Invoice.objects.order_by("number").values_list("number", flat=True)
@@ -127,7 +127,7 @@ def issue_phase(count: int, offset: int) -> tuple[float, float, int]:
     assert numbers.last() == f"INV-2026-{issued:06d}"
     reset_invoices()
     tracemalloc.start()
-    services.billing_run_issue(now=DUE)
+    invoicing.billing_run_issue(now=DUE)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return elapsed, peak / 1e6, issued
@@ -163,7 +163,7 @@ def charge_phase(count: int) -> tuple[float, int]:
             expires_at=datetime(2031, 1, 1, tzinfo=UTC),
         )
     started = time.perf_counter()
-    charged = services.invoices_charge_due(now=DUE, limit=count)
+    charged = payments.invoices_charge_due(now=DUE, limit=count)
     return time.perf_counter() - started, charged
 
 
@@ -187,7 +187,7 @@ def pdf_phase(count: int) -> tuple[float, float, float]:
     started = time.perf_counter()
     with transaction.atomic():
         for invoice in invoices:
-            services.invoice_document_original(invoice=invoice, now=DUE)
+            documents.invoice_document_original(invoice=invoice, now=DUE)
         transaction.set_rollback(True)  # keep the emails out; timing includes the inserts
     elapsed = time.perf_counter() - started
     return elapsed, statistics.median(own), statistics.median(ours)

@@ -16,7 +16,7 @@ API at the same time, and a trivial Django view as the floor, all against gunico
    each row's own copy; nothing is shared or cached between rows), so what is measured is the
    same; only the printed contents differ.
    Rows are written with bulk inserts shaped as the billing services write them (numbers from
-   the per-year sequence, tax from billing.services.tax_for, a snapshot of the billing details):
+   the per-year sequence, tax from billing.tax.tax_for, a snapshot of the billing details):
    charging hundreds of invoices through the shared localstripe would add nothing the pages
    read.
 2. Collects the static files into a temporary directory and starts gunicorn on a free port with
@@ -124,7 +124,7 @@ from billing.models import (  # noqa: E402
     TaxRate,
 )
 from billing.pdf import invoice_pdf_bytes  # noqa: E402
-from billing.services import tax_for  # noqa: E402
+from billing.tax import tax_for  # noqa: E402
 from subscriptions.models import Environment, Plan, ProcessFlow, Subscription  # noqa: E402
 from subscriptions.periods import period_bounds  # noqa: E402
 from usage.months import usage_month_of  # noqa: E402

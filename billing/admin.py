@@ -9,6 +9,7 @@ from django.utils.html import format_html, format_html_join
 
 from accounts.audit import Actor
 from billing.admin_ledger import OpenOrResolved
+from billing.documents import invoice_revised_copy_issue
 from billing.dunning import dunning_extend_grace, invoice_mark_uncollectible, step_due_at
 from billing.models import (
     BillingProfile,
@@ -23,12 +24,12 @@ from billing.models import (
     ReconciliationDifference,
     TaxRate,
 )
+from billing.payments import payment_record_manual
 from billing.reconciliation import (
     difference_dismiss,
     difference_resolve_mark_failed,
     difference_resolve_record_payment,
 )
-from billing.services import invoice_revised_copy_issue, payment_record_manual
 from core.admin import ReadOnlyModelAdmin, permission_check, reason_asked
 from core.errors import ServiceError
 from core.http import client_ip

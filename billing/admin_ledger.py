@@ -1,4 +1,4 @@
-"""Ops view of the money invariants (issue 10 point 3): open violations per organisation.
+"""Ops view of the money invariants (billing.ledger): open violations per organisation.
 
 Registered from billing/admin.py. Rows are the nightly check's findings: read-only; they close
 by themselves once the data is right again.

@@ -1,4 +1,4 @@
-"""Failed payments: the dunning schedule (DESIGN.md section 2, Failed payments; article 6).
+"""Failed payments: the dunning case and its schedule (docs/architecture.md#billing).
 
 Day 0: a charge of an invoice fails: email, status past due, first retry scheduled.
 Day 3: second attempt, reminder email. Day 7: third and final attempt; if it fails, the
@@ -10,6 +10,9 @@ Each step is a DunningStep row, unique per case: it is inserted (claimed) before
 anything, so a step runs once however often `tick` runs or however many workers run it. A
 schedule running late runs only the latest step due and records the skipped ones.
 Paying every open invoice (any day, any way) resolves the case and restores the service.
+
+This module keeps the case's state and never charges a card: the charge attempts of days 3
+and 7, Retry Payment and the retry after Update Card are billing.collection's.
 """
 
 import logging
@@ -17,12 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef, Sum
+from django.db.models import Sum
 
 from accounts.audit import SYSTEM, Actor, audit_record, reason_change
 from accounts.emails import email_send
 from accounts.selectors import billing_recipients
-from billing.models import DunningCase, DunningStep, Invoice, Payment
+from billing.models import DunningCase, DunningStep, Invoice
 from core.errors import ServiceError
 from core.links import absolute_url
 from subscriptions.models import PaymentMethodKind, Subscription
@@ -37,7 +40,7 @@ ORDER = [Step.DAY_0, Step.DAY_3, Step.DAY_7, Step.DAY_14]
 # A claimed step's result until its outcome is recorded.
 RUNNING = "running"
 # A step still "running" this long after it was claimed was interrupted (a killed worker) and
-# is finished by the next run. Longer than a step takes, and than billing.services'
+# is finished by the next run. Longer than a step takes, and than billing.payments'
 # PENDING_RETRY_AFTER, so the charge it left unanswered is retried with its key.
 STEP_RESUME_AFTER = timedelta(minutes=5)
 # Statuses in which unpaid invoices are chased.
@@ -92,7 +95,7 @@ def dunning_open(
     """Day 0: open the case (once), record the step, move the subscription to past due.
 
     Called in the transaction that recorded the failed charge (or found the overdue invoice).
-    The failed-payment email itself is the day-0 email (billing.services._record_failure, or
+    The failed-payment email itself is the day-0 email (billing.payments' payment_failed email, or
     the overdue email for bank transfer / purchase order).
     """
     subscription = Subscription.objects.select_for_update().get(pk=subscription.pk)
@@ -148,64 +151,6 @@ def dunning_open_overdue(*, now: datetime) -> int:
     return opened
 
 
-@dataclass(frozen=True)
-class RetryOutcome:
-    attempts: int
-    paid: int
-    result: str
-    # Charges the processor left unanswered (outcome unknown; retried later with their key).
-    unanswered: int = 0
-
-    @property
-    def succeeded(self) -> bool:
-        return self.attempts > 0 and self.paid == self.attempts
-
-
-def charge_open_invoices(
-    *, subscription: Subscription, now: datetime, answered_since: datetime | None = None
-) -> RetryOutcome:
-    """Charge every open card invoice of the subscription at once (Retry Payment).
-
-    `answered_since` (finishing an interrupted dunning step): an invoice with a charge
-    attempt since then that was answered is not charged again.
-
-    Once the processor leaves a charge unanswered (Stripe down or slow), the remaining
-    invoices are not tried: each would wait a whole timeout too, and a page would hang for
-    all of them. The unanswered charge is retried with its key by the charge job.
-    """
-    from billing.services import invoice_charge
-
-    invoices = open_invoices(subscription).filter(payment_method_kind=PaymentMethodKind.CARD)
-    if answered_since is not None:
-        answered = Payment.objects.filter(
-            invoice=OuterRef("pk"), created_at__gte=answered_since
-        ).exclude(status=Payment.Status.PENDING)
-        invoices = invoices.exclude(Exists(answered))
-    invoices = list(invoices)
-    attempts = paid = unanswered = 0
-    results = []
-    for invoice in invoices:
-        try:
-            payment = invoice_charge(invoice=invoice, now=now, notify_failure=False)
-        except ServiceError:
-            continue  # paid meanwhile
-        attempts += 1
-        if payment is None:
-            results.append("a charge is already in progress")
-        elif payment.status == Payment.Status.SUCCEEDED:
-            paid += 1
-        elif payment.status == Payment.Status.FAILED:
-            results.append(payment.failure_message)
-        else:
-            results.append("processor did not answer; retried later with the same key")
-            unanswered += 1
-            break
-    result = "paid" if attempts and paid == attempts else "; ".join(dict.fromkeys(results))
-    return RetryOutcome(
-        attempts=attempts, paid=paid, result=result or "nothing to charge", unanswered=unanswered
-    )
-
-
 def _due_step(case: DunningCase, done: set[str], now: datetime) -> tuple[str | None, list[str]]:
     """The latest step due and not yet run, and the earlier ones it skips."""
     due = [s for s in ORDER if s not in done and step_due_at(case, s) <= now]
@@ -214,22 +159,32 @@ def _due_step(case: DunningCase, done: set[str], now: datetime) -> tuple[str | N
     return due[-1], due[:-1]
 
 
-def dunning_advance(*, now: datetime, limit: int = 200) -> int:
-    """Run the dunning steps due by `now` (a scheduled job; safe twice and concurrently)."""
-    ran = 0
-    case_ids = list(
+@dataclass(frozen=True)
+class ClaimedStep:
+    """A step claimed by this run; `resumed_from` is when an interrupted run had claimed it."""
+
+    case: DunningCase
+    record: DunningStep
+    step: str
+    resumed_from: datetime | None = None
+
+
+def dunning_cases_open(*, limit: int) -> list[int]:
+    """The ids of the open cases, oldest first."""
+    return list(
         DunningCase.objects.filter(status=DunningCase.Status.OPEN)
         .order_by("started_at")
         .values_list("pk", flat=True)[:limit]
     )
-    for case_id in case_ids:
-        if _advance_case(case_id, now=now):
-            ran += 1
-    return ran
 
 
-def _advance_case(case_id: int, *, now: datetime) -> bool:
-    # 1. Claim the step: the unique (case, step) row is the proof it runs once.
+def dunning_step_claim(case_id: int, *, now: datetime) -> ClaimedStep | None:
+    """Claim the case's step due by `now` (its unique row, result RUNNING), or the step an
+    interrupted run left running past STEP_RESUME_AFTER; None when nothing is due here.
+
+    A case whose subscription ended closes instead: no reminders or suspension for a service
+    that is over. The unpaid invoice stays open for ops (write it off or collect it).
+    """
     with transaction.atomic():
         case = (
             DunningCase.objects.select_for_update(skip_locked=True)
@@ -237,18 +192,15 @@ def _advance_case(case_id: int, *, now: datetime) -> bool:
             .first()
         )
         if case is None:
-            return False
+            return None
         ended = Subscription.objects.filter(
             pk=case.subscription_id, status=Subscription.Status.ENDED
         ).exists()
         if ended:
-            # A cancelled subscription ended while a payment was still failing: no more
-            # reminders or suspension for a service that is over. The unpaid invoice stays
-            # open for ops (write it off or collect it).
             case.status = DunningCase.Status.CLOSED
             case.closed_at = now
             case.save(update_fields=["status", "closed_at"])
-            return False
+            return None
         done = set(case.steps.values_list("step", flat=True))
         interrupted = (
             case.steps.filter(result=RUNNING, ran_at__lte=now - STEP_RESUME_AFTER)
@@ -257,80 +209,89 @@ def _advance_case(case_id: int, *, now: datetime) -> bool:
         )
         if interrupted is not None and interrupted.step == max(done, key=ORDER.index):
             # The run that claimed it died before recording it: finish it now.
-            record, step, resumed_from = interrupted, interrupted.step, interrupted.ran_at
-        else:
-            step, skipped = _due_step(case, done, now)
-            if step is None:
-                return False
-            resumed_from = None
-            try:
-                with transaction.atomic():
-                    for earlier in skipped:
-                        DunningStep.objects.create(
-                            case=case,
-                            step=earlier,
-                            ran_at=now,
-                            result="skipped: the schedule ran late",
-                        )
-                    record = DunningStep.objects.create(
-                        case=case, step=step, ran_at=now, result=RUNNING
+            return ClaimedStep(
+                case=case,
+                record=interrupted,
+                step=interrupted.step,
+                resumed_from=interrupted.ran_at,
+            )
+        step, skipped = _due_step(case, done, now)
+        if step is None:
+            return None
+        try:
+            with transaction.atomic():
+                for earlier in skipped:
+                    DunningStep.objects.create(
+                        case=case,
+                        step=earlier,
+                        ran_at=now,
+                        result="skipped: the schedule ran late",
                     )
-            except IntegrityError:
-                return False
-    subscription = Subscription.objects.select_related("organisation").get(pk=case.subscription_id)
-    # 2. Do the step: charge attempts happen outside any lock (network I/O).
-    outcome = RetryOutcome(attempts=0, paid=0, result="no automatic charge (invoice)")
-    if (
-        step in (Step.DAY_3, Step.DAY_7)
-        and subscription.payment_method_kind == PaymentMethodKind.CARD
-    ):
-        outcome = charge_open_invoices(
-            subscription=subscription, now=now, answered_since=resumed_from
-        )
-    # 3. Record the outcome and move on the schedule, once: a run finishing an interrupted
-    # step may meet the slow run that claimed it.
+                record = DunningStep.objects.create(
+                    case=case, step=step, ran_at=now, result=RUNNING
+                )
+        except IntegrityError:
+            return None
+    return ClaimedStep(case=case, record=record, step=step)
+
+
+def dunning_step_finish(
+    claim: ClaimedStep, *, attempts: int, succeeded: bool, result: str, now: datetime
+) -> bool:
+    """Record a claimed step's outcome and move the schedule on, once: a run finishing an
+    interrupted step may meet the slow run that claimed it (then False, nothing changes).
+
+    Day 3 sends the reminder, day 7 starts the grace period, day 14 suspends the account and
+    pauses its ProcessFlows; a case paid meanwhile (resolved) only gets the record.
+    """
     with transaction.atomic():
-        case = DunningCase.objects.select_for_update().get(pk=case.pk)
-        record = DunningStep.objects.select_for_update().get(pk=record.pk)
+        case = DunningCase.objects.select_for_update().get(pk=claim.case.pk)
+        record = DunningStep.objects.select_for_update().get(pk=claim.record.pk)
         if record.result != RUNNING:
             return False
         subscription = (
             Subscription.objects.select_for_update()
             .select_related("organisation")
-            .get(pk=subscription.pk)
+            .get(pk=case.subscription_id)
         )
-        record.attempts = outcome.attempts
-        record.succeeded = case.status == DunningCase.Status.RESOLVED or outcome.succeeded
-        resumed = "resumed after an interruption; " if resumed_from is not None else ""
-        record.result = f"{resumed}{outcome.result}"[:255]
+        record.attempts = attempts
+        record.succeeded = case.status == DunningCase.Status.RESOLVED or succeeded
+        resumed = "resumed after an interruption; " if claim.resumed_from is not None else ""
+        record.result = f"{resumed}{result}"[:255]
         record.save(update_fields=["attempts", "succeeded", "result"])
         if case.status != DunningCase.Status.OPEN:
             return True  # paid by this step: payment_succeeded resolved everything
-        if step == Step.DAY_3:
+        if claim.step == Step.DAY_3:
             _email("payment_reminder", case, subscription)
-        elif step == Step.DAY_7:
+        elif claim.step == Step.DAY_7:
             subscription_transition(
                 subscription=subscription, to=Subscription.Status.GRACE, now=now
             )
             _email("grace_period", case, subscription)
-        elif step == Step.DAY_14:
-            subscription_transition(
-                subscription=subscription, to=Subscription.Status.SUSPENDED, now=now
-            )
-            paused = process_flows_suspend(organisation=subscription.organisation, now=now)
-            record.result = f"account suspended; {paused} active ProcessFlow(s) paused"
-            record.save(update_fields=["result"])
-            audit_record(
-                organisation=subscription.organisation,
-                actor=SYSTEM,
-                action="subscription.suspended",
-                target=subscription,
-                target_label=f"{paused} ProcessFlow(s) paused",
-                changes={"status": {"old": "grace", "new": "suspended"}},
-                now=now,
-            )
-            _email("account_suspended", case, subscription)
+        elif claim.step == Step.DAY_14:
+            _suspend(case, record, subscription, now=now)
     return True
+
+
+def _suspend(
+    case: DunningCase, record: DunningStep, subscription: Subscription, *, now: datetime
+) -> None:
+    """Day 14: the account is suspended and its active ProcessFlows pause (caller's
+    transaction)."""
+    subscription_transition(subscription=subscription, to=Subscription.Status.SUSPENDED, now=now)
+    paused = process_flows_suspend(organisation=subscription.organisation, now=now)
+    record.result = f"account suspended; {paused} active ProcessFlow(s) paused"
+    record.save(update_fields=["result"])
+    audit_record(
+        organisation=subscription.organisation,
+        actor=SYSTEM,
+        action="subscription.suspended",
+        target=subscription,
+        target_label=f"{paused} ProcessFlow(s) paused",
+        changes={"status": {"old": "grace", "new": "suspended"}},
+        now=now,
+    )
+    _email("account_suspended", case, subscription)
 
 
 def dunning_resolve_if_paid(*, subscription: Subscription, now: datetime) -> bool:
@@ -378,32 +339,6 @@ def dunning_resolve_if_paid(*, subscription: Subscription, now: datetime) -> boo
         if case is not None:
             _email("service_restored", case, subscription)
     return True
-
-
-def retry_payment(*, organisation, actor: Actor, now: datetime) -> RetryOutcome:
-    """Retry Payment (article section 6): charge every open invoice at once, any day."""
-    subscription = (
-        Subscription.objects.select_related("organisation")
-        .filter(organisation=organisation)
-        .first()
-    )
-    if subscription is None or not open_invoices(subscription).exists():
-        raise ServiceError("Nothing is due: every invoice is paid.")
-    if not open_invoices(subscription).filter(payment_method_kind=PaymentMethodKind.CARD).exists():
-        raise ServiceError(
-            "Your open invoices are paid by bank transfer or purchase order; see the invoice for "
-            "the payment details."
-        )
-    outcome = charge_open_invoices(subscription=subscription, now=now)
-    audit_record(
-        organisation=organisation,
-        actor=actor,
-        action="billing.retry_payment",
-        target=subscription,
-        target_label=outcome.result,
-        now=now,
-    )
-    return outcome
 
 
 def dunning_extend_grace(
@@ -488,17 +423,3 @@ def timeline(*, subscription: Subscription) -> dict | None:
         "suspension_at": step_due_at(case, Step.DAY_14),
         "amount_due": amount_due(subscription),
     }
-
-
-def retry_after_card_update(*, organisation, now: datetime) -> RetryOutcome | None:
-    """Update Card while past due: the open invoices are retried with the new card at once."""
-    subscription = Subscription.objects.filter(organisation=organisation).first()
-    if subscription is None or subscription.status not in (
-        Subscription.Status.PAST_DUE,
-        Subscription.Status.GRACE,
-        Subscription.Status.SUSPENDED,
-    ):
-        return None
-    if not open_invoices(subscription).filter(payment_method_kind=PaymentMethodKind.CARD).exists():
-        return None
-    return charge_open_invoices(subscription=subscription, now=now)

@@ -1,8 +1,8 @@
-"""The one door to Stripe: the only module that imports `stripe` (STYLE.md point 5).
+"""The one door to Stripe: the only module that imports `stripe` (an import-linter contract).
 
 Stripe is our card processor only: a Customer per organisation, SetupIntents to save a
 card (confirmed in the browser by Stripe.js), and off-session PaymentIntents to charge it.
-Plans, invoices and proration are ours (DESIGN.md).
+Plans, invoices and proration are ours (docs/architecture.md#billing).
 
 Every failure becomes a `PaymentError` whose `message` is safe to show to the customer
 (for declines it is the processor's own wording, e.g. "Your card was declined."). A
@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
@@ -44,6 +45,21 @@ LIST_PAGE_SIZE = 100
 
 # Off-session charges that end in these states have been (or are being) paid.
 _PAID_STATUSES = frozenset({"succeeded", "processing", "requires_capture"})
+
+
+class GatewayErrorCode(StrEnum):
+    """Our own `PaymentError.code`s; the others are Stripe's, passed on as it sends them."""
+
+    UNAVAILABLE = "gateway_unavailable"
+    PROCESSOR_ERROR = "processor_error"
+    SETUP_INTENT_NOT_CONFIRMED = "setup_intent_not_confirmed"
+    AUTHENTICATION_REQUIRED = "authentication_required"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+
+
+class WebhookErrorCode(StrEnum):
+    BAD_SIGNATURE = "bad_signature"
+    MALFORMED = "malformed"
 
 
 class PaymentError(Exception):
@@ -160,6 +176,11 @@ def setup_intent_create(*, customer_id: str) -> tuple[str, str]:
     return intent["id"], intent["client_secret"]
 
 
+def setup_intent_id_from_client_secret(client_secret: str) -> str:
+    """The SetupIntent id a client secret belongs to (`seti_..._secret_...` -> `seti_...`)."""
+    return client_secret.split("_secret_")[0]
+
+
 def setup_intent_card(*, setup_intent_id: str, customer_id: str) -> CardDetails:
     """The card saved by a SetupIntent the browser confirmed.
 
@@ -185,7 +206,9 @@ def setup_intent_card(*, setup_intent_id: str, customer_id: str) -> CardDetails:
             if intent is None
             else f"customer {intent['customer']}, status {intent['status']}",
         )
-        raise PaymentError(SETUP_NOT_CONFIRMED_MESSAGE, code="setup_intent_not_confirmed")
+        raise PaymentError(
+            SETUP_NOT_CONFIRMED_MESSAGE, code=GatewayErrorCode.SETUP_INTENT_NOT_CONFIRMED
+        )
     payment_method = intent["payment_method"]
     if isinstance(payment_method, str):  # not expanded
         with _stripe_errors("setup_intent_card"):
@@ -259,7 +282,7 @@ def charge(
                 intent["currency"],
                 intent["id"],
             )
-            raise PaymentError(GENERIC_MESSAGE, code="idempotency_key_reused")
+            raise PaymentError(GENERIC_MESSAGE, code=GatewayErrorCode.IDEMPOTENCY_KEY_REUSED)
         logger.info("Charge %s was already attempted: %s", idempotency_key, intent["id"])
     else:
         with _stripe_errors("charge", idempotency_key=idempotency_key):
@@ -379,11 +402,13 @@ def webhook_event(*, payload: bytes, signature: str) -> dict[str, Any]:
         stripe.Webhook.construct_event(payload, signature, settings.STRIPE_WEBHOOK_SECRET)
     except stripe.SignatureVerificationError as e:
         logger.warning("Stripe webhook refused: %s", e.user_message or e)
-        raise WebhookError("Invalid Stripe-Signature header.", code="bad_signature") from e
+        raise WebhookError(
+            "Invalid Stripe-Signature header.", code=WebhookErrorCode.BAD_SIGNATURE
+        ) from e
     except (ValueError, TypeError, AttributeError) as e:
         # UnicodeDecodeError and JSONDecodeError are ValueErrors; AttributeError is JSON
         # that is not an object (stripe calls .get on it).
-        raise WebhookError("The body is not a JSON event.", code="malformed") from e
+        raise WebhookError("The body is not a JSON event.", code=WebhookErrorCode.MALFORMED) from e
     event = json.loads(payload)
     data = event.get("data")
     if not (
@@ -394,7 +419,7 @@ def webhook_event(*, payload: bytes, signature: str) -> dict[str, Any]:
         and isinstance(data, dict)
         and isinstance(data.get("object"), dict)
     ):
-        raise WebhookError("The body is not a JSON event.", code="malformed")
+        raise WebhookError("The body is not a JSON event.", code=WebhookErrorCode.MALFORMED)
     return event
 
 
@@ -477,7 +502,9 @@ def _charge_outcome(intent: Any) -> ChargeResult:
     if status == "requires_action":
         # Stripe fails an off-session confirm with an authentication_required error
         # instead; localstripe leaves the PaymentIntent waiting for 3-D Secure.
-        raise PaymentError(AUTHENTICATION_REQUIRED_MESSAGE, code="authentication_required")
+        raise PaymentError(
+            AUTHENTICATION_REQUIRED_MESSAGE, code=GatewayErrorCode.AUTHENTICATION_REQUIRED
+        )
     error = intent["last_payment_error"]
     if error is not None:  # declined on an earlier call with the same key
         error = error.to_dict()
@@ -487,7 +514,7 @@ def _charge_outcome(intent: Any) -> ChargeResult:
             decline_code=error.get("decline_code"),
         )
     logger.error("PaymentIntent %s unexpectedly in status %s", intent["id"], status)
-    raise PaymentError(GENERIC_MESSAGE, code="processor_error")
+    raise PaymentError(GENERIC_MESSAGE, code=GatewayErrorCode.PROCESSOR_ERROR)
 
 
 @contextmanager
@@ -505,10 +532,10 @@ def _stripe_errors(operation: str, *, idempotency_key: str | None = None) -> Ite
             decline_code,
             e.request_id,
         )
-        if "authentication_required" in (e.code, decline_code):
+        if GatewayErrorCode.AUTHENTICATION_REQUIRED in (e.code, decline_code):
             raise PaymentError(
                 AUTHENTICATION_REQUIRED_MESSAGE,
-                code="authentication_required",
+                code=GatewayErrorCode.AUTHENTICATION_REQUIRED,
                 decline_code=decline_code,
             ) from e
         raise PaymentError(
@@ -516,19 +543,19 @@ def _stripe_errors(operation: str, *, idempotency_key: str | None = None) -> Ite
         ) from e
     except (stripe.APIConnectionError, stripe.RateLimitError) as e:
         _log_unavailable(operation, idempotency_key, e)
-        raise GatewayUnavailable(UNAVAILABLE_MESSAGE, code="gateway_unavailable") from e
+        raise GatewayUnavailable(UNAVAILABLE_MESSAGE, code=GatewayErrorCode.UNAVAILABLE) from e
     except stripe.APIError as e:
         # 5xx, and 409 (the same idempotency key is still running): outcome unknown.
         if e.http_status is None or e.http_status >= 500 or e.http_status == 409:
             _log_unavailable(operation, idempotency_key, e)
-            raise GatewayUnavailable(UNAVAILABLE_MESSAGE, code="gateway_unavailable") from e
+            raise GatewayUnavailable(UNAVAILABLE_MESSAGE, code=GatewayErrorCode.UNAVAILABLE) from e
         _log_rejected(operation, idempotency_key, e)
-        raise PaymentError(GENERIC_MESSAGE, code="processor_error") from e
+        raise PaymentError(GENERIC_MESSAGE, code=GatewayErrorCode.PROCESSOR_ERROR) from e
     except stripe.StripeError as e:
         # InvalidRequestError, IdempotencyError, AuthenticationError, PermissionError: a bug
         # or a configuration error on our side, with a message not meant for customers.
         _log_rejected(operation, idempotency_key, e)
-        raise PaymentError(GENERIC_MESSAGE, code=e.code or "processor_error") from e
+        raise PaymentError(GENERIC_MESSAGE, code=e.code or GatewayErrorCode.PROCESSOR_ERROR) from e
 
 
 def _log_unavailable(operation: str, idempotency_key: str | None, e: stripe.StripeError) -> None:

@@ -1,14 +1,13 @@
 from celery.schedules import crontab
 
-from billing.dunning import dunning_advance, dunning_open_overdue
+from billing.cards import card_expiry_reminders_send
+from billing.collection import dunning_advance
+from billing.documents import invoice_documents_render_pending
+from billing.dunning import dunning_open_overdue
+from billing.invoicing import billing_run_issue, overage_invoices_issue
+from billing.ledger import ledger_record
+from billing.payments import invoices_charge_due
 from billing.reconciliation import reconcile
-from billing.services import (
-    billing_run_issue,
-    card_expiry_reminders_send,
-    invoice_documents_render_pending,
-    invoices_charge_due,
-    overage_invoices_issue,
-)
 from core.jobs import scheduled_job
 
 
@@ -41,7 +40,7 @@ def card_expiry_reminders(*, now):
     return f"{card_expiry_reminders_send(now=now)} reminder(s) sent"
 
 
-# Failed payments (article section 6): overdue bank-transfer / PO invoices open a case, then
+# Failed payments: overdue bank-transfer / PO invoices open a case, then
 # every open case runs the step due (day 3, 7, 14). After the charges, so day 0 is in place.
 @scheduled_job(name="dunning_open_overdue", schedule=crontab(minute="*/15"), order=35)
 def open_overdue(*, now):
@@ -53,12 +52,10 @@ def dunning_steps(*, now):
     return f"{dunning_advance(now=now)} dunning step(s) run"
 
 
-# Money invariants (issue 10): after the night's billing and usage work; findings go to
+# Money invariants (billing.ledger): after the night's billing and usage work; findings go to
 # Django admin (Ledger violations) and the ops dashboard.
 @scheduled_job(name="ledger_check", schedule=crontab(hour="5", minute="15"), order=95)
 def ledger_check_job(*, now):
-    from billing.ledger import ledger_record
-
     result = ledger_record(now=now)
     return (
         f"{result['found']} ledger violation(s) open, {result['new']} new, "

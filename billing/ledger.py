@@ -1,4 +1,4 @@
-"""Money invariants (issue 10): every cent accounted for.
+"""Money invariants: every cent accounted for (docs/architecture.md#billing).
 
 Each rule is one function `check_<rule>(*, now, organisation_ids)` yielding Violations, its rule
 in the docstring. `ledger_check` runs them all, for every active organisation or only the given

@@ -49,7 +49,7 @@ class BillingProfile(models.Model):
 
 
 class TaxRate(models.Model):
-    """A country's tax rate, kept by ops in admin (DESIGN.md section 2, Invoices)."""
+    """A country's tax rate, kept by ops in admin (billing.tax)."""
 
     country = CountryField(unique=True)
     name = models.CharField(max_length=20, default="VAT", help_text="VAT, GST, sales tax …")
@@ -170,7 +170,7 @@ class Invoice(models.Model):
     closed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        # Ops actions on money, granted to billing staff (issue 9 point 5).
+        # Ops actions on money, granted to billing staff (support.staff sets up the groups).
         permissions = [
             ("record_payment", "Can record a bank transfer or PO payment"),
             ("write_off", "Can mark an invoice uncollectible"),
@@ -228,7 +228,7 @@ class InvoiceLine(models.Model):
 
 
 class OverageCharge(models.Model):
-    """A usage month's overage, billed once (DESIGN.md section 2, Billing periods and Usage).
+    """A usage month's overage, billed once (billing.invoicing).
 
     Monthly plans: a line of the renewal invoice issued when the month closes; annual plans: an
     overage-only invoice at the close of each usage month over the limit. The unique (subscription,
@@ -339,7 +339,7 @@ class Payment(models.Model):
 
 
 class DunningCase(models.Model):
-    """The failed-payment schedule of a subscription (DESIGN.md section 2, Failed payments).
+    """The failed-payment schedule of a subscription (billing.dunning).
 
     Opened at the first failure of an invoice (day 0; for bank transfer and purchase order, the
     day an invoice passes its due date); its steps run on days 3, 7 and 14 counted from then.
@@ -421,7 +421,7 @@ class StripeEvent(models.Model):
 
 
 class LedgerViolation(models.Model):
-    """A money invariant that does not hold (issue 10), as the nightly check found it.
+    """A money invariant that does not hold (billing.ledger), as the nightly check found it.
 
     One open row per (rule, subject): a rerun that finds it again only moves last_seen_at; once
     the check no longer reports it, it is closed (resolved_at) and a later recurrence opens a
@@ -455,7 +455,7 @@ class LedgerViolation(models.Model):
 
 
 class ReconciliationDifference(models.Model):
-    """A payment on which we and the processor (Stripe) disagree (issue 10 point 2)."""
+    """A payment on which we and the processor (Stripe) disagree (billing.reconciliation)."""
 
     class Kind(models.TextChoices):
         # Stripe has a succeeded charge we have not recorded as paid (e.g. after a timeout).

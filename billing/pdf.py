@@ -1,4 +1,4 @@
-"""Invoice PDFs (DESIGN.md section 2, Invoices; help article section 4).
+"""Invoice PDFs (docs/architecture.md#billing).
 
 The original PDF is rendered once at issue; ops may later issue a revised copy that shows the
 organisation's current billing details. Both functions are pure: they read the invoice and

@@ -1,4 +1,4 @@
-"""Proration of an upgrade (DESIGN.md section 2, Upgrade)."""
+"""Proration of an upgrade (billing.upgrades charges it)."""
 
 from datetime import datetime, timedelta
 from decimal import Decimal

@@ -1,4 +1,4 @@
-"""Reconciliation with Stripe (issue 10 point 2): do our card payments and the processor's
+"""Reconciliation with Stripe: do our card payments and the processor's
 PaymentIntents agree?
 
 The `reconcile_stripe` job compares, once a day, the PaymentIntents created in the last
@@ -46,7 +46,7 @@ from billing.models import (
     PaymentMethod,
     ReconciliationDifference,
 )
-from billing.services import card_attempt_add, payment_failed, payment_succeeded
+from billing.payments import card_attempt_add, payment_failed, payment_succeeded
 from core.errors import ServiceError
 from core.money import format_money
 from subscriptions.models import PaymentMethodKind
@@ -63,7 +63,7 @@ SETTLE_AFTER = timedelta(minutes=30)
 
 _SUCCEEDED = "succeeded"
 _IN_FLIGHT = frozenset({"processing", "requires_capture"})
-# The idempotency keys of billing.services.payment_record_manual: money ops recorded by hand.
+# The idempotency keys of billing.payments.payment_record_manual: money ops recorded by hand.
 _MANUAL_KEY = "-manual-"
 FAILURE_CODE = "not_at_processor"
 FAILURE_MESSAGE = "Our card processor has no record of this payment."
@@ -103,7 +103,7 @@ def _key(kind: str, processor_id: str, payment_id: int | None) -> tuple[str, str
 
 def reconcile(*, now: datetime, days: int | None = None) -> ReconcileResult:
     """Compare our card payments with Stripe's PaymentIntents of the last `days` days
-    (default: settings.RECONCILIATION_DAYS) and record the differences (issue 10 point 2).
+    (default: settings.RECONCILIATION_DAYS) and record the differences.
 
     Safe to run twice or concurrently: a difference is one open row, found again it only
     moves last_seen_at. Stripe is asked first, outside the transaction; if it cannot be

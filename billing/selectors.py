@@ -5,6 +5,7 @@ from django.http import Http404
 
 from accounts.models import Organisation
 from billing.models import BillingProfile, Invoice, InvoiceDocument, PaymentMethod
+from subscriptions.models import Plan, Subscription
 
 
 def invoice_list(*, organisation: Organisation) -> QuerySet[Invoice]:
@@ -66,3 +67,18 @@ def billing_profile_for(*, organisation: Organisation) -> BillingProfile:
     """The organisation's profile, or an unsaved blank one (nothing entered yet)."""
     profile = BillingProfile.objects.filter(organisation=organisation).first()
     return profile or BillingProfile(organisation=organisation)
+
+
+def subscription_for_upgrade(*, organisation: Organisation) -> Subscription | None:
+    """The subscription with its plan and prices, as Upgrade Plan quotes from them."""
+    return (
+        Subscription.objects.select_related("plan", "organisation")
+        .prefetch_related("plan__prices")
+        .filter(organisation=organisation)
+        .first()
+    )
+
+
+def plan_offered(*, code: str) -> Plan | None:
+    """A public plan by its code, or None when there is none (or no longer offered)."""
+    return Plan.objects.filter(code=code, is_public=True).first()

@@ -1,12 +1,17 @@
 from celery import shared_task
 from django.utils import timezone
 
+from billing.documents import invoice_document_original
 from billing.models import Invoice
-from billing.services import invoice_document_original
 from core.observability import log_context, register_task_ids
 
+# The name as a string: reading `.name` off the task would finalise the Celery app during this
+# import, and finalising imports every app's jobs, which import the billing services that are
+# still importing this module.
+RENDER_INVOICE_DOCUMENTS = "billing.render_invoice_documents"
 
-@shared_task(name="billing.render_invoice_documents", acks_late=True)
+
+@shared_task(name=RENDER_INVOICE_DOCUMENTS, acks_late=True)
 def render_invoice_documents(invoice_ids: list[int]) -> int:
     """Render the original PDFs of just-issued invoices (the scheduled job catches up misses)."""
     rendered = 0
@@ -28,4 +33,4 @@ def _invoice_ids(invoice_ids) -> dict:
     return ids
 
 
-register_task_ids(render_invoice_documents.name, _invoice_ids)
+register_task_ids(RENDER_INVOICE_DOCUMENTS, _invoice_ids)

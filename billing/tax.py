@@ -1,11 +1,14 @@
-"""Tax rules (DESIGN.md section 2, Invoices) and tax-number validation with python-stdnum."""
+"""Tax rules (docs/architecture.md#billing), the rates kept in admin, and tax-number validation
+with python-stdnum."""
 
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.conf import settings
 from stdnum.exceptions import ValidationError as StdnumError
 from stdnum.util import get_cc_module
 
+from billing.models import TaxRate
 from core.money import round_half_up
 
 # fmt: off
@@ -55,6 +58,19 @@ def tax_decide(
         name, rate_bp = rates[country]
         return TaxDecision(rule="standard", rate_bp=rate_bp, name=name)
     return TaxDecision(rule="none", rate_bp=0, name="Tax")
+
+
+def tax_rates() -> dict[str, tuple[str, int]]:
+    return {rate.country.code: (rate.name, rate.rate_bp) for rate in TaxRate.objects.all()}
+
+
+def tax_for(*, details: dict, rates: dict[str, tuple[str, int]] | None = None) -> TaxDecision:
+    return tax_decide(
+        country=details.get("country", ""),
+        vat_number=details.get("vat_number", ""),
+        seller_country=settings.SELLER["country"],
+        rates=tax_rates() if rates is None else rates,
+    )
 
 
 def tax_number_clean(*, country: str, number: str) -> str:

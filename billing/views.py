@@ -13,37 +13,28 @@ from accounts.audit import Actor
 from accounts.roles import ADMIN_AND_BILLING, ADMIN_ONLY
 from accounts.tenancy import tenant_view
 from billing import gateway
-from billing.dunning import (
-    Step,
-    amount_due,
-    retry_after_card_update,
-    retry_payment,
-    timeline,
-)
+from billing.cards import card_setup_begin, card_setup_complete
+from billing.checkout import subscription_checkout
+from billing.collection import retry_after_card_update, retry_payment
+from billing.details import billing_profile_update
+from billing.documents import invoice_document_original
+from billing.dunning import Step, amount_due, timeline
 from billing.forms import BillingInformationForm, CardForm, CheckoutForm, PlanChoiceForm
-from billing.models import Payment
+from billing.payments import ChargeOutcome, charge_outcome, invoice_charge
 from billing.selectors import (
     billing_profile_for,
     invoice_get,
     invoice_list,
     invoice_revised_copy_get,
     payment_method_current,
+    plan_offered,
+    subscription_for_upgrade,
 )
-from billing.services import (
-    billing_profile_update,
-    card_setup_begin,
-    card_setup_complete,
-    invoice_charge,
-    invoice_document_original,
-    subscription_start,
-    subscription_upgrade,
-    tax_for,
-    upgrade_plans,
-    upgrade_quote,
-)
+from billing.tax import tax_for
+from billing.upgrades import UpgradeError, subscription_upgrade, upgrade_plans, upgrade_quote
 from core.errors import ServiceError
 from core.money import format_money
-from subscriptions.models import PaymentMethodKind, Plan, Subscription
+from subscriptions.models import PaymentMethodKind, Subscription
 from subscriptions.selectors import subscription_with_plan
 from subscriptions.states import FAILING
 
@@ -72,7 +63,7 @@ def _stripe_context(organisation, *, reach_stripe: bool = True) -> dict:
 
 
 def _stripe_unavailable(exc: Exception) -> bool:
-    return getattr(exc, "code", None) == "gateway_unavailable"
+    return getattr(exc, "code", None) == gateway.GatewayErrorCode.UNAVAILABLE
 
 
 def _retry_reason(outcome) -> str:
@@ -119,7 +110,7 @@ def invoice_revised_pdf(request, invoice_number, document_id):
     return response
 
 
-# What each step of the schedule does, said before it happens (DESIGN.md section 2).
+# What each step of the schedule does, said before it happens (billing.dunning).
 PLANNED = {
     Step.DAY_0: "The payment fails and we email you.",
     Step.DAY_3: "Second charge attempt, with a reminder email.",
@@ -199,7 +190,7 @@ def _timeline_display(dunning: dict, subscription, now) -> dict:
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing", allow_when_ended=True)
 def payment_method(request):
     """Payment Method: the card on file, Update Card and, while a payment is failing, the
-    dunning timeline with Retry Payment (article section 6; DESIGN.md section 2b)."""
+    dunning timeline with Retry Payment (billing.dunning, billing.collection)."""
     organisation = request.organisation
     form = CardForm(request.POST or None)
     error = None
@@ -217,27 +208,7 @@ def payment_method(request):
             error = exc.message
             reach_stripe = not _stripe_unavailable(exc)
         else:
-            # Update Card while past due retries the open invoices with the new card at once.
-            subscription = subscription_with_plan(organisation=organisation)
-            before = amount_due(subscription) if subscription else 0
-            outcome = retry_after_card_update(organisation=organisation, now=now)
-            if outcome is None:
-                messages.success(
-                    request, f"{card} saved. It will be charged from the next billing date."
-                )
-            elif outcome.succeeded:
-                paid = format_money(before - amount_due(subscription), subscription.currency)
-                messages.success(
-                    request,
-                    f"{card} saved and the open invoices were paid with it: {paid} paid. "
-                    "Your service is running normally.",
-                )
-            else:
-                messages.error(
-                    request,
-                    f"{card} saved, but the open invoices could not be paid with it: "
-                    f"{_retry_reason(outcome)}",
-                )
+            _retry_with_new_card(request, card, now=now)
             return redirect("billing:payment_method", org_slug=organisation.slug)
     elif request.method == "POST":
         error = form.errors["setup_intent_id"][0]
@@ -260,10 +231,34 @@ def payment_method(request):
     return render(request, "billing/payment_method.html", context, status=400 if error else 200)
 
 
+def _retry_with_new_card(request, card, *, now) -> None:
+    """Update Card while past due retries the open invoices with the new card at once; the
+    message says what came of it."""
+    organisation = request.organisation
+    subscription = subscription_with_plan(organisation=organisation)
+    before = amount_due(subscription) if subscription else 0
+    outcome = retry_after_card_update(organisation=organisation, now=now)
+    if outcome is None:
+        messages.success(request, f"{card} saved. It will be charged from the next billing date.")
+    elif outcome.succeeded:
+        paid = format_money(before - amount_due(subscription), subscription.currency)
+        messages.success(
+            request,
+            f"{card} saved and the open invoices were paid with it: {paid} paid. "
+            "Your service is running normally.",
+        )
+    else:
+        messages.error(
+            request,
+            f"{card} saved, but the open invoices could not be paid with it: "
+            f"{_retry_reason(outcome)}",
+        )
+
+
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing", allow_when_ended=False)
 @require_POST
 def retry_payment_view(request):
-    """Retry Payment (article section 6): charge every open invoice now, whatever the day.
+    """Retry Payment: charge every open invoice now, whatever the day.
 
     Two clicks at once charge once: the second finds the first one's attempt pending.
     """
@@ -369,43 +364,41 @@ def checkout(request):
     error = None
     reach_stripe = True
     if request.method == "POST":
-        now = timezone.now()
-        actor = Actor.from_request(request)
         try:
-            if form.cleaned_data["setup_intent_id"]:
-                card_setup_complete(
-                    organisation=organisation,
-                    actor=actor,
-                    setup_intent_id=form.cleaned_data["setup_intent_id"],
-                    now=now,
-                )
-            elif payment_method_current(organisation=organisation) is None:
-                raise ServiceError("Enter your card details.")
-            invoice = subscription_start(
+            checkout = subscription_checkout(
                 organisation=organisation,
-                actor=actor,
+                actor=Actor.from_request(request),
                 plan=plan,
                 billing_cycle=cycle,
                 currency=currency,
-                now=now,
+                now=timezone.now(),
+                setup_intent_id=form.cleaned_data["setup_intent_id"],
             )
-            payment = invoice_charge(invoice=invoice, now=now)
         except (ServiceError, gateway.PaymentError) as exc:
             error = exc.message
             reach_stripe = not _stripe_unavailable(exc)
         else:
-            if payment is not None and payment.status == Payment.Status.SUCCEEDED:
+            if checkout.outcome == ChargeOutcome.PAID:
                 messages.success(
                     request,
-                    f"Welcome to the {plan.name} plan. Invoice {invoice.number} is paid; "
+                    f"Welcome to the {plan.name} plan. Invoice {checkout.invoice.number} is paid; "
                     "you find it in Settings > Billing > Invoice History.",
                 )
                 return redirect("subscriptions:settings", org_slug=organisation.slug)
-            if payment is not None and payment.status == Payment.Status.FAILED:
-                error = f"Your card was not charged: {payment.failure_message}"
+            if checkout.outcome == ChargeOutcome.DECLINED:
+                error = f"Your card was not charged: {checkout.payment.failure_message}"
             else:
                 error = "We have not heard back from the card processor yet. Refresh in a minute."
                 reach_stripe = False
+    return _checkout_page(
+        request, form, plan=plan, cycle=cycle, currency=currency, error=error, reach=reach_stripe
+    )
+
+
+def _checkout_page(request, form, *, plan, cycle, currency, error, reach) -> HttpResponse:
+    """The checkout page: the price with tax for the billing details entered, the card on
+    file or the card form; 402 with the reason when the checkout did not go through."""
+    organisation = request.organisation
     profile = billing_profile_for(organisation=organisation)
     price = plan.price_for(currency).amount_for(cycle)
     tax = tax_for(details=profile.snapshot())
@@ -421,18 +414,13 @@ def checkout(request):
         "card": payment_method_current(organisation=organisation),
         "card_error": error,
         "profile": profile,
-        **_stripe_context(organisation, reach_stripe=reach_stripe),
+        **_stripe_context(organisation, reach_stripe=reach),
     }
     return render(request, "billing/checkout.html", context, status=402 if error else 200)
 
 
 def _subscription_for_upgrade(request):
-    subscription = (
-        Subscription.objects.select_related("plan", "organisation")
-        .prefetch_related("plan__prices")
-        .filter(organisation=request.organisation)
-        .first()
-    )
+    subscription = subscription_for_upgrade(organisation=request.organisation)
     if subscription is None:
         messages.info(request, "Choose a plan first.")
     return subscription
@@ -468,48 +456,17 @@ def upgrade_confirm(request):
     if subscription is None:
         return redirect("billing:choose_plan", org_slug=organisation.slug)
     data = request.POST if request.method == "POST" else request.GET
-    plan = Plan.objects.filter(code=data.get("plan", ""), is_public=True).first()
+    plan = plan_offered(code=data.get("plan", ""))
     if plan is None:
         messages.error(request, "That plan does not exist or is no longer offered.")
         return redirect("billing:upgrade", org_slug=organisation.slug)
     now = timezone.now()
     notice, status = None, 200
     if request.method == "POST":
-        try:
-            quoted_total = int(data.get("quoted_total", ""))
-        except ValueError:
-            quoted_total = -1
-        try:
-            invoice = subscription_upgrade(
-                organisation=organisation,
-                actor=Actor.from_request(request),
-                plan=plan,
-                quoted_total=quoted_total,
-                now=now,
-            )
-            payment = invoice_charge(invoice=invoice, now=now)
-        except ServiceError as exc:
-            notice, status = exc.message, (409 if exc.code == "quote_changed" else 400)
-        else:
-            if payment is not None and payment.status == Payment.Status.SUCCEEDED:
-                messages.success(
-                    request,
-                    f"You are now on the {plan.name} plan. Invoice {invoice.number} "
-                    f"({format_money(invoice.total, invoice.currency)}) is paid.",
-                )
-                return redirect("subscriptions:settings", org_slug=organisation.slug)
-            if payment is not None and payment.status == Payment.Status.FAILED:
-                notice, status = (
-                    f"Your card was not charged and you stay on {subscription.plan.name}: "
-                    f"{payment.failure_message}",
-                    402,
-                )
-            else:
-                notice, status = (
-                    "We have not heard back from the card processor yet. The upgrade applies "
-                    "as soon as the payment is confirmed.",
-                    202,
-                )
+        answer = _upgrade_and_charge(request, subscription=subscription, plan=plan, now=now)
+        if isinstance(answer, HttpResponse):
+            return answer
+        notice, status = answer
         subscription.refresh_from_db()
     try:
         quote = upgrade_quote(subscription=subscription, plan=plan, now=now)
@@ -526,4 +483,44 @@ def upgrade_confirm(request):
             "notice": notice,
         },
         status=status,
+    )
+
+
+def _upgrade_and_charge(request, *, subscription, plan, now) -> HttpResponse | tuple[str, int]:
+    """Confirm Upgrade: upgrade and charge the card at once. Paid: back to the subscription
+    page; otherwise what to tell the Admin on the quote page, with the HTTP status."""
+    organisation = request.organisation
+    try:
+        quoted_total = int(request.POST.get("quoted_total", ""))
+    except ValueError:
+        quoted_total = -1
+    try:
+        invoice = subscription_upgrade(
+            organisation=organisation,
+            actor=Actor.from_request(request),
+            plan=plan,
+            quoted_total=quoted_total,
+            now=now,
+        )
+        payment = invoice_charge(invoice=invoice, now=now)
+    except ServiceError as exc:
+        return exc.message, (409 if exc.code == UpgradeError.QUOTE_CHANGED else 400)
+    outcome = charge_outcome(payment)
+    if outcome == ChargeOutcome.PAID:
+        messages.success(
+            request,
+            f"You are now on the {plan.name} plan. Invoice {invoice.number} "
+            f"({format_money(invoice.total, invoice.currency)}) is paid.",
+        )
+        return redirect("subscriptions:settings", org_slug=organisation.slug)
+    if outcome == ChargeOutcome.DECLINED:
+        return (
+            f"Your card was not charged and you stay on {subscription.plan.name}: "
+            f"{payment.failure_message}",
+            402,
+        )
+    return (
+        "We have not heard back from the card processor yet. The upgrade applies "
+        "as soon as the payment is confirmed.",
+        202,
     )

@@ -1,6 +1,6 @@
-"""Stripe webhooks: the processor tells us how our charges ended (issue 5 point 7).
+"""Stripe webhooks: the processor tells us how our charges ended.
 
-The charge call itself normally tells us (billing.services.invoice_charge). The webhook is
+The charge call itself normally tells us (billing.payments.invoice_charge). The webhook is
 for when it could not: the HTTP answer was lost (timeout, crash) and the payment row stayed
 pending. Each event is stored once by its id (StripeEvent), so a redelivered event changes
 nothing, and is applied in the same transaction, with the payment row locked.
@@ -21,7 +21,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from billing.models import Invoice, Payment, StripeEvent
-from billing.services import payment_failed, payment_succeeded
+from billing.payments import PaymentFailure, payment_failed, payment_succeeded
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _failed(payment: Payment, intent: dict[str, Any], *, now: datetime) -> str:
         return f"ignored: already {payment.status}"
     error = intent.get("last_payment_error")
     error = error if isinstance(error, dict) else {}
-    code = error.get("code") or "declined"  # as PaymentError.code: card_declined, ...
+    code = error.get("code") or PaymentFailure.DECLINED  # as PaymentError.code: card_declined, ...
     message = error.get("message") or "The payment was declined."
     invoice = Invoice.objects.get(pk=payment.invoice_id)
     payment_failed(payment=payment, code=code, message=message, now=now)

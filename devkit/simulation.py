@@ -43,16 +43,10 @@ from django.db.models import Count, Exists, OuterRef, Q
 from accounts.audit import Actor
 from accounts.models import Organisation, User
 from billing.dunning import ORDER as DUNNING_ORDER
-from billing.dunning import (
-    step_due_at,
-)
+from billing.dunning import step_due_at
+from billing.invoicing import OVERAGE_LOOKBACK, OVERAGE_STATUSES
 from billing.models import DunningCase, Invoice, OverageCharge, Payment
-from billing.services import (
-    OVERAGE_LOOKBACK,
-    OVERAGE_STATUSES,
-    PENDING_RETRY_AFTER,
-    payment_record_manual,
-)
+from billing.payments import PENDING_RETRY_AFTER, payment_record_manual
 from core.errors import ServiceError
 from core.jobs import all_jobs, run_job
 from devkit.simulation_moves import (

@@ -14,26 +14,16 @@ import time_machine
 from accounts.audit import Actor
 from accounts.models import Organisation, User
 from accounts.services import organisation_create
-from billing.dunning import (
-    dunning_extend_grace,
-    invoice_mark_uncollectible,
-    retry_after_card_update,
-    retry_payment,
-)
+from billing.cards import card_setup_complete, stripe_customer_ensure
+from billing.checkout import subscription_checkout
+from billing.collection import retry_after_card_update, retry_payment
+from billing.details import billing_profile_update
+from billing.dunning import dunning_extend_grace, invoice_mark_uncollectible
 from billing.forms import BillingInformationForm
 from billing.models import DunningCase, Invoice, Payment
+from billing.payments import ChargeOutcome, invoice_charge
 from billing.selectors import billing_profile_for
-from billing.services import (
-    QuoteChanged,
-    billing_profile_update,
-    card_setup_complete,
-    invoice_charge,
-    stripe_customer_ensure,
-    subscription_start,
-    subscription_upgrade,
-    upgrade_plans,
-    upgrade_quote,
-)
+from billing.upgrades import QuoteChanged, subscription_upgrade, upgrade_plans, upgrade_quote
 from core.errors import ServiceError
 from devkit.stripe_standin import CHARGE_FAILS, MASTERCARD, VISA, confirmed_setup_intent
 from subscriptions.cancellation import (
@@ -165,32 +155,35 @@ class CustomerMoves:
             **{name: form.cleaned_data[name] for name in BillingInformationForm.Meta.fields},
         )
 
-    def _new_card(self, customer: Customer, organisation: Organisation, number: str, at) -> None:
-        """Update Card: Stripe.js confirms a SetupIntent, the view completes it."""
+    def _confirmed_card(self, customer: Customer, organisation: Organisation, number: str) -> str:
+        """Stripe.js confirms a SetupIntent with the card; its id, as the page posts it."""
         customer_id = stripe_customer_ensure(organisation=organisation)
         setup_intent_id = confirmed_setup_intent(customer_id=customer_id, number=number)
+        customer.card_bad = number == CHARGE_FAILS
+        return setup_intent_id
+
+    def _new_card(self, customer: Customer, organisation: Organisation, number: str, at) -> None:
+        """Update Card: Stripe.js confirms a SetupIntent, the view completes it."""
         card_setup_complete(
             organisation=organisation,
             actor=self._actor(customer),
-            setup_intent_id=setup_intent_id,
+            setup_intent_id=self._confirmed_card(customer, organisation, number),
             now=at,
         )
-        customer.card_bad = number == CHARGE_FAILS
 
     def _checkout(self, customer: Customer, organisation: Organisation, number: str, at) -> None:
         """Choose a plan > checkout (billing.views.checkout): card, first invoice, charge."""
-        self._new_card(customer, organisation, number, at)
-        invoice = subscription_start(
+        checkout = subscription_checkout(
             organisation=organisation,
             actor=self._actor(customer),
             plan=Plan.objects.get(code=customer.plan),
             billing_cycle=customer.cycle,
             currency=customer.currency,
             now=at,
+            setup_intent_id=self._confirmed_card(customer, organisation, number),
         )
-        payment = invoice_charge(invoice=invoice, now=at)
         self._refresh_one(customer)
-        if payment is not None and payment.status == Payment.Status.SUCCEEDED:
+        if checkout.outcome == ChargeOutcome.PAID:
             self._flows_running(customer, organisation, at)
         else:
             self.stats.moves["first_payment_failed"] += 1

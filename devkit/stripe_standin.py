@@ -47,6 +47,8 @@ import stripe
 import time_machine
 from django.conf import settings
 
+from billing import gateway
+
 VISA = "4242424242424242"
 MASTERCARD = "5555555555554444"
 AMEX = "378282246310005"
@@ -136,7 +138,7 @@ def confirm_card_setup(
     `authenticate` says whether the user completes it. Returns the SetupIntent id;
     raises StripeJsError with the error the page would get.
     """
-    setup_intent_id = client_secret.split("_secret_")[0]
+    setup_intent_id = gateway.setup_intent_id_from_client_secret(client_secret)
     path = f"/v1/setup_intents/{setup_intent_id}/confirm"
     payload = {
         "key": settings.STRIPE_PUBLISHABLE_KEY,

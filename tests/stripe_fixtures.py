@@ -13,27 +13,7 @@ import pytest
 import stripe
 from django.conf import settings
 
-# Beyond what the fixture uses, the test cards and Stripe.js stand-ins are re-exported: tests in
-# tests/billing still import them from here. New code imports them from devkit.stripe_standin.
-from devkit.stripe_standin import (  # noqa: F401
-    AMEX,
-    CHARGE_FAILS,
-    DISCOVER,
-    LOOPBACK,
-    MASTERCARD,
-    NEEDS_3DS,
-    VISA,
-    VISA_DECLINED,
-    StripeJsError,
-    card_exp_year,
-    card_payment_method,
-    confirm_card_setup,
-    confirmed_setup_intent,
-    register_webhook,
-    standin_client,
-    standin_request,
-    unregister_webhook,
-)
+from devkit.stripe_standin import LOOPBACK, standin_client, standin_request
 
 
 @pytest.fixture

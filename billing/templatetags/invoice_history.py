@@ -19,7 +19,7 @@ def invoice_history_rows(invoices, organisation) -> list:
     and `money` gave in the template, in the active time zone (the organisation's), for a
     tenth of their cost on a page of 20 rows.
 
-    One reverse() for the page: invoice numbers (`INV-2026-000123`, billing.services) are
+    One reverse() for the page: invoice numbers (`INV-2026-000123`, billing.drafts) are
     letters, digits and dashes, which a URL carries as they are.
     """
     prefix, _, suffix = reverse(

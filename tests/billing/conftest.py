@@ -1,7 +1,6 @@
 import pytest
 
-# START and add_card are re-exported: tests in tests/billing still import them from here.
-from tests.billing.helpers import START, add_card, subscribe  # noqa: F401
+from tests.billing.helpers import subscribe
 
 
 @pytest.fixture

@@ -4,13 +4,9 @@ describes (fixtures stay in tests/billing/conftest.py)."""
 from datetime import UTC, datetime
 
 from accounts.audit import Actor
+from billing.cards import card_setup_complete, stripe_customer_ensure
+from billing.checkout import subscription_checkout
 from billing.models import Invoice
-from billing.services import (
-    card_setup_complete,
-    invoice_charge,
-    stripe_customer_ensure,
-    subscription_start,
-)
 from devkit.stripe_standin import VISA, confirmed_setup_intent
 from subscriptions.models import Plan
 
@@ -31,16 +27,17 @@ def add_card(organisation, *, number=VISA, now=START, user=None):
 def subscribe(
     organisation, *, plan="professional", cycle="monthly", currency="USD", now=START, number=VISA
 ) -> Invoice:
-    """The article's path: pick a plan and cycle, enter a card, first invoice issued and charged."""
-    add_card(organisation, number=number, now=now)
-    invoice = subscription_start(
+    """The checkout path: pick a plan and cycle, enter a card, first invoice issued and charged."""
+    customer_id = stripe_customer_ensure(organisation=organisation)
+    checkout = subscription_checkout(
         organisation=organisation,
         actor=Actor(user=None),
         plan=Plan.objects.get(code=plan),
         billing_cycle=cycle,
         currency=currency,
         now=now,
+        setup_intent_id=confirmed_setup_intent(customer_id=customer_id, number=number),
     )
-    invoice_charge(invoice=invoice, now=now)
+    invoice = checkout.invoice
     invoice.refresh_from_db()
     return invoice

@@ -1,4 +1,5 @@
-"""Failed payments (issue 5): the day 0/3/7/14 schedule through `tick`, Retry Payment, resume."""
+"""Failed payments (billing.dunning, billing.collection): the day 0/3/7/14 schedule through
+`tick`, Retry Payment, resume."""
 
 import threading
 from datetime import UTC, datetime, timedelta
@@ -11,12 +12,12 @@ from django.db import connection
 
 from accounts.audit import Actor
 from accounts.models import AuditEvent
-from billing.dunning import dunning_advance, retry_after_card_update, retry_payment
+from billing.collection import dunning_advance, retry_after_card_update, retry_payment
 from billing.models import DunningCase, DunningStep, Invoice, Payment
 from core.errors import ServiceError
+from devkit.stripe_standin import CHARGE_FAILS
 from subscriptions.models import ProcessFlow, Subscription
-from tests.billing.conftest import START, add_card, subscribe
-from tests.stripe_fixtures import CHARGE_FAILS
+from tests.billing.helpers import START, add_card, subscribe
 from tests.subscriptions.factories import EnvironmentFactory, ProcessFlowFactory
 
 pytestmark = pytest.mark.django_db
@@ -189,7 +190,8 @@ def test_processor_down_during_a_retry_then_back(failing, org, settings, localst
 
 
 def test_overdue_bank_transfer_follows_the_schedule_without_charges(subscribed, org, committed):
-    from billing.services import billing_run_issue, payment_record_manual
+    from billing.invoicing import billing_run_issue
+    from billing.payments import payment_record_manual
 
     Subscription.objects.filter(organisation=org).update(
         billing_cycle="annual", payment_method_kind="bank_transfer"

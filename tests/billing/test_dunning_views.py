@@ -1,4 +1,4 @@
-"""Failed payments in the portal (issue 5; DESIGN.md section 2b): the banner on every
+"""Failed payments in the portal (billing.dunning): the banner on every
 organisation page, the dunning timeline and Retry Payment on Settings > Billing > Payment Method,
 and Update Card retrying the open invoices."""
 
@@ -17,10 +17,10 @@ from accounts.models import AuditEvent, Membership
 from accounts.selectors import membership_for_user
 from billing.context_processors import account_state
 from billing.models import DunningCase, Invoice, Payment
+from devkit.stripe_standin import CHARGE_FAILS, MASTERCARD, confirm_card_setup
 from subscriptions.models import ProcessFlow, Subscription
-from tests.billing.conftest import add_card, subscribe
+from tests.billing.helpers import add_card, subscribe
 from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
-from tests.stripe_fixtures import CHARGE_FAILS, MASTERCARD, confirm_card_setup
 from tests.subscriptions.factories import EnvironmentFactory, ProcessFlowFactory
 
 pytestmark = pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""The billing engine against real Postgres and localstripe (issue 3)."""
+"""The billing engine against real Postgres and localstripe."""
 
 import threading
 from datetime import UTC, datetime, timedelta
@@ -9,21 +9,16 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.audit import Actor
+from billing.cards import card_expiry_reminders_send
+from billing.invoicing import billing_run_issue, subscription_start
 from billing.models import Invoice, InvoiceSequence, Payment, PaymentMethod
-from billing.services import (
-    billing_run_issue,
-    card_expiry_reminders_send,
-    invoice_charge,
-    invoices_charge_due,
-    payment_record_manual,
-    subscription_start,
-)
+from billing.payments import invoice_charge, invoices_charge_due, payment_record_manual
 from core.errors import ServiceError
 from core.jobs import run_job
+from devkit.stripe_standin import CHARGE_FAILS, DISCOVER, VISA_DECLINED, StripeJsError
 from subscriptions.models import Plan, PlanPrice, Subscription
-from tests.billing.conftest import START, add_card, subscribe
+from tests.billing.helpers import START, add_card, subscribe
 from tests.factories import MembershipFactory, OrganisationFactory
-from tests.stripe_fixtures import CHARGE_FAILS, DISCOVER, VISA_DECLINED, StripeJsError
 
 pytestmark = pytest.mark.django_db
 
@@ -377,7 +372,7 @@ def test_ops_record_a_payment_from_the_invoice_admin(client, subscribed, org, co
     client.force_login(ops)
     assert client.get("/admin/billing/invoice/").status_code == 200
     assert client.get(f"/admin/billing/invoice/{invoice.pk}/change/").status_code == 200
-    # The reason is asked first (money actions, issue 9); without one nothing happens.
+    # The reason is asked first (money actions are audited with it); without one nothing happens.
     asked = client.post(
         "/admin/billing/invoice/", {"action": "record_payment", "_selected_action": [invoice.pk]}
     )

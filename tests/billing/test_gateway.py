@@ -14,7 +14,7 @@ from django.conf import settings as django_settings
 
 from billing import gateway
 from billing.gateway import CardDetails, ChargeResult, GatewayUnavailable, PaymentError
-from tests.stripe_fixtures import (
+from devkit.stripe_standin import (
     AMEX,
     CHARGE_FAILS,
     DISCOVER,

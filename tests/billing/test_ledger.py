@@ -1,4 +1,4 @@
-"""Money invariants (issue 10): a year's worth of ordinary billing holds every rule, and each
+"""Money invariants (billing.ledger): a year's worth of ordinary billing holds every rule, and each
 rule, broken on purpose through raw SQL, is reported."""
 
 import hashlib
@@ -10,12 +10,13 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
+from billing.invoicing import billing_run_issue
 from billing.ledger import ledger_check, ledger_record
 from billing.models import Invoice, LedgerViolation, OverageCharge
-from billing.services import billing_run_issue, invoices_charge_due
+from billing.payments import invoices_charge_due
 from core.jobs import run_job
 from subscriptions.models import Plan, Subscription
-from tests.billing.conftest import subscribe
+from tests.billing.helpers import subscribe
 from tests.billing.test_upgrade import upgrade
 from tests.subscriptions.factories import ProcessFlowFactory
 from usage.models import ApiKey

@@ -7,13 +7,15 @@ import pytest
 from django.core.management import call_command
 
 from accounts.audit import Actor
+from billing.invoicing import subscription_start
 from billing.ledger import ledger_check
 from billing.models import Invoice
-from billing.services import invoice_charge, subscription_start, upgrade_quote
+from billing.payments import invoice_charge
+from billing.upgrades import upgrade_quote
 from core.errors import ServiceError
 from subscriptions.cancellation import subscription_cancel
 from subscriptions.models import Plan, Subscription
-from tests.billing.conftest import START
+from tests.billing.helpers import START
 
 pytestmark = pytest.mark.django_db
 
@@ -67,10 +69,10 @@ def test_no_free_upgrade_in_the_last_seconds_of_a_period(subscribed, org):
 def test_a_subscription_ending_while_its_payment_fails_closes_its_dunning_case(
     subscribed, org, admin
 ):
-    from billing.dunning import dunning_advance
+    from billing.collection import dunning_advance
     from billing.models import DunningCase
-    from tests.billing.conftest import add_card
-    from tests.stripe_fixtures import CHARGE_FAILS
+    from devkit.stripe_standin import CHARGE_FAILS
+    from tests.billing.helpers import add_card
 
     add_card(org, number=CHARGE_FAILS)
     renewal = Subscription.objects.get(organisation=org).current_period_end

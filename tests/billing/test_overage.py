@@ -1,4 +1,4 @@
-"""Overage on invoices (DESIGN.md section 2, Billing periods and Usage; issue 6 points 6 and 8).
+"""Overage on invoices (billing.invoicing, billing.drafts): monthly and annual plans.
 
 Standard: 50,000 transactions a month, $5.00 per started 1,000 above that. Usage goes straight
 into the per-day counters, as the ingestion API leaves it.
@@ -10,8 +10,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from billing.invoicing import billing_run_issue, overage_invoices_issue
 from billing.models import Invoice, OverageCharge
-from billing.services import billing_run_issue, overage_invoices_issue
 from core.jobs import all_jobs, run_job
 from subscriptions.models import BillingCycle, PaymentMethodKind
 from tests.factories import OrganisationFactory
@@ -253,8 +253,8 @@ def test_overage_job_runs_between_the_billing_run_and_the_pdfs():
 
 
 def test_annual_card_overage_invoice_is_charged_by_the_charge_job(localstripe, org, admin):
-    from billing.services import invoices_charge_due
-    from tests.billing.conftest import START, subscribe
+    from billing.payments import invoices_charge_due
+    from tests.billing.helpers import START, subscribe
 
     subscribe(org, plan="standard", cycle="annual", now=START)
     use(org, LIMIT + 10, month_start=START)

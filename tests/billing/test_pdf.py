@@ -1,4 +1,4 @@
-"""Invoice PDFs (DESIGN.md section 2, Invoices; help article section 4), read back as text."""
+"""Invoice PDFs (billing.pdf), read back as text."""
 
 import io
 import logging

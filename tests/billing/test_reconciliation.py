@@ -1,4 +1,4 @@
-"""Reconciliation with Stripe (issue 10 point 2): our card payments against localstripe's
+"""Reconciliation with Stripe (billing.reconciliation): our card payments against localstripe's
 PaymentIntents, the differences in Django admin, and their resolution through our services.
 
 localstripe stamps PaymentIntents with the real clock, so these tests live in real time:
@@ -18,6 +18,7 @@ from django.utils import timezone
 from accounts.audit import Actor
 from accounts.models import AuditEvent, OutgoingEmail
 from billing import gateway
+from billing.invoicing import billing_run_issue, subscription_start
 from billing.models import (
     BillingProfile,
     DunningCase,
@@ -26,25 +27,20 @@ from billing.models import (
     PaymentMethod,
     ReconciliationDifference,
 )
+from billing.payments import payment_record_manual, payment_succeeded
 from billing.reconciliation import (
     difference_dismiss,
     difference_resolve_mark_failed,
     difference_resolve_record_payment,
     reconcile,
 )
-from billing.services import (
-    billing_run_issue,
-    payment_record_manual,
-    payment_succeeded,
-    subscription_start,
-)
 from core.errors import ServiceError
 from core.money import format_money
+from devkit.stripe_standin import VISA, card_exp_year
 from subscriptions.models import PaymentMethodKind, Plan, Subscription
 from support.staff import BILLING, READ_ONLY
-from tests.billing.conftest import add_card, subscribe
+from tests.billing.helpers import add_card, subscribe
 from tests.factories import UserFactory
-from tests.stripe_fixtures import VISA, card_exp_year
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,4 @@
-"""A simulated year (issue 10 point 4): eight organisations through 366 days of the real
+"""A simulated year: eight organisations through 366 days of the real
 scheduled jobs, with a seeded random walk of what their people and ops do (devkit/simulation.py);
 after every simulated day every ledger invariant holds.
 

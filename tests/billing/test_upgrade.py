@@ -1,4 +1,4 @@
-"""Upgrade Plan (issue 4): the quote shown is the amount charged, to the cent."""
+"""Upgrade Plan (billing.upgrades): the quote shown is the amount charged, to the cent."""
 
 import contextlib
 import re
@@ -12,16 +12,12 @@ from django.urls import reverse
 
 from accounts.audit import Actor
 from billing.models import Invoice, Payment
-from billing.services import (
-    QuoteChanged,
-    invoice_charge,
-    subscription_upgrade,
-    upgrade_quote,
-)
+from billing.payments import invoice_charge
+from billing.upgrades import QuoteChanged, subscription_upgrade, upgrade_quote
 from core.errors import ServiceError
+from devkit.stripe_standin import CHARGE_FAILS
 from subscriptions.models import Plan, PlanChange, Subscription
-from tests.billing.conftest import START, add_card, subscribe
-from tests.stripe_fixtures import CHARGE_FAILS
+from tests.billing.helpers import START, add_card, subscribe
 
 pytestmark = pytest.mark.django_db
 
@@ -77,7 +73,7 @@ def test_annual_upgrade_charges_the_exact_prorated_difference(localstripe, org, 
 
 
 def test_renewal_after_an_upgrade_charges_the_new_price(subscribed, org):
-    from billing.services import billing_run_issue
+    from billing.invoicing import billing_run_issue
 
     upgrade(org, at=START + timedelta(days=3))
     billing_run_issue(now=datetime(2026, 2, 28, 10, 0, tzinfo=UTC))

@@ -9,11 +9,11 @@ from django.urls import reverse
 from pypdf import PdfReader
 
 from accounts.models import AuditEvent
+from billing.invoicing import billing_run_issue
 from billing.models import BillingProfile, Invoice, InvoiceDocument, PaymentMethod
-from billing.services import billing_run_issue
+from devkit.stripe_standin import MASTERCARD, confirm_card_setup
 from subscriptions.models import Subscription
-from tests.billing.conftest import add_card, subscribe
-from tests.stripe_fixtures import MASTERCARD, confirm_card_setup
+from tests.billing.helpers import add_card, subscribe
 
 pytestmark = pytest.mark.django_db
 
@@ -259,7 +259,7 @@ def test_dashboard_asks_a_new_admin_to_choose_a_plan(client_for, localstripe, or
     dashboard = reverse("accounts:dashboard", args=[org.slug])
     assert "Next step: choose a plan." in client_for(admin).get(dashboard).content.decode()
     assert "Next step: choose a plan." not in client_for(member).get(dashboard).content.decode()
-    from tests.billing.conftest import subscribe
+    from tests.billing.helpers import subscribe
 
     subscribe(org)
     assert "Next step: choose a plan." not in client_for(admin).get(dashboard).content.decode()

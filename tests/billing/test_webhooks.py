@@ -1,4 +1,4 @@
-"""POST /webhooks/stripe/: Stripe events settle charges whose answer we never got (issue 5.7).
+"""POST /webhooks/stripe/: Stripe events settle charges whose answer we never got.
 
 Events are signed here as Stripe signs them (HMAC-SHA256 of "{t}.{body}" with the webhook
 secret, header "t=...,v1=..."); their PaymentIntents are real ones from localstripe. The
@@ -20,6 +20,7 @@ from django.urls import reverse
 from accounts.audit import Actor
 from accounts.models import OutgoingEmail
 from billing import gateway
+from billing.invoicing import billing_run_issue, subscription_start
 from billing.models import (
     BillingProfile,
     DunningCase,
@@ -28,10 +29,10 @@ from billing.models import (
     PaymentMethod,
     StripeEvent,
 )
-from billing.services import billing_run_issue, payment_record_manual, subscription_start
+from billing.payments import payment_record_manual
+from devkit.stripe_standin import CHARGE_FAILS, register_webhook, unregister_webhook
 from subscriptions.models import PaymentMethodKind, Plan, Subscription
-from tests.billing.conftest import START, add_card
-from tests.stripe_fixtures import CHARGE_FAILS, register_webhook, unregister_webhook
+from tests.billing.helpers import START, add_card
 
 pytestmark = pytest.mark.django_db
 
@@ -88,7 +89,7 @@ def renewal_invoice(org) -> Invoice:
 def timed_out_charge(localstripe, invoice: Invoice, *, now=RENEWAL) -> tuple[Payment, dict]:
     """A card charge whose HTTP answer we never got: Stripe ran it, our row says pending.
 
-    The attempt row is made as billing.services does before calling Stripe, then the charge
+    The attempt row is made as billing.payments does before calling Stripe, then the charge
     goes through billing.gateway, and its answer (success or decline) is thrown away.
     Returns the pending payment and the PaymentIntent as Stripe's events carry it.
     """

@@ -27,8 +27,8 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from billing.documents import invoice_document_original
 from billing.models import Invoice
-from billing.services import invoice_document_original
 from subscriptions.models import Plan
 from tests.billing.pdf_factories import issued_invoice
 from tests.factories import PASSWORD

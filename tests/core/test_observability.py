@@ -17,7 +17,7 @@ from django.urls import reverse
 
 from accounts.emails import email_queue
 from accounts.tenancy import tenant_view
-from billing import services as billing_services
+from billing import documents as billing_documents
 from billing.tasks import render_invoice_documents
 from core import health
 from core.observability import (
@@ -353,14 +353,14 @@ def test_an_invoice_the_pdf_job_cannot_render_is_logged_and_the_others_go_on(
 ):
     broken = issued_invoice(organisation=org, number="INV-2026-000001")
     fine = issued_invoice(organisation=org, number="INV-2026-000002")
-    real = billing_services.invoice_document_original
+    real = billing_documents.invoice_document_original
 
     def render(*, invoice, now):
         if invoice.pk == broken.pk:
             raise RuntimeError("renderer crashed")
         return real(invoice=invoice, now=now)
 
-    monkeypatch.setattr("billing.services.invoice_document_original", render)
+    monkeypatch.setattr("billing.documents.invoice_document_original", render)
     result = run_scheduled_job.apply(args=["render_invoice_pdfs"], throw=False)
 
     assert result.successful()

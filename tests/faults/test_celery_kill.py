@@ -53,7 +53,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from accounts.models import OutgoingEmail
-from billing.dunning import dunning_advance
+from billing.collection import dunning_advance
 from billing.models import (
     BillingProfile,
     DunningCase,
@@ -63,7 +63,7 @@ from billing.models import (
     Payment,
     PaymentMethod,
 )
-from billing.services import invoices_charge_due
+from billing.payments import invoices_charge_due
 from core.jobs import run_job
 from core.tasks import run_scheduled_job
 from devkit.stripe_standin import CHARGE_FAILS, VISA, card_exp_year
@@ -498,9 +498,9 @@ def _die_before(func):
 @pytest.mark.parametrize(
     ("window", "target", "die"),
     [
-        ("claimed, nothing charged", "billing.dunning.charge_open_invoices", _die_before),
+        ("claimed, nothing charged", "billing.collection.charge_open_invoices", _die_before),
         ("charged, answer not recorded", "billing.gateway.charge", _die_after),
-        ("answer recorded, step not", "billing.dunning.charge_open_invoices", _die_after),
+        ("answer recorded, step not", "billing.collection.charge_open_invoices", _die_after),
     ],
 )
 def test_an_interrupted_dunning_step_is_finished_once(monkeypatch, card, window, target, die):

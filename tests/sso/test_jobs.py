@@ -13,7 +13,7 @@ from sso.certificates import certificate_expiry_notify, metadata_refresh_due
 from sso.configuration import configuration_for, idp_configure
 from sso.domains import domain_add
 from sso.models import SsoAttempt, SsoConfiguration, SsoRequest
-from tests.sso.conftest import SsoBrowser
+from tests.sso.helpers import SsoBrowser
 from tests.sso.idp import TestIdP, key_pair
 
 pytestmark = pytest.mark.django_db

@@ -16,7 +16,7 @@ from django.test import Client
 
 from sso import saml
 from sso.models import SsoAttempt, SsoRequest
-from tests.sso.conftest import SsoBrowser
+from tests.sso.helpers import SsoBrowser
 from tests.sso.idp import decode, encode
 
 pytestmark = pytest.mark.django_db

@@ -8,8 +8,8 @@ import pytest
 
 from accounts.audit import Actor
 from accounts.models import OutgoingEmail
+from billing.invoicing import billing_run_issue
 from billing.models import Invoice
-from billing.services import billing_run_issue
 from subscriptions.models import PlanChange, ProcessFlow, Subscription
 from subscriptions.plan_changes import downgrade_schedule
 from tests.subscriptions.factories import PERIOD_START, ProcessFlowFactory, plan

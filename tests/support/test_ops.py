@@ -9,8 +9,8 @@ from django.core import mail
 from pypdf import PdfReader
 
 from accounts.models import AuditEvent
+from billing.documents import invoice_document_original
 from billing.models import BillingProfile, Invoice, InvoiceDocument
-from billing.services import invoice_document_original
 from support.models import SupportTicket
 from support.staff import ACCOUNT, BILLING, READ_ONLY
 from tests.billing.pdf_factories import billing_details, issued_invoice

@@ -11,15 +11,11 @@ from accounts.audit import SYSTEM
 from accounts.models import Membership, Organisation, User
 from accounts.services import organisation_create
 from billing import gateway
+from billing.cards import card_setup_begin, card_setup_complete
+from billing.checkout import subscription_checkout
+from billing.invoicing import billing_run_issue
 from billing.models import BillingProfile, PaymentMethod
-from billing.services import (
-    billing_run_issue,
-    card_setup_begin,
-    card_setup_complete,
-    invoice_charge,
-    invoices_charge_due,
-    subscription_start,
-)
+from billing.payments import invoices_charge_due
 from subscriptions.models import Plan, Subscription
 
 DEMO_PASSWORD = "demo-pass-2026"  # noqa: S105 - published demo logins, development only
@@ -113,7 +109,7 @@ class Command(BaseCommand):
             )
         if not PaymentMethod.objects.filter(organisation=organisation, status="active").exists():
             client_secret = card_setup_begin(organisation=organisation)
-            setup_intent_id = client_secret.split("_secret_")[0]
+            setup_intent_id = gateway.setup_intent_id_from_client_secret(client_secret)
             gateway.setup_intent_confirm_test_card(
                 setup_intent_id=setup_intent_id, number="4242424242424242"
             )
@@ -130,7 +126,8 @@ class Command(BaseCommand):
             postal_code="D01 F5P2",
             country="IE",
         )
-        invoice = subscription_start(
+        # The card on file (saved above) pays the first invoice.
+        subscription_checkout(
             organisation=organisation,
             actor=SYSTEM,
             plan=Plan.objects.get(code=plan_code),
@@ -138,7 +135,6 @@ class Command(BaseCommand):
             currency="USD",
             now=start,
         )
-        invoice_charge(invoice=invoice, now=start)
         # Renew period by period, as the scheduled billing run would have done.
         subscription = Subscription.objects.get(organisation=organisation)
         while subscription.current_period_end <= now:

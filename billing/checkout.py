@@ -1,0 +1,63 @@
+"""Checkout: the card entered, the subscription's first invoice, and its charge, in one call.
+
+The subscription waits (incomplete) until that first invoice is paid; a declined or
+unanswered charge leaves the invoice open, and choosing again reuses it
+(billing.invoicing.subscription_start).
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from accounts.audit import Actor
+from accounts.models import Organisation
+from billing.cards import card_setup_complete
+from billing.invoicing import subscription_start
+from billing.models import Invoice, Payment
+from billing.payments import ChargeOutcome, charge_outcome, invoice_charge
+from billing.selectors import payment_method_current
+from core.errors import ServiceError
+from subscriptions.models import Plan
+
+
+@dataclass(frozen=True)
+class Checkout:
+    invoice: Invoice
+    payment: Payment | None
+
+    @property
+    def outcome(self) -> ChargeOutcome:
+        return charge_outcome(self.payment)
+
+
+def subscription_checkout(
+    *,
+    organisation: Organisation,
+    actor: Actor,
+    plan: Plan,
+    billing_cycle: str,
+    currency: str,
+    now: datetime,
+    setup_intent_id: str = "",
+) -> Checkout:
+    """Checkout: save the card Stripe.js just confirmed (`setup_intent_id`), or use the card on
+    file; issue the first invoice and charge it at once.
+
+    ServiceError (or gateway.PaymentError) when the card cannot be saved or there is none;
+    otherwise `outcome` says whether the charge paid, was declined or is still unanswered.
+    """
+    if setup_intent_id:
+        card_setup_complete(
+            organisation=organisation, actor=actor, setup_intent_id=setup_intent_id, now=now
+        )
+    elif payment_method_current(organisation=organisation) is None:
+        raise ServiceError("Enter your card details.")
+    invoice = subscription_start(
+        organisation=organisation,
+        actor=actor,
+        plan=plan,
+        billing_cycle=billing_cycle,
+        currency=currency,
+        now=now,
+    )
+    payment = invoice_charge(invoice=invoice, now=now)
+    return Checkout(invoice=invoice, payment=payment)

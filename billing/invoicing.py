@@ -1,0 +1,330 @@
+"""Issuing invoices: the billing run (period invoices), annual plans' overage invoices, and
+the first invoice of a subscription chosen at checkout.
+
+Plans, periods, invoices and numbering are ours; Stripe only charges cards (billing.payments).
+Each issue happens in one transaction with what it bills for (the period moving on, the usage
+month billed); the PDFs and "invoice issued" emails follow in the background once committed.
+"""
+
+import gc
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+
+from accounts.audit import Actor, audit_record
+from accounts.models import Organisation
+from accounts.services import organisation_lock
+from billing.drafts import (
+    Overage,
+    draft_overage_invoice,
+    draft_period_invoice,
+    drafts_save,
+    overage_for,
+)
+from billing.models import BillingProfile, Invoice, OverageCharge
+from billing.queueing import queue_invoice_documents
+from billing.tax import tax_rates
+from core.errors import ServiceError
+from subscriptions.lifecycle import (
+    Period,
+    scheduled_changes_prefetch,
+    subscription_create,
+    subscription_next_period,
+    subscriptions_save_periods,
+)
+from subscriptions.models import BillingCycle, Plan, Subscription
+from subscriptions.plan_changes import downgrade_apply_flows
+from subscriptions.states import RENEWING
+from usage.billing import annual_months_over_limit, months_usage
+from usage.months import usage_month_of
+
+
+def billing_run_issue(*, now: datetime, batch_size: int = 500, limit: int | None = None) -> int:
+    """Issue every period invoice due by `now` (docs/architecture.md#billing).
+
+    Subscriptions whose period has ended are claimed in batches with SKIP LOCKED, so runs can
+    overlap; each claimed subscription moves to its next period and gets that period's invoice
+    in the same transaction. A subscription several periods behind gets one invoice per period,
+    oldest first. The unique (subscription, period_start) constraint backs all of this up.
+
+    A monthly plan's renewal invoice also carries the overage of the usage month that just
+    closed (the period before), at the plan of that month; its usage comes from one aggregate
+    query per batch, and an OverageCharge row records the month as billed.
+    """
+    issued = 0
+    while limit is None or issued < limit:
+        size = batch_size if limit is None else min(batch_size, limit - issued)
+        with transaction.atomic():
+            subscriptions = list(
+                Subscription.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("organisation", "organisation__billing_profile", "plan")
+                .prefetch_related("plan__prices", scheduled_changes_prefetch())
+                # A cancelled subscription is never invoiced again; it ends at period end.
+                .filter(
+                    status__in=RENEWING, current_period_end__lte=now, cancel_at_period_end=False
+                )
+                .order_by("current_period_end", "pk")[:size]
+            )
+            if not subscriptions:
+                break
+            invoices = _renew(subscriptions, now=now)
+        issued += len(invoices)
+        # Model instances hold reference cycles (related-object caches); free each batch's
+        # now, so a run over 100,000 subscriptions uses the memory of one batch.
+        del subscriptions, invoices
+        gc.collect()
+    return issued
+
+
+def _renew(subscriptions: list[Subscription], *, now: datetime) -> list[Invoice]:
+    """Move each locked subscription to its next period and issue that period's invoice, with
+    the overage of the usage month that closed (caller's transaction)."""
+    rates = tax_rates()
+    overages = _closed_months_overage(subscriptions)
+    drafts = []
+    downgraded = []
+    for subscription in subscriptions:
+        # Before the period advances: the closed month's plan, before any downgrade.
+        overage = overages.get(subscription.pk)
+        period = subscription_next_period(subscription=subscription)
+        if period.applied_change is not None:
+            downgraded.append((subscription, period.applied_change))
+        profile = getattr(subscription.organisation, "billing_profile", None)
+        drafts.append(
+            draft_period_invoice(
+                subscription=subscription,
+                period=period,
+                profile=profile,
+                rates=rates,
+                now=now,
+                overage=overage,
+            )
+        )
+    subscriptions_save_periods(subscriptions)
+    invoices = drafts_save(drafts, now=now)
+    for subscription, change in downgraded:
+        downgrade_apply_flows(subscription=subscription, change=change, now=now)
+    queue_invoice_documents(invoices)
+    return invoices
+
+
+def _closed_months_overage(subscriptions: list[Subscription]) -> dict[int, Overage]:
+    """The overage of each monthly subscription's closing period (its usage month), by
+    subscription id, skipping months already billed. One aggregate query for the batch, plus
+    one for the billed months only when some month went over its limit."""
+    monthly = [s for s in subscriptions if s.billing_cycle == BillingCycle.MONTHLY]
+    usage = months_usage([(s.organisation_id, s.current_period_start) for s in monthly])
+    overages = {}
+    for subscription in monthly:
+        used = usage.get((subscription.organisation_id, subscription.current_period_start), 0)
+        overage = overage_for(
+            subscription=subscription,
+            plan=subscription.plan,
+            month_start=subscription.current_period_start,
+            month_end=subscription.current_period_end,
+            used=used,
+        )
+        if overage is not None:
+            overages[subscription.pk] = overage
+    if overages:
+        billed = set(
+            OverageCharge.objects.filter(
+                subscription_id__in=list(overages),
+                month_start__in={o.month_start for o in overages.values()},
+            ).values_list("subscription_id", "month_start")
+        )
+        overages = {pk: o for pk, o in overages.items() if (pk, o.month_start) not in billed}
+    return overages
+
+
+# Annual plans bill a usage month's overage on its own invoice once it closes. Only months that
+# started within this window are looked at: it bounds the scan and still covers a job that did
+# not run for two months. A closed month started at least 27 days ago (28 days, less an hour
+# over a daylight-saving change).
+OVERAGE_LOOKBACK = timedelta(days=100)
+
+
+# Overage is owed for the transactions made, so a suspended subscription is billed too.
+OVERAGE_STATUSES = RENEWING | {Subscription.Status.SUSPENDED}
+
+
+def overage_invoices_issue(*, now: datetime, batch_size: int = 200) -> int:
+    """Issue an overage-only invoice for each closed usage month of an annual plan that went
+    over the plan's monthly limit (docs/architecture.md#billing), once per month.
+
+    Candidates come from one aggregate query over the usage counters; each batch then locks its
+    subscriptions (SKIP LOCKED, so runs can overlap), re-checks what is billed under the lock,
+    and issues the invoices and their OverageCharge rows (unique per subscription and month) in
+    one transaction. The limit and rate are those of the subscription's current plan. Card
+    invoices are charged by the charge job; bank transfer and PO ones are due in N days.
+    """
+    candidates = annual_months_over_limit(
+        since=now - OVERAGE_LOOKBACK, before=now - timedelta(days=27), statuses=OVERAGE_STATUSES
+    )
+    if not candidates:
+        return 0
+    billed = set(
+        OverageCharge.objects.filter(
+            subscription_id__in={c.subscription_id for c in candidates},
+            month_start__gte=now - OVERAGE_LOOKBACK,
+        ).values_list("subscription_id", "month_start")
+    )
+    due = [c for c in candidates if (c.subscription_id, c.month_start) not in billed]
+    issued = 0
+    for offset in range(0, len(due), batch_size):
+        chunk = due[offset : offset + batch_size]
+        with transaction.atomic():
+            invoices = _issue_overage_chunk(chunk, now=now)
+        issued += len(invoices)
+    return issued
+
+
+def _issue_overage_chunk(chunk: list, *, now: datetime) -> list[Invoice]:
+    """Lock the chunk's subscriptions, re-check what is billed under the lock, and issue the
+    overage invoices still owed (caller's transaction)."""
+    locked = {
+        s.pk: s
+        for s in Subscription.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("organisation", "organisation__billing_profile", "plan")
+        .prefetch_related("plan__prices")
+        .filter(
+            pk__in={c.subscription_id for c in chunk},
+            billing_cycle=BillingCycle.ANNUAL,
+            status__in=OVERAGE_STATUSES,
+            cancel_at_period_end=False,
+        )
+    }
+    billed = set(
+        OverageCharge.objects.filter(
+            subscription_id__in=list(locked),
+            month_start__in={c.month_start for c in chunk},
+        ).values_list("subscription_id", "month_start")
+    )
+    rates = tax_rates()
+    drafts = []
+    for candidate in chunk:
+        subscription = locked.get(candidate.subscription_id)
+        if subscription is None or (subscription.pk, candidate.month_start) in billed:
+            continue
+        start, end = usage_month_of(subscription, candidate.month_start)
+        if start != candidate.month_start or end > now:
+            continue  # still open (or not a month of this term)
+        overage = overage_for(
+            subscription=subscription,
+            plan=subscription.plan,
+            month_start=start,
+            month_end=end,
+            used=candidate.transactions,
+        )
+        if overage is None:
+            continue
+        drafts.append(
+            draft_overage_invoice(
+                subscription=subscription,
+                overage=overage,
+                profile=getattr(subscription.organisation, "billing_profile", None),
+                rates=rates,
+                now=now,
+            )
+        )
+    invoices = drafts_save(drafts, now=now)
+    queue_invoice_documents(invoices)
+    return invoices
+
+
+def subscription_start(
+    *,
+    organisation: Organisation,
+    actor: Actor,
+    plan: Plan,
+    billing_cycle: str,
+    currency: str,
+    now: datetime,
+) -> Invoice:
+    """Choosing a plan: the subscription waits for its first invoice, issued here and charged next.
+
+    Choosing again after a failed first payment reuses the open invoice when nothing changed,
+    and otherwise voids it and issues a new one, so an organisation never owes two first invoices.
+    """
+    if currency not in settings.CURRENCIES:
+        raise ServiceError("Choose one of the offered currencies.", field="currency")
+    with transaction.atomic():
+        organisation = organisation_lock(organisation)
+        _currency_settle(organisation, currency)
+        open_first = _open_first_invoice_reuse(
+            organisation, plan=plan, billing_cycle=billing_cycle, currency=currency, now=now
+        )
+        if open_first is not None:
+            return open_first
+        subscription = subscription_create(
+            organisation=organisation,
+            plan=plan,
+            billing_cycle=billing_cycle,
+            currency=currency,
+            now=now,
+        )
+        period = Period(
+            start=subscription.current_period_start,
+            end=subscription.current_period_end,
+            plan=plan,
+            billing_cycle=billing_cycle,
+            price=subscription.current_price,
+        )
+        profile = BillingProfile.objects.filter(organisation=organisation).first()
+        draft = draft_period_invoice(
+            subscription=subscription, period=period, profile=profile, rates=tax_rates(), now=now
+        )
+        # The first period of a term: after an ended subscription, time without service is
+        # not a gap in the periods (billing/ledger.py).
+        draft.invoice.starts_term = True
+        [invoice] = drafts_save([draft], now=now)
+        audit_record(
+            organisation=organisation,
+            actor=actor,
+            action="subscription.started",
+            target=subscription,
+            target_label=f"{plan.name} {billing_cycle}",
+            changes={
+                "plan": {"old": None, "new": plan.code},
+                "billing_cycle": {"old": None, "new": billing_cycle},
+            },
+            now=now,
+        )
+        queue_invoice_documents([invoice])
+    return invoice
+
+
+def _currency_settle(organisation: Organisation, currency: str) -> None:
+    """The organisation's currency: it changes only while no invoice was issued in another one
+    (caller's transaction, organisation locked)."""
+    if currency == organisation.currency:
+        return
+    if organisation.invoices.exclude(status=Invoice.Status.VOID).exists():
+        raise ServiceError(
+            f"Your invoices are in {organisation.currency}; the currency cannot change.",
+            field="currency",
+        )
+    organisation.currency = currency
+    organisation.save(update_fields=["currency"])
+
+
+def _open_first_invoice_reuse(
+    organisation: Organisation, *, plan: Plan, billing_cycle: str, currency: str, now: datetime
+) -> Invoice | None:
+    """After a failed first payment: the open first invoice when the same plan, cycle and
+    currency are chosen again; otherwise it is voided (None), so only one is ever owed."""
+    existing = Subscription.objects.filter(organisation=organisation).first()
+    if existing is None or existing.status != Subscription.Status.INCOMPLETE:
+        return None
+    open_first = existing.invoices.filter(status=Invoice.Status.OPEN).first()
+    if open_first is not None and (
+        existing.plan_id,
+        existing.billing_cycle,
+        existing.currency,
+    ) == (plan.pk, billing_cycle, currency):
+        return open_first
+    existing.invoices.filter(status=Invoice.Status.OPEN).update(
+        status=Invoice.Status.VOID, closed_at=now
+    )
+    return None

@@ -18,5 +18,5 @@ def _email_ids(email_id) -> dict:
     return {"organisation_id": organisation}
 
 
-register_task_ids(deliver_email.name, _email_ids)
+register_task_ids("accounts.deliver_email", _email_ids)
 delivery_task_register(deliver_email)

@@ -335,7 +335,8 @@ class OverageChargeAdmin(ReadOnlyModelAdmin):
     date_hierarchy = "month_start"
 
 
-# Reconciliation with Stripe (issue 10 points 2 and 3) ------------------------------------------
+# Reconciliation with Stripe
+# (docs/architecture.md#decision-money-invariants-are-checked-every-night)
 
 
 def _money(side: dict, key: str) -> str:
@@ -510,5 +511,5 @@ class ReconciliationDifferenceAdmin(ReadOnlyModelAdmin):
         )
 
 
-# Stripe webhook events and the ledger's violations (issue 10) have their own modules.
+# Stripe webhook events and the ledger's violations have their own modules.
 from billing import admin_events, admin_ledger  # noqa: E402, F401

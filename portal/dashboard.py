@@ -1,4 +1,4 @@
-"""The ops dashboard on the Django admin index (issue 9 point 4).
+"""The ops dashboard on the Django admin index (docs/architecture.md#decision-the-ops-dashboard).
 
 Every figure is one aggregate query (GROUP BY), never a loop over organisations, so the page
 costs the same with 10 or 10,000 of them; each links to the admin list it counts.
@@ -151,7 +151,7 @@ def ops_dashboard(*, now: datetime) -> dict:
         detail=f"{tickets['open']:,} open in all",
         url=_url("support_supportticket", state="open_urgent"),
     )
-    # 6. Money checks (issue 10): open ledger violations and reconciliation differences.
+    # 6. Money checks: open ledger violations and reconciliation differences.
     violations = LedgerViolation.objects.filter(resolved_at__isnull=True).aggregate(
         n=Count("id"), organisations=Count("organisation", distinct=True)
     )

@@ -21,5 +21,5 @@ def _deletion_request_ids(request_id) -> dict:
     return {"organisation_id": organisation}
 
 
-register_task_ids(execute_deletion_request.name, _deletion_request_ids)
+register_task_ids("retention.execute_deletion_request", _deletion_request_ids)
 execute_task_register(execute_deletion_request)

@@ -39,7 +39,8 @@ SERVING = frozenset({Status.ACTIVE, Status.PAST_DUE, Status.GRACE})
 # A payment is failing: the failed-payment banner shows, the ops dashboard counts it, the ledger
 # expects an open dunning case.
 FAILING = frozenset({Status.PAST_DUE, Status.GRACE, Status.SUSPENDED})
-# A suspended subscription issues no new period invoice until it is paid up (DESIGN.md 2).
+# A suspended subscription issues no new period invoice until it is paid up
+# (docs/architecture.md#decision-failed-payments-follow-a-fixed-schedule).
 RENEWING = frozenset({Status.ACTIVE, Status.PAST_DUE, Status.GRACE})
 
 

@@ -1,4 +1,7 @@
-"""Demo data for `make run` (DESIGN.md section 3). Idempotent; refuses to run with DEBUG off."""
+"""Demo data for `make run`. Idempotent; refuses to run with DEBUG off.
+
+See docs/architecture.md#decision-development-and-demo-contracts.
+"""
 
 from allauth.account.models import EmailAddress
 from dateutil.relativedelta import relativedelta

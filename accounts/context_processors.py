@@ -5,7 +5,7 @@ from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils.functional import SimpleLazyObject
 
 from accounts import hooks
-from accounts.roles import SETTINGS_SECTIONS, sections_for
+from accounts.roles import sections_for, settings_sections
 from accounts.selectors import memberships_of_user, notification_unread_count
 
 
@@ -66,5 +66,5 @@ def _organisation_urls(slug: str, script_prefix: str, urlconf: str) -> dict[str,
         **{key: reverse(name, args=[slug]) for key, name in hooks.menu_url_names.items()},
         "notifications": reverse("accounts:notifications", args=[slug]),
         "settings": reverse("accounts:settings", args=[slug]),
-        **{section.key: reverse(section.url_name, args=[slug]) for section in SETTINGS_SECTIONS},
+        **{section.key: reverse(section.url_name, args=[slug]) for section in settings_sections()},
     }

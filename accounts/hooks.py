@@ -12,7 +12,9 @@ accounts sits below subscriptions, sso, billing and retention, so it never names
 - password sign-in checks: why a person may not sign in with a password, or None;
 - landing notices: lines shown above the list of the signed-in user's organisations;
 - menu links: the top bar's links to pages of the apps above (`organisation_urls`, built by
-  accounts.context_processors), each a URL name taking the organisation's slug.
+  accounts.context_processors), each a URL name taking the organisation's slug;
+- Settings sections: the Settings pages of the apps above (accounts.roles.SettingsSection),
+  placed among accounts' own by their `order`.
 
 Each hook runs in registration order; registering the same function twice keeps one.
 See docs/architecture.md#accounts.
@@ -34,6 +36,7 @@ write_guards: list[WriteGuard] = []
 password_sign_in_checks: list[PasswordSignInCheck] = []
 landing_notices: list[LandingNotices] = []
 menu_url_names: dict[str, str] = {}
+settings_sections: list = []
 
 
 def _add(hooks: list, func) -> None:
@@ -70,3 +73,9 @@ def landing_notices_add(func: LandingNotices) -> None:
 def menu_urls_add(**url_names: str) -> None:
     """Top bar links, {key in `organisation_urls`: URL name taking the organisation's slug}."""
     menu_url_names.update(url_names)
+
+
+def settings_section_add(section) -> None:
+    """A Settings page of an app above accounts (an accounts.roles.SettingsSection)."""
+    if all(existing.key != section.key for existing in settings_sections):
+        settings_sections.append(section)

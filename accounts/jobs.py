@@ -1,6 +1,6 @@
 from celery.schedules import crontab
 
-from accounts.emails import email_deliver_pending
+from accounts.delivery import email_deliver_pending
 from accounts.services import invitation_expire_due
 from core.jobs import scheduled_job
 

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from accounts import hooks
 from accounts.models import Membership
 
 ADMIN = Membership.Role.ADMIN
@@ -19,22 +20,22 @@ class SettingsSection:
     label: str
     url_name: str
     roles: frozenset
+    # Place in the Settings navigation, which follows the article's order.
+    order: int
 
 
-# The Settings navigation, in the article's order. Views use the same role sets.
-SETTINGS_SECTIONS = (
-    SettingsSection("subscription", "Subscription", "subscriptions:settings", ADMIN_AND_BILLING),
-    SettingsSection("billing", "Billing", "billing:settings", ADMIN_AND_BILLING),
-    SettingsSection("users", "Users", "accounts:users", ADMIN_ONLY),
-    SettingsSection("organisation", "Organisation", "accounts:organisation", ADMIN_ONLY),
-    SettingsSection("sso", "SSO", "sso:settings", ADMIN_ONLY),
-    SettingsSection("privacy", "Privacy", "retention:privacy", ADMIN_ONLY),
+# accounts' own Settings pages. The apps above add theirs (Subscription, Billing, SSO, Privacy)
+# through accounts.hooks.settings_section_add; portal.frame does it for them.
+ACCOUNTS_SECTIONS = (
+    SettingsSection("users", "Users", "accounts:users", ADMIN_ONLY, order=30),
+    SettingsSection("organisation", "Organisation", "accounts:organisation", ADMIN_ONLY, order=40),
 )
 
 
+def settings_sections() -> list[SettingsSection]:
+    """Every Settings page, in the navigation's order. Views use the same role sets."""
+    return sorted([*ACCOUNTS_SECTIONS, *hooks.settings_sections], key=lambda s: s.order)
+
+
 def sections_for(role: str) -> list[SettingsSection]:
-    return [section for section in SETTINGS_SECTIONS if role in section.roles]
-
-
-def section(key: str) -> SettingsSection:
-    return next(s for s in SETTINGS_SECTIONS if s.key == key)
+    return [section for section in settings_sections() if role in section.roles]

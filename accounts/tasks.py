@@ -1,7 +1,7 @@
 from celery import shared_task
 from django.utils import timezone
 
-from accounts.emails import delivery_task_register, email_deliver
+from accounts.delivery import email_deliver
 from accounts.models import OutgoingEmail
 from core.observability import register_task_ids
 
@@ -19,4 +19,3 @@ def _email_ids(email_id) -> dict:
 
 
 register_task_ids("accounts.deliver_email", _email_ids)
-delivery_task_register(deliver_email)

@@ -12,7 +12,7 @@ called by PortalConfig.ready):
 - whether a dunning case is open, read with the membership, so the failed-payment banner
   (billing.context_processors) costs nothing for an account in good standing;
 - the notices about deleted organisations on the page listing the user's organisations;
-- the top bar's links to ProcessFlows and Sync Info.
+- the top bar's links to ProcessFlows and Sync Info, and the Settings pages of the apps above.
 
 See docs/architecture.md#portal.
 """
@@ -23,6 +23,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 
 from accounts import hooks
+from accounts.roles import ADMIN_AND_BILLING, ADMIN_ONLY, SettingsSection
 from accounts.selectors import memberships_of_user
 from accounts.tenancy import SSO_SESSION_KEY
 from billing.models import DunningCase
@@ -30,6 +31,17 @@ from retention.selectors import deleted_organisation_notices
 from sso.models import SsoConfiguration
 from subscriptions.models import Subscription
 from subscriptions.selectors import subscription_has_ended
+
+# The Settings pages of the apps above accounts, placed among accounts' own (Users 30,
+# Organisation 40) in the article's order.
+SETTINGS_SECTIONS = (
+    SettingsSection(
+        "subscription", "Subscription", "subscriptions:settings", ADMIN_AND_BILLING, 10
+    ),
+    SettingsSection("billing", "Billing", "billing:settings", ADMIN_AND_BILLING, 20),
+    SettingsSection("sso", "SSO", "sso:settings", ADMIN_ONLY, 50),
+    SettingsSection("privacy", "Privacy", "retention:privacy", ADMIN_ONLY, 60),
+)
 
 ENDED_MESSAGE = (
     "Your subscription has ended: your organisation's data can be viewed but no longer "
@@ -146,3 +158,5 @@ def install() -> None:
     hooks.password_sign_in_check_add(sso_password_refusal)
     hooks.landing_notices_add(deleted_organisation_notices)
     hooks.menu_urls_add(flows="subscriptions:flows", sync_info="usage:sync_info")
+    for section in SETTINGS_SECTIONS:
+        hooks.settings_section_add(section)

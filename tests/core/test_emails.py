@@ -4,7 +4,8 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
-from accounts.emails import email_deliver, email_deliver_pending, email_send
+from accounts.delivery import email_deliver, email_deliver_pending
+from accounts.emails import email_send
 from accounts.models import OutgoingEmail
 from tests.factories import InvitationFactory
 

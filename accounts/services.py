@@ -7,6 +7,7 @@ two Admins acting at once cannot both pass the "last active Admin" check.
 
 import secrets
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from allauth.account.models import EmailAddress
 from django.conf import settings
@@ -23,6 +24,20 @@ from core.errors import ServiceError
 from core.links import absolute_url
 
 ORGANISATION_NAME_MAX = 100
+
+
+class LinkError(StrEnum):
+    """Why an emailed link (invitation, email verification) was refused; the link pages map
+    each to its status."""
+
+    INVALID = "invalid"
+    USED = "used"
+    SUPERSEDED = "superseded"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    WRONG_USER = "wrong_user"
+    DEACTIVATED = "deactivated"
+    ACCOUNT_EXISTS = "account_exists"
 
 
 def _normalise_email(email: str) -> str:
@@ -198,24 +213,24 @@ def primary_email_change_check(*, token: str, now: datetime) -> PrimaryEmailChan
 
 def _valid_primary_email_change(change: PrimaryEmailChange | None, *, now: datetime):
     if change is None or change.organisation.status != Organisation.Status.ACTIVE:
-        raise ServiceError("This verification link is not valid.", code="invalid")
+        raise ServiceError("This verification link is not valid.", code=LinkError.INVALID)
     if change.status == PrimaryEmailChange.Status.VERIFIED:
         raise ServiceError(
             f"This link has already been used: {change.new_email} was verified on "
             f"{timezone.localtime(change.verified_at, change.organisation.tzinfo):%-d %b %Y}.",
-            code="used",
+            code=LinkError.USED,
         )
     if change.status == PrimaryEmailChange.Status.SUPERSEDED:
         raise ServiceError(
             "This link was replaced by a newer change of the primary email address. "
             "Use the link in the most recent email.",
-            code="superseded",
+            code=LinkError.SUPERSEDED,
         )
     if change.expires_at <= now:
         raise ServiceError(
             "This verification link has expired. Ask an Admin to request the change again "
             "in Settings > Organisation.",
-            code="expired",
+            code=LinkError.EXPIRED,
         )
     return change
 
@@ -404,19 +419,19 @@ def _valid_invitation(invitation: Invitation | None, *, now: datetime) -> Invita
     if invitation is None or invitation.organisation.status != Organisation.Status.ACTIVE:
         raise ServiceError(
             "This invitation link is not valid. Ask your administrator to send a new one.",
-            code="invalid",
+            code=LinkError.INVALID,
         )
     if invitation.status == Invitation.Status.ACCEPTED:
         raise ServiceError(
             "This invitation has already been used. Sign in to reach "
             f"{invitation.organisation.name}.",
-            code="used",
+            code=LinkError.USED,
         )
     if invitation.status == Invitation.Status.REVOKED:
         raise ServiceError(
             f"This invitation to {invitation.organisation.name} was revoked. Ask your "
             "administrator if you still need access.",
-            code="revoked",
+            code=LinkError.REVOKED,
         )
     if invitation.status == Invitation.Status.EXPIRED or invitation.is_expired_at(now):
         # The organisation's clock, as the invitation email gave the end of its validity.
@@ -424,7 +439,7 @@ def _valid_invitation(invitation: Invitation | None, *, now: datetime) -> Invita
         raise ServiceError(
             f"This invitation expired on {expired:%-d %b %Y, %H:%M %Z}. Ask your "
             "administrator to resend it.",
-            code="expired",
+            code=LinkError.EXPIRED,
         )
     return invitation
 
@@ -455,7 +470,7 @@ def invitation_accept(
             raise ServiceError(
                 f"This invitation was sent to {invitation.email}, but you are signed in as "
                 f"{user.email}. Sign out, then open the link again.",
-                code="wrong_user",
+                code=LinkError.WRONG_USER,
             )
         return _invitation_accept_locked(invitation, user=user, ip_address=ip_address, now=now)
 
@@ -499,7 +514,7 @@ def _invitation_accept_locked(
         if not created and membership.status != Membership.Status.ACTIVE:
             raise ServiceError(
                 f"Your access to {organisation.name} is deactivated; an Admin can reactivate you.",
-                code="deactivated",
+                code=LinkError.DEACTIVATED,
             )
         invitation.status = Invitation.Status.ACCEPTED
         invitation.accepted_at = now
@@ -546,7 +561,7 @@ def invitation_accept_new_account(
         if User.objects.filter(email__iexact=invitation.email).exists():
             raise ServiceError(
                 f"An account for {invitation.email} already exists. Sign in to accept.",
-                code="account_exists",
+                code=LinkError.ACCOUNT_EXISTS,
             )
         user = User.objects.create_user(
             email=invitation.email, password=password, full_name=full_name.strip(), date_joined=now

@@ -30,6 +30,7 @@ from accounts.selectors import (
     notification_page,
 )
 from accounts.services import (
+    LinkError,
     invitation_accept,
     invitation_accept_new_account,
     invitation_check,
@@ -53,7 +54,13 @@ from core.forms import form_error
 from core.http import client_ip
 
 NOTIFICATIONS_PER_PAGE = 20
-LINK_ERROR_STATUS = {"invalid": 404, "used": 410, "revoked": 410, "expired": 410, "superseded": 410}
+LINK_ERROR_STATUS = {
+    LinkError.INVALID: 404,
+    LinkError.USED: 410,
+    LinkError.REVOKED: 410,
+    LinkError.EXPIRED: 410,
+    LinkError.SUPERSEDED: 410,
+}
 
 
 def _org_url(request, name: str, *args) -> str:
@@ -391,7 +398,7 @@ def _guessing_refused(request):
 
 
 def _link_error(request, error: ServiceError, *, title: str):
-    if error.code == "invalid":
+    if error.code == LinkError.INVALID:
         ratelimit.hit(request, "link_invalid")
     return render(
         request,

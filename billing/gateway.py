@@ -272,18 +272,9 @@ def charge(
     currency = currency.lower()
     intent = _payment_intent_with_key(customer_id=customer_id, idempotency_key=idempotency_key)
     if intent is not None:
-        if (intent["amount"], intent["currency"]) != (amount, currency):
-            logger.error(
-                "Idempotency key %s reused for another charge: %s %s, first %s %s (%s)",
-                idempotency_key,
-                amount,
-                currency,
-                intent["amount"],
-                intent["currency"],
-                intent["id"],
-            )
-            raise PaymentError(GENERIC_MESSAGE, code=GatewayErrorCode.IDEMPOTENCY_KEY_REUSED)
-        logger.info("Charge %s was already attempted: %s", idempotency_key, intent["id"])
+        _check_same_charge(
+            intent, amount=amount, currency=currency, idempotency_key=idempotency_key
+        )
     else:
         with _stripe_errors("charge", idempotency_key=idempotency_key):
             intent = _client().v1.payment_intents.create(
@@ -305,6 +296,23 @@ def charge(
                 options={"idempotency_key": idempotency_key},
             )
     return _charge_outcome(intent)
+
+
+def _check_same_charge(intent, *, amount: int, currency: str, idempotency_key: str) -> None:
+    """A key that already ran must be for the same charge: its first outcome is then the
+    answer; for another amount or currency it is refused."""
+    if (intent["amount"], intent["currency"]) != (amount, currency):
+        logger.error(
+            "Idempotency key %s reused for another charge: %s %s, first %s %s (%s)",
+            idempotency_key,
+            amount,
+            currency,
+            intent["amount"],
+            intent["currency"],
+            intent["id"],
+        )
+        raise PaymentError(GENERIC_MESSAGE, code=GatewayErrorCode.IDEMPOTENCY_KEY_REUSED)
+    logger.info("Charge %s was already attempted: %s", idempotency_key, intent["id"])
 
 
 def payment_intent_find(*, customer_id: str, idempotency_key: str) -> ChargeResult | None:

@@ -93,10 +93,17 @@ def check_periods(*, now: datetime, organisation_ids) -> Iterator[Violation]:
             "cancel_at_period_end",
         )
     }
+    periods = _invoiced_periods(list(subscriptions))
+    for subscription_id, subscription in subscriptions.items():
+        yield from _period_findings(subscription, periods.get(subscription_id, []), now=now)
+
+
+def _invoiced_periods(subscription_ids: list[int]) -> dict[int, list[tuple]]:
+    """Per subscription, its period invoices (number, start, end, starts_term) by period start."""
     periods = defaultdict(list)
     rows = (
         Invoice.objects.filter(
-            subscription_id__in=list(subscriptions),
+            subscription_id__in=subscription_ids,
             kind=Invoice.Kind.SUBSCRIPTION,
         )
         .exclude(status=Invoice.Status.VOID)
@@ -105,46 +112,49 @@ def check_periods(*, now: datetime, organisation_ids) -> Iterator[Violation]:
     )
     for subscription_id, number, start, end, starts_term in rows:
         periods[subscription_id].append((number, start, end, starts_term))
-    for subscription_id, subscription in subscriptions.items():
-        subject = f"subscription:{subscription_id}"
-        invoiced = periods.get(subscription_id, [])
+    return periods
 
-        def found(message, subject=subject, subscription=subscription):
-            return Violation("periods", subscription.organisation_id, subject, message)
 
-        if not invoiced:
-            if subscription.status != Subscription.Status.INCOMPLETE:
-                yield found("The subscription has no period invoice at all.")
-            continue
-        for (number_a, _, end_a, _), (number_b, start_b, _, starts_term_b) in zip(
-            invoiced, invoiced[1:], strict=False
-        ):
-            if start_b < end_a:
-                yield found(
-                    f"{number_a} and {number_b} overlap: {number_b} starts "
-                    f"{start_b:%Y-%m-%d %H:%M}, before {number_a} ends."
-                )
-            elif start_b > end_a and not starts_term_b:
-                yield found(
-                    f"Gap between {number_a} (ends {end_a:%Y-%m-%d %H:%M}) and {number_b} "
-                    f"(starts {start_b:%Y-%m-%d %H:%M})."
-                )
-        number, start, end, _ = invoiced[-1]
-        if (start, end) != (subscription.current_period_start, subscription.current_period_end):
+def _period_findings(subscription, invoiced: list[tuple], *, now: datetime) -> Iterator[Violation]:
+    """One subscription's period invoices against each other, its current period and `now`."""
+    subject = f"subscription:{subscription.pk}"
+
+    def found(message):
+        return Violation("periods", subscription.organisation_id, subject, message)
+
+    if not invoiced:
+        if subscription.status != Subscription.Status.INCOMPLETE:
+            yield found("The subscription has no period invoice at all.")
+        return
+    for (number_a, _, end_a, _), (number_b, start_b, _, starts_term_b) in zip(
+        invoiced, invoiced[1:], strict=False
+    ):
+        if start_b < end_a:
             yield found(
-                f"The current period {subscription.current_period_start:%Y-%m-%d} – "
-                f"{subscription.current_period_end:%Y-%m-%d} is not the last invoiced one "
-                f"({number}: {start:%Y-%m-%d} – {end:%Y-%m-%d})."
+                f"{number_a} and {number_b} overlap: {number_b} starts "
+                f"{start_b:%Y-%m-%d %H:%M}, before {number_a} ends."
             )
-        if (
-            subscription.status in RENEWING
-            and not subscription.cancel_at_period_end
-            and subscription.current_period_end <= now - RENEWAL_LATENESS
-        ):
+        elif start_b > end_a and not starts_term_b:
             yield found(
-                f"The period ended {subscription.current_period_end:%Y-%m-%d %H:%M} and the "
-                "next one is not invoiced."
+                f"Gap between {number_a} (ends {end_a:%Y-%m-%d %H:%M}) and {number_b} "
+                f"(starts {start_b:%Y-%m-%d %H:%M})."
             )
+    number, start, end, _ = invoiced[-1]
+    if (start, end) != (subscription.current_period_start, subscription.current_period_end):
+        yield found(
+            f"The current period {subscription.current_period_start:%Y-%m-%d} – "
+            f"{subscription.current_period_end:%Y-%m-%d} is not the last invoiced one "
+            f"({number}: {start:%Y-%m-%d} – {end:%Y-%m-%d})."
+        )
+    if (
+        subscription.status in RENEWING
+        and not subscription.cancel_at_period_end
+        and subscription.current_period_end <= now - RENEWAL_LATENESS
+    ):
+        yield found(
+            f"The period ended {subscription.current_period_end:%Y-%m-%d %H:%M} and the "
+            "next one is not invoiced."
+        )
 
 
 # 2. Invoice arithmetic ----------------------------------------------------------------------
@@ -170,44 +180,54 @@ def check_invoice_totals(*, now: datetime, organisation_ids) -> Iterator[Violati
         "lines_sum",
         "line_count",
     ):
-        subject = f"invoice:{invoice['number']}"
+        yield from _invoice_arithmetic_findings(invoice)
+    yield from _line_arithmetic_findings(organisation_ids)
 
-        def found(message, subject=subject, invoice=invoice):
-            return Violation("invoice_totals", invoice["organisation_id"], subject, message)
 
-        currency = invoice["currency"]
-        if invoice["line_count"] == 0:
-            yield found("The invoice has no lines.")
-        elif invoice["lines_sum"] != invoice["subtotal"]:
+def _invoice_arithmetic_findings(invoice: dict) -> Iterator[Violation]:
+    """One invoice's lines sum, tax, total and signs (the invoice as a `values()` row)."""
+    subject = f"invoice:{invoice['number']}"
+
+    def found(message):
+        return Violation("invoice_totals", invoice["organisation_id"], subject, message)
+
+    currency = invoice["currency"]
+    if invoice["line_count"] == 0:
+        yield found("The invoice has no lines.")
+    elif invoice["lines_sum"] != invoice["subtotal"]:
+        yield found(
+            f"Lines add up to {_money(invoice['lines_sum'], currency)}, the subtotal says "
+            f"{_money(invoice['subtotal'], currency)}."
+        )
+    if invoice["tax_rule"] == "standard":
+        expected = TaxDecision(rule="standard", rate_bp=invoice["tax_rate_bp"], name="").amount(
+            invoice["subtotal"]
+        )
+    elif invoice["tax_rule"] in ("reverse_charge", "none"):
+        expected = 0
+        if invoice["tax_rate_bp"]:
             yield found(
-                f"Lines add up to {_money(invoice['lines_sum'], currency)}, the subtotal says "
-                f"{_money(invoice['subtotal'], currency)}."
+                f"Tax rule {invoice['tax_rule']} with a rate of {invoice['tax_rate_bp']} bp."
             )
-        if invoice["tax_rule"] == "standard":
-            expected = TaxDecision(rule="standard", rate_bp=invoice["tax_rate_bp"], name="").amount(
-                invoice["subtotal"]
-            )
-        elif invoice["tax_rule"] in ("reverse_charge", "none"):
-            expected = 0
-            if invoice["tax_rate_bp"]:
-                yield found(
-                    f"Tax rule {invoice['tax_rule']} with a rate of {invoice['tax_rate_bp']} bp."
-                )
-        else:
-            expected = None
-            yield found(f"Unknown tax rule {invoice['tax_rule']!r}.")
-        if expected is not None and invoice["tax_amount"] != expected:
-            yield found(
-                f"Tax is {_money(invoice['tax_amount'], currency)}; the {invoice['tax_rule']} "
-                f"rule gives {_money(expected, currency)}."
-            )
-        if invoice["total"] != invoice["subtotal"] + invoice["tax_amount"]:
-            yield found(
-                f"Total {_money(invoice['total'], currency)} is not subtotal + tax "
-                f"({_money(invoice['subtotal'] + invoice['tax_amount'], currency)})."
-            )
-        if min(invoice["subtotal"], invoice["tax_amount"], invoice["total"]) < 0:
-            yield found("A negative amount.")
+    else:
+        expected = None
+        yield found(f"Unknown tax rule {invoice['tax_rule']!r}.")
+    if expected is not None and invoice["tax_amount"] != expected:
+        yield found(
+            f"Tax is {_money(invoice['tax_amount'], currency)}; the {invoice['tax_rule']} "
+            f"rule gives {_money(expected, currency)}."
+        )
+    if invoice["total"] != invoice["subtotal"] + invoice["tax_amount"]:
+        yield found(
+            f"Total {_money(invoice['total'], currency)} is not subtotal + tax "
+            f"({_money(invoice['subtotal'] + invoice['tax_amount'], currency)})."
+        )
+    if min(invoice["subtotal"], invoice["tax_amount"], invoice["total"]) < 0:
+        yield found("A negative amount.")
+
+
+def _line_arithmetic_findings(organisation_ids) -> Iterator[Violation]:
+    """Invoice lines whose amount is not quantity × unit amount."""
     bad_lines = _scope(
         InvoiceLine.objects.exclude(amount=F("quantity") * F("unit_amount")),
         organisation_ids,
@@ -399,7 +419,20 @@ def check_overage(*, now: datetime, organisation_ids) -> Iterator[Violation]:
         OverageCharge.objects.filter(organisation__status=Organisation.Status.ACTIVE),
         organisation_ids,
     ).select_related("invoice")
-    counters = {
+    counters = _monthly_usage(organisation_ids)
+    overage_lines = _overage_on_invoices(organisation_ids)
+    billed = set()
+    for charge in charges:
+        billed.add((charge.subscription_id, charge.month_start))
+        yield from _overage_charge_findings(charge, counters, overage_lines)
+    yield from _unbilled_overage_findings(
+        now=now, organisation_ids=organisation_ids, counters=counters, billed=billed
+    )
+
+
+def _monthly_usage(organisation_ids) -> dict[tuple, int]:
+    """Transactions counted per (organisation, usage month start)."""
+    return {
         (organisation_id, month_start): total
         for organisation_id, month_start, total in _scope(
             UsageCounter.objects.all(), organisation_ids
@@ -408,6 +441,10 @@ def check_overage(*, now: datetime, organisation_ids) -> Iterator[Violation]:
         .annotate(total=Sum("transactions"))
         .values_list("organisation_id", "month_start", "total")
     }
+
+
+def _overage_on_invoices(organisation_ids) -> dict[tuple, int]:
+    """Overage line amounts per (invoice, usage month start)."""
     overage_lines = defaultdict(int)
     for invoice_id, start, amount in _scope(
         InvoiceLine.objects.filter(kind=InvoiceLine.Kind.OVERAGE),
@@ -415,32 +452,39 @@ def check_overage(*, now: datetime, organisation_ids) -> Iterator[Violation]:
         "invoice__organisation_id",
     ).values_list("invoice_id", "period_start", "amount"):
         overage_lines[(invoice_id, start)] += amount
-    billed = set()
-    for charge in charges:
-        billed.add((charge.subscription_id, charge.month_start))
-        subject = f"overage:{charge.subscription_id}:{charge.month_start:%Y-%m-%d}"
+    return overage_lines
 
-        def found(message, subject=subject, charge=charge):
-            return Violation("overage", charge.organisation_id, subject, message)
 
-        used = counters.get((charge.organisation_id, charge.month_start), 0)
-        if charge.transactions != used:
-            yield found(f"Billed {charge.transactions:,} transactions; the counters say {used:,}.")
-        units = overage_units(used=charge.transactions, limit=charge.transaction_limit)
-        if charge.units != units:
-            yield found(
-                f"Billed {charge.units} units; {charge.transactions:,} over "
-                f"{charge.transaction_limit:,} is {units}."
-            )
-        if charge.amount != charge.units * charge.unit_amount:
-            yield found(f"Amount {_money(charge.amount, charge.currency)} is not units × rate.")
-        on_invoice = overage_lines.get((charge.invoice_id, charge.month_start), 0)
-        if on_invoice != charge.amount:
-            yield found(
-                f"{charge.invoice.number} carries {_money(on_invoice, charge.currency)} of "
-                f"overage for the month, not {_money(charge.amount, charge.currency)}."
-            )
-    # Closed months over the limit that nothing billed.
+def _overage_charge_findings(charge, counters: dict, overage_lines: dict) -> Iterator[Violation]:
+    """One overage charge against the counters, the plan arithmetic and its invoice line."""
+    subject = f"overage:{charge.subscription_id}:{charge.month_start:%Y-%m-%d}"
+
+    def found(message):
+        return Violation("overage", charge.organisation_id, subject, message)
+
+    used = counters.get((charge.organisation_id, charge.month_start), 0)
+    if charge.transactions != used:
+        yield found(f"Billed {charge.transactions:,} transactions; the counters say {used:,}.")
+    units = overage_units(used=charge.transactions, limit=charge.transaction_limit)
+    if charge.units != units:
+        yield found(
+            f"Billed {charge.units} units; {charge.transactions:,} over "
+            f"{charge.transaction_limit:,} is {units}."
+        )
+    if charge.amount != charge.units * charge.unit_amount:
+        yield found(f"Amount {_money(charge.amount, charge.currency)} is not units × rate.")
+    on_invoice = overage_lines.get((charge.invoice_id, charge.month_start), 0)
+    if on_invoice != charge.amount:
+        yield found(
+            f"{charge.invoice.number} carries {_money(on_invoice, charge.currency)} of "
+            f"overage for the month, not {_money(charge.amount, charge.currency)}."
+        )
+
+
+def _unbilled_overage_findings(
+    *, now: datetime, organisation_ids, counters: dict, billed: set
+) -> Iterator[Violation]:
+    """Closed months over the limit that nothing billed."""
     months_by_organisation = defaultdict(list)
     for (organisation_id, month_start), used in counters.items():
         months_by_organisation[organisation_id].append((month_start, used))
@@ -544,29 +588,8 @@ def check_status(*, now: datetime, organisation_ids) -> Iterator[Violation]:
         Subscription.objects.filter(organisation__status=Organisation.Status.ACTIVE),
         organisation_ids,
     ).values_list("pk", "organisation_id", "status", "payment_method_kind")
-    open_cases = dict(
-        DunningCase.objects.filter(status=DunningCase.Status.OPEN).values_list(
-            "subscription_id", "pk"
-        )
-    )
-    steps = defaultdict(set)
-    for case_id, step in DunningStep.objects.filter(
-        case__status=DunningCase.Status.OPEN
-    ).values_list("case_id", "step"):
-        steps[case_id].add(step)
-    open_invoices = set(
-        Invoice.objects.filter(status=Invoice.Status.OPEN, subscription__isnull=False).values_list(
-            "subscription_id", flat=True
-        )
-    )
-    failed_overdue = set(
-        Invoice.objects.filter(
-            status=Invoice.Status.OPEN,
-            subscription__isnull=False,
-            due_at__lte=now - timedelta(days=1),
-            payments__status=Payment.Status.FAILED,
-        ).values_list("subscription_id", flat=True)
-    )
+    open_cases, steps = _open_dunning_cases()
+    open_invoices, failed_overdue = _subscriptions_with_open_invoices(now=now)
     for subscription_id, organisation_id, status, method in subscriptions:
         subject = f"subscription:{subscription_id}"
         case = open_cases.get(subscription_id)
@@ -599,6 +622,40 @@ def check_status(*, now: datetime, organisation_ids) -> Iterator[Violation]:
             and subscription_id in failed_overdue
         ):
             yield found("Active, with an open invoice overdue whose payment failed (past due).")
+
+
+def _open_dunning_cases() -> tuple[dict[int, int], dict[int, set]]:
+    """The open dunning case of each subscription, and the steps each open case has taken."""
+    open_cases = dict(
+        DunningCase.objects.filter(status=DunningCase.Status.OPEN).values_list(
+            "subscription_id", "pk"
+        )
+    )
+    steps = defaultdict(set)
+    for case_id, step in DunningStep.objects.filter(
+        case__status=DunningCase.Status.OPEN
+    ).values_list("case_id", "step"):
+        steps[case_id].add(step)
+    return open_cases, steps
+
+
+def _subscriptions_with_open_invoices(*, now: datetime) -> tuple[set[int], set[int]]:
+    """Subscriptions with an open invoice, and those whose open invoice is overdue by more
+    than a day with a failed payment."""
+    open_invoices = set(
+        Invoice.objects.filter(status=Invoice.Status.OPEN, subscription__isnull=False).values_list(
+            "subscription_id", flat=True
+        )
+    )
+    failed_overdue = set(
+        Invoice.objects.filter(
+            status=Invoice.Status.OPEN,
+            subscription__isnull=False,
+            due_at__lte=now - timedelta(days=1),
+            payments__status=Payment.Status.FAILED,
+        ).values_list("subscription_id", flat=True)
+    )
+    return open_invoices, failed_overdue
 
 
 RULES = (

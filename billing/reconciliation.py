@@ -114,6 +114,48 @@ def reconcile(*, now: datetime, days: int | None = None) -> ReconcileResult:
     settled = now - SETTLE_AFTER
     charges = gateway.payment_intents_since(created_after=since, created_before=now)
     listed = {charge.payment_intent_id: charge for charge in charges}
+    findings, seen_charges, seen_payments = _compare_window(
+        charges, listed, since=since, settled=settled
+    )
+
+    # Differences still open that this run did not compare (older than the window, or the
+    # payment changed since): look at both sides again, so none closes merely for its age.
+    still_open = list(
+        ReconciliationDifference.objects.filter(resolved_at__isnull=True).select_related(
+            "payment__invoice"
+        )
+    )
+    for difference in still_open:
+        if difference.processor_id:
+            compared = difference.processor_id in seen_charges
+        else:
+            compared = difference.payment_id in seen_payments
+        if not compared and _difference_key(difference) not in findings:
+            finding = _recheck(difference, listed)
+            if finding is not None:
+                findings[finding.key] = finding
+
+    with transaction.atomic():
+        outcomes = [_record(findings[key], now=now) for key in sorted(findings, key=_order)]
+        closed = _close_agreed(
+            [d.pk for d in still_open if _difference_key(d) not in findings], now=now
+        )
+    result = ReconcileResult(
+        new=outcomes.count("new"), still_open=outcomes.count("seen"), closed=closed
+    )
+    logger.info("Reconciliation with Stripe over %s day(s): %s", days, result)
+    return result
+
+
+def _compare_window(
+    charges: list[ProcessorCharge],
+    listed: dict[str, ProcessorCharge],
+    *,
+    since: datetime,
+    settled: datetime,
+) -> tuple[dict[tuple, _Finding], set[str], set[int]]:
+    """Both sides of the window, each settled item against its counterpart: the findings by
+    key, and the PaymentIntents and payments this compared."""
     ours = _OurSide(charges)
     findings: dict[tuple, _Finding] = {}
     seen_charges: set[str] = set()
@@ -142,32 +184,7 @@ def reconcile(*, now: datetime, days: int | None = None) -> ReconcileResult:
         seen_payments.add(payment.pk)
         seen_charges.add(charge.payment_intent_id if charge is not None else payment.processor_id)
         found(_compare(charge, payment, ours))
-
-    # Differences still open that this run did not compare (older than the window, or the
-    # payment changed since): look at both sides again, so none closes merely for its age.
-    still_open = list(
-        ReconciliationDifference.objects.filter(resolved_at__isnull=True).select_related(
-            "payment__invoice"
-        )
-    )
-    for difference in still_open:
-        if difference.processor_id:
-            compared = difference.processor_id in seen_charges
-        else:
-            compared = difference.payment_id in seen_payments
-        if not compared and _difference_key(difference) not in findings:
-            found(_recheck(difference, listed))
-
-    with transaction.atomic():
-        outcomes = [_record(findings[key], now=now) for key in sorted(findings, key=_order)]
-        closed = _close_agreed(
-            [d.pk for d in still_open if _difference_key(d) not in findings], now=now
-        )
-    result = ReconcileResult(
-        new=outcomes.count("new"), still_open=outcomes.count("seen"), closed=closed
-    )
-    logger.info("Reconciliation with Stripe over %s day(s): %s", days, result)
-    return result
+    return findings, seen_charges, seen_payments
 
 
 def _days(days: int | None) -> int:
@@ -471,28 +488,9 @@ def difference_resolve_record_payment(
     charge = _ask_stripe(lambda: gateway.payment_intent_get(payment_intent_id=pi))
     with transaction.atomic():
         difference = _locked_open(difference, Kind.MISSING_HERE)
-        if charge is None or charge.status != _SUCCEEDED:
-            status = "not found" if charge is None else charge.status
-            raise ServiceError(
-                f"Stripe no longer has {pi} as a succeeded charge ({status}): there is nothing "
-                "to record. Dismiss the difference once checked."
-            )
+        _refuse_unless_charge_kept(charge, pi)
         money = format_money(charge.amount, charge.currency)
-        if charge.amount_refunded:
-            raise ServiceError(
-                f"Stripe refunded {format_money(charge.amount_refunded, charge.currency)} of "
-                f"{pi} ({money}): nothing was recorded. Dismiss the difference once checked."
-            )
-        payment = (
-            Payment.objects.select_for_update(of=("self",)).get(pk=difference.payment_id)
-            if difference.payment_id
-            else None
-        )
-        if payment is not None and payment.status == Payment.Status.SUCCEEDED:
-            raise ServiceError(
-                f"Payment {payment.pk} was recorded as succeeded meanwhile: nothing changed. "
-                "The next reconciliation closes this difference if both sides agree."
-            )
+        payment = _locked_unrecorded_payment(difference)
         invoice_id = payment.invoice_id if payment is not None else difference.invoice_id
         if invoice_id is None:
             raise ServiceError(
@@ -500,23 +498,7 @@ def difference_resolve_record_payment(
                 "metadata: nothing was recorded. Find out what it was for; refund it in Stripe "
                 "if it was a mistake, then dismiss the difference."
             )
-        invoice = (
-            Invoice.objects.select_for_update(of=("self",))
-            .select_related("organisation")
-            .get(pk=invoice_id)
-        )
-        if invoice.status == Invoice.Status.PAID:
-            raise ServiceError(
-                f"Invoice {invoice.number} is already paid, so {pi} ({money}) is a double "
-                "charge: nothing was recorded. Refund it in Stripe; the difference then "
-                "closes by itself."
-            )
-        if invoice.status != Invoice.Status.OPEN:
-            raise ServiceError(
-                f"Invoice {invoice.number} is {invoice.get_status_display().lower()}: nothing "
-                f"is owed on it and nothing was recorded. Refund {pi} ({money}) in Stripe; the "
-                "difference then closes by itself."
-            )
+        invoice = _locked_invoice_owing(invoice_id, pi=pi, money=money)
         due = invoice.amount_due if payment is None else payment.amount
         if (charge.amount, charge.currency.upper()) != (due, invoice.currency.upper()):
             raise ServiceError(
@@ -541,6 +523,59 @@ def difference_resolve_record_payment(
             now=now,
         )
     return payment
+
+
+def _refuse_unless_charge_kept(charge: ProcessorCharge | None, pi: str) -> None:
+    """Only a charge Stripe still has as succeeded, and not refunded, is recorded."""
+    if charge is None or charge.status != _SUCCEEDED:
+        status = "not found" if charge is None else charge.status
+        raise ServiceError(
+            f"Stripe no longer has {pi} as a succeeded charge ({status}): there is nothing "
+            "to record. Dismiss the difference once checked."
+        )
+    if charge.amount_refunded:
+        raise ServiceError(
+            f"Stripe refunded {format_money(charge.amount_refunded, charge.currency)} of "
+            f"{pi} ({format_money(charge.amount, charge.currency)}): nothing was recorded. "
+            "Dismiss the difference once checked."
+        )
+
+
+def _locked_unrecorded_payment(difference: ReconciliationDifference) -> Payment | None:
+    """The difference's payment, locked, unless it was recorded as succeeded meanwhile."""
+    payment = (
+        Payment.objects.select_for_update(of=("self",)).get(pk=difference.payment_id)
+        if difference.payment_id
+        else None
+    )
+    if payment is not None and payment.status == Payment.Status.SUCCEEDED:
+        raise ServiceError(
+            f"Payment {payment.pk} was recorded as succeeded meanwhile: nothing changed. "
+            "The next reconciliation closes this difference if both sides agree."
+        )
+    return payment
+
+
+def _locked_invoice_owing(invoice_id: int, *, pi: str, money: str) -> Invoice:
+    """The invoice the charge pays, locked, refused unless it is open (something is owed)."""
+    invoice = (
+        Invoice.objects.select_for_update(of=("self",))
+        .select_related("organisation")
+        .get(pk=invoice_id)
+    )
+    if invoice.status == Invoice.Status.PAID:
+        raise ServiceError(
+            f"Invoice {invoice.number} is already paid, so {pi} ({money}) is a double "
+            "charge: nothing was recorded. Refund it in Stripe; the difference then "
+            "closes by itself."
+        )
+    if invoice.status != Invoice.Status.OPEN:
+        raise ServiceError(
+            f"Invoice {invoice.number} is {invoice.get_status_display().lower()}: nothing "
+            f"is owed on it and nothing was recorded. Refund {pi} ({money}) in Stripe; the "
+            "difference then closes by itself."
+        )
+    return invoice
 
 
 def _charge_attempt(
@@ -591,32 +626,9 @@ def difference_resolve_mark_failed(
             .select_related("organisation")
             .get(pk=payment.invoice_id)
         )
-        if charge is not None and (charge.status == _SUCCEEDED or charge.status in _IN_FLIGHT):
-            raise ServiceError(
-                f"Stripe has {charge.payment_intent_id} as {charge.status} "
-                f"({format_money(charge.amount, charge.currency)}): the payment is not missing "
-                "there, nothing changed."
-            )
-        if payment.status != Payment.Status.SUCCEEDED or invoice.status != Invoice.Status.PAID:
-            raise ServiceError(
-                f"Payment {payment.pk} is {payment.status} and invoice {invoice.number} is "
-                f"{invoice.get_status_display().lower()}: there is no success to withdraw, "
-                "nothing changed."
-            )
-        if invoice.kind == Invoice.Kind.UPGRADE:
-            raise ServiceError(
-                f"Invoice {invoice.number} is a plan upgrade: failing its payment would void it "
-                "while the new plan stays applied. Nothing changed; ask engineering."
-            )
-        # Withdraw the success we recorded: the invoice owes its amount again...
-        invoice.status = Invoice.Status.OPEN
-        invoice.amount_paid = max(invoice.amount_paid - payment.amount, 0)
-        invoice.paid_at = None
-        invoice.closed_at = None
-        invoice.save(update_fields=["status", "amount_paid", "paid_at", "closed_at"])
-        payment.status = Payment.Status.PENDING
-        payment.save(update_fields=["status"])
-        # ...and fail the attempt as a declined charge fails (payment_failed only fails a
+        _refuse_unless_success_withdrawable(charge, payment, invoice)
+        _withdraw_success(invoice, payment)
+        # Then fail the attempt as a declined charge fails (payment_failed only fails a
         # pending attempt): the failed-payment email, then dunning from day 0.
         payment_failed(payment=payment, code=FAILURE_CODE, message=FAILURE_MESSAGE, now=now)
         _resolve(difference, Resolution.MARKED_FAILED, actor=actor, note=reason, now=now)
@@ -631,6 +643,41 @@ def difference_resolve_mark_failed(
             now=now,
         )
     return payment
+
+
+def _refuse_unless_success_withdrawable(
+    charge: ProcessorCharge | None, payment: Payment, invoice: Invoice
+) -> None:
+    """Only a success Stripe does not have, still recorded, on a non-upgrade invoice."""
+    if charge is not None and (charge.status == _SUCCEEDED or charge.status in _IN_FLIGHT):
+        raise ServiceError(
+            f"Stripe has {charge.payment_intent_id} as {charge.status} "
+            f"({format_money(charge.amount, charge.currency)}): the payment is not missing "
+            "there, nothing changed."
+        )
+    if payment.status != Payment.Status.SUCCEEDED or invoice.status != Invoice.Status.PAID:
+        raise ServiceError(
+            f"Payment {payment.pk} is {payment.status} and invoice {invoice.number} is "
+            f"{invoice.get_status_display().lower()}: there is no success to withdraw, "
+            "nothing changed."
+        )
+    if invoice.kind == Invoice.Kind.UPGRADE:
+        raise ServiceError(
+            f"Invoice {invoice.number} is a plan upgrade: failing its payment would void it "
+            "while the new plan stays applied. Nothing changed; ask engineering."
+        )
+
+
+def _withdraw_success(invoice: Invoice, payment: Payment) -> None:
+    """Withdraw the success we recorded: the invoice owes its amount again and the attempt is
+    pending (caller's transaction, both rows locked)."""
+    invoice.status = Invoice.Status.OPEN
+    invoice.amount_paid = max(invoice.amount_paid - payment.amount, 0)
+    invoice.paid_at = None
+    invoice.closed_at = None
+    invoice.save(update_fields=["status", "amount_paid", "paid_at", "closed_at"])
+    payment.status = Payment.Status.PENDING
+    payment.save(update_fields=["status"])
 
 
 def difference_dismiss(

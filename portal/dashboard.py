@@ -45,11 +45,9 @@ def _amounts(rows) -> str:
     return ", ".join(format_money(amount, currency) for currency, amount in sorted(totals.items()))
 
 
-def ops_dashboard(*, now: datetime) -> dict:
-    month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    month_query = {"__gte": month_start.isoformat()}
-
-    # 1. Organisations by subscription status (and those that never subscribed).
+def _subscription_counts() -> tuple[dict, dict]:
+    """Active organisations' subscriptions per status, and the organisations in all and without
+    a subscription."""
     by_status = dict(
         Subscription.objects.filter(organisation__status=Organisation.Status.ACTIVE)
         .values_list("status")
@@ -59,7 +57,11 @@ def ops_dashboard(*, now: datetime) -> dict:
     organisations = Organisation.objects.filter(status=Organisation.Status.ACTIVE).aggregate(
         total=Count("id"), without=Count("id", filter=Q(subscription__isnull=True))
     )
-    statuses = [
+    return by_status, organisations
+
+
+def _status_figures(by_status: dict) -> list[Figure]:
+    return [
         Figure(
             label=label,
             value=f"{by_status.get(value, 0):,}",
@@ -68,7 +70,9 @@ def ops_dashboard(*, now: datetime) -> dict:
         for value, label in Subscription.Status.choices
     ]
 
-    # 2. Past due (past due and grace) and suspended: organisations and the money open.
+
+def _at_risk_figures(by_status: dict) -> list[Figure]:
+    """Past due (past due and grace) and suspended: organisations and the money open."""
     failing = (
         Invoice.objects.filter(
             status=Invoice.Status.OPEN, organisation__subscription__status__in=FAILING
@@ -82,7 +86,7 @@ def ops_dashboard(*, now: datetime) -> dict:
     )
     past_due_rows = [r for r in failing if r["organisation__subscription__status"] != "suspended"]
     suspended_rows = [r for r in failing if r["organisation__subscription__status"] == "suspended"]
-    at_risk = [
+    return [
         Figure(
             label="Past due (incl. grace period)",
             value=f"{by_status.get('past_due', 0) + by_status.get('grace', 0):,}",
@@ -97,7 +101,10 @@ def ops_dashboard(*, now: datetime) -> dict:
         ),
     ]
 
-    # 3. Invoices issued and money collected this calendar month (UTC), per currency.
+
+def _month_figures(month_start: datetime) -> list[Figure]:
+    """Invoices issued and money collected this calendar month (UTC), per currency."""
+    month_query = {"__gte": month_start.isoformat()}
     issued = list(
         Invoice.objects.filter(issued_at__gte=month_start)
         .values("currency")
@@ -110,7 +117,7 @@ def ops_dashboard(*, now: datetime) -> dict:
         .annotate(n=Count("id"), amount=Sum("amount"))
         .order_by("currency")
     )
-    month = [
+    return [
         Figure(
             label=f"Invoices issued in {month_start:%B %Y}",
             value=f"{sum(r['n'] for r in issued):,}",
@@ -129,36 +136,42 @@ def ops_dashboard(*, now: datetime) -> dict:
         ),
     ]
 
-    # 4. Organisations at or above 80% of their limit in their current usage month.
+
+def _usage_figure(now: datetime) -> Figure:
+    """Organisations at or above 80% of their limit in their current usage month."""
     above = UsageAlert.objects.filter(month_start__lte=now, month_end__gt=now).aggregate(
         n=Count("organisation", distinct=True),
         over=Count("organisation", distinct=True, filter=Q(threshold=100)),
     )
-    usage = Figure(
+    return Figure(
         label="Above 80% of their transaction limit",
         value=f"{above['n']:,}",
         detail=f"{above['over']:,} of them above 100%",
         url=_url("usage_usagealert", current="1"),
     )
 
-    # 5. Open urgent tickets.
+
+def _support_figure() -> Figure:
     tickets = SupportTicket.objects.exclude(status=SupportTicket.Status.CLOSED).aggregate(
         open=Count("id"), urgent=Count("id", filter=Q(urgent=True))
     )
-    support = Figure(
+    return Figure(
         label="Open urgent tickets",
         value=f"{tickets['urgent']:,}",
         detail=f"{tickets['open']:,} open in all",
         url=_url("support_supportticket", state="open_urgent"),
     )
-    # 6. Money checks: open ledger violations and reconciliation differences.
+
+
+def _money_check_figures() -> list[Figure]:
+    """Open ledger violations and reconciliation differences."""
     violations = LedgerViolation.objects.filter(resolved_at__isnull=True).aggregate(
         n=Count("id"), organisations=Count("organisation", distinct=True)
     )
     differences = ReconciliationDifference.objects.filter(resolved_at__isnull=True).aggregate(
         n=Count("id"), organisations=Count("organisation", distinct=True)
     )
-    checks = [
+    return [
         Figure(
             label="Open ledger violations",
             value=f"{violations['n']:,}",
@@ -172,6 +185,17 @@ def ops_dashboard(*, now: datetime) -> dict:
             url=_url("billing_reconciliationdifference", state="open"),
         ),
     ]
+
+
+def ops_dashboard(*, now: datetime) -> dict:
+    month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    by_status, organisations = _subscription_counts()
+    statuses = _status_figures(by_status)
+    at_risk = _at_risk_figures(by_status)
+    month = _month_figures(month_start)
+    usage = _usage_figure(now)
+    support = _support_figure()
+    checks = _money_check_figures()
     return {
         "checks": checks,
         "organisations": organisations["total"],

@@ -113,20 +113,7 @@ def deletion_request_create(
     requests backs the check against two clicks at once."""
     if scope not in Scope.values:
         raise ServiceError("Choose what to delete.", field="scope")
-    subject_email = ""
-    if scope == Scope.PERSON:
-        if subject_user is None:
-            raise ServiceError("Choose the person whose data is deleted.", field="subject")
-        if not Membership.objects.filter(organisation=organisation, user=subject_user).exists():
-            raise ServiceError("That person is not a user of this organisation.", field="subject")
-        if _is_last_active_admin(organisation=organisation, user=subject_user):
-            raise ServiceError(
-                "This is the organisation's only Admin. Make another user Admin first.",
-                field="subject",
-            )
-        subject_email = subject_user.email.lower()
-    else:
-        subject_user = None
+    subject_user, subject_email = _deletion_subject(organisation, scope, subject_user)
     open_requests = DataDeletionRequest.objects.filter(
         organisation=organisation, status__in=[Status.PENDING, Status.APPROVED]
     )
@@ -167,6 +154,25 @@ def deletion_request_create(
     except IntegrityError as error:
         raise duplicate from error
     return request
+
+
+def _deletion_subject(
+    organisation: Organisation, scope: str, subject_user: User | None
+) -> tuple[User | None, str]:
+    """The person whose data a request deletes and their email (none for the organisation
+    scope): a user of the organisation, never its only active Admin."""
+    if scope != Scope.PERSON:
+        return None, ""
+    if subject_user is None:
+        raise ServiceError("Choose the person whose data is deleted.", field="subject")
+    if not Membership.objects.filter(organisation=organisation, user=subject_user).exists():
+        raise ServiceError("That person is not a user of this organisation.", field="subject")
+    if _is_last_active_admin(organisation=organisation, user=subject_user):
+        raise ServiceError(
+            "This is the organisation's only Admin. Make another user Admin first.",
+            field="subject",
+        )
+    return subject_user, subject_user.email.lower()
 
 
 def _reviewed(
@@ -395,18 +401,9 @@ def person_data_delete(
         counts["memberships"], _ = Membership.objects.filter(
             organisation=organisation, user=user
         ).delete()
-        match = Q(actor=user) | Q(actor_email__iexact=email) | Q(target_label__icontains=email)
-        if len(needles) > 1:
-            match |= Q(target_label__icontains=needles[1])
-        events = list(AuditEvent.objects.filter(Q(organisation=organisation) & match))
-        for event in events:
-            if event.actor_id == user.pk or event.actor_email.lower() == email.lower():
-                event.actor = None
-                event.actor_email = pseudonym
-            event.target_label = _replace_in(event.target_label, needles, pseudonym)[:254]
-            event.changes = _replace_in(event.changes, needles, pseudonym)
-        AuditEvent.objects.bulk_update(events, ["actor", "actor_email", "target_label", "changes"])
-        counts["audit_events_pseudonymised"] = len(events)
+        counts["audit_events_pseudonymised"] = _audit_events_pseudonymise(
+            organisation, user, email=email, needles=needles, pseudonym=pseudonym
+        )
         counts["invitations"], _ = Invitation.objects.filter(
             organisation=organisation, email__iexact=email, status=Invitation.Status.PENDING
         ).delete()
@@ -417,25 +414,12 @@ def person_data_delete(
         counts["sso_attempts"], _ = SsoAttempt.objects.filter(
             Q(user=user) | Q(email__iexact=email), organisation=organisation
         ).delete()
-        # Support tickets stay (the organisation's records) but no longer name the person.
-        counts["support_tickets_pseudonymised"] = SupportTicket.objects.filter(
-            Q(created_by=user) | Q(contact_email__iexact=email), organisation=organisation
-        ).update(contact_email=f"{pseudonym}@deleted.invalid")
-        TicketMessage.objects.filter(organisation=organisation, author=user).update(
-            author_name=pseudonym
+        counts["support_tickets_pseudonymised"] = _support_pseudonymise(
+            organisation, user, email=email, pseudonym=pseudonym
         )
         counts["accounts_anonymised"] = 0
         if not Membership.objects.filter(user=user).exists():
-            from allauth.account.models import EmailAddress
-
-            counts["email_addresses"], _ = EmailAddress.objects.filter(user=user).delete()
-            user.email = f"{pseudonym}@deleted.invalid"
-            user.full_name = ""
-            user.is_active = False
-            user.set_unusable_password()
-            user.save(update_fields=["email", "full_name", "is_active", "password"])
-            # Ends every session (the session hash includes the epoch and the password).
-            User.objects.filter(pk=user.pk).update(session_epoch=F("session_epoch") + 1)
+            counts["email_addresses"] = _account_anonymise(user, pseudonym=pseudonym)
             counts["accounts_anonymised"] = 1
         audit_record(
             organisation=organisation,
@@ -454,6 +438,55 @@ def person_data_delete(
             actor=actor.user,
             created_at=now,
         )
+
+
+def _audit_events_pseudonymise(
+    organisation: Organisation, user: User, *, email: str, needles: list[str], pseudonym: str
+) -> int:
+    """The organisation's audit rows by or naming the person (`needles`: their email, then
+    their name when there is one) name the pseudonym instead; returns how many."""
+    match = Q(actor=user) | Q(actor_email__iexact=email) | Q(target_label__icontains=email)
+    if len(needles) > 1:
+        match |= Q(target_label__icontains=needles[1])
+    events = list(AuditEvent.objects.filter(Q(organisation=organisation) & match))
+    for event in events:
+        if event.actor_id == user.pk or event.actor_email.lower() == email.lower():
+            event.actor = None
+            event.actor_email = pseudonym
+        event.target_label = _replace_in(event.target_label, needles, pseudonym)[:254]
+        event.changes = _replace_in(event.changes, needles, pseudonym)
+    AuditEvent.objects.bulk_update(events, ["actor", "actor_email", "target_label", "changes"])
+    return len(events)
+
+
+def _support_pseudonymise(
+    organisation: Organisation, user: User, *, email: str, pseudonym: str
+) -> int:
+    """Support tickets stay (the organisation's records) but no longer name the person;
+    returns how many tickets."""
+    tickets = SupportTicket.objects.filter(
+        Q(created_by=user) | Q(contact_email__iexact=email), organisation=organisation
+    ).update(contact_email=f"{pseudonym}@deleted.invalid")
+    TicketMessage.objects.filter(organisation=organisation, author=user).update(
+        author_name=pseudonym
+    )
+    return tickets
+
+
+def _account_anonymise(user: User, *, pseudonym: str) -> int:
+    """Anonymise the (locked) account of a person left in no organisation and sign it out;
+    returns how many email addresses were deleted."""
+    from allauth.account.models import EmailAddress
+
+    deleted, _ = EmailAddress.objects.filter(user=user).delete()
+    user.email = f"{pseudonym}@deleted.invalid"
+    user.full_name = ""
+    user.is_active = False
+    user.set_unusable_password()
+    user.save(update_fields=["email", "full_name", "is_active", "password"])
+    # Ends every session (the session hash includes the epoch and the password).
+    User.objects.filter(pk=user.pk).update(session_epoch=F("session_epoch") + 1)
+    return deleted
 
 
 def deletion_requests_execute_stuck(*, now: datetime, older_than: timedelta) -> int:

@@ -121,18 +121,7 @@ def subscription_cancel(
         refusal = cancellation_refusal(subscription)
         if refusal:
             raise ServiceError(refusal, code="not_cancellable")
-        plan_changes = PlanChange.objects.select_for_update().filter(subscription=subscription)
-        if plan_changes.filter(status=PlanChange.Status.PENDING).exists():
-            raise ServiceError(
-                "A plan upgrade is waiting for its payment. Cancel once it has gone through "
-                "(see Settings > Billing > Invoice History).",
-                code="upgrade_pending",
-            )
-        downgrade = plan_changes.filter(status=PlanChange.Status.SCHEDULED).first()
-        if downgrade is not None:
-            downgrade.status = PlanChange.Status.CANCELED
-            downgrade.closed_at = now
-            downgrade.save(update_fields=["status", "closed_at"])
+        downgrade = _cancel_scheduled_downgrade(subscription, now=now)
         subscription.cancel_at_period_end = True
         subscription.canceled_at = now
         subscription.cancellation_reason = reason
@@ -145,44 +134,74 @@ def subscription_cancel(
                 "cancellation_detail",
             ]
         )
-        changes = {
-            "cancel_at_period_end": {"old": False, "new": True},
-            "cancellation_reason": {"old": "", "new": reason},
-            "ends_at": {"old": None, "new": subscription.current_period_end.isoformat()},
-        }
-        if detail:
-            changes["cancellation_detail"] = {"old": "", "new": detail}
-        if downgrade is not None:
-            changes["scheduled_plan_change"] = {
-                "old": f"{downgrade.get_kind_display()} to {downgrade.to_plan.name}",
-                "new": None,
-            }
         audit_record(
             organisation=organisation,
             actor=actor,
             action="subscription.cancelled",
             target=subscription,
             target_label=f"{subscription.plan.name} subscription",
-            changes=changes,
+            changes=_cancellation_changes(subscription, reason, detail, downgrade),
             now=now,
         )
-        email_send(
-            template="subscription_cancelled",
-            to=subscription_recipients(organisation=organisation),
-            organisation=organisation,
-            context={
-                "subscription": subscription,
-                "plan": subscription.plan,
-                "is_annual": subscription.billing_cycle == BillingCycle.ANNUAL,
-                "ends_at": subscription.current_period_end,
-                "deletion_at": data_deletion_at(subscription),
-                "canceled_by": actor.email,
-                "reason_label": CancellationReason(reason).label,
-                "subscription_url": absolute_url("subscriptions:settings", organisation.slug),
-                "export_url": absolute_url("retention:privacy", organisation.slug),
-            },
-        )
+        _cancelled_email_send(subscription, actor=actor, reason=reason)
     return subscription
+
+
+def _cancel_scheduled_downgrade(subscription: Subscription, *, now: datetime) -> PlanChange | None:
+    """Lock the subscription's plan changes: refuse while an upgrade waits for its payment,
+    and cancel the downgrade scheduled for the renewal there will not be (returned)."""
+    plan_changes = PlanChange.objects.select_for_update().filter(subscription=subscription)
+    if plan_changes.filter(status=PlanChange.Status.PENDING).exists():
+        raise ServiceError(
+            "A plan upgrade is waiting for its payment. Cancel once it has gone through "
+            "(see Settings > Billing > Invoice History).",
+            code="upgrade_pending",
+        )
+    downgrade = plan_changes.filter(status=PlanChange.Status.SCHEDULED).first()
+    if downgrade is not None:
+        downgrade.status = PlanChange.Status.CANCELED
+        downgrade.closed_at = now
+        downgrade.save(update_fields=["status", "closed_at"])
+    return downgrade
+
+
+def _cancellation_changes(
+    subscription: Subscription, reason: str, detail: str, downgrade: PlanChange | None
+) -> dict:
+    """The audit row's changes of a cancellation."""
+    changes = {
+        "cancel_at_period_end": {"old": False, "new": True},
+        "cancellation_reason": {"old": "", "new": reason},
+        "ends_at": {"old": None, "new": subscription.current_period_end.isoformat()},
+    }
+    if detail:
+        changes["cancellation_detail"] = {"old": "", "new": detail}
+    if downgrade is not None:
+        changes["scheduled_plan_change"] = {
+            "old": f"{downgrade.get_kind_display()} to {downgrade.to_plan.name}",
+            "new": None,
+        }
+    return changes
+
+
+def _cancelled_email_send(subscription: Subscription, *, actor: Actor, reason: str) -> None:
+    organisation = subscription.organisation
+    email_send(
+        template="subscription_cancelled",
+        to=subscription_recipients(organisation=organisation),
+        organisation=organisation,
+        context={
+            "subscription": subscription,
+            "plan": subscription.plan,
+            "is_annual": subscription.billing_cycle == BillingCycle.ANNUAL,
+            "ends_at": subscription.current_period_end,
+            "deletion_at": data_deletion_at(subscription),
+            "canceled_by": actor.email,
+            "reason_label": CancellationReason(reason).label,
+            "subscription_url": absolute_url("subscriptions:settings", organisation.slug),
+            "export_url": absolute_url("retention:privacy", organisation.slug),
+        },
+    )
 
 
 def subscription_cancel_undo(

@@ -84,6 +84,14 @@ def subscription_create(
             status_changed_at=now,
             **fields,
         )
+    return _subscription_reset(existing, fields, organisation=organisation, now=now)
+
+
+def _subscription_reset(
+    existing: Subscription, fields: dict, *, organisation: Organisation, now: datetime
+) -> Subscription:
+    """Reuse the organisation's ended or incomplete subscription for the new choice (`fields`);
+    refused for any other: an organisation has one subscription."""
     if existing.status == Subscription.Status.ENDED:
         # Resubscribing after a cancellation ended the service: a new first invoice, paid,
         # makes it active again (the status machine allows ended -> incomplete only).

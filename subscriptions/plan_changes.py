@@ -266,11 +266,7 @@ def downgrade_schedule(
         active = active_process_flows(organisation=organisation)
         chosen = _clean_keep_ids(keep_flow_ids, active=active, plan=plan)
         kept, to_pause = _split_flows(active, keep_ids=chosen, limit=limit)
-        replaced = plan_change_scheduled(subscription=subscription)
-        if replaced is not None:
-            replaced.status = PlanChange.Status.CANCELED
-            replaced.closed_at = now
-            replaced.save(update_fields=["status", "closed_at"])
+        replaced = _cancel_scheduled(subscription, now=now)
         change = PlanChange.objects.create(
             subscription=subscription,
             kind=PlanChange.Kind.DOWNGRADE,
@@ -283,37 +279,73 @@ def downgrade_schedule(
             created_by=actor.user,
             created_at=now,
         )
-        changes = {
-            "plan": {"old": subscription.plan.code, "new": plan.code},
-            "effective_at": {"old": None, "new": change.effective_at.isoformat()},
-            "flows_to_pause": {"old": None, "new": [flow.name for flow in to_pause]},
-        }
-        if replaced is not None:
-            changes["replaced"] = {"old": replaced.to_plan.code, "new": plan.code}
         audit_record(
             organisation=organisation,
             actor=actor,
             action="subscription.downgrade_scheduled",
             target=subscription,
             target_label=f"{subscription.plan.name} subscription",
-            changes=changes,
+            changes=_scheduled_changes(
+                subscription, plan, change, to_pause=to_pause, replaced=replaced
+            ),
             now=now,
         )
-        email_send(
-            template="downgrade_scheduled",
-            to=subscription_recipients(organisation=organisation),
-            organisation=organisation,
-            context={
-                "change": change,
-                "from_plan": subscription.plan,
-                "to_plan": plan,
-                "flows_to_pause": to_pause,
-                "limit": limit,
-                "actor_email": actor.email,
-                "subscription_url": _subscription_url(subscription),
-            },
-        )
+        _downgrade_scheduled_email_send(subscription, plan, change, to_pause=to_pause, actor=actor)
     return change
+
+
+def _cancel_scheduled(subscription: Subscription, *, now: datetime) -> PlanChange | None:
+    """Cancel the plan change already scheduled, which a new downgrade replaces (returned)."""
+    replaced = plan_change_scheduled(subscription=subscription)
+    if replaced is not None:
+        replaced.status = PlanChange.Status.CANCELED
+        replaced.closed_at = now
+        replaced.save(update_fields=["status", "closed_at"])
+    return replaced
+
+
+def _scheduled_changes(
+    subscription: Subscription,
+    plan: Plan,
+    change: PlanChange,
+    *,
+    to_pause: list[ProcessFlow],
+    replaced: PlanChange | None,
+) -> dict:
+    """The audit row's changes of a scheduled downgrade."""
+    changes = {
+        "plan": {"old": subscription.plan.code, "new": plan.code},
+        "effective_at": {"old": None, "new": change.effective_at.isoformat()},
+        "flows_to_pause": {"old": None, "new": [flow.name for flow in to_pause]},
+    }
+    if replaced is not None:
+        changes["replaced"] = {"old": replaced.to_plan.code, "new": plan.code}
+    return changes
+
+
+def _downgrade_scheduled_email_send(
+    subscription: Subscription,
+    plan: Plan,
+    change: PlanChange,
+    *,
+    to_pause: list[ProcessFlow],
+    actor: Actor,
+) -> None:
+    organisation = subscription.organisation
+    email_send(
+        template="downgrade_scheduled",
+        to=subscription_recipients(organisation=organisation),
+        organisation=organisation,
+        context={
+            "change": change,
+            "from_plan": subscription.plan,
+            "to_plan": plan,
+            "flows_to_pause": to_pause,
+            "limit": plan.max_process_flows,
+            "actor_email": actor.email,
+            "subscription_url": _subscription_url(subscription),
+        },
+    )
 
 
 def _clean_keep_ids(keep_flow_ids, *, active: list[ProcessFlow], plan: Plan) -> set[str]:
@@ -387,17 +419,7 @@ def downgrade_apply_flows(
         active, keep_ids=set(change.keep_flow_ids or []), limit=plan.max_process_flows
     )
     if to_pause:
-        ProcessFlow.objects.filter(
-            pk__in=[flow.pk for flow in to_pause], status=ProcessFlow.Status.ACTIVE
-        ).update(
-            status=ProcessFlow.Status.PAUSED,
-            pause_reason=ProcessFlow.PauseReason.PLAN_LIMIT,
-            paused_at=now,
-        )
-        for flow in to_pause:
-            flow.status = ProcessFlow.Status.PAUSED
-            flow.pause_reason = ProcessFlow.PauseReason.PLAN_LIMIT
-            flow.paused_at = now
+        _pause_for_plan_limit(to_pause, now=now)
         audit_record(
             organisation=organisation,
             actor=SYSTEM,
@@ -407,6 +429,31 @@ def downgrade_apply_flows(
             changes={"paused_flows": {"old": None, "new": [flow.name for flow in to_pause]}},
             now=now,
         )
+    _downgrade_applied_email_send(subscription, change, paused=to_pause)
+    return to_pause
+
+
+def _pause_for_plan_limit(flows: list[ProcessFlow], *, now: datetime) -> None:
+    """Pause the (locked) flows with reason plan limit, in the database and in memory."""
+    ProcessFlow.objects.filter(
+        pk__in=[flow.pk for flow in flows], status=ProcessFlow.Status.ACTIVE
+    ).update(
+        status=ProcessFlow.Status.PAUSED,
+        pause_reason=ProcessFlow.PauseReason.PLAN_LIMIT,
+        paused_at=now,
+    )
+    for flow in flows:
+        flow.status = ProcessFlow.Status.PAUSED
+        flow.pause_reason = ProcessFlow.PauseReason.PLAN_LIMIT
+        flow.paused_at = now
+
+
+def _downgrade_applied_email_send(
+    subscription: Subscription, change: PlanChange, *, paused: list[ProcessFlow]
+) -> None:
+    """The email of an applied downgrade: the flows paused and what is above the new limits."""
+    organisation = subscription.organisation
+    plan = change.to_plan
     connections = Connection.objects.filter(organisation=organisation).count()
     environments = Environment.objects.filter(organisation=organisation).count()
     email_send(
@@ -417,7 +464,7 @@ def downgrade_apply_flows(
             "change": change,
             "from_plan": change.from_plan,
             "to_plan": plan,
-            "paused_flows": to_pause,
+            "paused_flows": paused,
             "connections": connections,
             "environments": environments,
             "connections_above": max(0, connections - plan.max_connections),
@@ -425,4 +472,3 @@ def downgrade_apply_flows(
             "subscription_url": _subscription_url(subscription),
         },
     )
-    return to_pause

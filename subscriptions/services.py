@@ -360,36 +360,7 @@ def process_flow_resume(
             raise ServiceError(f"{flow.name} is already running.")
         subscription = subscription_with_plan(organisation=organisation)
         reason = flow.pause_reason
-        if (
-            reason == ProcessFlow.PauseReason.SUSPENSION
-            and subscription is not None
-            and subscription.status == Subscription.Status.SUSPENDED
-        ):
-            raise ServiceError(
-                f"{flow.name} was paused because your account is suspended. It resumes by "
-                f"itself once the payment succeeds: use Retry Payment in Settings > Billing > "
-                f"Payment Method.",
-                code="suspended",
-            )
-        if reason == ProcessFlow.PauseReason.CANCELLED and (
-            subscription is None or subscription.status == Subscription.Status.ENDED
-        ):
-            raise ServiceError(
-                f"{flow.name} stopped when your subscription ended. Choose a plan in "
-                f"Settings > Subscription to run it again.",
-                code="ended",
-            )
-        refusal = status_refusal(subscription, to="to resume ProcessFlows")
-        if refusal:
-            raise ServiceError(refusal, code="limit")
-        refusal = limit_refusal(
-            subscription,
-            limit="active_process_flows",
-            count=_active_flow_count(organisation),
-            advice=f"Pause another ProcessFlow or upgrade your plan to resume {flow.name}.",
-        )
-        if refusal:
-            raise ServiceError(refusal, code="limit")
+        _refuse_resume(organisation, flow, subscription)
         flow.status = ProcessFlow.Status.ACTIVE
         flow.pause_reason = ""
         flow.paused_at = None
@@ -406,6 +377,44 @@ def process_flow_resume(
             now=now,
         )
     return flow
+
+
+def _refuse_resume(
+    organisation: Organisation, flow: ProcessFlow, subscription: Subscription | None
+) -> None:
+    """Refuse resuming while the cause of the pause remains (suspended, ended) or when the
+    subscription does not serve or is at its limit of active ProcessFlows."""
+    reason = flow.pause_reason
+    if (
+        reason == ProcessFlow.PauseReason.SUSPENSION
+        and subscription is not None
+        and subscription.status == Subscription.Status.SUSPENDED
+    ):
+        raise ServiceError(
+            f"{flow.name} was paused because your account is suspended. It resumes by "
+            f"itself once the payment succeeds: use Retry Payment in Settings > Billing > "
+            f"Payment Method.",
+            code="suspended",
+        )
+    if reason == ProcessFlow.PauseReason.CANCELLED and (
+        subscription is None or subscription.status == Subscription.Status.ENDED
+    ):
+        raise ServiceError(
+            f"{flow.name} stopped when your subscription ended. Choose a plan in "
+            f"Settings > Subscription to run it again.",
+            code="ended",
+        )
+    refusal = status_refusal(subscription, to="to resume ProcessFlows")
+    if refusal:
+        raise ServiceError(refusal, code="limit")
+    refusal = limit_refusal(
+        subscription,
+        limit="active_process_flows",
+        count=_active_flow_count(organisation),
+        advice=f"Pause another ProcessFlow or upgrade your plan to resume {flow.name}.",
+    )
+    if refusal:
+        raise ServiceError(refusal, code="limit")
 
 
 # Subscriptions (ops) ---------------------------------------------------------------------

@@ -119,6 +119,21 @@ def _add_message(ticket, *, author_kind, actor: Actor, body, upload, checked, no
     return message
 
 
+def _ticket_invoice(
+    organisation: Organisation, membership: Membership, invoice_number: str
+) -> Invoice | None:
+    """The invoice a new ticket refers to, if it names one."""
+    if not invoice_number:
+        return None
+    # Members do not see invoices, so they cannot name one either.
+    if membership.role == Membership.Role.MEMBER:
+        raise ServiceError(
+            "Only Admins and Billing contacts can refer to an invoice.",
+            field="invoice_number",
+        )
+    return invoice_for_ticket(organisation=organisation, number=invoice_number)
+
+
 def ticket_create(
     *,
     organisation: Organisation,
@@ -139,15 +154,7 @@ def ticket_create(
         raise ServiceError("Give your ticket a subject.", field="subject")
     body = _clean_message(message)
     checked = _check_upload(upload)
-    invoice = None
-    if invoice_number:
-        # Members do not see invoices, so they cannot name one either.
-        if membership.role == Membership.Role.MEMBER:
-            raise ServiceError(
-                "Only Admins and Billing contacts can refer to an invoice.",
-                field="invoice_number",
-            )
-        invoice = invoice_for_ticket(organisation=organisation, number=invoice_number)
+    invoice = _ticket_invoice(organisation, membership, invoice_number)
     with transaction.atomic():
         ticket = SupportTicket.objects.create(
             organisation=organisation,

@@ -109,6 +109,106 @@ def _errors(*codes):
     return responses
 
 
+# Idempotency-Key: no control characters inside; spaces and tabs around it are not part of it
+# (RFC 9110, section 5.5).
+IDEMPOTENCY_KEY_PATTERN = (
+    "^[ \\t]*[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f][^\\x00-\\x1f\\x7f]*[ \\t]*$"
+)
+
+
+def _sync_info_path() -> dict:
+    """POST /api/v1/sync-info: one batch of Sync Info records."""
+    return {
+        "post": {
+            "summary": "Report a batch of up to 5,000 Sync Info records",
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": True,
+                    "schema": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 128,
+                        "pattern": IDEMPOTENCY_KEY_PATTERN,
+                    },
+                    "description": "A resent batch with the same key is answered "
+                    "as the first time and counted once.",
+                }
+            ],
+            "requestBody": {
+                "required": True,
+                "content": _json(
+                    {
+                        "type": "object",
+                        "required": ["records"],
+                        "properties": {
+                            "records": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": 5000,
+                                "items": {"$ref": "#/components/schemas/Record"},
+                            }
+                        },
+                    }
+                ),
+            },
+            "responses": {
+                "201": {
+                    "description": "Stored and counted",
+                    "content": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "batch": {"type": "integer"},
+                                "accepted": {"type": "integer"},
+                                "usage": {"type": "object"},
+                            },
+                        }
+                    ),
+                },
+                **_errors(400, 401, 409, 413, 415, 429),
+            },
+        }
+    }
+
+
+FLOW = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "name": {"type": "string"},
+        "status": {"type": "string"},
+        "pause_reason": {"type": ["string", "null"]},
+        "may_run": {"type": "boolean"},
+    },
+}
+
+
+def _flows_path() -> dict:
+    """GET /api/v1/flows: the environment's ProcessFlows."""
+    return {
+        "get": {
+            "summary": "The environment's ProcessFlows and whether each may run",
+            "responses": {
+                "200": {
+                    "description": "The flows",
+                    "content": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "environment": {"type": "string"},
+                                "flows": {"type": "array", "items": FLOW},
+                            },
+                        }
+                    ),
+                },
+                **_errors(401, 429),
+            },
+        }
+    }
+
+
 def openapi_document(request) -> dict:
     return {
         "openapi": "3.1.0",
@@ -125,93 +225,7 @@ def openapi_document(request) -> dict:
             "schemas": {"Error": ERROR, "Record": RECORD, "SnapshotValue": SNAPSHOT_VALUE},
         },
         "paths": {
-            "/api/v1/sync-info": {
-                "post": {
-                    "summary": "Report a batch of up to 5,000 Sync Info records",
-                    "parameters": [
-                        {
-                            "name": "Idempotency-Key",
-                            "in": "header",
-                            "required": True,
-                            "schema": {
-                                "type": "string",
-                                "minLength": 1,
-                                "maxLength": 128,
-                                # No control characters inside; spaces and tabs around
-                                # it are not part of it (RFC 9110, section 5.5).
-                                "pattern": "^[ \\t]*[^\\x00-\\x1f\\x7f]*[^\\x00-\\x20\\x7f]"
-                                "[^\\x00-\\x1f\\x7f]*[ \\t]*$",
-                            },
-                            "description": "A resent batch with the same key is answered "
-                            "as the first time and counted once.",
-                        }
-                    ],
-                    "requestBody": {
-                        "required": True,
-                        "content": _json(
-                            {
-                                "type": "object",
-                                "required": ["records"],
-                                "properties": {
-                                    "records": {
-                                        "type": "array",
-                                        "minItems": 1,
-                                        "maxItems": 5000,
-                                        "items": {"$ref": "#/components/schemas/Record"},
-                                    }
-                                },
-                            }
-                        ),
-                    },
-                    "responses": {
-                        "201": {
-                            "description": "Stored and counted",
-                            "content": _json(
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "batch": {"type": "integer"},
-                                        "accepted": {"type": "integer"},
-                                        "usage": {"type": "object"},
-                                    },
-                                }
-                            ),
-                        },
-                        **_errors(400, 401, 409, 413, 415, 429),
-                    },
-                }
-            },
-            "/api/v1/flows": {
-                "get": {
-                    "summary": "The environment's ProcessFlows and whether each may run",
-                    "responses": {
-                        "200": {
-                            "description": "The flows",
-                            "content": _json(
-                                {
-                                    "type": "object",
-                                    "properties": {
-                                        "environment": {"type": "string"},
-                                        "flows": {
-                                            "type": "array",
-                                            "items": {
-                                                "type": "object",
-                                                "properties": {
-                                                    "id": {"type": "string", "format": "uuid"},
-                                                    "name": {"type": "string"},
-                                                    "status": {"type": "string"},
-                                                    "pause_reason": {"type": ["string", "null"]},
-                                                    "may_run": {"type": "boolean"},
-                                                },
-                                            },
-                                        },
-                                    },
-                                }
-                            ),
-                        },
-                        **_errors(401, 429),
-                    },
-                }
-            },
+            "/api/v1/sync-info": _sync_info_path(),
+            "/api/v1/flows": _flows_path(),
         },
     }

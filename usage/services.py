@@ -278,6 +278,19 @@ def sync_info_ingest(
     ).first()
     if previous is not None:
         return _replay(previous, digest)
+    records = _parse_records(body)
+    if isinstance(records, IngestResult):
+        return records
+    rows, errors = _validate(records, flows=_environment_flows(key), now=now)
+    if errors:
+        return IngestResult(
+            400, {"error": "The batch was rejected; nothing was stored.", "errors": errors}, errors
+        )
+    return _batch_save(key=key, idempotency_key=idempotency_key, digest=digest, rows=rows, now=now)
+
+
+def _parse_records(body: bytes) -> list | IngestResult:
+    """The batch's records, or the 400 / 413 answer when the body is not a batch of them."""
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -294,17 +307,24 @@ def sync_info_ingest(
         )
     if len(records) > MAX_RECORDS:
         return IngestResult(413, {"error": f"A batch holds at most {MAX_RECORDS} records."})
-    flows = {
+    return records
+
+
+def _environment_flows(key: ApiKey) -> dict[str, int]:
+    """The key's environment's ProcessFlows: primary key by public id (canonical spelling)."""
+    return {
         str(public_id): pk
         for public_id, pk in ProcessFlow.objects.filter(
             organisation_id=key.organisation_id, environment_id=key.environment_id
         ).values_list("public_id", "pk")
     }
-    rows, errors = _validate(records, flows=flows, now=now)
-    if errors:
-        return IngestResult(
-            400, {"error": "The batch was rejected; nothing was stored.", "errors": errors}, errors
-        )
+
+
+def _batch_save(
+    *, key: ApiKey, idempotency_key: str, digest: str, rows: list[_Row], now: datetime
+) -> IngestResult:
+    """Record the batch, store and count its rows in one transaction; a concurrent twin with
+    the same key that won is answered as it was."""
     try:
         with transaction.atomic():
             batch = IngestBatch.objects.create(
@@ -409,6 +429,33 @@ def _count(
     rows: list[_Row],
     now: datetime,
 ) -> dict:
+    """Add the rows to the usage counters, check the alerts and say the current month's usage."""
+    _counters_add(organisation=organisation, buckets=_day_buckets(organisation, subscription, rows))
+    if subscription is None:
+        return {"used": None, "limit": None}
+    current_start, current_end = usage_month_of(subscription, now)
+    used = month_usage(organisation=organisation, month_start=current_start)
+    limit = subscription.plan.monthly_transactions
+    _alerts(
+        subscription=subscription,
+        month_start=current_start,
+        month_end=current_end,
+        used=used,
+        limit=limit,
+        now=now,
+    )
+    return {
+        "month_start": current_start.isoformat(),
+        "month_end": current_end.isoformat(),
+        "used": used,
+        "limit": limit,
+    }
+
+
+def _day_buckets(
+    organisation: Organisation, subscription: Subscription | None, rows: list[_Row]
+) -> dict[tuple[datetime, object], int]:
+    """The rows counted per (usage month start, local day)."""
     zone = organisation.tzinfo
     months: list[tuple[datetime, datetime]] = []
 
@@ -430,8 +477,12 @@ def _count(
     for row in rows:
         bucket = (month_of(row.synced_at), row.synced_at.astimezone(zone).date())
         buckets[bucket] = buckets.get(bucket, 0) + 1
-    # One upsert, rows in a fixed order, so concurrent batches lock the same rows in the same
-    # order (no deadlock).
+    return buckets
+
+
+def _counters_add(*, organisation: Organisation, buckets: dict) -> None:
+    """One upsert, rows in a fixed order, so concurrent batches lock the same rows in the same
+    order (no deadlock)."""
     ordered = sorted(buckets.items())
     with connection.cursor() as cursor:
         cursor.execute(
@@ -449,25 +500,6 @@ def _count(
                 [count for _, count in ordered],
             ],
         )
-    if subscription is None:
-        return {"used": None, "limit": None}
-    current_start, current_end = usage_month_of(subscription, now)
-    used = month_usage(organisation=organisation, month_start=current_start)
-    limit = subscription.plan.monthly_transactions
-    _alerts(
-        subscription=subscription,
-        month_start=current_start,
-        month_end=current_end,
-        used=used,
-        limit=limit,
-        now=now,
-    )
-    return {
-        "month_start": current_start.isoformat(),
-        "month_end": current_end.isoformat(),
-        "used": used,
-        "limit": limit,
-    }
 
 
 def month_usage(*, organisation: Organisation, month_start: datetime) -> int:

@@ -12,7 +12,7 @@ from accounts.audit import Actor
 from core.admin import ReadOnlyModelAdmin, permission_check, reason_asked
 from core.errors import ServiceError
 from core.http import client_ip
-from retention.gdpr import deletion_request_approve, deletion_request_reject
+from retention.gdpr_review import deletion_request_approve, deletion_request_reject
 from retention.models import DataDeletionRequest, DeletionRecord
 
 

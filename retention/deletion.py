@@ -16,7 +16,7 @@ Everything else of the organisation goes, table by table, each in small transact
 rerun carries on where it stopped. Progress is kept on one DeletionRecord created first and
 marked `completed` at the end, in the same transaction that marks the organisation deleted;
 a rerun after a crash reuses that record and adds to its counts. Once the organisation is
-deleted, a second call is refused (ServiceError "already_deleted") and changes nothing.
+deleted, a second call is refused (ServiceError DeletionError.ALREADY_DELETED) and changes nothing.
 
 Reminders: one email 7 days and one 1 day
 before the deletion date to the primary email and the active Admins and Billing contacts.
@@ -29,6 +29,7 @@ at once cannot both send it. A resubscribe then a later cancellation counts from
 import logging
 import uuid
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from django.db import connection, models, transaction
 from django.utils import timezone
@@ -96,6 +97,12 @@ MODEL_STEPS: tuple[tuple[str, type[models.Model]], ...] = (
 COUNT_KEYS = tuple(key for key, _, _ in PARTITIONED_TABLES) + tuple(key for key, _ in MODEL_STEPS)
 
 
+class DeletionError(StrEnum):
+    """Why organisation_data_delete refused (GDPR requests rerun it and compare)."""
+
+    ALREADY_DELETED = "already_deleted"
+
+
 def _delete_batched(*, table: str, keys: tuple[str, ...], organisation_id: int, size: int) -> int:
     """DELETE the organisation's rows of `table`, `size` at a time, each batch committed."""
     columns = ", ".join(keys)
@@ -124,7 +131,9 @@ def _record_start(*, organisation, kind, actor, now, detail) -> DeletionRecord:
     with transaction.atomic():
         organisation = Organisation.objects.select_for_update().get(pk=organisation.pk)
         if organisation.status == Organisation.Status.DELETED:
-            raise ServiceError(f"{organisation.name} was already deleted.", code="already_deleted")
+            raise ServiceError(
+                f"{organisation.name} was already deleted.", code=DeletionError.ALREADY_DELETED
+            )
         record = (
             DeletionRecord.objects.select_for_update()
             .filter(organisation=organisation, kind=kind, counts__completed=False)
@@ -172,7 +181,7 @@ def organisation_data_delete(
     counts per kind of row and `former_member_ids` (user ids, no emails).
 
     `kind` is DeletionRecord.Kind.CANCELLATION or GDPR_ORGANISATION. Refused with
-    ServiceError("already_deleted") once the organisation is deleted.
+    ServiceError(DeletionError.ALREADY_DELETED) once the organisation is deleted.
     """
     if kind not in (DeletionRecord.Kind.CANCELLATION, DeletionRecord.Kind.GDPR_ORGANISATION):
         raise ValueError(f"Not an organisation deletion kind: {kind!r}")

@@ -1,7 +1,8 @@
 """GDPR data deletion requests (article section 12).
 
 Settings > Privacy > Data Deletion Request creates a request; ops approve or reject it in
-Django admin; approval queues the deletion, which runs once and records what it deleted.
+Django admin (retention.gdpr_review); approval queues the deletion (retention.tasks), which
+runs once here and records what it deleted.
 
 Allowed transitions, written down in one place:
 
@@ -13,7 +14,7 @@ Allowed transitions, written down in one place:
 import json
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils.crypto import salted_hmac
 
@@ -29,8 +30,7 @@ from accounts.models import (
 )
 from core.errors import ServiceError
 from core.links import absolute_url
-from core.queueing import enqueue
-from retention.deletion import organisation_data_delete
+from retention.deletion import DeletionError, organisation_data_delete
 from retention.models import DataDeletionRequest, DeletionRecord
 from sso.models import SsoAttempt
 from support.models import SupportTicket, TicketMessage
@@ -52,17 +52,9 @@ _REFUSED = {
 }
 
 
-def _ensure_transition(request: DataDeletionRequest, to: str) -> None:
+def transition_ensure(request: DataDeletionRequest, to: str) -> None:
     if to not in TRANSITIONS[request.status]:
         raise ServiceError(_REFUSED.get(request.status, "This request cannot change now."))
-
-
-def _lock_request(request: DataDeletionRequest) -> DataDeletionRequest:
-    return (
-        DataDeletionRequest.objects.select_for_update(of=["self"])
-        .select_related("organisation", "subject_user", "requested_by")
-        .get(pk=request.pk)
-    )
 
 
 def _privacy_url(organisation: Organisation) -> str:
@@ -75,7 +67,7 @@ def _requester_email(request: DataDeletionRequest) -> str:
     return getattr(request, "requested_by_email", "")
 
 
-def _notify(request: DataDeletionRequest, template: str) -> None:
+def requester_notify(request: DataDeletionRequest, template: str) -> None:
     to = _requester_email(request)
     if to:
         email_send(
@@ -89,117 +81,7 @@ def _notify(request: DataDeletionRequest, template: str) -> None:
         )
 
 
-def _is_last_active_admin(*, organisation: Organisation, user: User) -> bool:
-    admins = Membership.objects.filter(
-        organisation=organisation, role=Membership.Role.ADMIN, status=Membership.Status.ACTIVE
-    )
-    return admins.filter(user=user).exists() and admins.count() == 1
-
-
-# Requests --------------------------------------------------------------------------------
-
-
-def deletion_request_create(
-    *,
-    organisation: Organisation,
-    actor: Actor,
-    scope: str,
-    subject_user: User | None = None,
-    reason: str = "",
-    now: datetime,
-) -> DataDeletionRequest:
-    """An Admin asks for one person's personal data, or all the organisation's data, to be
-    deleted (article section 12). One open request per subject: the unique constraint on open
-    requests backs the check against two clicks at once."""
-    if scope not in Scope.values:
-        raise ServiceError("Choose what to delete.", field="scope")
-    subject_user, subject_email = _deletion_subject(organisation, scope, subject_user)
-    open_requests = DataDeletionRequest.objects.filter(
-        organisation=organisation, status__in=[Status.PENDING, Status.APPROVED]
-    )
-    if scope == Scope.ORGANISATION and open_requests.filter(scope=Scope.ORGANISATION).exists():
-        raise ServiceError(
-            "A request to delete all of the organisation's data is already open.", field="scope"
-        )
-    duplicate = ServiceError(
-        f"A deletion request for {subject_email} is already open."
-        if subject_email
-        else "A request to delete all of the organisation's data is already open.",
-        field="subject" if subject_email else "scope",
-    )
-    if open_requests.filter(scope=scope, subject_email=subject_email).exists():
-        raise duplicate
-    try:
-        with transaction.atomic():
-            request = DataDeletionRequest.objects.create(
-                organisation=organisation,
-                scope=scope,
-                subject_user=subject_user,
-                subject_email=subject_email,
-                reason=reason.strip(),
-                requested_by=actor.user,
-                requested_at=now,
-            )
-            request.requested_by_email = actor.email
-            audit_record(
-                organisation=organisation,
-                actor=actor,
-                action="deletion_request.created",
-                now=now,
-                target=request,
-                target_label=subject_email or "All organisation data",
-                changes={"scope": {"old": None, "new": scope}},
-            )
-            _notify(request, "deletion_request_received")
-    except IntegrityError as error:
-        raise duplicate from error
-    return request
-
-
-def _deletion_subject(
-    organisation: Organisation, scope: str, subject_user: User | None
-) -> tuple[User | None, str]:
-    """The person whose data a request deletes and their email (none for the organisation
-    scope): a user of the organisation, never its only active Admin."""
-    if scope != Scope.PERSON:
-        return None, ""
-    if subject_user is None:
-        raise ServiceError("Choose the person whose data is deleted.", field="subject")
-    if not Membership.objects.filter(organisation=organisation, user=subject_user).exists():
-        raise ServiceError("That person is not a user of this organisation.", field="subject")
-    if _is_last_active_admin(organisation=organisation, user=subject_user):
-        raise ServiceError(
-            "This is the organisation's only Admin. Make another user Admin first.",
-            field="subject",
-        )
-    return subject_user, subject_user.email.lower()
-
-
-def _reviewed(
-    *, request: DataDeletionRequest, reviewer: Actor, note: str, now: datetime, to: str
-) -> DataDeletionRequest:
-    request = _lock_request(request)
-    _ensure_transition(request, to)
-    old = request.status
-    request.status = to
-    request.reviewed_by = reviewer.user
-    request.reviewed_at = now
-    request.review_note = note.strip()
-    request.save(update_fields=["status", "reviewed_by", "reviewed_at", "review_note"])
-    request.requested_by_email = _requester_email_at_request(request)
-    audit_record(
-        organisation=request.organisation,
-        actor=reviewer,
-        action=f"deletion_request.{to}",
-        now=now,
-        target=request,
-        target_label=request.subject_email or "All organisation data",
-        changes={"status": {"old": old, "new": to}},
-    )
-    return request
-
-
-def _requester_email_at_request(request: DataDeletionRequest) -> str:
+def requester_email_at_request(request: DataDeletionRequest) -> str:
     """The requester's email as the audit row of the request recorded it (their account may
     be anonymised since); falls back to the account's current email."""
     row = (
@@ -215,61 +97,6 @@ def _requester_email_at_request(request: DataDeletionRequest) -> str:
     if row:
         return row
     return request.requested_by.email if request.requested_by else ""
-
-
-def deletion_request_approve(
-    *, request: DataDeletionRequest, reviewer: Actor, note: str = "", now: datetime
-) -> DataDeletionRequest:
-    """Ops approve a pending request; the deletion runs in a task queued after commit."""
-    with transaction.atomic():
-        request = _reviewed(
-            request=request, reviewer=reviewer, note=note, now=now, to=Status.APPROVED
-        )
-        subject = request.subject_user
-        if (
-            request.scope == Scope.PERSON
-            and subject is not None
-            and _is_last_active_admin(organisation=request.organisation, user=subject)
-        ):
-            raise ServiceError(
-                "This person is now the organisation's only Admin; the deletion would leave "
-                "it without one."
-            )
-        _notify(request, "deletion_request_approved")
-        request_id = request.pk
-        transaction.on_commit(lambda: _enqueue_execute(request_id))
-    return request
-
-
-# The Celery task that runs an approved request. It lives in retention.tasks, which imports
-# this module, so the task plugs itself in here when its module loads (RetentionConfig.ready
-# imports it) and queueing needs no import back.
-_execute_task = None
-
-
-def execute_task_register(task) -> None:
-    global _execute_task
-    _execute_task = task
-
-
-def _enqueue_execute(request_id: int) -> None:
-    if _execute_task is None:
-        raise RuntimeError("retention.tasks was not imported: no task runs deletion requests.")
-    enqueue(_execute_task, request_id, catch_up="gdpr_deletion_requests_catch_up")
-
-
-def deletion_request_reject(
-    *, request: DataDeletionRequest, reviewer: Actor, note: str, now: datetime
-) -> DataDeletionRequest:
-    """Ops reject a pending request; the requester is told why, so a note is required."""
-    if not note.strip():
-        raise ServiceError("Give the reason for rejecting the request.", field="review_note")
-    with transaction.atomic():
-        request = _reviewed(
-            request=request, reviewer=reviewer, note=note, now=now, to=Status.REJECTED
-        )
-        _notify(request, "deletion_request_rejected")
-    return request
 
 
 def deletion_request_execute(*, request_id: int, now: datetime) -> DataDeletionRequest | None:
@@ -288,7 +115,7 @@ def deletion_request_execute(*, request_id: int, now: datetime) -> DataDeletionR
     if pending is None:
         return None
     # Read before the deletion: the organisation scope removes the audit trail.
-    requester_email = _requester_email_at_request(pending)
+    requester_email = requester_email_at_request(pending)
     record = None
     if pending.scope == Scope.ORGANISATION:
         record = _organisation_delete(pending, now=now)
@@ -303,7 +130,7 @@ def deletion_request_execute(*, request_id: int, now: datetime) -> DataDeletionR
             return None
         if request.scope == Scope.PERSON:
             record = _person_delete(request, now=now)
-        _ensure_transition(request, Status.DONE)
+        transition_ensure(request, Status.DONE)
         request.status = Status.DONE
         request.completed_at = now
         request.record = record
@@ -312,7 +139,7 @@ def deletion_request_execute(*, request_id: int, now: datetime) -> DataDeletionR
             request.subject_email = _pseudonym_for(request.subject_user)
         request.save(update_fields=["status", "completed_at", "record", "subject_email"])
         request.requested_by_email = requester_email
-        _notify(request, "deletion_request_done")
+        requester_notify(request, "deletion_request_done")
     return request
 
 
@@ -345,7 +172,7 @@ def _organisation_delete(request: DataDeletionRequest, *, now: datetime) -> Dele
             detail=f"GDPR data deletion request {request.pk}",
         )
     except ServiceError as error:
-        if error.code != "already_deleted":
+        if error.code != DeletionError.ALREADY_DELETED:
             raise
         # An earlier run (or the cancellation deletion) finished it: link the record it left.
         return (

@@ -2,7 +2,7 @@ from celery import shared_task
 from django.utils import timezone
 
 from core.observability import register_task_ids
-from retention.gdpr import deletion_request_execute, execute_task_register
+from retention.gdpr import deletion_request_execute
 from retention.models import DataDeletionRequest
 
 
@@ -22,4 +22,3 @@ def _deletion_request_ids(request_id) -> dict:
 
 
 register_task_ids("retention.execute_deletion_request", _deletion_request_ids)
-execute_task_register(execute_deletion_request)

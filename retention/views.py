@@ -7,7 +7,7 @@ from accounts.roles import ADMIN_ONLY
 from accounts.tenancy import tenant_view
 from core.errors import ServiceError
 from retention.forms import DeletionRequestForm
-from retention.gdpr import deletion_request_create
+from retention.gdpr_review import deletion_request_create
 from retention.selectors import deletion_request_list
 from subscriptions.selectors import subscription_for
 

@@ -12,9 +12,12 @@ from accounts.models import AuditEvent, Invitation, Membership, OutgoingEmail, U
 from core.errors import ServiceError
 from retention.gdpr import (
     _pseudonym_for,
+    deletion_request_execute,
+    deletion_requests_execute_stuck,
+)
+from retention.gdpr_review import (
     deletion_request_approve,
     deletion_request_create,
-    deletion_request_execute,
     deletion_request_reject,
 )
 from retention.models import DataDeletionRequest, DeletionRecord
@@ -420,8 +423,6 @@ def test_the_only_admin_cannot_be_deleted(admin, org):
 
 def test_the_catch_up_job_runs_requests_whose_task_never_ran(admin, member, org, ops):
     from datetime import timedelta
-
-    from retention.gdpr import deletion_requests_execute_stuck
 
     deletion_request = request_for(org, admin, member)
     # Approved without running the on_commit task, as when the broker was down.

@@ -222,7 +222,7 @@ def test_access_actions_need_account_staff(client_for, admin, member, org):
     from django.utils import timezone
 
     from accounts.audit import Actor
-    from retention.gdpr import deletion_request_create
+    from retention.gdpr_review import deletion_request_create
     from retention.models import DataDeletionRequest
     from sso.models import SsoConfiguration
 

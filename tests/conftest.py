@@ -8,7 +8,7 @@ from django.db import connection
 
 from accounts.models import Membership
 from core.queueing import broker_failure_forget
-from tests.factories import OrganisationFactory
+from tests.accounts.factories import OrganisationFactory
 from tests.helpers import user_with_role
 from usage.partitions import TABLES
 

@@ -1,6 +1,6 @@
 """Plain helpers for tests of every app (fixtures stay in tests/conftest.py)."""
 
-from tests.factories import MembershipFactory, UserFactory
+from tests.accounts.factories import MembershipFactory, UserFactory
 
 
 def user_with_role(organisation, role, email):

@@ -11,8 +11,8 @@ from billing.models import InvoiceDocument
 from sso.models import SsoDomain
 from subscriptions.models import Connection, Environment, ProcessFlow
 from support.models import SupportTicket, TicketMessage
-from tests.billing.pdf_factories import issued_invoice
-from tests.factories import InvitationFactory
+from tests.accounts.factories import InvitationFactory
+from tests.billing.factories import issued_invoice
 from tests.subscriptions.factories import ProcessFlowFactory
 from tests.support.factories import TicketAttachmentFactory
 from usage.models import ApiKey

@@ -7,7 +7,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from accounts.models import AuditEvent, Invitation, Membership, User
-from tests.factories import PASSWORD, InvitationFactory, MembershipFactory, UserFactory
+from tests.accounts.factories import PASSWORD, InvitationFactory, MembershipFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 

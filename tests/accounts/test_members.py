@@ -2,7 +2,7 @@ import pytest
 from django.urls import reverse
 
 from accounts.models import AuditEvent, Membership
-from tests.factories import MembershipFactory
+from tests.accounts.factories import MembershipFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -220,7 +220,7 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin():
     from accounts.audit import Actor
     from accounts.services import membership_change_role
     from core.errors import ServiceError
-    from tests.factories import OrganisationFactory
+    from tests.accounts.factories import OrganisationFactory
 
     org = OrganisationFactory()
     first, second = MembershipFactory.create_batch(2, organisation=org, role="admin")

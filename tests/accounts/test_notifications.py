@@ -24,7 +24,7 @@ from accounts.emails import email_queue, email_send
 from accounts.models import Membership, OutgoingEmail, PrimaryEmailChange
 from accounts.selectors import SECRET_LINK_TEMPLATES
 from accounts.services import notifications_mark_seen
-from tests.factories import MembershipFactory, UserFactory
+from tests.accounts.factories import MembershipFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 

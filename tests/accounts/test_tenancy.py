@@ -13,8 +13,8 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
 from accounts.models import Organisation
+from tests.accounts.factories import MembershipFactory
 from tests.accounts.tenancy_objects import organisation_objects, snapshot
-from tests.factories import MembershipFactory
 from tests.subscriptions.factories import SubscriptionFactory
 
 pytestmark = pytest.mark.django_db

@@ -136,7 +136,7 @@ def test_a_late_schedule_runs_only_the_latest_step(failing, org):
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_two_workers_run_each_step_once(localstripe):
-    from tests.factories import MembershipFactory, OrganisationFactory
+    from tests.accounts.factories import MembershipFactory, OrganisationFactory
 
     org = OrganisationFactory()
     MembershipFactory(organisation=org, role="admin")
@@ -219,7 +219,7 @@ def test_overdue_bank_transfer_follows_the_schedule_without_charges(subscribed, 
 
 
 def test_ops_extend_the_grace_period_and_write_off(failing, org, client):
-    from tests.factories import UserFactory
+    from tests.accounts.factories import UserFactory
 
     ops = UserFactory(is_staff=True, is_superuser=True)
     client.force_login(ops)

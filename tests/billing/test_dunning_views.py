@@ -19,8 +19,8 @@ from billing.context_processors import account_state
 from billing.models import DunningCase, Invoice, Payment
 from devkit.stripe_standin import CHARGE_FAILS, MASTERCARD, confirm_card_setup
 from subscriptions.models import ProcessFlow, Subscription
+from tests.accounts.factories import MembershipFactory, OrganisationFactory, UserFactory
 from tests.billing.helpers import add_card, subscribe
-from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
 from tests.subscriptions.factories import EnvironmentFactory, ProcessFlowFactory
 
 pytestmark = pytest.mark.django_db

@@ -17,8 +17,8 @@ from core.errors import ServiceError
 from core.jobs import run_job
 from devkit.stripe_standin import CHARGE_FAILS, DISCOVER, VISA_DECLINED, StripeJsError
 from subscriptions.models import Plan, PlanPrice, Subscription
+from tests.accounts.factories import MembershipFactory, OrganisationFactory
 from tests.billing.helpers import START, add_card, subscribe
-from tests.factories import MembershipFactory, OrganisationFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -361,7 +361,7 @@ def test_ops_switch_to_bank_transfer_only_on_annual_plans(subscribed, org):
 
 
 def test_ops_record_a_payment_from_the_invoice_admin(client, subscribed, org, committed):
-    from tests.factories import UserFactory
+    from tests.accounts.factories import UserFactory
 
     ops = UserFactory(is_staff=True, is_superuser=True)
     Subscription.objects.filter(organisation=org).update(

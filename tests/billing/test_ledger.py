@@ -304,7 +304,7 @@ def test_check_ledger_with_an_unknown_slug(db):
 
 
 def test_admin_lists_the_violations(client_for, world):
-    from tests.factories import UserFactory
+    from tests.accounts.factories import UserFactory
 
     ledger_record(now=NOW)
     break_quote()

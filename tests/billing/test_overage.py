@@ -14,7 +14,7 @@ from billing.invoicing import billing_run_issue, overage_invoices_issue
 from billing.models import Invoice, OverageCharge
 from core.jobs import all_jobs, run_job
 from subscriptions.models import BillingCycle, PaymentMethodKind
-from tests.factories import OrganisationFactory
+from tests.accounts.factories import OrganisationFactory
 from tests.subscriptions.factories import PERIOD_START, SubscriptionFactory
 from usage.models import UsageCounter
 

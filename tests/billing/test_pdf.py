@@ -13,8 +13,8 @@ from pypdf import PdfReader
 from billing.models import Invoice, InvoiceDocument
 from billing.pdf import invoice_pdf_bytes, invoice_pdf_html, tax_rate_display
 from billing.tax import REVERSE_CHARGE_NOTE
-from tests.billing.pdf_factories import billing_details, issued_invoice, local, plan_line
-from tests.factories import OrganisationFactory
+from tests.accounts.factories import OrganisationFactory
+from tests.billing.factories import billing_details, issued_invoice, local, plan_line
 
 pytestmark = pytest.mark.django_db
 

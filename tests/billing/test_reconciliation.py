@@ -39,8 +39,8 @@ from core.money import format_money
 from devkit.stripe_standin import VISA, card_exp_year
 from subscriptions.models import PaymentMethodKind, Plan, Subscription
 from support.staff import BILLING, READ_ONLY
+from tests.accounts.factories import UserFactory
 from tests.billing.helpers import add_card, subscribe
-from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 

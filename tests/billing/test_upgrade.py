@@ -153,7 +153,7 @@ def test_an_upgrade_cancels_a_scheduled_downgrade(subscribed, org):
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_two_upgrade_clicks_at_once_give_one_charge(localstripe):
-    from tests.factories import MembershipFactory, OrganisationFactory
+    from tests.accounts.factories import MembershipFactory, OrganisationFactory
 
     org = OrganisationFactory()
     MembershipFactory(organisation=org, role="admin")

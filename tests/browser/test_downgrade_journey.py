@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 
 from accounts.models import Membership
 from subscriptions.models import Plan, PlanChange
-from tests.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
+from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 from tests.subscriptions.factories import (
     PERIOD_START,
     EnvironmentFactory,

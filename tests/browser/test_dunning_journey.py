@@ -12,8 +12,8 @@ from playwright.sync_api import expect
 
 from devkit.stripe_standin import CHARGE_FAILS
 from subscriptions.models import ProcessFlow, Subscription
+from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 from tests.billing.helpers import add_card, subscribe
-from tests.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 from tests.subscriptions.factories import EnvironmentFactory, ProcessFlowFactory
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from playwright.sync_api import expect
 
-from tests.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
+from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 from tests.subscriptions.factories import EnvironmentFactory, ProcessFlowFactory
 from tests.usage.test_sync_info_page import insert_rows
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from tests.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
+from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 from tests.subscriptions.factories import SubscriptionFactory, plan
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)

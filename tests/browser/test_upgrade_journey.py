@@ -8,8 +8,8 @@ from playwright.sync_api import expect
 from pypdf import PdfReader
 
 from billing.models import Invoice
+from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 from tests.billing.helpers import subscribe
-from tests.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 

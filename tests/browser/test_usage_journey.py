@@ -8,7 +8,7 @@ from playwright.sync_api import expect
 
 from accounts.audit import Actor
 from subscriptions.models import Plan
-from tests.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
+from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 from tests.subscriptions.factories import (
     EnvironmentFactory,
     ProcessFlowFactory,

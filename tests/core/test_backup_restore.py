@@ -30,8 +30,8 @@ from django.utils import timezone
 from billing.documents import invoice_document_original
 from billing.models import Invoice
 from subscriptions.models import Plan
-from tests.billing.pdf_factories import issued_invoice
-from tests.factories import PASSWORD
+from tests.accounts.factories import PASSWORD
+from tests.billing.factories import issued_invoice
 from tests.subscriptions.factories import SubscriptionFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)

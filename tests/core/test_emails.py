@@ -7,7 +7,7 @@ from django.utils import timezone
 from accounts.delivery import email_deliver, email_deliver_pending
 from accounts.emails import email_send
 from accounts.models import OutgoingEmail
-from tests.factories import InvitationFactory
+from tests.accounts.factories import InvitationFactory
 
 pytestmark = pytest.mark.django_db
 

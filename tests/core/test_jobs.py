@@ -10,7 +10,7 @@ from django.utils import timezone
 from accounts.models import Invitation
 from billing_portal.celery import _schedule_registered_jobs, app
 from core.jobs import all_jobs, run_job
-from tests.factories import InvitationFactory
+from tests.accounts.factories import InvitationFactory
 
 pytestmark = pytest.mark.django_db
 

@@ -28,8 +28,8 @@ from core.observability import (
     log_context,
 )
 from core.tasks import run_scheduled_job
-from tests.billing.pdf_factories import issued_invoice
-from tests.factories import InvitationFactory
+from tests.accounts.factories import InvitationFactory
+from tests.billing.factories import issued_invoice
 
 pytestmark = pytest.mark.django_db
 

@@ -11,8 +11,8 @@ from billing.models import Invoice, LedgerViolation, Payment
 from core.money import format_money
 from portal.dashboard import ops_dashboard
 from support.models import SupportTicket
-from tests.billing.pdf_factories import issued_invoice
-from tests.factories import OrganisationFactory, UserFactory
+from tests.accounts.factories import OrganisationFactory, UserFactory
+from tests.billing.factories import issued_invoice
 from tests.subscriptions.factories import SubscriptionFactory
 from tests.support.factories import SupportTicketFactory
 from usage.models import UsageAlert

@@ -21,7 +21,7 @@ from core import ratelimit
 from core.security import header_value
 from sso import configuration as sso_configuration
 from sso.models import SsoRequest
-from tests.factories import PASSWORD, InvitationFactory, UserFactory
+from tests.accounts.factories import PASSWORD, InvitationFactory, UserFactory
 from tests.sso.idp import TestIdP
 from tests.subscriptions.factories import SubscriptionFactory, plan
 

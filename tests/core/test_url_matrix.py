@@ -70,8 +70,8 @@ from retention.models import DataDeletionRequest, DeletionRecord
 from sso import configuration as sso_configuration
 from sso.models import SsoAttempt
 from support import staff
+from tests.accounts.factories import InvitationFactory, UserFactory
 from tests.accounts.tenancy_objects import organisation_objects
-from tests.factories import InvitationFactory, UserFactory
 from tests.sso.idp import TestIdP
 from tests.subscriptions.factories import ConnectionFactory, SubscriptionFactory, plan
 from usage.models import UsageAlert

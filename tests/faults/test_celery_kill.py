@@ -68,8 +68,8 @@ from core.jobs import run_job
 from core.tasks import run_scheduled_job
 from devkit.stripe_standin import CHARGE_FAILS, VISA, card_exp_year
 from subscriptions.models import Subscription
-from tests.billing.pdf_factories import issued_invoice
-from tests.factories import OrganisationFactory
+from tests.accounts.factories import OrganisationFactory
+from tests.billing.factories import issued_invoice
 from tests.faults.private_services import (
     PROJECT_ROOT,
     celery_broker,

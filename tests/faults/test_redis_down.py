@@ -32,8 +32,8 @@ from billing.models import InvoiceDocument
 from core import queueing
 from core.jobs import run_job
 from subscriptions.models import Plan
-from tests.billing.pdf_factories import issued_invoice
-from tests.factories import PASSWORD, MembershipFactory, UserFactory
+from tests.accounts.factories import PASSWORD, MembershipFactory, UserFactory
+from tests.billing.factories import issued_invoice
 from tests.faults.private_services import (
     celery_broker,
     private_redis,

@@ -45,8 +45,8 @@ from billing.models import (
 )
 from devkit.stripe_standin import CHARGE_FAILS, MASTERCARD, confirmed_setup_intent
 from subscriptions.models import Subscription
+from tests.accounts.factories import OrganisationFactory
 from tests.billing.helpers import add_card, subscribe
-from tests.factories import OrganisationFactory
 
 pytestmark = pytest.mark.django_db
 

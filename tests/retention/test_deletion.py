@@ -33,8 +33,8 @@ from retention.deletion import organisation_data_delete
 from retention.models import DeletionRecord
 from sso.models import SsoAttempt, SsoConfiguration, SsoDomain, SsoRequest
 from subscriptions.models import PlanChange, ProcessFlow, Subscription
-from tests.billing.pdf_factories import issued_invoice
-from tests.factories import InvitationFactory, MembershipFactory, UserFactory
+from tests.accounts.factories import InvitationFactory, MembershipFactory, UserFactory
+from tests.billing.factories import issued_invoice
 from tests.subscriptions.factories import (
     ConnectionFactory,
     EnvironmentFactory,

@@ -22,7 +22,7 @@ from retention.gdpr_review import (
 )
 from retention.models import DataDeletionRequest, DeletionRecord
 from sso.models import SsoAttempt
-from tests.factories import InvitationFactory, MembershipFactory, UserFactory
+from tests.accounts.factories import InvitationFactory, MembershipFactory, UserFactory
 from tests.subscriptions.factories import SubscriptionFactory
 from tests.support.factories import SupportTicketFactory
 
@@ -176,7 +176,7 @@ def test_the_organisation_scope_twice_is_refused(admin, org):
 
 
 def other_org_for_sso():
-    from tests.factories import OrganisationFactory
+    from tests.accounts.factories import OrganisationFactory
 
     return OrganisationFactory(slug="elsewhere")
 

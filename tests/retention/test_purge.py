@@ -11,7 +11,7 @@ from retention import purge
 from retention.models import DeletionRecord
 from retention.purge import retention_purge
 from subscriptions.models import Plan, Subscription
-from tests.factories import OrganisationFactory
+from tests.accounts.factories import OrganisationFactory
 from tests.subscriptions.factories import SubscriptionFactory
 from usage.partitions import ingest_retention, partitions_ensure
 

@@ -12,7 +12,7 @@ from core.errors import ServiceError
 from sso.enforcement import enforcement_set, enforcement_switch_off_by_ops
 from sso.models import SsoAttempt, SsoConfiguration
 from subscriptions.models import Plan, Subscription
-from tests.factories import MembershipFactory, OrganisationFactory, UserFactory
+from tests.accounts.factories import MembershipFactory, OrganisationFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from sso import saml
 from sso.configuration import idp_configure
 from sso.models import SsoAttempt
 from sso.views import BROWSER_COOKIE
-from tests.factories import MembershipFactory, UserFactory
+from tests.accounts.factories import MembershipFactory, UserFactory
 from tests.sso.helpers import SsoBrowser
 from tests.sso.idp import SHA1, decode, encode, key_pair
 from tests.subscriptions.factories import SubscriptionFactory, plan

@@ -10,7 +10,7 @@ from core.errors import ServiceError
 from sso.configuration import idp_configure
 from sso.models import SsoAttempt
 from sso.provisioning import provisioning_set
-from tests.factories import InvitationFactory, MembershipFactory, UserFactory
+from tests.accounts.factories import InvitationFactory, MembershipFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 

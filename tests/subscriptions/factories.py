@@ -11,7 +11,7 @@ from subscriptions.models import (
     ProcessFlow,
     Subscription,
 )
-from tests.factories import OrganisationFactory
+from tests.accounts.factories import OrganisationFactory
 
 PERIOD_START = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ from django.test.utils import CaptureQueriesContext
 
 from accounts.models import AuditEvent
 from subscriptions.models import Plan
-from tests.factories import OrganisationFactory, UserFactory
+from tests.accounts.factories import OrganisationFactory, UserFactory
 from tests.subscriptions.factories import (
     ConnectionFactory,
     EnvironmentFactory,

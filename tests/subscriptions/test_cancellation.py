@@ -20,7 +20,7 @@ from subscriptions.cancellation import (
     subscriptions_end_cancelled,
 )
 from subscriptions.models import BillingCycle, PlanChange, ProcessFlow, Subscription
-from tests.factories import MembershipFactory, UserFactory
+from tests.accounts.factories import MembershipFactory, UserFactory
 from tests.subscriptions.factories import (
     PERIOD_START,
     EnvironmentFactory,

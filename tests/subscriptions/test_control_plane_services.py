@@ -18,7 +18,7 @@ from subscriptions.services import (
     process_flow_pause,
     process_flow_resume,
 )
-from tests.factories import OrganisationFactory
+from tests.accounts.factories import OrganisationFactory
 from tests.subscriptions.factories import (
     ConnectionFactory,
     EnvironmentFactory,

@@ -17,7 +17,7 @@ from subscriptions.plan_changes import (
     downgrade_review,
     downgrade_schedule,
 )
-from tests.factories import MembershipFactory, UserFactory
+from tests.accounts.factories import MembershipFactory, UserFactory
 from tests.subscriptions.factories import (
     PERIOD_START,
     ConnectionFactory,

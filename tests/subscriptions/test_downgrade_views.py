@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from accounts.models import AuditEvent
 from subscriptions.models import Plan, PlanChange, Subscription
-from tests.factories import UserFactory
+from tests.accounts.factories import UserFactory
 from tests.subscriptions.factories import (
     PERIOD_START,
     ConnectionFactory,

@@ -3,7 +3,7 @@
 import factory
 
 from support.models import SupportTicket, TicketAttachment, TicketMessage
-from tests.factories import OrganisationFactory
+from tests.accounts.factories import OrganisationFactory
 
 
 class SupportTicketFactory(factory.django.DjangoModelFactory):

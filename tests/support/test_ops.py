@@ -13,8 +13,8 @@ from billing.documents import invoice_document_original
 from billing.models import BillingProfile, Invoice, InvoiceDocument
 from support.models import SupportTicket
 from support.staff import ACCOUNT, BILLING, READ_ONLY
-from tests.billing.pdf_factories import billing_details, issued_invoice
-from tests.factories import UserFactory
+from tests.accounts.factories import UserFactory
+from tests.billing.factories import billing_details, issued_invoice
 
 pytestmark = pytest.mark.django_db
 

@@ -9,8 +9,8 @@ from django.utils import timezone
 from accounts.audit import Actor
 from support.models import SupportTicket, TicketAttachment, TicketMessage
 from support.services import ticket_close, ticket_reply_support
-from tests.billing.pdf_factories import issued_invoice
-from tests.factories import UserFactory
+from tests.accounts.factories import UserFactory
+from tests.billing.factories import issued_invoice
 
 pytestmark = pytest.mark.django_db
 

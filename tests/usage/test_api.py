@@ -278,7 +278,7 @@ def test_alerts_at_80_and_100_percent_once_each(client, setup, org, committed):
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_two_concurrent_batches_crossing_80_percent_send_one_alert(client):
-    from tests.factories import MembershipFactory, OrganisationFactory
+    from tests.accounts.factories import MembershipFactory, OrganisationFactory
 
     org = OrganisationFactory()
     admin = MembershipFactory(organisation=org, role="admin").user

@@ -353,7 +353,7 @@ def test_usage_of_another_organisation_is_not_counted(client, client_for, org, o
         organisation=other_org, month_start=PERIOD_START, day=date(2026, 11, 12), transactions=999
     )
     post(client, setup, 5, key="a")
-    from tests.factories import MembershipFactory
+    from tests.accounts.factories import MembershipFactory
 
     admin = MembershipFactory(organisation=org, role="admin").user
     assert "This month's transactions: 5 of 50,000 (0%)" in text(page(client_for(admin), org))

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from billing.models import Invoice, InvoiceLine
 from core.money import round_half_up
-from tests.factories import OrganisationFactory
+from tests.accounts.factories import OrganisationFactory
 
 _numbers = count(1)
 

@@ -7,9 +7,11 @@ from core.jobs import scheduled_job
 
 @scheduled_job(name="expire_invitations", schedule=crontab(minute="*/10"))
 def expire_invitations(*, now):
+    """Invitations past their validity (INVITATION_VALID_DAYS) become expired."""
     return f"{invitation_expire_due(now=now)} invitation(s) expired"
 
 
 @scheduled_job(name="deliver_pending_emails", schedule=crontab(minute="*"), order=1000)
 def deliver_pending_emails(*, now):
+    """Send the emails whose background delivery failed or never started."""
     return f"{email_deliver_pending(now=now)} email(s) delivered"

@@ -2,6 +2,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -79,6 +80,19 @@ def test_tick_list_names_every_job_in_the_order_tick_runs_them():
     assert "every minute" in by_name["deliver_pending_emails"]
     assert "every 15 minutes" in by_name["billing_run"]
     assert "daily at 08:00" in by_name["card_expiry_reminders"]
+
+
+def test_every_job_says_what_it_does():
+    """`tick --list` prints each job's docstring: a job without one shows a blank column."""
+    assert [job.name for job in all_jobs() if not (job.func.__doc__ or "").strip()] == []
+
+
+def test_readme_job_list_is_what_tick_list_prints():
+    out = StringIO()
+    call_command("tick", "--list", stdout=out)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("$ python manage.py tick --list\n", 1)[1].split("```", 1)[0]
+    assert block == out.getvalue(), "README's job list is stale: paste `manage.py tick --list`"
 
 
 def test_tick_list_runs_nothing(org):

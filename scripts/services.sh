@@ -34,10 +34,13 @@ command -v redis-server >/dev/null || die "redis-server not found; run scripts/b
 [ -x "$VENV_PYTHON" ] || die "$VENV_PYTHON not found; run scripts/bootstrap.sh"
 
 # initdb and pg_ctl refuse to run as root, so as root we switch to `postgres`.
-# `cd /` because postgres may not be allowed into the caller's cwd.
+# `cd /` because postgres may not be allowed into the caller's cwd. Without libfaketime
+# (make test-dates): Postgres keeps the real clock anyway, and libfaketime loaded into a process
+# that switches user leaves a shared-memory segment named after its pid, which fails a later
+# run's process that gets the same pid ("sem_open failed ... Permission denied").
 as_pg() {
     if [ "$(id -u)" -eq 0 ]; then
-        (cd / && runuser -u postgres -- "$@")
+        (cd / && env -u LD_PRELOAD -u FAKETIME -u FAKETIME_SHARED runuser -u postgres -- "$@")
     else
         "$@"
     fi

@@ -54,6 +54,20 @@ realclock_shims() {
     done
 }
 
+# libfaketime's shared memory and semaphore, named after the pid of the `faketime` that made
+# them, stay behind when a run is killed; a later process given the same pid cannot reuse a
+# pair another user owns. Only those of processes no longer running go.
+stale_faketime_segments_remove() {
+    local segment pid
+    for segment in /dev/shm/faketime_shm_* /dev/shm/sem.faketime_sem_*; do
+        [ -e "$segment" ] || continue
+        pid="${segment##*_}"
+        if ! kill -0 "$pid" 2>/dev/null; then
+            rm -f -- "$segment" 2>/dev/null || true
+        fi
+    done
+}
+
 realclock_wrapper() {  # real program, wrapper
     printf '#!/bin/sh\nunset LD_PRELOAD FAKETIME FAKETIME_SHARED FAKETIME_DONT_FAKE_MONOTONIC\nexec %q "$@"\n' \
         "$1" >"$2"
@@ -128,6 +142,7 @@ main() {
         bash scripts/services.sh stop >/dev/null 2>&1 || true
         rm -rf -- "$RUN_DIR" "$PG_TMP_BASE"
         mkdir -p "$RUN_DIR"
+        stale_faketime_segments_remove
         offset=$((target - $(date -u +%s)))
         echo "test_dates: the suite at $label (offset ${offset}s, log: $log)"
         set +e

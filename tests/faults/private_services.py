@@ -237,9 +237,11 @@ def _as_root() -> bool:
 
 
 def _as_pg(command: list[str]) -> list[str]:
-    """initdb and pg_ctl refuse root: run them as `postgres` then (like services.sh's as_pg)."""
+    """initdb and pg_ctl refuse root: run them as `postgres` then (like services.sh's as_pg,
+    and like it without libfaketime, which leaks shared memory across a user switch)."""
     if _as_root():
-        return ["runuser", "-u", "postgres", "--", *command]
+        unset = ["-u", "LD_PRELOAD", "-u", "FAKETIME", "-u", "FAKETIME_SHARED"]
+        return ["env", *unset, "runuser", "-u", "postgres", "--", *command]
     return command
 
 

@@ -5,8 +5,11 @@ from core.observability import register_task_ids
 from retention.gdpr import deletion_request_execute
 from retention.models import DataDeletionRequest
 
+# The name as a string: reading `.name` off the task would finalise the Celery app mid-import.
+EXECUTE_DELETION_REQUEST = "retention.execute_deletion_request"
 
-@shared_task(name="retention.execute_deletion_request", acks_late=True)
+
+@shared_task(name=EXECUTE_DELETION_REQUEST, acks_late=True)
 def execute_deletion_request(request_id: int) -> bool:
     """Loads the approved request by id and runs it (a no-op when it already ran)."""
     return deletion_request_execute(request_id=request_id, now=timezone.now()) is not None
@@ -21,4 +24,4 @@ def _deletion_request_ids(request_id) -> dict:
     return {"organisation_id": organisation}
 
 
-register_task_ids("retention.execute_deletion_request", _deletion_request_ids)
+register_task_ids(EXECUTE_DELETION_REQUEST, _deletion_request_ids)

@@ -30,6 +30,7 @@ from subscriptions.models import (
     ProcessFlow,
     Subscription,
 )
+from subscriptions.plan_changes import plan_change_cancel
 from subscriptions.states import subscription_transition
 
 Status = Subscription.Status
@@ -159,9 +160,7 @@ def _cancel_scheduled_downgrade(subscription: Subscription, *, now: datetime) ->
         )
     downgrade = plan_changes.filter(status=PlanChange.Status.SCHEDULED).first()
     if downgrade is not None:
-        downgrade.status = PlanChange.Status.CANCELED
-        downgrade.closed_at = now
-        downgrade.save(update_fields=["status", "closed_at"])
+        plan_change_cancel(downgrade, now=now)
     return downgrade
 
 

@@ -294,13 +294,19 @@ def downgrade_schedule(
     return change
 
 
+def plan_change_cancel(change: PlanChange, *, now: datetime) -> None:
+    """A scheduled plan change will not happen (undone, replaced, or the subscription cancelled).
+    The caller holds the subscription's lock."""
+    change.status = PlanChange.Status.CANCELED
+    change.closed_at = now
+    change.save(update_fields=["status", "closed_at"])
+
+
 def _cancel_scheduled(subscription: Subscription, *, now: datetime) -> PlanChange | None:
     """Cancel the plan change already scheduled, which a new downgrade replaces (returned)."""
     replaced = plan_change_scheduled(subscription=subscription)
     if replaced is not None:
-        replaced.status = PlanChange.Status.CANCELED
-        replaced.closed_at = now
-        replaced.save(update_fields=["status", "closed_at"])
+        plan_change_cancel(replaced, now=now)
     return replaced
 
 
@@ -379,9 +385,7 @@ def downgrade_cancel(*, subscription: Subscription, actor: Actor, now: datetime)
         change = plan_change_scheduled(subscription=subscription)
         if change is None:
             raise ServiceError("No plan change is scheduled.", code="none")
-        change.status = PlanChange.Status.CANCELED
-        change.closed_at = now
-        change.save(update_fields=["status", "closed_at"])
+        plan_change_cancel(change, now=now)
         audit_record(
             organisation=subscription.organisation,
             actor=actor,

@@ -43,7 +43,8 @@ def subscription_checkout(
     file; issue the first invoice and charge it at once.
 
     ServiceError (or gateway.PaymentError) when the card cannot be saved or there is none;
-    otherwise `outcome` says whether the charge paid, was declined or is still unanswered.
+    otherwise `outcome` says whether the charge paid, was declined, waits for the customer's
+    bank (Confirm payment) or is still unanswered.
     """
     if setup_intent_id:
         card_setup_complete(
@@ -59,5 +60,6 @@ def subscription_checkout(
         currency=currency,
         now=now,
     )
-    payment = invoice_charge(invoice=invoice, now=now)
+    # The customer is on the page: a bank that asks for 3-D Secure is answered there.
+    payment = invoice_charge(invoice=invoice, now=now, on_session=True)
     return Checkout(invoice=invoice, payment=payment)

@@ -20,8 +20,8 @@ from billing.dunning import (
     dunning_step_finish,
     open_invoices,
 )
-from billing.models import Payment
-from billing.payments import invoice_charge
+from billing.models import Invoice, Payment
+from billing.payments import NEEDS_AUTHENTICATION_RESULT, invoice_charge
 from core.errors import ServiceError
 from subscriptions.models import PaymentMethodKind, Subscription
 
@@ -33,6 +33,9 @@ class RetryOutcome:
     result: str
     # Charges the processor left unanswered (outcome unknown; retried later with their key).
     unanswered: int = 0
+    # The first invoice whose charge waits for the customer's bank (3-D Secure): Confirm
+    # payment takes them there.
+    needs_authentication: Invoice | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -40,9 +43,18 @@ class RetryOutcome:
 
 
 def charge_open_invoices(
-    *, subscription: Subscription, now: datetime, answered_since: datetime | None = None
+    *,
+    subscription: Subscription,
+    now: datetime,
+    answered_since: datetime | None = None,
+    on_session: bool = False,
 ) -> RetryOutcome:
     """Charge every open card invoice of the subscription at once (Retry Payment).
+
+    `on_session`: the customer is on the page, so a bank's challenge can be answered; the
+    charges stop at the first invoice that needs it (Confirm payment, then the rest).
+    Off-session (the dunning steps) an invoice already waiting for the customer's bank is not
+    charged again: it waits for them.
 
     `answered_since` (finishing an interrupted dunning step): an invoice with a charge
     attempt since then that was answered is not charged again.
@@ -60,9 +72,12 @@ def charge_open_invoices(
     invoices = list(invoices)
     attempts = paid = unanswered = 0
     results = []
+    awaiting = None
     for invoice in invoices:
         try:
-            payment = invoice_charge(invoice=invoice, now=now, notify_failure=False)
+            payment = invoice_charge(
+                invoice=invoice, now=now, notify_failure=False, on_session=on_session
+            )
         except ServiceError:
             continue  # paid meanwhile
         attempts += 1
@@ -72,13 +87,22 @@ def charge_open_invoices(
             paid += 1
         elif payment.status == Payment.Status.FAILED:
             results.append(payment.failure_message)
+        elif payment.status == Payment.Status.REQUIRES_ACTION:
+            results.append(NEEDS_AUTHENTICATION_RESULT)
+            awaiting = awaiting or invoice
+            if on_session:
+                break
         else:
             results.append("processor did not answer; retried later with the same key")
             unanswered += 1
             break
     result = "paid" if attempts and paid == attempts else "; ".join(dict.fromkeys(results))
     return RetryOutcome(
-        attempts=attempts, paid=paid, result=result or "nothing to charge", unanswered=unanswered
+        attempts=attempts,
+        paid=paid,
+        result=result or "nothing to charge",
+        unanswered=unanswered,
+        needs_authentication=awaiting,
     )
 
 
@@ -132,7 +156,7 @@ def retry_payment(*, organisation, actor: Actor, now: datetime) -> RetryOutcome:
             "Your open invoices are paid by bank transfer or purchase order; see the invoice for "
             "the payment details."
         )
-    outcome = charge_open_invoices(subscription=subscription, now=now)
+    outcome = charge_open_invoices(subscription=subscription, now=now, on_session=True)
     audit_record(
         organisation=organisation,
         actor=actor,
@@ -155,4 +179,4 @@ def retry_after_card_update(*, organisation, now: datetime) -> RetryOutcome | No
         return None
     if not open_invoices(subscription).filter(payment_method_kind=PaymentMethodKind.CARD).exists():
         return None
-    return charge_open_invoices(subscription=subscription, now=now)
+    return charge_open_invoices(subscription=subscription, now=now, on_session=True)

@@ -9,7 +9,7 @@ from django.utils.functional import SimpleLazyObject
 
 from accounts.roles import ADMIN_AND_BILLING
 from billing.dunning import ORDER, Step, open_invoices, step_due_at
-from billing.models import DunningCase
+from billing.models import DunningCase, Payment
 from subscriptions.models import PaymentMethodKind
 from subscriptions.states import FAILING
 
@@ -24,6 +24,8 @@ class AccountState:
     retry_at: datetime | None
     suspension_at: datetime
     can_pay: bool
+    # The open invoice whose payment waits for the customer's bank (3-D Secure), if any.
+    confirm_invoice: str = ""
 
 
 def account_state(request) -> dict:
@@ -55,9 +57,16 @@ def _state(organisation, *, can_pay: bool) -> AccountState | None:
         .annotate(total=Sum("total"))
         .values("total")
     )
+    awaiting = (
+        open_invoices(OuterRef("subscription"))
+        .filter(payments__status=Payment.Status.REQUIRES_ACTION)
+        .order_by("issued_at", "pk")
+        .values("number")[:1]
+    )
     case = (
         DunningCase.objects.filter(organisation=organisation, status=DunningCase.Status.OPEN)
         .annotate(
+            confirm_invoice=Subquery(awaiting),
             steps_done=Count("steps"),
             subscription_status=F("subscription__status"),
             currency=F("subscription__currency"),
@@ -84,4 +93,5 @@ def _state(organisation, *, can_pay: bool) -> AccountState | None:
         ),
         suspension_at=step_due_at(case, Step.DAY_14),
         can_pay=can_pay,
+        confirm_invoice=case.confirm_invoice or "",
     )

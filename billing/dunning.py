@@ -25,7 +25,7 @@ from django.db.models import Sum
 from accounts.audit import SYSTEM, Actor, audit_record, reason_change
 from accounts.emails import email_send
 from accounts.selectors import billing_recipients
-from billing.models import DunningCase, DunningStep, Invoice
+from billing.models import DunningCase, DunningStep, Invoice, Payment
 from core.errors import ServiceError
 from core.links import absolute_url
 from subscriptions.models import PaymentMethodKind, Subscription
@@ -77,7 +77,25 @@ def _context(case: DunningCase, subscription: Subscription) -> dict:
         "suspension_at": step_due_at(case, Step.DAY_14),
         "final_attempt_at": step_due_at(case, Step.DAY_7),
         "payment_method_url": absolute_url("billing:payment_method", organisation.slug),
+        "confirm_url": _confirm_url(subscription),
     }
+
+
+def invoice_awaiting_authentication(subscription: Subscription) -> Invoice | None:
+    """The first open invoice whose charge waits for the customer's bank (3-D Secure)."""
+    return (
+        open_invoices(subscription)
+        .filter(payments__status=Payment.Status.REQUIRES_ACTION)
+        .order_by("issued_at", "pk")
+        .first()
+    )
+
+
+def _confirm_url(subscription: Subscription) -> str:
+    invoice = invoice_awaiting_authentication(subscription)
+    if invoice is None:
+        return ""
+    return absolute_url("billing:confirm_payment", subscription.organisation.slug, invoice.number)
 
 
 def _email(template: str, case: DunningCase, subscription: Subscription) -> None:

@@ -1,8 +1,11 @@
 """The one door to Stripe: the only module that imports `stripe` (an import-linter contract).
 
 Stripe is our card processor only: a Customer per organisation, SetupIntents to save a
-card (confirmed in the browser by Stripe.js), and off-session PaymentIntents to charge it.
-Plans, invoices and proration are ours (docs/architecture.md#billing).
+card (confirmed in the browser by Stripe.js), and PaymentIntents to charge it: off-session
+when the customer is not there (renewals, dunning), on session when they are (checkout,
+Upgrade Plan, Retry Payment), so that a bank asking for 3-D Secure can be answered in the
+browser with the PaymentIntent's client secret. Plans, invoices and proration are ours
+(docs/architecture.md#billing).
 
 Every failure becomes a `PaymentError` whose `message` is safe to show to the customer
 (for declines it is the processor's own wording, e.g. "Your card was declined."). A
@@ -34,9 +37,10 @@ logger = logging.getLogger(__name__)
 
 GENERIC_MESSAGE = "The payment could not be processed. Please try again later."
 UNAVAILABLE_MESSAGE = "The payment service could not be reached. Please try again in a few minutes."
-AUTHENTICATION_REQUIRED_MESSAGE = (
-    "This card needs authentication, which is not possible for an automatic payment. "
-    "Please add the card again or use another card."
+AUTHENTICATION_REQUIRED_MESSAGE = "Your bank needs you to confirm this payment."
+AUTHENTICATION_FAILED_MESSAGE = (
+    "Your bank did not confirm the payment, so nothing was charged. You can try again, or use "
+    "another card."
 )
 SETUP_NOT_CONFIRMED_MESSAGE = "The card was not confirmed. Please enter it again."
 
@@ -54,6 +58,9 @@ class GatewayErrorCode(StrEnum):
     PROCESSOR_ERROR = "processor_error"
     SETUP_INTENT_NOT_CONFIRMED = "setup_intent_not_confirmed"
     AUTHENTICATION_REQUIRED = "authentication_required"
+    # Stripe's code when the customer failed (or refused) the bank's challenge.
+    AUTHENTICATION_FAILED = "payment_intent_authentication_failure"
+    PAYMENT_INTENT_CANCELED = "payment_intent_canceled"
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
 
 
@@ -72,12 +79,19 @@ class PaymentError(Exception):
     """
 
     def __init__(
-        self, message: str, *, code: str | None = None, decline_code: str | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        decline_code: str | None = None,
+        payment_intent_id: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.decline_code = decline_code
+        # Set with `authentication_required`: the PaymentIntent the customer must confirm.
+        self.payment_intent_id = payment_intent_id
 
 
 class GatewayUnavailable(PaymentError):
@@ -117,6 +131,19 @@ class ChargeResult:
     status: str  # Stripe's PaymentIntent status, normally "succeeded"
     amount: int  # minor units
     currency: str  # lower-case ISO code, as Stripe returns it
+    # For Stripe.js in the customer's browser when the bank asks for authentication.
+    client_secret: str = ""
+    # Why the last confirmation failed (Stripe's last_payment_error), when it did.
+    failure_code: str = ""
+    failure_message: str = ""
+
+    @property
+    def paid(self) -> bool:
+        return self.status in _PAID_STATUSES
+
+    @property
+    def needs_authentication(self) -> bool:
+        return self.status == "requires_action"
 
 
 @dataclass(frozen=True)
@@ -253,8 +280,15 @@ def charge(
     idempotency_key: str,
     description: str,
     metadata: dict[str, Any],
+    on_session: bool = False,
 ) -> ChargeResult:
-    """Charge a saved card off-session (the customer is not there) and confirm at once.
+    """Charge a saved card and confirm at once: off-session (the customer is not there), or
+    `on_session` while they wait on our page.
+
+    On session, a card whose bank asks for 3-D Secure returns status `requires_action` with
+    the client secret for Stripe.js (`needs_authentication`). Off-session, Stripe refuses it:
+    PaymentError `authentication_required` with `payment_intent_id`, the PaymentIntent the
+    customer can confirm later on session (`payment_intent_authenticate`).
 
     `idempotency_key` must be derived from our own row (e.g. invoice + attempt number):
     calling again with the same key never charges twice. It is sent as Stripe's
@@ -264,8 +298,8 @@ def charge(
     already ran returns (or raises) that first outcome.
 
     Raises PaymentError for declines (Stripe's message, code, decline_code) and for cards
-    that need 3-D Secure (code `authentication_required`), GatewayUnavailable when the
-    outcome is unknown.
+    that need 3-D Secure off-session (code `authentication_required`), GatewayUnavailable
+    when the outcome is unknown.
     """
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise ValueError(f"amount must be a positive integer of minor units, not {amount!r}")
@@ -286,7 +320,7 @@ def charge(
                     "amount": amount,
                     "currency": currency,
                     "confirm": True,
-                    "off_session": True,
+                    **({} if on_session else {"off_session": True}),
                     "description": description,
                     "metadata": {
                         **{key: str(value) for key, value in metadata.items()},
@@ -295,7 +329,57 @@ def charge(
                 },
                 options={"idempotency_key": idempotency_key},
             )
-    return _charge_outcome(intent)
+    return _charge_outcome(intent, on_session=on_session)
+
+
+def payment_intent_authenticate(*, payment_intent_id: str, payment_method_id: str) -> ChargeResult:
+    """Make a PaymentIntent that waits for the customer ready for Stripe.js, on session.
+
+    The same PaymentIntent every time, never a new one: one waiting for authentication is
+    returned as it is (with its client secret); one whose authentication failed, or that was
+    refused off-session, is confirmed again on session with the card, and the bank asks
+    again. A PaymentIntent paid meanwhile is returned paid. Declines raise PaymentError as
+    `charge` does; a cancelled PaymentIntent raises `payment_intent_canceled`.
+    """
+    with _stripe_errors("payment_intent_authenticate"):
+        intent = _client().v1.payment_intents.retrieve(payment_intent_id)
+        if intent["status"] in ("requires_payment_method", "requires_confirmation"):
+            intent = _client().v1.payment_intents.confirm(
+                payment_intent_id, params={"payment_method": payment_method_id}
+            )
+    if intent["status"] == "canceled":
+        raise PaymentError(GENERIC_MESSAGE, code=GatewayErrorCode.PAYMENT_INTENT_CANCELED)
+    return _charge_outcome(intent, on_session=True)
+
+
+def payment_intent_state(*, payment_intent_id: str) -> ChargeResult:
+    """Where a PaymentIntent stands now, with why its last confirmation failed: what the
+    customer's browser did (Stripe.js) is learnt from Stripe, never from the browser."""
+    with _stripe_errors("payment_intent_state"):
+        intent = _client().v1.payment_intents.retrieve(payment_intent_id)
+    error = intent["last_payment_error"]
+    error = error.to_dict() if error is not None else {}
+    return ChargeResult(
+        payment_intent_id=intent["id"],
+        status=intent["status"],
+        amount=intent["amount"],
+        currency=intent["currency"],
+        client_secret=intent["client_secret"] or "",
+        failure_code=error.get("code") or "",
+        failure_message=error.get("message") or "",
+    )
+
+
+def payment_intent_cancel(*, payment_intent_id: str) -> None:
+    """Cancel a PaymentIntent nobody will confirm any more (an abandoned upgrade). Idempotent:
+    one already cancelled or paid is left as it is."""
+    with _stripe_errors("payment_intent_cancel"):
+        try:
+            _client().v1.payment_intents.cancel(payment_intent_id)
+        except stripe.InvalidRequestError as e:
+            if e.http_status not in (400, 404):
+                raise
+            logger.info("PaymentIntent %s not cancelled: %s", payment_intent_id, e.user_message)
 
 
 def _check_same_charge(intent, *, amount: int, currency: str, idempotency_key: str) -> None:
@@ -502,20 +586,36 @@ def _processor_charge(intent: Any) -> ProcessorCharge:
     )
 
 
-def _charge_outcome(intent: Any) -> ChargeResult:
-    """The result of a confirmed off-session PaymentIntent, or the PaymentError it means."""
+def _charge_outcome(intent: Any, *, on_session: bool) -> ChargeResult:
+    """The result of a confirmed PaymentIntent, or the PaymentError it means."""
     status = intent["status"]
     if status in _PAID_STATUSES:
         return _charge_result(intent)
     if status == "requires_action":
-        # Stripe fails an off-session confirm with an authentication_required error
-        # instead; localstripe leaves the PaymentIntent waiting for 3-D Secure.
+        if on_session:
+            return ChargeResult(
+                payment_intent_id=intent["id"],
+                status=status,
+                amount=intent["amount"],
+                currency=intent["currency"],
+                client_secret=intent["client_secret"],
+            )
+        # Stripe refuses an off-session confirm with an authentication_required error
+        # instead; a PaymentIntent first confirmed on session can still be in this state.
         raise PaymentError(
-            AUTHENTICATION_REQUIRED_MESSAGE, code=GatewayErrorCode.AUTHENTICATION_REQUIRED
+            AUTHENTICATION_REQUIRED_MESSAGE,
+            code=GatewayErrorCode.AUTHENTICATION_REQUIRED,
+            payment_intent_id=intent["id"],
         )
     error = intent["last_payment_error"]
     if error is not None:  # declined on an earlier call with the same key
         error = error.to_dict()
+        if error.get("code") == GatewayErrorCode.AUTHENTICATION_REQUIRED:
+            raise PaymentError(
+                AUTHENTICATION_REQUIRED_MESSAGE,
+                code=GatewayErrorCode.AUTHENTICATION_REQUIRED,
+                payment_intent_id=intent["id"],
+            )
         raise PaymentError(
             error.get("message") or GENERIC_MESSAGE,
             code=error.get("code"),
@@ -541,10 +641,12 @@ def _stripe_errors(operation: str, *, idempotency_key: str | None = None) -> Ite
             e.request_id,
         )
         if GatewayErrorCode.AUTHENTICATION_REQUIRED in (e.code, decline_code):
+            intent = getattr(e.error, "payment_intent", None) if e.error is not None else None
             raise PaymentError(
                 AUTHENTICATION_REQUIRED_MESSAGE,
                 code=GatewayErrorCode.AUTHENTICATION_REQUIRED,
                 decline_code=decline_code,
+                payment_intent_id=(intent["id"] if intent else "") or "",
             ) from e
         raise PaymentError(
             e.user_message or GENERIC_MESSAGE, code=e.code, decline_code=decline_code

@@ -2,6 +2,7 @@ from celery.schedules import crontab
 
 from billing.cards import card_expiry_reminders_send
 from billing.collection import dunning_advance
+from billing.confirmation import UPGRADE_CONFIRMATION_WINDOW, upgrades_abandoned_void
 from billing.documents import invoice_documents_render_pending
 from billing.dunning import dunning_open_overdue
 from billing.invoicing import billing_run_issue, overage_invoices_issue
@@ -37,6 +38,14 @@ def render_invoice_pdfs(*, now):
 def charge_open_invoices(*, now):
     """Charge the card of open invoices that are due."""
     return f"{invoices_charge_due(now=now)} invoice(s) charged"
+
+
+@scheduled_job(name="abandoned_upgrades", schedule=crontab(minute="*/15"), order=32)
+def abandoned_upgrades(*, now):
+    """Void upgrades whose 3-D Secure confirmation was not given within the window."""
+    voided = upgrades_abandoned_void(now=now)
+    hours = int(UPGRADE_CONFIRMATION_WINDOW.total_seconds() // 3600)
+    return f"{voided} upgrade(s) left unconfirmed for {hours} hour(s) voided"
 
 
 @scheduled_job(name="card_expiry_reminders", schedule=crontab(hour="8", minute="0"), order=50)

@@ -296,6 +296,9 @@ class Payment(models.Model):
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
+        # The bank asked the customer to authenticate (3-D Secure): the PaymentIntent waits
+        # for them on Confirm payment; it is confirmed again, never replaced (billing.payments).
+        REQUIRES_ACTION = "requires_action", "Needs authentication"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
 

@@ -4,6 +4,11 @@ payments ops record by hand (bank transfer, purchase order).
 Network calls to Stripe never run inside a database transaction: a payment attempt row is
 committed first (its id gives the idempotency key), then the card is charged, then the
 outcome is recorded; a retry reuses the same key, so a card is never charged twice.
+
+3-D Secure (docs/architecture.md#decision-3-d-secure): a charge the bank wants the customer
+to authenticate leaves its attempt `requires_action` with its PaymentIntent. That attempt is
+the invoice's until it ends: Confirm payment confirms that same PaymentIntent on session (never
+a second one), the automatic charges leave it alone, and a new card replaces it.
 """
 
 import logging
@@ -18,7 +23,7 @@ from accounts.emails import email_send
 from accounts.selectors import billing_recipients
 from billing import gateway
 from billing.documents import invoice_url
-from billing.dunning import dunning_open, dunning_resolve_if_paid
+from billing.dunning import Step, dunning_open, dunning_resolve_if_paid, step_due_at
 from billing.models import BillingProfile, Invoice, Payment, PaymentMethod
 from billing.upgrades import upgrade_apply, upgrade_declined
 from core.errors import ServiceError
@@ -36,6 +41,9 @@ class PaymentFailure(StrEnum):
 
     NO_CARD = "no_card"
     DECLINED = "declined"
+    # A waiting 3-D Secure attempt whose card was replaced before the customer confirmed it.
+    SUPERSEDED = "superseded"
+    CANCELED = "payment_intent_canceled"
 
 
 class ChargeOutcome(StrEnum):
@@ -43,6 +51,8 @@ class ChargeOutcome(StrEnum):
 
     PAID = "paid"
     DECLINED = "declined"
+    # The bank asks the customer to authenticate (3-D Secure) on Confirm payment.
+    NEEDS_AUTHENTICATION = "needs_authentication"
     # The processor did not answer (or another charge of the invoice is under way): the
     # charge job learns the outcome later, with the same key.
     UNANSWERED = "unanswered"
@@ -53,6 +63,8 @@ def charge_outcome(payment: Payment | None) -> ChargeOutcome:
         return ChargeOutcome.PAID
     if payment is not None and payment.status == Payment.Status.FAILED:
         return ChargeOutcome.DECLINED
+    if payment is not None and payment.status == Payment.Status.REQUIRES_ACTION:
+        return ChargeOutcome.NEEDS_AUTHENTICATION
     return ChargeOutcome.UNANSWERED
 
 
@@ -80,6 +92,16 @@ def _claim_card_attempt(invoice: Invoice, *, now: datetime) -> Payment | None:
         method = PaymentMethod.objects.filter(
             organisation_id=invoice.organisation_id, status=PaymentMethod.Status.ACTIVE
         ).first()
+        waiting = invoice.payments.filter(status=Payment.Status.REQUIRES_ACTION).first()
+        if waiting is not None:
+            if method is not None and waiting.payment_method_id == method.pk:
+                return waiting  # the same PaymentIntent, confirmed again on session
+            _end_waiting(
+                waiting,
+                code=PaymentFailure.SUPERSEDED,
+                message="A new card was saved before this payment was confirmed.",
+                now=now,
+            )
         payment = card_attempt_add(
             invoice=invoice, payment_method=method, amount=invoice.amount_due, now=now
         )
@@ -119,29 +141,48 @@ def card_attempt_add(
     )
 
 
+def _end_waiting(payment: Payment, *, code: str, message: str, now: datetime) -> None:
+    """A 3-D Secure attempt nobody will confirm any more ends failed (caller's transaction)."""
+    payment.status = Payment.Status.FAILED
+    payment.failure_code = code[:64]
+    payment.failure_message = message[:255]
+    payment.completed_at = now
+    payment.save(update_fields=["status", "failure_code", "failure_message", "completed_at"])
+
+
+def _customer_id(payment: Payment) -> str:
+    return BillingProfile.objects.get(organisation_id=payment.organisation_id).stripe_customer_id
+
+
 def invoice_charge(
-    *, invoice: Invoice, now: datetime, notify_failure: bool = True
+    *, invoice: Invoice, now: datetime, notify_failure: bool = True, on_session: bool = False
 ) -> Payment | None:
-    """Charge an open invoice to the card on file, off-session. Returns the attempt.
+    """Charge an open invoice to the card on file. Returns the attempt.
+
+    Off-session (the jobs, dunning): a card whose bank asks for authentication leaves the
+    attempt `requires_action`, the customer is emailed a Confirm payment link and the invoice
+    follows the failed-payment schedule; an attempt already waiting is left to the customer.
+    `on_session` (the customer is on our page): the bank's challenge runs in their browser;
+    an attempt already waiting has its PaymentIntent confirmed again, not replaced.
 
     The attempt row is committed before Stripe is called and its key is sent with the charge;
     an unanswered call leaves it pending, to be retried later with the same key.
     """
     payment = _claim_card_attempt(invoice, now=now)
+    if payment is not None and payment.status == Payment.Status.REQUIRES_ACTION:
+        return _authenticate_again(payment, now=now) if on_session else payment
     if payment is None or payment.status != Payment.Status.PENDING:
         return payment
-    customer_id = BillingProfile.objects.get(
-        organisation_id=payment.organisation_id
-    ).stripe_customer_id
     try:
         result = gateway.charge(
-            customer_id=customer_id,
+            customer_id=_customer_id(payment),
             payment_method_id=payment.payment_method.stripe_payment_method_id,
             amount=payment.amount,
             currency=payment.currency,
             idempotency_key=payment.idempotency_key,
             description=f"Invoice {payment.invoice.number}",
             metadata={"invoice": payment.invoice.number, "payment": str(payment.pk)},
+            on_session=on_session,
         )
     except gateway.GatewayUnavailable as error:
         logger.warning(
@@ -152,6 +193,16 @@ def invoice_charge(
         )
         return payment
     except gateway.PaymentError as error:
+        if error.code == gateway.GatewayErrorCode.AUTHENTICATION_REQUIRED and (
+            error.payment_intent_id
+        ):
+            return payment_needs_authentication(
+                payment=payment,
+                processor_id=error.payment_intent_id,
+                now=now,
+                on_session=on_session,
+                notify=notify_failure,
+            )
         with transaction.atomic():
             payment = Payment.objects.select_for_update().get(pk=payment.pk)
             payment_failed(
@@ -162,7 +213,88 @@ def invoice_charge(
                 notify=notify_failure,
             )
         return payment
+    if result.needs_authentication:
+        return payment_needs_authentication(
+            payment=payment, processor_id=result.payment_intent_id, now=now, on_session=True
+        )
     return payment_succeeded(payment=payment, processor_id=result.payment_intent_id, now=now)
+
+
+def _authenticate_again(payment: Payment, *, now: datetime) -> Payment:
+    """The customer is back for a waiting attempt: its PaymentIntent is made ready for the
+    bank's challenge again (confirmed on session when the last challenge failed)."""
+    try:
+        result = gateway.payment_intent_authenticate(
+            payment_intent_id=payment.processor_id,
+            payment_method_id=payment.payment_method.stripe_payment_method_id,
+        )
+    except gateway.GatewayUnavailable:
+        return payment  # still waiting; the page says the processor did not answer
+    except gateway.PaymentError as error:
+        with transaction.atomic():
+            payment = Payment.objects.select_for_update().get(pk=payment.pk)
+            payment_failed(
+                payment=payment,
+                code=error.code or PaymentFailure.DECLINED,
+                message=error.message,
+                now=now,
+                notify=False,
+            )
+        return payment
+    if result.paid:
+        return payment_succeeded(payment=payment, processor_id=result.payment_intent_id, now=now)
+    return payment
+
+
+def payment_needs_authentication(
+    *, payment: Payment, processor_id: str, now: datetime, on_session: bool, notify: bool = True
+) -> Payment:
+    """The bank wants the customer to authenticate this charge: the attempt waits with its
+    PaymentIntent. Off-session, the invoice starts the failed-payment schedule (its day 0
+    says so) and the billing recipients get the Confirm payment link; on session the customer
+    is on the page already. Recording it twice (charge answer and webhook) changes nothing."""
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().select_related("invoice").get(pk=payment.pk)
+        if payment.status != Payment.Status.PENDING:
+            return payment
+        invoice = Invoice.objects.select_for_update().get(pk=payment.invoice_id)
+        payment.status = Payment.Status.REQUIRES_ACTION
+        payment.processor_id = processor_id
+        payment.failure_code = gateway.GatewayErrorCode.AUTHENTICATION_REQUIRED
+        payment.failure_message = gateway.AUTHENTICATION_REQUIRED_MESSAGE
+        payment.save(update_fields=["status", "processor_id", "failure_code", "failure_message"])
+        if on_session or invoice.status != Invoice.Status.OPEN:
+            return payment
+        case = None
+        if invoice.subscription_id and invoice.kind != Invoice.Kind.UPGRADE:
+            case = dunning_open(
+                subscription=invoice.subscription,
+                started_at=now,
+                now=now,
+                result=NEEDS_AUTHENTICATION_RESULT,
+                attempts=1,
+            )
+        if notify:
+            email_send(
+                template="payment_action_required",
+                to=billing_recipients(organisation=invoice.organisation),
+                context={
+                    "invoice": invoice,
+                    "payment": payment,
+                    "confirm_url": confirm_payment_url(invoice),
+                    "suspension_at": step_due_at(case, Step.DAY_14) if case else None,
+                },
+                organisation=invoice.organisation,
+            )
+    return payment
+
+
+# What the dunning timeline records for a charge that waits for the customer's bank.
+NEEDS_AUTHENTICATION_RESULT = "needs authentication: your bank asked you to confirm the payment"
+
+
+def confirm_payment_url(invoice: Invoice) -> str:
+    return absolute_url("billing:confirm_payment", invoice.organisation.slug, invoice.number)
 
 
 def payment_failed(
@@ -193,7 +325,8 @@ def payment_failed(
 def _record_failure(
     payment: Payment, *, code: str, message: str, now: datetime, notify: bool = True
 ) -> None:
-    if payment.status != Payment.Status.PENDING:
+    # A waiting 3-D Secure attempt can be declined once authenticated.
+    if payment.status not in (Payment.Status.PENDING, Payment.Status.REQUIRES_ACTION):
         return
     payment.status = Payment.Status.FAILED
     payment.failure_code = code[:64]
@@ -223,7 +356,8 @@ def payment_succeeded(*, payment: Payment, processor_id: str, now: datetime) -> 
         if payment.status == Payment.Status.SUCCEEDED:
             return payment
         invoice = Invoice.objects.select_for_update().get(pk=payment.invoice_id)
-        if invoice.status != Invoice.Status.OPEN:
+        # Written off as uncollectible, the invoice is still owed: money that arrives pays it.
+        if invoice.status not in (Invoice.Status.OPEN, Invoice.Status.UNCOLLECTIBLE):
             # Money arrived for an invoice already settled another way: never a second success
             # on one invoice; ops see it in the logs and refund it.
             logger.error(

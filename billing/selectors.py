@@ -4,7 +4,7 @@ from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 
 from accounts.models import Organisation
-from billing.models import BillingProfile, Invoice, InvoiceDocument, PaymentMethod
+from billing.models import BillingProfile, Invoice, InvoiceDocument, Payment, PaymentMethod
 from subscriptions.models import Plan, Subscription
 
 
@@ -75,6 +75,20 @@ def subscription_for_upgrade(*, organisation: Organisation) -> Subscription | No
         Subscription.objects.select_related("plan", "organisation")
         .prefetch_related("plan__prices")
         .filter(organisation=organisation)
+        .first()
+    )
+
+
+def upgrade_awaiting_confirmation(*, subscription: Subscription) -> Invoice | None:
+    """The open upgrade invoice whose charge waits for the customer's bank (3-D Secure)."""
+    return (
+        Invoice.objects.filter(
+            subscription=subscription,
+            kind=Invoice.Kind.UPGRADE,
+            status=Invoice.Status.OPEN,
+            payments__status=Payment.Status.REQUIRES_ACTION,
+        )
+        .select_related("organisation")
         .first()
     )
 

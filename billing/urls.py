@@ -17,6 +17,12 @@ organisation_urlpatterns = [
         views.invoice_revised_pdf,
         name="invoice_revised_pdf",
     ),
+    # Confirm payment: the bank's 3-D Secure challenge for one invoice (GET shows, POST acts).
+    path(
+        "settings/billing/invoices/<str:invoice_number>/confirm-payment/",
+        views.confirm_payment,
+        name="confirm_payment",
+    ),
     path("settings/billing/payment-method/", views.payment_method, name="payment_method"),
     # Retry Payment (article section 6): charge every open invoice now (POST).
     path(

@@ -16,11 +16,24 @@ from billing import gateway
 from billing.cards import card_setup_begin, card_setup_complete
 from billing.checkout import subscription_checkout
 from billing.collection import retry_after_card_update, retry_payment
+from billing.confirmation import (
+    Confirmation,
+    confirm_payment_begin,
+    confirm_payment_finish,
+    confirm_payment_state,
+    upgrade_confirmation_cancel,
+)
 from billing.details import billing_profile_update
 from billing.documents import invoice_document_original
 from billing.dunning import Step, amount_due, timeline
 from billing.forms import BillingInformationForm, CardForm, CheckoutForm, PlanChoiceForm
-from billing.payments import ChargeOutcome, charge_outcome, invoice_charge
+from billing.models import Invoice
+from billing.payments import (
+    NEEDS_AUTHENTICATION_RESULT,
+    ChargeOutcome,
+    charge_outcome,
+    invoice_charge,
+)
 from billing.selectors import (
     billing_profile_for,
     invoice_get,
@@ -29,6 +42,7 @@ from billing.selectors import (
     payment_method_current,
     plan_offered,
     subscription_for_upgrade,
+    upgrade_awaiting_confirmation,
 )
 from billing.tax import tax_for
 from billing.upgrades import UpgradeError, subscription_upgrade, upgrade_plans, upgrade_quote
@@ -150,6 +164,8 @@ def _step_outcome(step: str, record) -> tuple[str, str]:
         return "paid", "Paid."
     if record.result == "running":
         return "running", "In progress."
+    if record.result == NEEDS_AUTHENTICATION_RESULT:
+        return "failed", "Needs authentication: your bank asked you to confirm the payment."
     if step == Step.DAY_14:
         return "failed", "Account suspended; active ProcessFlows paused."
     happened = {
@@ -208,8 +224,8 @@ def payment_method(request):
             error = exc.message
             reach_stripe = not _stripe_unavailable(exc)
         else:
-            _retry_with_new_card(request, card, now=now)
-            return redirect("billing:payment_method", org_slug=organisation.slug)
+            confirm = _retry_with_new_card(request, card, now=now)
+            return confirm or redirect("billing:payment_method", org_slug=organisation.slug)
     elif request.method == "POST":
         error = form.errors["setup_intent_id"][0]
     card = payment_method_current(organisation=organisation)
@@ -231,7 +247,7 @@ def payment_method(request):
     return render(request, "billing/payment_method.html", context, status=400 if error else 200)
 
 
-def _retry_with_new_card(request, card, *, now) -> None:
+def _retry_with_new_card(request, card, *, now) -> HttpResponse | None:
     """Update Card while past due retries the open invoices with the new card at once; the
     message says what came of it."""
     organisation = request.organisation
@@ -240,6 +256,9 @@ def _retry_with_new_card(request, card, *, now) -> None:
     outcome = retry_after_card_update(organisation=organisation, now=now)
     if outcome is None:
         messages.success(request, f"{card} saved. It will be charged from the next billing date.")
+    elif outcome.needs_authentication is not None:
+        messages.info(request, f"{card} saved. Your bank needs you to confirm the payment.")
+        return _confirm_payment_redirect(outcome.needs_authentication)
     elif outcome.succeeded:
         paid = format_money(before - amount_due(subscription), subscription.currency)
         messages.success(
@@ -253,6 +272,7 @@ def _retry_with_new_card(request, card, *, now) -> None:
             f"{card} saved, but the open invoices could not be paid with it: "
             f"{_retry_reason(outcome)}",
         )
+    return None
 
 
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing", allow_when_ended=False)
@@ -272,6 +292,8 @@ def retry_payment_view(request):
     except ServiceError as exc:
         messages.info(request, exc.message)
     else:
+        if outcome.needs_authentication is not None:
+            return _confirm_payment_redirect(outcome.needs_authentication)
         if outcome.succeeded:
             paid = format_money(before - amount_due(subscription), subscription.currency)
             messages.success(
@@ -385,6 +407,8 @@ def checkout(request):
                     "you find it in Settings > Billing > Invoice History.",
                 )
                 return redirect("subscriptions:settings", org_slug=organisation.slug)
+            if checkout.outcome == ChargeOutcome.NEEDS_AUTHENTICATION:
+                return _confirm_payment_redirect(checkout.invoice)
             if checkout.outcome == ChargeOutcome.DECLINED:
                 error = f"Your card was not charged: {checkout.payment.failure_message}"
             else:
@@ -455,6 +479,14 @@ def upgrade_confirm(request):
     subscription = _subscription_for_upgrade(request)
     if subscription is None:
         return redirect("billing:choose_plan", org_slug=organisation.slug)
+    waiting = upgrade_awaiting_confirmation(subscription=subscription)
+    if waiting is not None:
+        # One upgrade at a time: the one waiting for the bank is confirmed or cancelled first.
+        messages.info(
+            request,
+            f"Your upgrade to {waiting.plan_name} is waiting for your bank's confirmation.",
+        )
+        return _confirm_payment_redirect(waiting)
     data = request.POST if request.method == "POST" else request.GET
     plan = plan_offered(code=data.get("plan", ""))
     if plan is None:
@@ -502,10 +534,12 @@ def _upgrade_and_charge(request, *, subscription, plan, now) -> HttpResponse | t
             quoted_total=quoted_total,
             now=now,
         )
-        payment = invoice_charge(invoice=invoice, now=now)
+        payment = invoice_charge(invoice=invoice, now=now, on_session=True)
     except ServiceError as exc:
         return exc.message, (409 if exc.code == UpgradeError.QUOTE_CHANGED else 400)
     outcome = charge_outcome(payment)
+    if outcome == ChargeOutcome.NEEDS_AUTHENTICATION:
+        return _confirm_payment_redirect(invoice)
     if outcome == ChargeOutcome.PAID:
         messages.success(
             request,
@@ -524,3 +558,98 @@ def _upgrade_and_charge(request, *, subscription, plan, now) -> HttpResponse | t
         "as soon as the payment is confirmed.",
         202,
     )
+
+
+def _confirm_payment_redirect(invoice) -> HttpResponse:
+    """To Confirm payment, where the bank's challenge starts at once."""
+    url = reverse("billing:confirm_payment", args=[invoice.organisation.slug, invoice.number])
+    return redirect(f"{url}?start=1")
+
+
+@tenant_view(roles=ADMIN_AND_BILLING, section="billing", allow_when_ended=True)
+def confirm_payment(request, invoice_number):
+    """Confirm payment: the bank's 3-D Secure challenge for one invoice (billing.confirmation).
+
+    GET shows where the invoice stands (an invoice of another organisation is a 404, one
+    already paid says so and charges nothing). POST `begin` confirms the waiting PaymentIntent
+    again on session, `finish` records what Stripe says once the challenge is over, `cancel`
+    gives up an upgrade waiting for the bank.
+    """
+    organisation = request.organisation
+    invoice = invoice_get(organisation=organisation, number=invoice_number)
+    now = timezone.now()
+    status = 200
+    if request.method == "POST":
+        action = request.POST.get("action")
+        if action == "cancel":
+            if upgrade_confirmation_cancel(invoice=invoice, now=now):
+                messages.info(
+                    request,
+                    f"The upgrade to {invoice.plan_name} was cancelled; nothing was charged.",
+                )
+            return redirect("subscriptions:settings", org_slug=organisation.slug)
+        try:
+            if action == "finish":
+                state = confirm_payment_finish(invoice=invoice, now=now)
+            else:
+                state = confirm_payment_begin(invoice=invoice, now=now)
+        except ServiceError as exc:
+            messages.error(request, exc.message)
+            return redirect("subscriptions:settings", org_slug=organisation.slug)
+        if state.state == Confirmation.PAID:
+            return _confirmed(request, invoice)
+        if state.state == Confirmation.WAITING and action != "finish":
+            return _confirm_payment_redirect(invoice)
+        status = 402 if state.state in (Confirmation.RETRY, Confirmation.DECLINED) else 200
+    else:
+        state = confirm_payment_state(invoice=invoice)
+    invoice.refresh_from_db()
+    return render(
+        request,
+        "billing/confirm_payment.html",
+        {
+            "invoice": invoice,
+            "state": state,
+            "tab": "invoices",
+            "autostart": request.GET.get("start") == "1",
+            "stripe_js_url": gateway.js_url(),
+            "stripe_publishable_key": gateway.publishable_key(),
+        },
+        status=status,
+    )
+
+
+def _confirmed(request, invoice) -> HttpResponse:
+    """The payment went through: what it was for follows, as the page that charged says it."""
+    organisation = request.organisation
+    invoice.refresh_from_db()
+    total = format_money(invoice.total, invoice.currency)
+    if invoice.kind == Invoice.Kind.UPGRADE:
+        messages.success(
+            request,
+            f"You are now on the {invoice.plan_name} plan. Invoice {invoice.number} "
+            f"({total}) is paid.",
+        )
+        return redirect("subscriptions:settings", org_slug=organisation.slug)
+    if invoice.starts_term:
+        messages.success(
+            request,
+            f"Welcome to the {invoice.plan_name} plan. Invoice {invoice.number} is paid; "
+            "you find it in Settings > Billing > Invoice History.",
+        )
+        return redirect("subscriptions:settings", org_slug=organisation.slug)
+    subscription = subscription_with_plan(organisation=organisation)
+    still_due = amount_due(subscription) if subscription else 0
+    if still_due:
+        messages.success(
+            request,
+            f"Payment received: {total} for invoice {invoice.number}. "
+            f"{format_money(still_due, invoice.currency)} is still due: use Retry Payment.",
+        )
+    else:
+        messages.success(
+            request,
+            f"Payment received: {total} for invoice {invoice.number}. "
+            "Your service is running normally.",
+        )
+    return redirect("billing:payment_method", org_slug=organisation.slug)

@@ -9,7 +9,10 @@ Events come in any order and more than once. A PaymentIntent can fail several at
 then succeed; it never fails after succeeding. So `payment_intent.succeeded` is the truth
 and final: it pays a pending payment, and also one we recorded as failed (the customer was
 charged; leaving the invoice open would charge them again). `payment_intent.payment_failed`
-only fails a pending payment and never undoes a success.
+only fails a pending payment and never undoes a success; when the bank asked for
+authentication (an off-session charge), the payment waits for the customer instead, as the
+charge's own answer would have recorded it. A failed 3-D Secure challenge leaves a waiting
+payment waiting: the customer may try again on Confirm payment.
 """
 
 import logging
@@ -20,8 +23,14 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
+from billing.gateway import GatewayErrorCode
 from billing.models import Invoice, Payment, StripeEvent
-from billing.payments import PaymentFailure, payment_failed, payment_succeeded
+from billing.payments import (
+    PaymentFailure,
+    payment_failed,
+    payment_needs_authentication,
+    payment_succeeded,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +154,11 @@ def _failed(payment: Payment, intent: dict[str, Any], *, now: datetime) -> str:
     error = error if isinstance(error, dict) else {}
     code = error.get("code") or PaymentFailure.DECLINED  # as PaymentError.code: card_declined, ...
     message = error.get("message") or "The payment was declined."
+    if code == GatewayErrorCode.AUTHENTICATION_REQUIRED:
+        payment_needs_authentication(
+            payment=payment, processor_id=intent["id"], now=now, on_session=False
+        )
+        return "needs authentication"
     invoice = Invoice.objects.get(pk=payment.invoice_id)
     payment_failed(payment=payment, code=code, message=message, now=now)
     if invoice.status != Invoice.Status.OPEN:

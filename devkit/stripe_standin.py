@@ -29,11 +29,14 @@ Where localstripe declines the test cards (as checked against its code):
   (Stripe leaves it `requires_payment_method`).
 - CHARGE_FAILS 4000000000000341: the SetupIntent succeeds; every charge is declined with
   the same 402 and the PaymentIntent stays `requires_payment_method`.
-- NEEDS_3DS 4000002500003155 (and 4000002760003184): the SetupIntent needs 3-D Secure
-  (`confirm_card_setup(..., authenticate=True)` completes it, as a user clicking
-  "Complete authentication" in the Stripe.js mock would); an off-session charge then
-  stays `requires_action`. NB: on the real Stripe a 4000002500003155 card set up this
-  way charges off-session fine; 4000002760003184 is the one that always fails there.
+- 3-D Secure, as on Stripe (scripts/localstripe_server.py): the SetupIntent of each needs
+  authentication (`confirm_card_setup(..., authenticate=True)` completes it, as a user
+  clicking "Complete authentication" in the Stripe.js mock would); an on-session charge
+  waits `requires_action` for `authenticate_payment(client_secret)` (what the mock's
+  `confirmCardPayment` does).
+  - NEEDS_3DS 4000002500003155: once set up, its off-session charges go through.
+  - AUTH_ALWAYS 4000002760003184 and AUTH_3DS2 4000000000003220: every charge asks; an
+    off-session one is refused with `authentication_required` and waits for the customer.
 """
 
 import json
@@ -56,6 +59,8 @@ DISCOVER = "6011111111111117"
 VISA_DECLINED = "4000000000000002"
 CHARGE_FAILS = "4000000000000341"
 NEEDS_3DS = "4000002500003155"
+AUTH_ALWAYS = "4000002760003184"
+AUTH_3DS2 = "4000000000003220"
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -174,6 +179,20 @@ def confirm_card_setup(
     if body.get("status") != "succeeded":
         raise StripeJsError({"message": f"setup_intent has status {body.get('status')}"})
     return setup_intent_id
+
+
+def authenticate_payment(client_secret: str, *, success: bool = True) -> dict:
+    """Do what the Stripe.js mock's `confirmCardPayment(clientSecret)` does once the user
+    clicks "Complete authentication" (or, `success=False`, "Fail authentication"): the
+    PaymentIntent as the page receives it. Raises StripeJsError with the page's error."""
+    payment_intent_id = client_secret.split("_secret_")[0]
+    status, body = standin_request(
+        f"/v1/payment_intents/{payment_intent_id}/_authenticate?success={str(success).lower()}",
+        {"key": settings.STRIPE_PUBLISHABLE_KEY, "client_secret": client_secret},
+    )
+    if status != 200 or body.get("error"):
+        raise StripeJsError(body.get("error") or {"message": f"HTTP {status}"})
+    return body
 
 
 PAYMENT_INTENT_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed")

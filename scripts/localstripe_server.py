@@ -26,6 +26,16 @@ or closer to the real Stripe our code is written against:
 - A card whose expiry month has passed is refused with `invalid_expiry_year` or
   `invalid_expiry_month`, as Stripe refuses it (upstream accepts any year up to 2100). A card
   is good until the end of its expiry month.
+- 3-D Secure as on Stripe (upstream leaves every confirm of such a card waiting for the
+  browser, even off-session):
+  - An off-session confirm of a card that needs authentication is refused with a 402
+    `card_error`, code and decline code `authentication_required`, the PaymentIntent in the
+    error; it then waits for a payment method, the card in `last_payment_error`.
+  - Except 4000002500003155 once a SetupIntent (usage off_session) saved it: that card asks
+    only on session, so its off-session charges go through.
+  - `POST /v1/payment_intents/{id}/confirm` accepts `payment_method` (and `off_session`,
+    `use_stripe_sdk`, `return_url`), so a PaymentIntent whose authentication failed can be
+    confirmed again on session: it asks for authentication again, it does not charge twice.
 """
 
 import hashlib
@@ -228,6 +238,136 @@ def _payment_intent_list_all_by_customer(cls, url, customer=None, **data):
 
 
 resources.PaymentIntent._api_list_all = classmethod(_payment_intent_list_all_by_customer)
+
+
+# ----------------------------------------------------------------- 3-D Secure --
+
+# Asks for authentication on session only, once saved for off-session use (Stripe's
+# "authentication required on setup" card); the others ask on every payment.
+_EXEMPT_OFF_SESSION_ONCE_SET_UP = frozenset({"4000002500003155"})
+_AUTHENTICATION_REQUIRED = {
+    "code": "authentication_required",
+    "decline_code": "authentication_required",
+    "message": "Your card was declined. This transaction requires authentication.",
+}
+
+_payment_intent_confirm = resources.PaymentIntent._confirm
+_last_payment_error = resources.PaymentIntent.last_payment_error.fget
+
+
+def _payment_intent_confirm_as_stripe(self, on_failure_now):
+    self._authentication_required = None
+    method = resources.PaymentMethod._api_retrieve(self.payment_method)
+    if getattr(self, "_off_session", False) and method._requires_authentication():
+        exempt = getattr(method, "_off_session_mandate", False) and (
+            getattr(method, "_card_number", "") in _EXEMPT_OFF_SESSION_ONCE_SET_UP
+        )
+        if exempt:
+            self._authentication_failed = False
+            self._create_charge(on_failure_now=on_failure_now)
+            return
+        self._authentication_failed = False
+        self._authentication_required = {**_AUTHENTICATION_REQUIRED, "payment_method": method.id}
+        self.payment_method = None
+        self.next_action = None
+        resources.schedule_webhook(resources.Event("payment_intent.payment_failed", self))
+        raise resources.UserError(
+            402,
+            _AUTHENTICATION_REQUIRED["message"],
+            {
+                "code": "authentication_required",
+                "decline_code": "authentication_required",
+                "payment_intent": self._export(),
+            },
+        )
+    _payment_intent_confirm(self, on_failure_now)
+
+
+def _payment_intent_last_error(self):
+    return getattr(self, "_authentication_required", None) or _last_payment_error(self)
+
+
+def _payment_intent_create_as_stripe(cls, confirm=None, off_session=None, **data):
+    confirm = resources.try_convert_to_bool(confirm)
+    off_session = resources.try_convert_to_bool(off_session)
+    if confirm not in (None, True, False) or off_session not in (None, True, False):
+        raise resources.UserError(400, "Bad request")
+    if off_session is not None and confirm is not True:
+        raise resources.UserError(400, "Bad request")
+    obj = cls(**data)
+    obj._off_session = bool(off_session)
+    if confirm:
+        obj._confirm(on_failure_now=obj._report_failure)
+    return obj
+
+
+def _payment_intent_confirm_again(
+    cls,
+    id,
+    payment_method=None,
+    off_session=None,
+    use_stripe_sdk=None,
+    return_url=None,
+    client_secret=None,
+    **kwargs,
+):
+    if kwargs:
+        raise resources.UserError(400, "Unexpected " + ", ".join(kwargs.keys()))
+    if not (isinstance(id, str) and id.startswith("pi_")):
+        raise resources.UserError(400, "Bad request")
+    obj = cls._api_retrieve(id)
+    if client_secret is not None and client_secret != obj.client_secret:
+        raise resources.UserError(401, "Unauthorized")
+    if obj.status not in ("requires_payment_method", "requires_confirmation", "requires_action"):
+        raise resources.UserError(400, "Bad request")
+    if payment_method is not None:
+        resources.PaymentMethod._api_retrieve(payment_method)  # 404 when unknown
+        obj.payment_method = payment_method
+        obj.latest_charge = None
+    if obj.payment_method is None:
+        raise resources.UserError(400, "Bad request")
+    obj.next_action = None
+    obj._authentication_failed = False
+    obj._off_session = bool(resources.try_convert_to_bool(off_session))
+    obj._confirm(on_failure_now=obj._report_failure)
+    return obj
+
+
+_setup_intent_confirm = resources.SetupIntent._api_confirm.__func__
+
+
+def _setup_intent_confirm_with_mandate(cls, id, **data):
+    obj = _setup_intent_confirm(cls, id, **data)
+    # Saved for later off-session payments: the bank's exemption for cards that allow it.
+    if obj.status == "succeeded" and obj.usage == "off_session" and obj.payment_method:
+        resources.PaymentMethod._api_retrieve(obj.payment_method)._off_session_mandate = True
+    return obj
+
+
+resources.PaymentIntent._confirm = _payment_intent_confirm_as_stripe
+resources.PaymentIntent.last_payment_error = property(_payment_intent_last_error)
+resources.PaymentIntent._api_create = classmethod(_payment_intent_create_as_stripe)
+resources.PaymentIntent._api_confirm = classmethod(_payment_intent_confirm_again)
+resources.SetupIntent._api_confirm = classmethod(_setup_intent_confirm_with_mandate)
+
+# Upstream bound its confirm routes to the functions replaced above when it was imported.
+_CONFIRM_ROUTES = {
+    "/v1/payment_intents/{id}/confirm": resources.PaymentIntent._api_confirm,
+    "/v1/setup_intents/{id}/confirm": resources.SetupIntent._api_confirm,
+}
+
+
+@web.middleware
+async def confirm_as_stripe_middleware(request: web.Request, handler):
+    resource = request.match_info.route.resource
+    path = resource.canonical if resource is not None else ""
+    if request.method == "POST" and path in _CONFIRM_ROUTES:
+        return await server.api_extra(_CONFIRM_ROUTES[path], path)(request)
+    return await handler(request)
+
+
+# Innermost: upstream's error middleware turns a UserError raised here into its answer.
+server.app.middlewares.append(confirm_as_stripe_middleware)
 
 
 def main() -> None:

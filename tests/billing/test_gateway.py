@@ -16,6 +16,8 @@ from billing import gateway
 from billing.gateway import CardDetails, ChargeResult, GatewayUnavailable, PaymentError
 from devkit.stripe_standin import (
     AMEX,
+    AUTH_3DS2,
+    AUTH_ALWAYS,
     CHARGE_FAILS,
     DISCOVER,
     MASTERCARD,
@@ -23,6 +25,7 @@ from devkit.stripe_standin import (
     VISA,
     VISA_DECLINED,
     StripeJsError,
+    authenticate_payment,
     card_exp_year,
     card_payment_method,
     confirm_card_setup,
@@ -44,6 +47,19 @@ def new_customer(organisation_id=7, key="org-7-customer"):
 def saved_card(customer_id, number=VISA):
     setup_intent_id = confirmed_setup_intent(customer_id=customer_id, number=number)
     return gateway.setup_intent_card(setup_intent_id=setup_intent_id, customer_id=customer_id)
+
+
+def charge_on_session(customer_id, payment_method_id, key="invoice-1-attempt-1"):
+    return gateway.charge(
+        customer_id=customer_id,
+        payment_method_id=payment_method_id,
+        amount=4900,
+        currency="usd",
+        idempotency_key=key,
+        description="Invoice ACME-2026-0001",
+        metadata={"invoice": "ACME-2026-0001"},
+        on_session=True,
+    )
 
 
 def charge(customer_id, payment_method_id, key="invoice-1-attempt-1", amount=4900, currency="usd"):
@@ -301,9 +317,20 @@ def test_card_that_attaches_but_fails_to_charge(localstripe):
     assert len(payment_intents(localstripe)) == 1
 
 
-def test_card_needing_3d_secure_cannot_be_charged_off_session(localstripe):
+def test_card_set_up_for_off_session_use_is_charged_without_a_challenge(localstripe):
+    # 4000002500003155 asks on setup only: the SetupIntent's mandate covers later renewals.
     customer_id = new_customer()
     card = saved_card(customer_id, NEEDS_3DS)
+
+    result = charge(customer_id, card.payment_method_id)
+
+    assert (result.status, result.amount) == ("succeeded", 4900)
+
+
+@pytest.mark.parametrize("number", [AUTH_ALWAYS, AUTH_3DS2])
+def test_card_that_always_asks_is_refused_off_session_with_its_payment_intent(localstripe, number):
+    customer_id = new_customer()
+    card = saved_card(customer_id, number)
 
     with pytest.raises(PaymentError) as error:
         charge(customer_id, card.payment_method_id)
@@ -311,9 +338,85 @@ def test_card_needing_3d_secure_cannot_be_charged_off_session(localstripe):
     assert type(error.value) is PaymentError
     assert (error.value.code, error.value.message) == (
         "authentication_required",
-        "This card needs authentication, which is not possible for an automatic payment. "
-        "Please add the card again or use another card.",
+        "Your bank needs you to confirm this payment.",
     )
+    [intent] = payment_intents(localstripe)
+    assert error.value.payment_intent_id == intent["id"]
+    assert intent["status"] == "requires_payment_method"
+    # The same key again: the same answer, no second PaymentIntent.
+    with pytest.raises(PaymentError) as again:
+        charge(customer_id, card.payment_method_id)
+    assert (again.value.code, again.value.payment_intent_id) == (
+        "authentication_required",
+        intent["id"],
+    )
+    assert len(payment_intents(localstripe)) == 1
+
+
+def test_on_session_charge_waits_for_the_challenge_then_succeeds(localstripe):
+    customer_id = new_customer()
+    card = saved_card(customer_id, NEEDS_3DS)
+
+    result = charge_on_session(customer_id, card.payment_method_id)
+
+    assert result.needs_authentication
+    assert not result.paid
+    assert result.client_secret.startswith(result.payment_intent_id + "_secret_")
+    authenticate_payment(result.client_secret)
+    state = gateway.payment_intent_state(payment_intent_id=result.payment_intent_id)
+    assert state.paid
+    assert (state.amount, state.currency) == (4900, "usd")
+
+
+def test_failed_challenge_is_confirmed_again_on_the_same_payment_intent(localstripe):
+    customer_id = new_customer()
+    card = saved_card(customer_id, AUTH_ALWAYS)
+    first = charge_on_session(customer_id, card.payment_method_id)
+    authenticate_payment(first.client_secret, success=False)
+
+    failed = gateway.payment_intent_state(payment_intent_id=first.payment_intent_id)
+    again = gateway.payment_intent_authenticate(
+        payment_intent_id=first.payment_intent_id, payment_method_id=card.payment_method_id
+    )
+
+    assert (failed.status, failed.failure_code) == (
+        "requires_payment_method",
+        "payment_intent_authentication_failure",
+    )
+    assert again.needs_authentication
+    assert again.payment_intent_id == first.payment_intent_id
+    authenticate_payment(again.client_secret)
+    assert gateway.payment_intent_state(payment_intent_id=first.payment_intent_id).paid
+    assert len(payment_intents(localstripe)) == 1
+
+
+def test_payment_intent_refused_off_session_is_confirmed_on_session(localstripe):
+    customer_id = new_customer()
+    card = saved_card(customer_id, AUTH_ALWAYS)
+    with pytest.raises(PaymentError) as error:
+        charge(customer_id, card.payment_method_id)
+
+    ready = gateway.payment_intent_authenticate(
+        payment_intent_id=error.value.payment_intent_id, payment_method_id=card.payment_method_id
+    )
+    authenticate_payment(ready.client_secret)
+
+    assert gateway.payment_intent_state(payment_intent_id=ready.payment_intent_id).paid
+
+
+def test_cancelled_payment_intent_cannot_be_authenticated(localstripe):
+    customer_id = new_customer()
+    card = saved_card(customer_id, AUTH_ALWAYS)
+    first = charge_on_session(customer_id, card.payment_method_id)
+
+    gateway.payment_intent_cancel(payment_intent_id=first.payment_intent_id)
+    gateway.payment_intent_cancel(payment_intent_id=first.payment_intent_id)  # idempotent
+
+    with pytest.raises(PaymentError) as error:
+        gateway.payment_intent_authenticate(
+            payment_intent_id=first.payment_intent_id, payment_method_id=card.payment_method_id
+        )
+    assert error.value.code == "payment_intent_canceled"
 
 
 def test_charge_amount_must_be_positive_minor_units():

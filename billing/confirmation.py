@@ -126,6 +126,7 @@ def confirm_payment_finish(*, invoice: Invoice, now: datetime) -> ConfirmState:
     challenge leaves the attempt waiting (the invoice open, an upgrade not applied) for the
     customer to try again; a card declined after authentication is a decline as any other.
     """
+    invoice.refresh_from_db()  # the webhook may have paid it meanwhile
     payment = waiting_payment(invoice)
     if payment is None:
         return confirm_payment_state(invoice=invoice)

@@ -26,6 +26,7 @@ from billing.payments import (
 )
 from billing.upgrades import upgrade_declined
 from core.errors import ServiceError
+from subscriptions.models import PaymentMethodKind
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Confirmation(StrEnum):
     DECLINED = "declined"  # the card was declined: update it or retry from Payment Method
     UNANSWERED = "unanswered"  # the processor did not answer; try again in a minute
     CLOSED = "closed"  # voided or otherwise closed: nothing to pay
+    NOT_BY_CARD = "not_by_card"  # paid by bank transfer or purchase order, never charged here
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ def confirm_payment_state(*, invoice: Invoice) -> ConfirmState:
         return ConfirmState(Confirmation.PAID, invoice)
     if invoice.status != Invoice.Status.OPEN:
         return ConfirmState(Confirmation.CLOSED, invoice)
+    if invoice.payment_method_kind != PaymentMethodKind.CARD:
+        return ConfirmState(Confirmation.NOT_BY_CARD, invoice)
     payment = waiting_payment(invoice)
     if payment is None:
         last = invoice.payments.order_by("-attempt").first()
@@ -97,7 +101,11 @@ def confirm_payment_begin(*, invoice: Invoice, now: datetime) -> ConfirmState:
     """The customer asks to confirm (again): the waiting PaymentIntent is confirmed on session,
     or, when there is none (declined, or a new card since), the invoice is charged on session.
     Then the page shows the bank's challenge, or the outcome."""
-    if invoice.status != Invoice.Status.OPEN:
+    invoice.refresh_from_db()
+    if (
+        invoice.status != Invoice.Status.OPEN
+        or invoice.payment_method_kind != PaymentMethodKind.CARD
+    ):
         return confirm_payment_state(invoice=invoice)
     _refuse_stale_upgrade(invoice, now=now)
     try:

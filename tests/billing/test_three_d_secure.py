@@ -520,6 +520,27 @@ def test_already_paid_invoice_says_so_and_charges_nothing(client_for, subscribed
     assert invoice.payments.count() == 1
 
 
+def test_invoice_paid_by_bank_transfer_is_never_charged_here(client_for, subscribed, org, admin):
+    invoice = Invoice.objects.create(
+        **{
+            f.name: getattr(subscribed, f.name)
+            for f in Invoice._meta.concrete_fields
+            if f.name not in ("id", "number", "public_id", "status", "amount_paid", "period_start")
+        }
+        | {"payment_method_kind": "bank_transfer", "period_start": RENEWAL},
+        number="INV-TEST-BANK",
+        status="open",
+    )
+    client = client_for(admin)
+
+    page = client.get(confirm_url(org, invoice))
+    posted = client.post(confirm_url(org, invoice), {"action": "begin"})
+
+    assert "is paid by bank transfer" in page.content.decode()
+    assert "is paid by bank transfer" in posted.content.decode()
+    assert not invoice.payments.exists()
+
+
 def test_another_organisations_invoice_is_not_found(
     client_for, renewal_needs_authentication, org, other_org, outsider
 ):

@@ -199,6 +199,8 @@ TABLE = {
     "billing:invoices": org(get=(403, 200, 200), post=(403, 405, 405)),
     "billing:invoice_pdf": org(get=(403, 200, 200), post=(403, 405, 405)),
     "billing:invoice_revised_pdf": org(get=(403, 200, 200), post=(403, 405, 405)),
+    # A's invoice is open with a charge under way: confirming says it is being processed.
+    "billing:confirm_payment": org(get=(403, 200, 200), post=(403, 200, 200)),
     "billing:payment_method": org(get=(403, 200, 200), post=(403, 400, 400)),
     "billing:retry_payment": org(
         get=(403, 405, 405),

@@ -5,6 +5,7 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from accounts.audit import Actor
@@ -13,7 +14,7 @@ from billing.ledger import check_upgrade_quotes, ledger_check
 from billing.models import CarriedCharge, Invoice, InvoiceLine
 from billing.tax import tax_for
 from billing.upgrades import subscription_upgrade, upgrade_quote
-from subscriptions.models import Plan, PlanChange, Subscription
+from subscriptions.models import Plan, PlanChange, PlanPrice, Subscription
 from tests.billing.helpers import START
 
 pytestmark = pytest.mark.django_db
@@ -197,3 +198,47 @@ def test_the_upgrade_pages_say_the_amount_is_carried(
     assert "You are now on the Enterprise plan." in response.content.decode()
     assert len(intents(localstripe)) == charged_before
     assert CarriedCharge.objects.get().amount == 30
+
+
+# Every other card invoice is at least one plan price or one overage unit (plus tax, never
+# negative); prices under the minimum charge are refused, so none can fall under it.
+
+
+@pytest.mark.parametrize(
+    ("field", "amount"), [("monthly_amount", 49), ("annual_amount", 1), ("overage_per_1000", 20)]
+)
+def test_a_plan_price_under_the_minimum_charge_is_refused(field, amount):
+    price = PlanPrice(
+        plan=enterprise(),
+        currency="USD",
+        **{"monthly_amount": 1000, "annual_amount": 10000, "overage_per_1000": 200, field: amount},
+    )
+
+    with pytest.raises(ValidationError) as refused:
+        price.clean()
+
+    assert refused.value.message_dict == {field: ["Under the minimum card charge in USD ($0.50)."]}
+
+
+def test_plan_prices_at_the_minimum_charge_and_no_overage_are_accepted():
+    PlanPrice(
+        plan=enterprise(), currency="GBP", monthly_amount=30, annual_amount=30, overage_per_1000=0
+    ).clean()
+
+
+def test_a_plan_price_in_a_currency_without_a_known_minimum_is_refused():
+    with pytest.raises(ValidationError) as refused:
+        PlanPrice(
+            plan=enterprise(),
+            currency="XYZ",
+            monthly_amount=1000,
+            annual_amount=10000,
+            overage_per_1000=200,
+        ).clean()
+
+    assert refused.value.message_dict == {"currency": ["No minimum charge is known for 'XYZ'."]}
+
+
+def test_every_seeded_price_is_at_least_the_minimum_charge():
+    for price in PlanPrice.objects.all():
+        price.clean()

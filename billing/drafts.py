@@ -5,14 +5,21 @@ billing details, tax and due date as of `now`), then numbered and stored togethe
 lines and the OverageCharge rows, inside the caller's transaction.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
 from billing.details import billing_details_snapshot
-from billing.models import BillingProfile, Invoice, InvoiceLine, InvoiceSequence, OverageCharge
+from billing.models import (
+    BillingProfile,
+    CarriedCharge,
+    Invoice,
+    InvoiceLine,
+    InvoiceSequence,
+    OverageCharge,
+)
 from billing.tax import tax_for
 from core.money import format_money
 from subscriptions.lifecycle import Period
@@ -61,6 +68,8 @@ class InvoiceDraft:
     invoice: Invoice
     lines: list[InvoiceLine]
     overage: Overage | None = None
+    # Owed amounts this invoice bills, each with its line (CarriedCharge.line once saved).
+    carried: list[tuple[CarriedCharge, InvoiceLine]] = field(default_factory=list)
 
 
 def overage_for(
@@ -157,14 +166,20 @@ def draft_period_invoice(
     rates: dict[str, tuple[str, int]],
     now: datetime,
     overage: Overage | None = None,
+    carried: list[CarriedCharge] = (),
 ) -> InvoiceDraft:
-    """A period invoice, with the overage of the usage month that just closed, if any."""
+    """A period invoice, with the overage of the usage month that just closed, if any, and
+    the amounts carried to it (each a line, taxed as the rest of the invoice)."""
     organisation = subscription.organisation
     cycle_label = BillingCycle(period.billing_cycle).label.lower()
     invoice = _invoice_for(
         subscription=subscription,
         kind=Invoice.Kind.SUBSCRIPTION,
-        subtotal=period.price + (overage.amount if overage is not None else 0),
+        subtotal=(
+            period.price
+            + (overage.amount if overage is not None else 0)
+            + sum(charge.amount for charge in carried)
+        ),
         plan_name=period.plan.name,
         billing_cycle=period.billing_cycle,
         period_start=period.start,
@@ -190,7 +205,25 @@ def draft_period_invoice(
                 overage, position=2, zone=organisation.tzinfo, currency=subscription.currency
             )
         )
-    return InvoiceDraft(invoice=invoice, lines=lines, overage=overage)
+    carried_lines = []
+    for charge in carried:
+        line = _carried_line(charge, position=len(lines) + 1)
+        lines.append(line)
+        carried_lines.append((charge, line))
+    return InvoiceDraft(invoice=invoice, lines=lines, overage=overage, carried=carried_lines)
+
+
+def _carried_line(charge: CarriedCharge, *, position: int) -> InvoiceLine:
+    return InvoiceLine(
+        position=position,
+        kind=InvoiceLine.Kind.PRORATION,
+        description=charge.description,
+        quantity=1,
+        unit_amount=charge.amount,
+        amount=charge.amount,
+        period_start=charge.period_start,
+        period_end=charge.period_end,
+    )
 
 
 def draft_overage_invoice(
@@ -255,4 +288,10 @@ def drafts_save(drafts: list[InvoiceDraft], *, now: datetime) -> list[Invoice]:
     ]
     if charges:
         OverageCharge.objects.bulk_create(charges)
+    billed = [charge for draft in drafts for charge, _ in draft.carried]
+    for draft in drafts:
+        for charge, line in draft.carried:
+            charge.line = line  # saved above, so it has its id
+    if billed:
+        CarriedCharge.objects.bulk_update(billed, ["line"])
     return invoices

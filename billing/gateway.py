@@ -33,6 +33,8 @@ from typing import Any
 import stripe
 from django.conf import settings
 
+from core.money import minimum_charge, minimum_charge_message
+
 logger = logging.getLogger(__name__)
 
 GENERIC_MESSAGE = "The payment could not be processed. Please try again later."
@@ -100,6 +102,23 @@ class GatewayUnavailable(PaymentError):
     A charge may or may not have happened. Retry later with the same idempotency key;
     `charge` then returns the first attempt's result instead of charging again.
     """
+
+
+class AmountBelowMinimum(PaymentError):
+    """An amount under the processor's minimum charge (core.money.MINIMUM_CHARGE): refused
+    before calling Stripe, which would refuse it too. Callers carry such amounts to a later
+    invoice instead (docs/architecture.md#decision-amounts-below-the-minimum-charge-are-carried).
+    """
+
+    def __init__(self, *, amount: int, currency: str) -> None:
+        super().__init__(minimum_charge_message(currency), code="amount_too_small")
+        self.amount = amount
+        self.currency = currency
+
+
+def _check_minimum(amount: int, currency: str) -> None:
+    if amount < minimum_charge(currency):
+        raise AmountBelowMinimum(amount=amount, currency=currency)
 
 
 class WebhookError(Exception):
@@ -303,6 +322,7 @@ def charge(
     """
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
         raise ValueError(f"amount must be a positive integer of minor units, not {amount!r}")
+    _check_minimum(amount, currency)
     currency = currency.lower()
     intent = _payment_intent_with_key(customer_id=customer_id, idempotency_key=idempotency_key)
     if intent is not None:

@@ -7,6 +7,7 @@ month billed); the PDFs and "invoice issued" emails follow in the background onc
 """
 
 import gc
+from collections import defaultdict
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -22,7 +23,7 @@ from billing.drafts import (
     drafts_save,
     overage_for,
 )
-from billing.models import BillingProfile, Invoice, OverageCharge
+from billing.models import BillingProfile, CarriedCharge, Invoice, OverageCharge
 from billing.queueing import queue_invoice_documents
 from billing.tax import tax_rates
 from core.errors import ServiceError
@@ -82,6 +83,7 @@ def _renew(subscriptions: list[Subscription], *, now: datetime) -> list[Invoice]
     the overage of the usage month that closed (caller's transaction)."""
     rates = tax_rates()
     overages = _closed_months_overage(subscriptions)
+    carried = _carried_owed(subscriptions)
     drafts = []
     downgraded = []
     for subscription in subscriptions:
@@ -99,6 +101,8 @@ def _renew(subscriptions: list[Subscription], *, now: datetime) -> list[Invoice]
                 rates=rates,
                 now=now,
                 overage=overage,
+                # A subscription several periods behind bills them on the first one.
+                carried=carried.pop(subscription.pk, []),
             )
         )
     subscriptions_save_periods(subscriptions)
@@ -107,6 +111,17 @@ def _renew(subscriptions: list[Subscription], *, now: datetime) -> list[Invoice]
         downgrade_apply_flows(subscription=subscription, change=change, now=now)
     queue_invoice_documents(invoices)
     return invoices
+
+
+def _carried_owed(subscriptions: list[Subscription]) -> dict[int, list[CarriedCharge]]:
+    """The amounts carried to each subscription's next invoice and not billed yet, locked
+    (caller's transaction): one query for the batch."""
+    owed = defaultdict(list)
+    for charge in CarriedCharge.objects.select_for_update().filter(
+        subscription_id__in=[s.pk for s in subscriptions], line__isnull=True
+    ):
+        owed[charge.subscription_id].append(charge)
+    return owed
 
 
 def _closed_months_overage(subscriptions: list[Subscription]) -> dict[int, Overage]:

@@ -20,6 +20,7 @@ from django.db.models import Count, F, Q, Sum
 
 from accounts.models import Organisation
 from billing.models import (
+    CarriedCharge,
     DunningCase,
     DunningStep,
     Invoice,
@@ -360,7 +361,10 @@ def check_payments(*, now: datetime, organisation_ids) -> Iterator[Violation]:
 
 def check_upgrade_quotes(*, now: datetime, organisation_ids) -> Iterator[Violation]:
     """Every upgrade invoice equals, to the cent, the quote shown before confirming, which is
-    stored on its PlanChange: subtotal, tax and total."""
+    stored on its PlanChange: subtotal, tax and total. An upgrade quoted under the minimum
+    charge is carried instead: its carried amount and the renewal line that bills it equal the
+    stored quote subtotal (the tax is the renewal's), it has no upgrade invoice of its own, and
+    it is still owed only while the subscription can renew."""
     rows = _scope(Invoice.objects.filter(kind=Invoice.Kind.UPGRADE), organisation_ids).values_list(
         "organisation_id",
         "number",
@@ -401,6 +405,78 @@ def check_upgrade_quotes(*, now: datetime, organisation_ids) -> Iterator[Violati
                 f"{_money(tax, currency)} tax); the quote shown was "
                 f"{_money(q_total or 0, currency)} ({_money(q_sub or 0, currency)} + "
                 f"{_money(q_tax or 0, currency)} tax).",
+            )
+    yield from _carried_upgrade_findings(now=now, organisation_ids=organisation_ids)
+
+
+def _carried_upgrade_findings(*, now: datetime, organisation_ids) -> Iterator[Violation]:
+    """Upgrades carried to the next invoice against their stored quote (one query, plus one for
+    the upgrade invoices of carried changes)."""
+    carried = list(
+        _scope(CarriedCharge.objects.filter(kind=CarriedCharge.Kind.UPGRADE), organisation_ids)
+        .values_list(
+            "organisation_id",
+            "pk",
+            "plan_change_id",
+            "plan_change__quote_subtotal",
+            "amount",
+            "currency",
+            "line__amount",
+            "line__invoice__number",
+            "subscription__status",
+            "subscription__cancel_at_period_end",
+            "subscription__current_period_end",
+        )
+        .order_by("pk")
+    )
+    invoiced = set(
+        Invoice.objects.filter(
+            kind=Invoice.Kind.UPGRADE, plan_change_id__in=[row[2] for row in carried]
+        )
+        .exclude(status=Invoice.Status.VOID)
+        .values_list("plan_change_id", flat=True)
+    )
+    for (
+        organisation_id,
+        pk,
+        change,
+        quoted,
+        amount,
+        currency,
+        line_amount,
+        number,
+        status,
+        cancelled,
+        period_end,
+    ) in carried:
+        subject = f"plan_change:{change}" if change else f"carried:{pk}"
+
+        def found(message, subject=subject, organisation_id=organisation_id):
+            return Violation("upgrade_quotes", organisation_id, subject, message)
+
+        if change is None:
+            yield found("A carried upgrade without its plan change (quote).")
+            continue
+        if amount != quoted:
+            yield found(
+                f"Carried {_money(amount, currency)}; the quote was {_money(quoted, currency)}."
+            )
+        if number is not None and line_amount != quoted:
+            yield found(
+                f"{number} carried {_money(line_amount, currency)} for the upgrade; the quote "
+                f"was {_money(quoted, currency)}."
+            )
+        if change in invoiced:
+            yield found(
+                "The upgrade is carried to the next invoice and also has its own upgrade invoice."
+            )
+        ended = status == Subscription.Status.ENDED or (
+            cancelled and period_end <= now - RENEWAL_LATENESS
+        )
+        if number is None and ended:
+            yield found(
+                f"{_money(amount, currency)} carried to the next invoice, but the subscription "
+                "has ended: still owed."
             )
 
 

@@ -263,6 +263,49 @@ class OverageCharge(models.Model):
         )
 
 
+class CarriedCharge(models.Model):
+    """An amount under the processor's minimum charge, billed as a line of the subscription's
+    next period invoice instead of on its own
+    (docs/architecture.md#decision-amounts-below-the-minimum-charge-are-carried).
+
+    An upgrade carries its stored quote subtotal (one row per PlanChange); the tax is that of
+    the invoice that bills it. Owed while `line` is empty; the renewal that bills it sets `line`
+    in its own transaction, so it is billed exactly once, whatever runs twice.
+    """
+
+    class Kind(models.TextChoices):
+        UPGRADE = "upgrade", "Upgrade"
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
+    subscription = models.ForeignKey(
+        Subscription, on_delete=models.PROTECT, related_name="carried_charges"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    plan_change = models.OneToOneField(
+        PlanChange, null=True, blank=True, on_delete=models.PROTECT, related_name="carried_charge"
+    )
+    description = models.CharField(max_length=255)
+    amount = models.BigIntegerField(help_text="Before tax, minor units.")
+    currency = models.CharField(max_length=3)
+    period_start = models.DateTimeField(null=True, blank=True)
+    period_end = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    line = models.OneToOneField(
+        InvoiceLine,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="carried_charge",
+        help_text="The invoice line that billed it; empty while owed.",
+    )
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return self.description
+
+
 class InvoiceDocument(models.Model):
     """A rendered PDF of an invoice: the original at issue, and revised copies (never edited)."""
 

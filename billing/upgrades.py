@@ -2,7 +2,9 @@
 changes: paid, the new plan applies at once; declined, the old plan stays.
 
 The amount charged is the amount quoted, to the cent: confirming recomputes it and refuses
-(QuoteChanged) when it moved since the page showed it.
+(QuoteChanged) when it moved since the page showed it. A quote under the processor's minimum
+charge is not charged: the upgrade applies at once and the amount is carried to the next
+invoice (docs/architecture.md#decision-amounts-below-the-minimum-charge-are-carried).
 """
 
 from dataclasses import dataclass
@@ -16,11 +18,12 @@ from accounts.audit import Actor, audit_record
 from accounts.models import Organisation
 from billing.details import billing_details_snapshot
 from billing.drafts import InvoiceDraft, drafts_save
-from billing.models import BillingProfile, Invoice, InvoiceLine
+from billing.models import BillingProfile, CarriedCharge, Invoice, InvoiceLine
 from billing.proration import prorate
 from billing.queueing import queue_invoice_documents
 from billing.tax import TaxDecision, tax_for
 from core.errors import ServiceError
+from core.money import minimum_charge
 from subscriptions.models import PaymentMethodKind, Plan, PlanChange, Subscription
 
 
@@ -43,10 +46,16 @@ class UpgradeQuote:
     subtotal: int
     tax: TaxDecision
     tax_amount: int
+    minimum_charge: int = 0  # the processor's, in this currency
 
     @property
     def total(self) -> int:
         return self.subtotal + self.tax_amount
+
+    @property
+    def carried(self) -> bool:
+        """Too small to charge: the upgrade applies now, the amount goes on the next invoice."""
+        return self.total < self.minimum_charge
 
 
 class QuoteChanged(ServiceError):
@@ -133,14 +142,18 @@ def upgrade_quote(*, subscription: Subscription, plan: Plan, now: datetime) -> U
         subtotal=subtotal,
         tax=decision,
         tax_amount=decision.amount(subtotal),
+        minimum_charge=minimum_charge(subscription.currency),
     )
 
 
 def subscription_upgrade(
     *, organisation: Organisation, actor: Actor, plan: Plan, quoted_total: int, now: datetime
-) -> Invoice:
+) -> Invoice | None:
     """Upgrade Plan: one invoice for the prorated difference, to be charged
     at once by the caller; the new plan applies only when that charge succeeds.
+
+    A quote under the processor's minimum charge makes no invoice (None): the new plan applies
+    at once and the amount is carried to the next period invoice (upgrade_carry).
 
     The amount is recomputed here and must equal the quote the Admin confirmed, to the cent;
     otherwise QuoteChanged carries the new quote and nothing is created. A second click while
@@ -177,8 +190,10 @@ def subscription_upgrade(
             created_by=actor.user,
             created_at=now,
         )
-        draft = _upgrade_draft(subscription, change=change, quote=quote, now=now)
-        [invoice] = drafts_save([draft], now=now)
+        invoice = None
+        if not quote.carried:
+            draft = _upgrade_draft(subscription, change=change, quote=quote, now=now)
+            [invoice] = drafts_save([draft], now=now)
         audit_record(
             organisation=organisation,
             actor=actor,
@@ -191,8 +206,36 @@ def subscription_upgrade(
             },
             now=now,
         )
-        queue_invoice_documents([invoice])
+        if invoice is None:
+            upgrade_carry(change, now=now)
+        else:
+            queue_invoice_documents([invoice])
     return invoice
+
+
+def upgrade_carry(change: PlanChange, *, now: datetime) -> CarriedCharge:
+    """An upgrade quoted under the minimum charge: it applies now, and its stored quote subtotal
+    becomes an owed line of the next period invoice, taxed as that invoice (caller's
+    transaction, subscription locked)."""
+    subscription = change.subscription
+    day = timezone.localtime(now, subscription.organisation.tzinfo)
+    charge = CarriedCharge.objects.create(
+        organisation_id=subscription.organisation_id,
+        subscription=subscription,
+        kind=CarriedCharge.Kind.UPGRADE,
+        plan_change=change,
+        description=(
+            f"Upgrade from {change.from_plan.name} to {change.to_plan.name} on "
+            f"{day:%-d %b %Y}, prorated (carried: below the minimum charge)"
+        ),
+        amount=change.quote_subtotal,
+        currency=subscription.currency,
+        period_start=now,
+        period_end=subscription.current_period_end,
+        created_at=now,
+    )
+    _change_apply(change, now=now)
+    return charge
 
 
 def _upgrade_draft(
@@ -246,6 +289,12 @@ def upgrade_apply(invoice: Invoice, *, now: datetime) -> None:
     A downgrade scheduled for the renewal is cancelled: the customer chose a bigger plan since.
     """
     change = PlanChange.objects.select_for_update().get(pk=invoice.plan_change_id)
+    _change_apply(change, now=now)
+
+
+def _change_apply(change: PlanChange, *, now: datetime) -> None:
+    """The pending upgrade applies now: its plan and price; a scheduled downgrade is cancelled
+    (caller's transaction, change locked)."""
     if change.status != PlanChange.Status.PENDING:
         return
     subscription = (

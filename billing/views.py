@@ -534,6 +534,8 @@ def _upgrade_and_charge(request, *, subscription, plan, now) -> HttpResponse | t
             quoted_total=quoted_total,
             now=now,
         )
+        if invoice is None:
+            return _upgrade_carried(request, plan=plan)
         payment = invoice_charge(invoice=invoice, now=now, on_session=True)
     except ServiceError as exc:
         return exc.message, (409 if exc.code == UpgradeError.QUOTE_CHANGED else 400)
@@ -653,3 +655,17 @@ def _confirmed(request, invoice) -> HttpResponse:
             "Your service is running normally.",
         )
     return redirect("billing:payment_method", org_slug=organisation.slug)
+
+
+def _upgrade_carried(request, *, plan) -> HttpResponse:
+    """An upgrade under the minimum card charge: applied, nothing charged, its amount carried
+    to the next invoice
+    (docs/architecture.md#decision-amounts-below-the-minimum-charge-are-carried)."""
+    subscription = Subscription.objects.get(organisation=request.organisation)
+    renews = timezone.localtime(subscription.current_period_end, request.organisation.tzinfo)
+    messages.success(
+        request,
+        f"You are now on the {plan.name} plan. The prorated difference is below the minimum "
+        f"card charge: it is added to your next invoice on {renews:%-d %b %Y}.",
+    )
+    return redirect("subscriptions:settings", org_slug=request.organisation.slug)

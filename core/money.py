@@ -17,3 +17,52 @@ def format_money(amount: int, currency: str) -> str:
     number = f"{units:,}.{cents:02d}"
     symbol = SYMBOLS.get(currency.upper())
     return f"{sign}{symbol}{number}" if symbol else f"{sign}{number} {currency.upper()}"
+
+
+# The card processor's (Stripe's) smallest charge per currency, in minor units, from its table
+# "Minimum and maximum charge amounts" (docs.stripe.com/currencies). It lives here, beside the
+# currency symbols and with no imports, because three places must agree on it: billing (what it
+# may charge, what it carries to a later invoice instead), the quote pages, and the Stripe
+# stand-in (scripts/localstripe_server.py), which runs without Django. Zero-decimal currencies
+# (JPY, ...) are left out: our amounts assume two decimals (format_money).
+MINIMUM_CHARGE = {
+    "USD": 50,
+    "AED": 200,
+    "AUD": 50,
+    "BGN": 100,
+    "BRL": 50,
+    "CAD": 50,
+    "CHF": 50,
+    "CZK": 1500,
+    "DKK": 250,
+    "EUR": 50,
+    "GBP": 30,
+    "HKD": 400,
+    "INR": 50,
+    "MXN": 1000,
+    "MYR": 200,
+    "NOK": 300,
+    "NZD": 50,
+    "PLN": 200,
+    "RON": 200,
+    "SEK": 300,
+    "SGD": 50,
+    "THB": 1000,
+}
+
+
+def minimum_charge(currency: str) -> int:
+    """The smallest card charge the processor accepts in `currency`, in minor units."""
+    try:
+        return MINIMUM_CHARGE[currency.upper()]
+    except KeyError:
+        raise ValueError(f"No minimum charge is known for {currency!r}.") from None
+
+
+def minimum_charge_message(currency: str) -> str:
+    """Stripe's own wording when an amount is under the minimum: "Amount must be at least
+    $0.50 usd"."""
+    return (
+        f"Amount must be at least {format_money(minimum_charge(currency), currency)} "
+        f"{currency.lower()}"
+    )

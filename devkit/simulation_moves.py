@@ -256,6 +256,9 @@ class CustomerMoves:
                     quoted_total=changed.quote.total,
                     now=confirm_at,
                 )
+            if invoice is None:  # under the minimum charge: applied, carried to the renewal
+                self.stats.moves["upgrade_carried"] += 1
+                return
             payment = invoice_charge(invoice=invoice, now=confirm_at)
         if payment is None or payment.status != Payment.Status.SUCCEEDED:
             self.stats.moves["upgrade_declined"] += 1

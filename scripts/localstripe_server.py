@@ -36,16 +36,26 @@ or closer to the real Stripe our code is written against:
   - `POST /v1/payment_intents/{id}/confirm` accepts `payment_method` (and `off_session`,
     `use_stripe_sdk`, `return_url`), so a PaymentIntent whose authentication failed can be
     confirmed again on session: it asks for authentication again, it does not charge twice.
+- A PaymentIntent created with an amount under the currency's minimum charge (the table in
+  core/money.py, Stripe's "Minimum and maximum charge amounts") is refused with Stripe's 400
+  `invalid_request_error`, code `amount_too_small`, param `amount` (upstream accepts any
+  positive amount).
 """
 
 import hashlib
 import json
 import logging
 import os
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiohttp import web
 from localstripe import resources, server
+
+# The minimum charge table is the project's own (core/money.py: no imports, no Django).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core.money import MINIMUM_CHARGE, minimum_charge_message  # noqa: E402
 
 log = logging.getLogger("localstripe_server")
 
@@ -226,6 +236,23 @@ def _payment_intent_init_with_description(self, description=None, **data):
 
 
 resources.PaymentIntent.__init__ = _payment_intent_init_with_description
+
+_payment_intent_init_checked = resources.PaymentIntent.__init__
+
+
+def _payment_intent_init_refusing_small_amounts(self, amount=None, currency=None, **data):
+    minimum = MINIMUM_CHARGE.get(str(currency or "").upper())
+    value = resources.try_convert_to_int(amount)  # form-encoded: a string
+    if minimum is not None and isinstance(value, int) and 0 < value < minimum:
+        raise resources.UserError(
+            400,
+            minimum_charge_message(currency),
+            {"code": "amount_too_small", "param": "amount"},
+        )
+    _payment_intent_init_checked(self, amount=amount, currency=currency, **data)
+
+
+resources.PaymentIntent.__init__ = _payment_intent_init_refusing_small_amounts
 
 _payment_intent_list_all = resources.PaymentIntent._api_list_all.__func__
 

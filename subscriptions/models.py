@@ -1,12 +1,14 @@
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Organisation
+from core.money import format_money, minimum_charge
 
 
 class BillingCycle(models.TextChoices):
@@ -85,6 +87,26 @@ class PlanPrice(models.Model):
 
     def __str__(self):
         return f"{self.plan} {self.currency}"
+
+    def clean(self):
+        """Each price is at least the card processor's minimum charge, so every invoice (a
+        period price, or one overage unit, plus tax) can be charged; an overage rate of 0 means
+        no overage (docs/architecture.md#decision-amounts-below-the-minimum-charge-are-carried).
+        """
+        try:
+            minimum = minimum_charge(self.currency or "")
+        except ValueError as error:
+            raise ValidationError({"currency": str(error)}) from None
+        low = {
+            field: f"Under the minimum card charge in {self.currency} "
+            f"({format_money(minimum, self.currency)})."
+            for field in ("monthly_amount", "annual_amount", "overage_per_1000")
+            if getattr(self, field) is not None
+            and getattr(self, field) < minimum
+            and not (field == "overage_per_1000" and getattr(self, field) == 0)
+        }
+        if low:
+            raise ValidationError(low)
 
     def amount_for(self, cycle: str) -> int:
         return self.annual_amount if cycle == BillingCycle.ANNUAL else self.monthly_amount

@@ -14,6 +14,7 @@ from django.conf import settings as django_settings
 
 from billing import gateway
 from billing.gateway import CardDetails, ChargeResult, GatewayUnavailable, PaymentError
+from core.money import minimum_charge
 from devkit.stripe_standin import (
     AMEX,
     AUTH_3DS2,
@@ -422,6 +423,67 @@ def test_cancelled_payment_intent_cannot_be_authenticated(localstripe):
 def test_charge_amount_must_be_positive_minor_units():
     with pytest.raises(ValueError, match="positive integer"):
         charge("cus_x", "pm_x", amount=0)
+
+
+# ------------------------------------------------------------ minimum charge --
+
+
+@pytest.mark.parametrize(
+    ("currency", "minimum"), [("USD", 50), ("usd", 50), ("EUR", 50), ("GBP", 30), ("CHF", 50)]
+)
+def test_minimum_charge_per_currency(currency, minimum):
+    assert minimum_charge(currency) == minimum
+
+
+def test_every_offered_currency_has_a_minimum_charge():
+    for currency in django_settings.CURRENCIES:
+        assert minimum_charge(currency) > 0
+
+
+def test_a_currency_without_a_known_minimum_is_an_error():
+    with pytest.raises(ValueError, match="XYZ"):
+        minimum_charge("XYZ")
+
+
+def test_the_stand_in_refuses_a_payment_intent_under_the_minimum_as_stripe_does(localstripe):
+    customer_id = new_customer()
+    card = saved_card(customer_id)
+
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        localstripe.v1.payment_intents.create(
+            params={
+                "customer": customer_id,
+                "payment_method": card.payment_method_id,
+                "amount": 29,
+                "currency": "gbp",
+                "confirm": True,
+                "off_session": True,
+            }
+        )
+
+    error = refused.value
+    assert (error.http_status, error.code, error.param) == (400, "amount_too_small", "amount")
+    assert error.user_message == "Amount must be at least £0.30 gbp"
+    assert payment_intents(localstripe) == []
+    # At the minimum it goes through.
+    at_minimum = localstripe.v1.payment_intents.create(
+        params={"customer": customer_id, "amount": 30, "currency": "gbp"}
+    )
+    assert at_minimum["amount"] == 30
+
+
+def test_charge_under_the_minimum_is_refused_before_calling_stripe(localstripe):
+    customer_id = new_customer()
+    card = saved_card(customer_id)
+
+    with pytest.raises(gateway.AmountBelowMinimum) as refused:
+        charge(customer_id, card.payment_method_id, amount=49, currency="USD")
+
+    assert isinstance(refused.value, PaymentError)
+    assert refused.value.code == "amount_too_small"
+    assert refused.value.message == "Amount must be at least $0.50 usd"
+    assert payment_intents(localstripe) == []
+    assert charge(customer_id, card.payment_method_id, amount=50).amount == 50
 
 
 def test_payment_intent_find(localstripe):

@@ -197,6 +197,7 @@ ORGANISATION_PATHS = {
     "billing.Invoice": "organisation",
     "billing.InvoiceLine": "invoice__organisation",
     "billing.OverageCharge": "organisation",
+    "billing.CarriedCharge": "organisation",
     "billing.InvoiceDocument": "invoice__organisation",
     "billing.Payment": "organisation",
     "billing.DunningCase": "organisation",
@@ -253,6 +254,7 @@ KEPT = {
     "billing.DunningCase",
     "billing.DunningStep",
     "billing.OverageCharge",
+    "billing.CarriedCharge",
     # Findings about money: evidence for accounting, like the invoices they are about.
     "billing.LedgerViolation",
     "billing.ReconciliationDifference",

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0008_invoice_starts_term'),
+        ('billing', '0009_carried_charge'),
     ]
 
     operations = [

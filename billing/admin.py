@@ -59,6 +59,7 @@ class PaymentInline(admin.TabularInline):
         "failure_message",
         "reference",
         "created_at",
+        "authentication_requested_at",
     )
     readonly_fields = fields
 
@@ -198,8 +199,13 @@ class PaymentAdmin(ReadOnlyModelAdmin):
         "status",
         "amount",
         "created_at",
+        "authentication_requested_at",
     )
-    list_filter = ("status", "method_kind")
+    list_filter = (
+        "status",
+        "method_kind",
+        ("authentication_requested_at", admin.EmptyFieldListFilter),
+    )
     search_fields = ("invoice__number", "organisation__name", "processor_id", "idempotency_key")
     list_select_related = ("invoice", "organisation")
     date_hierarchy = "created_at"

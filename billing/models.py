@@ -368,6 +368,9 @@ class Payment(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # When the bank first asked the customer to authenticate this charge (3-D Secure); kept
+    # once the payment ends, so ops can see how often it happens and how it ends.
+    authentication_requested_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

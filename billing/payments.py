@@ -262,7 +262,16 @@ def payment_needs_authentication(
         payment.processor_id = processor_id
         payment.failure_code = gateway.GatewayErrorCode.AUTHENTICATION_REQUIRED
         payment.failure_message = gateway.AUTHENTICATION_REQUIRED_MESSAGE
-        payment.save(update_fields=["status", "processor_id", "failure_code", "failure_message"])
+        payment.authentication_requested_at = now
+        payment.save(
+            update_fields=[
+                "status",
+                "processor_id",
+                "failure_code",
+                "failure_message",
+                "authentication_requested_at",
+            ]
+        )
         if on_session or invoice.status != Invoice.Status.OPEN:
             return payment
         case = None

@@ -99,6 +99,9 @@ def test_checkout_with_a_card_that_asks_is_paid_once_the_challenge_is_completed(
     assert finished.state == Confirmation.PAID
     invoice.refresh_from_db()
     assert (invoice.status, invoice.amount_paid) == ("paid", invoice.total)
+    payment.refresh_from_db()
+    # Kept once paid: ops see how often the bank asked and how it ended.
+    assert (payment.status, payment.authentication_requested_at) == ("succeeded", START)
     assert subscription(org).status == "active"
     [intent] = intents(localstripe)
     assert (intent["id"], intent["amount"], intent["status"]) == (

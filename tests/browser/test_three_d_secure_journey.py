@@ -118,3 +118,32 @@ def test_renewal_confirmed_from_the_email_link_resumes_the_flows(new_page, porta
     expect(page.get_by_text("Your service is running normally.")).to_be_visible()
     assert Subscription.objects.get(organisation=org).status == "active"
     assert set(ProcessFlow.objects.values_list("status", flat=True)) == {"active"}
+
+
+def fill_card(page, number):
+    card = page.locator("#card-element")
+    card.get_by_placeholder("number").fill(number)
+    card.get_by_placeholder("exp_month").fill("12")
+    card.get_by_placeholder("exp_year").fill("30")
+    card.get_by_placeholder("cvc").fill("123")
+    card.get_by_placeholder("postal_code").fill("10001")
+    page.get_by_role("button", name="Save card").click()
+
+
+def test_update_card_answers_the_setup_challenge(new_page, portal, localstripe):
+    org = OrganisationFactory(name="Card Co", slug="card-co")
+    MembershipFactory(organisation=org, user=UserFactory(email="boss@card.test"), role="admin")
+    subscribe(org, now=timezone.now() - timedelta(days=3))
+    page = new_page()
+    sign_in(page, portal, "boss@card.test")
+    page.goto(f"{portal}/o/card-co/settings/billing/payment-method/")
+
+    fill_card(page, "4000002500003155")
+    page.get_by_role("button", name="Fail authentication").click()
+    expect(page.get_by_text("authentication failed")).to_be_visible()
+    expect(page.get_by_text("Visa ending 4242")).to_be_visible()
+
+    fill_card(page, "4000002500003155")
+    page.get_by_role("button", name="Complete authentication").click()
+    expect(page.get_by_text("Visa •••• 3155 saved.")).to_be_visible()
+    expect(page.get_by_text("Visa ending 3155")).to_be_visible()

@@ -177,6 +177,8 @@ def _authentication_failure(intent: gateway.ChargeResult) -> bool:
 
 
 def _failure_message(intent: gateway.ChargeResult) -> str:
+    if intent.failure_code == gateway.GatewayErrorCode.AUTHENTICATION_REQUIRED:
+        return ""  # refused off-session: the customer has not tried yet
     if _authentication_failure(intent):
         return gateway.AUTHENTICATION_FAILED_MESSAGE
     return intent.failure_message

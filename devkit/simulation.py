@@ -94,6 +94,7 @@ ACTIVE_MOVES = {
     "downgrade": 0.006,
     "cancel": 0.003,
     "card_goes_bad": 0.004,
+    "card_that_asks": 0.003,  # a new card whose bank asks for 3-D Secure
     "billing_details": 0.002,
     "switch_to_annual": 0.003,  # ops, for the account manager
     "invoice_by_transfer": 0.01,  # ops; only for organisations that asked for it
@@ -102,8 +103,9 @@ ACTIVE_MOVES = {
 SCHEDULED_DOWNGRADE_MOVES = {"undo_downgrade": 0.008}
 CANCELLED_MOVES = {"undo_cancel": 0.015}
 FAILING_MOVES = {  # past due, grace period, suspended
-    "replace_card": 0.12,  # a slow payer: a sixth of these two
+    "replace_card": 0.12,  # a slow payer: a sixth of these three
     "retry_payment": 0.05,
+    "confirm_payment": 0.25,  # the email's link, when the bank waits for the customer
     "cancel": 0.006,
     "extend_grace": 0.05,  # ops; only in the grace period, once a case
     "write_off": 0.01,  # ops; only when suspended
@@ -111,6 +113,9 @@ FAILING_MOVES = {  # past due, grace period, suspended
 BAD_CARD_WHILE_ACTIVE = {"replace_card": 0.01}
 # Per renewal: someone acts in the minutes between the period end and the next billing run.
 BOUNDARY_MOVES = 0.05
+# Per renewal: someone upgrades in the last half hour of the period, when the prorated amount
+# is below the processor's minimum charge (carried to the renewal invoice).
+LAST_MINUTE_UPGRADES = 0.1
 INCOMPLETE_MOVES = {"checkout_again": 0.4}
 ENDED_MOVES = {"resubscribe": 0.04}
 PREFERS_TRANSFER = 0.4
@@ -154,6 +159,19 @@ class Stats:
                 filter=Q(status=Payment.Status.SUCCEEDED) & ~Q(method_kind=PaymentMethodKind.CARD),
             ),
         )
+        asked = Payment.objects.filter(authentication_requested_at__isnull=False)
+        authentication = Counter()
+        for kind, starts_term, status in asked.values_list(
+            "invoice__kind", "invoice__starts_term", "status"
+        ):
+            where = (
+                "upgrade"
+                if kind == Invoice.Kind.UPGRADE
+                else "checkout"
+                if starts_term
+                else "off-session"
+            )
+            authentication[f"{where}: {status}"] += 1
         changes = PlanChange.objects.aggregate(
             upgrades=Count(
                 "pk",
@@ -172,6 +190,9 @@ class Stats:
             "invoices": invoices,
             "payments": payments,
             "plan_changes": changes,
+            # Payments the bank asked the customer to authenticate, by where and how they ended
+            # (a checkout's attempt may be off-session later: the charge job never retries it).
+            "needed_authentication": dict(sorted(authentication.items())),
             "dunning_cases": DunningCase.objects.count(),
             "suspended_cases": DunningCase.objects.filter(steps__step="day_14").count(),
             "overage_charges": OverageCharge.objects.count(),
@@ -308,6 +329,17 @@ class Simulation(CustomerMoves):
                     at = end + timedelta(seconds=rng.uniform(0, window - 1))
                     events.append((at, customer.index, move, customer))
                     self.stats.moves["(before the billing run)"] += 1
+            if (
+                subscription is not None
+                and subscription.status == Subscription.Status.ACTIVE
+                and midnight <= subscription.current_period_end < midnight + timedelta(days=1)
+                and "upgrade" in self._menu(customer)
+                and rng.random() < LAST_MINUTE_UPGRADES * self.activity
+            ):
+                at = subscription.current_period_end - timedelta(seconds=rng.uniform(60, 1800))
+                if at > midnight:
+                    events.append((at, customer.index, "upgrade", customer))
+                    self.stats.moves["(last half hour of the period)"] += 1
         for invoice_id, when in self._transfer_due.items():
             if when is not None and midnight <= when < midnight + timedelta(days=1):
                 events.append((when, -1, "record_transfer", invoice_id))
@@ -343,6 +375,9 @@ class Simulation(CustomerMoves):
             elif customer.slow_payer:
                 moves["replace_card"] /= 6
                 moves["retry_payment"] /= 6
+                moves["confirm_payment"] /= 6
+            if "confirm_payment" in moves and not self._waits_for_bank(customer):
+                moves.pop("confirm_payment")
             if status != Subscription.Status.GRACE:
                 moves.pop("extend_grace")
             if status != Subscription.Status.SUSPENDED:
@@ -374,6 +409,13 @@ class Simulation(CustomerMoves):
             if subscription.payment_method_kind == PaymentMethodKind.CARD:
                 moves.pop("invoice_by_card")
         return moves
+
+    def _waits_for_bank(self, customer: Customer) -> bool:
+        return Invoice.objects.filter(
+            organisation_id=customer.organisation_id,
+            status=Invoice.Status.OPEN,
+            payments__status=Payment.Status.REQUIRES_ACTION,
+        ).exists()
 
     def _choose_move(self, customer: Customer, *, surely: bool = False) -> str | None:
         moves = self._menu(customer)

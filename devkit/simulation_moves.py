@@ -5,7 +5,7 @@ the same services the views and admin actions call, with an explicit `now`. A mo
 product refuses raises ServiceError, which the simulation counts as refused.
 """
 
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -17,6 +17,7 @@ from accounts.services import organisation_create
 from billing.cards import card_setup_complete, stripe_customer_ensure
 from billing.checkout import subscription_checkout
 from billing.collection import retry_after_card_update, retry_payment
+from billing.confirmation import Confirmation, confirm_payment_begin, confirm_payment_finish
 from billing.details import billing_profile_update
 from billing.dunning import dunning_extend_grace, invoice_mark_uncollectible
 from billing.forms import BillingInformationForm
@@ -25,7 +26,17 @@ from billing.payments import ChargeOutcome, invoice_charge
 from billing.selectors import billing_profile_for
 from billing.upgrades import QuoteChanged, subscription_upgrade, upgrade_plans, upgrade_quote
 from core.errors import ServiceError
-from devkit.stripe_standin import CHARGE_FAILS, MASTERCARD, VISA, confirmed_setup_intent
+from devkit.stripe_standin import (
+    AUTH_3DS2,
+    AUTH_ALWAYS,
+    CHARGE_FAILS,
+    MASTERCARD,
+    NEEDS_3DS,
+    VISA,
+    StripeJsError,
+    authenticate_payment,
+    confirmed_setup_intent,
+)
 from subscriptions.cancellation import (
     subscription_cancel,
     subscription_cancel_undo,
@@ -61,6 +72,11 @@ BILLING_DETAILS = [
     ("CA", ""),
 ]
 FIRST_CARD_FAILS = 0.1
+# Cards whose bank asks for 3-D Secure: on setup only (NEEDS_3DS), or on every payment.
+CARDS_THAT_ASK = (NEEDS_3DS, AUTH_ALWAYS, AUTH_3DS2)
+FIRST_CARD_ASKS = 0.15
+# When the bank's challenge appears, the customer completes it, fails it, or leaves the page.
+CHALLENGE_OUTCOMES = {"confirmed": 0.7, "failed": 0.15, "abandoned": 0.15}
 
 
 @dataclass
@@ -129,7 +145,14 @@ class CustomerMoves:
         customer.admin = user
         customer.generated_until = at
         self._billing_details(customer, organisation, customer.details, at)
-        number = CHARGE_FAILS if self.rng.random() < FIRST_CARD_FAILS else VISA
+        draw = self.rng.random()
+        number = (
+            CHARGE_FAILS
+            if draw < FIRST_CARD_FAILS
+            else self.rng.choice(CARDS_THAT_ASK)
+            if draw < FIRST_CARD_FAILS + FIRST_CARD_ASKS
+            else VISA
+        )
         self._checkout(customer, organisation, number, at)
 
     def _billing_details(self, customer, organisation, details, at) -> None:
@@ -182,11 +205,31 @@ class CustomerMoves:
             now=at,
             setup_intent_id=self._confirmed_card(customer, organisation, number),
         )
+        paid = checkout.outcome == ChargeOutcome.PAID
+        if checkout.outcome == ChargeOutcome.NEEDS_AUTHENTICATION:
+            paid = self._challenge(checkout.invoice, "checkout", at)
         self._refresh_one(customer)
-        if checkout.outcome == ChargeOutcome.PAID:
+        if paid:
             self._flows_running(customer, organisation, at)
         else:
             self.stats.moves["first_payment_failed"] += 1
+
+    def _challenge(self, invoice: Invoice, where: str, at: datetime) -> bool:
+        """The bank's challenge on Confirm payment, as the page runs it: completed, failed or
+        left open (Stripe.js in the browser, then the page reports back). Whether it paid."""
+        outcome = self.rng.choices(
+            list(CHALLENGE_OUTCOMES), weights=list(CHALLENGE_OUTCOMES.values())
+        )[0]
+        self.stats.moves[f"3ds {where}: {outcome}"] += 1
+        state = confirm_payment_begin(invoice=invoice, now=at)
+        if state.state != Confirmation.WAITING:
+            return state.state == Confirmation.PAID
+        if outcome == "abandoned":
+            return False
+        # Declined once authenticated (StripeJsError): the page reports back all the same.
+        with suppress(StripeJsError):
+            authenticate_payment(state.client_secret, success=outcome == "confirmed")
+        return confirm_payment_finish(invoice=invoice, now=at).state == Confirmation.PAID
 
     def _flows_running(self, customer: Customer, organisation: Organisation, at) -> None:
         """A first environment, flows and an API key; after a resubscription, flows resumed."""
@@ -259,7 +302,13 @@ class CustomerMoves:
             if invoice is None:  # under the minimum charge: applied, carried to the renewal
                 self.stats.moves["upgrade_carried"] += 1
                 return
-            payment = invoice_charge(invoice=invoice, now=confirm_at)
+            payment = invoice_charge(invoice=invoice, now=confirm_at, on_session=True)
+            if (
+                payment is not None
+                and payment.status == Payment.Status.REQUIRES_ACTION
+                and self._challenge(invoice, "upgrade", confirm_at)
+            ):
+                return
         if payment is None or payment.status != Payment.Status.SUCCEEDED:
             self.stats.moves["upgrade_declined"] += 1
 
@@ -308,18 +357,38 @@ class CustomerMoves:
         open invoices are retried with the new card at once."""
         organisation = self._organisation(customer)
         self._new_card(customer, organisation, number, at)
-        retry_after_card_update(organisation=organisation, now=at)
+        outcome = retry_after_card_update(organisation=organisation, now=at)
+        if outcome is not None and outcome.needs_authentication is not None:
+            self._challenge(outcome.needs_authentication, "card update", at)
 
     def _move_card_goes_bad(self, customer: Customer, at: datetime) -> None:
         self._update_card(customer, CHARGE_FAILS, at)
+
+    def _move_card_that_asks(self, customer: Customer, at: datetime) -> None:
+        """A new card whose bank asks for 3-D Secure (its setup challenge is completed)."""
+        self._update_card(customer, self.rng.choice(CARDS_THAT_ASK), at)
+
+    def _move_confirm_payment(self, customer: Customer, at: datetime) -> None:
+        """The "Your bank needs you to confirm this payment" email's link, followed."""
+        waiting = Invoice.objects.filter(
+            organisation_id=customer.organisation_id,
+            status=Invoice.Status.OPEN,
+            payments__status=Payment.Status.REQUIRES_ACTION,
+        ).order_by("issued_at", "pk")
+        invoice = waiting.first()
+        if invoice is None:
+            raise ServiceError("nothing waits for the bank")
+        self._challenge(invoice, "off-session", at)
 
     def _move_replace_card(self, customer: Customer, at: datetime) -> None:
         self._update_card(customer, VISA, at)
 
     def _move_retry_payment(self, customer: Customer, at: datetime) -> None:
-        retry_payment(
+        outcome = retry_payment(
             organisation=self._organisation(customer), actor=self._actor(customer), now=at
         )
+        if outcome.needs_authentication is not None:
+            self._challenge(outcome.needs_authentication, "retry payment", at)
 
     def _move_billing_details(self, customer: Customer, at: datetime) -> None:
         details = self.rng.choice(BILLING_DETAILS)

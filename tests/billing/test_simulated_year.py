@@ -57,5 +57,15 @@ def test_a_simulated_year_keeps_the_books(localstripe):
         "extend_grace",
         "write_off",
         "(before the billing run)",
+        "upgrade_carried",  # under the minimum charge: applied, carried to the renewal
+        "card_that_asks",  # 3-D Secure cards, saved with their setup challenge
+        "confirm_payment",  # the email's link to Confirm payment, followed
     ):
         assert stats.moves[move] > 0, move
+    # Payments the bank asked the customer to authenticate: at checkout, on Upgrade Plan and
+    # off-session, some paid once confirmed and some not.
+    asked = summary["needed_authentication"]
+    for where in ("checkout", "upgrade", "off-session"):
+        assert any(key.startswith(f"{where}: ") for key in asked), (where, asked)
+    assert any(key.endswith(": succeeded") for key in asked), asked
+    assert any(not key.endswith(": succeeded") for key in asked), asked

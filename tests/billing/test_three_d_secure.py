@@ -587,3 +587,37 @@ def test_payment_method_timeline_says_needs_authentication(
     assert "Needs authentication: your bank asked you to confirm the payment." in (
         page.content.decode()
     )
+
+
+def test_upgrade_page_leads_to_the_upgrade_waiting_for_the_bank_which_can_be_cancelled(
+    client_for, subscribed, org, admin, localstripe, time_machine
+):
+    at = START + timedelta(days=14)
+    time_machine.move_to(at, tick=False)
+    add_card(org, number=AUTH_ALWAYS)
+    client = client_for(admin)
+    quote = upgrade_quote(
+        subscription=subscription(org), plan=Plan.objects.get(code="enterprise"), now=at
+    )
+    posted = client.post(
+        reverse("billing:upgrade_confirm", args=[org.slug]),
+        {"plan": "enterprise", "quoted_total": quote.total},
+    )
+    invoice = Invoice.objects.get(kind="upgrade")
+    assert posted["Location"] == confirm_url(org, invoice) + "?start=1"
+
+    again = client.get(
+        reverse("billing:upgrade_confirm", args=[org.slug]) + "?plan=enterprise", follow=True
+    )
+    body = again.content.decode()
+    assert "Your upgrade to Enterprise is waiting for your bank" in body
+    assert "Cancel this upgrade and stay on your plan" in body
+
+    cancelled = client.post(confirm_url(org, invoice), {"action": "cancel"}, follow=True)
+    assert "The upgrade to Enterprise was cancelled; nothing was charged." in (
+        cancelled.content.decode()
+    )
+    invoice.refresh_from_db()
+    assert invoice.status == "void"
+    assert subscription(org).plan.code == "professional"
+    assert [i["status"] for i in intents(localstripe, invoice.number)] == ["canceled"]

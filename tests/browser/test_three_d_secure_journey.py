@@ -147,3 +147,30 @@ def test_update_card_answers_the_setup_challenge(new_page, portal, localstripe):
     page.get_by_role("button", name="Complete authentication").click()
     expect(page.get_by_text("Visa •••• 3155 saved.")).to_be_visible()
     expect(page.get_by_text("Visa ending 3155")).to_be_visible()
+
+
+def test_checkout_with_a_card_that_asks_twice(new_page, portal, localstripe):
+    # The help article's first steps with 4000002760003184: the bank asks when the card is
+    # saved, and again for the first payment; the subscription starts once it is paid.
+    org = OrganisationFactory(name="New Co", slug="new-co")
+    MembershipFactory(organisation=org, user=UserFactory(email="boss@new.test"), role="admin")
+    page = new_page()
+    sign_in(page, portal, "boss@new.test")
+    page.goto(
+        f"{portal}/o/new-co/settings/subscription/checkout/"
+        "?plan=standard&billing_cycle=monthly&currency=USD"
+    )
+    card = page.locator("#card-element")
+    card.get_by_placeholder("number").fill(AUTH_ALWAYS)
+    card.get_by_placeholder("exp_month").fill("12")
+    card.get_by_placeholder("exp_year").fill("30")
+    card.get_by_placeholder("cvc").fill("123")
+    card.get_by_placeholder("postal_code").fill("10001")
+    page.get_by_role("button", name="and subscribe").click()
+    page.get_by_role("button", name="Complete authentication").click()  # saving the card
+
+    expect(page.get_by_role("heading", name="Confirm payment")).to_be_visible()
+    page.get_by_role("button", name="Complete authentication").click()  # the payment
+
+    expect(page.get_by_text("Welcome to the Standard plan.")).to_be_visible()
+    assert Subscription.objects.get(organisation=org).status == "active"

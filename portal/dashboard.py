@@ -84,6 +84,9 @@ def _at_risk_figures(by_status: dict) -> list[Figure]:
         )
         .order_by("currency")
     )
+    waiting = Payment.objects.filter(
+        status=Payment.Status.REQUIRES_ACTION, invoice__status=Invoice.Status.OPEN
+    ).aggregate(n=Count("id"), organisations=Count("organisation", distinct=True))
     past_due_rows = [r for r in failing if r["organisation__subscription__status"] != "suspended"]
     suspended_rows = [r for r in failing if r["organisation__subscription__status"] == "suspended"]
     return [
@@ -98,6 +101,13 @@ def _at_risk_figures(by_status: dict) -> list[Figure]:
             value=f"{by_status.get('suspended', 0):,}",
             detail=(_amounts(suspended_rows) or "nothing") + " open",
             url=_url("subscriptions_subscription", status__exact="suspended"),
+        ),
+        # Charges the customer's bank wants them to authenticate (3-D Secure), not done yet.
+        Figure(
+            label="Payments waiting for the customer's bank",
+            value=f"{waiting['n']:,}",
+            detail=f"in {waiting['organisations']:,} organisation(s)",
+            url=_url("billing_payment", status__exact="requires_action"),
         ),
     ]
 

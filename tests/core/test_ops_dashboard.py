@@ -50,6 +50,18 @@ def populate(n: int, offset: int = 0):
                 idempotency_key=f"pay-{i}",
                 created_at=NOW - timedelta(hours=1),
             )
+        if status == "past_due":
+            Payment.objects.create(
+                organisation=org,
+                invoice=invoice,
+                method_kind="card",
+                attempt=1,
+                amount=invoice.total,
+                currency=invoice.currency,
+                status="requires_action",
+                idempotency_key=f"pay-{i}",
+                created_at=NOW - timedelta(hours=1),
+            )
         if i % 3 == 0:
             UsageAlert.objects.create(
                 organisation=org,
@@ -123,9 +135,12 @@ def test_figures(db):
     statuses = {figure.label: figure.value for figure in dashboard["statuses"]}
     assert statuses["Active"] == "2"
     assert statuses["Suspended"] == "2"
-    past_due, suspended = dashboard["at_risk"]
+    past_due, suspended, waiting = dashboard["at_risk"]
     assert past_due.value == "4"  # past due and grace
     assert suspended.value == "2"
+    # The two past due ones wait for the customer's bank (3-D Secure).
+    assert (waiting.value, waiting.detail) == ("2", "in 2 organisation(s)")
+    assert waiting.url.endswith("?status__exact=requires_action")
     # Four open invoices (past due and grace), added up in their currency.
     per_invoice = Invoice.objects.filter(organisation__slug="org-1").get().total
     assert past_due.detail == f"{format_money(4 * per_invoice, 'EUR')} open"

@@ -21,7 +21,7 @@ from billing.models import Invoice, Payment
 from billing.payments import (
     PaymentFailure,
     invoice_charge,
-    payment_failed,
+    payment_declined,
     payment_succeeded,
 )
 from billing.upgrades import upgrade_declined
@@ -82,12 +82,9 @@ def confirm_payment_state(*, invoice: Invoice) -> ConfirmState:
                 Confirmation.DECLINED, invoice, payment=last, message=last.failure_message
             )
         return ConfirmState(Confirmation.RETRY, invoice, payment=last)
-    try:
-        intent = gateway.payment_intent_state(payment_intent_id=payment.processor_id)
-    except gateway.PaymentError:
-        return ConfirmState(
-            Confirmation.UNANSWERED, invoice, payment=payment, message=gateway.UNAVAILABLE_MESSAGE
-        )
+    intent = _intent_state(payment)
+    if intent is None:
+        return _unanswered(invoice, payment)
     if intent.needs_authentication:
         return ConfirmState(
             Confirmation.WAITING, invoice, payment=payment, client_secret=intent.client_secret
@@ -121,9 +118,7 @@ def confirm_payment_begin(*, invoice: Invoice, now: datetime) -> ConfirmState:
             message="This payment is being processed in another window. Refresh in a minute.",
         )
     if payment.status == Payment.Status.PENDING:
-        return ConfirmState(
-            Confirmation.UNANSWERED, invoice, payment=payment, message=gateway.UNAVAILABLE_MESSAGE
-        )
+        return _unanswered(invoice, payment)
     return confirm_payment_state(invoice=invoice)
 
 
@@ -138,12 +133,9 @@ def confirm_payment_finish(*, invoice: Invoice, now: datetime) -> ConfirmState:
     payment = waiting_payment(invoice)
     if payment is None:
         return confirm_payment_state(invoice=invoice)
-    try:
-        intent = gateway.payment_intent_state(payment_intent_id=payment.processor_id)
-    except gateway.PaymentError:
-        return ConfirmState(
-            Confirmation.UNANSWERED, invoice, payment=payment, message=gateway.UNAVAILABLE_MESSAGE
-        )
+    intent = _intent_state(payment)
+    if intent is None:
+        return _unanswered(invoice, payment)
     if intent.paid:
         payment_succeeded(payment=payment, processor_id=intent.payment_intent_id, now=now)
     elif intent.status == "canceled":
@@ -162,11 +154,22 @@ def confirm_payment_finish(*, invoice: Invoice, now: datetime) -> ConfirmState:
     return confirm_payment_state(invoice=invoice)
 
 
+def _intent_state(payment: Payment) -> gateway.ChargeResult | None:
+    """The PaymentIntent as Stripe has it now, or None when Stripe does not answer."""
+    try:
+        return gateway.payment_intent_state(payment_intent_id=payment.processor_id)
+    except gateway.PaymentError:
+        return None
+
+
+def _unanswered(invoice: Invoice, payment: Payment) -> ConfirmState:
+    return ConfirmState(
+        Confirmation.UNANSWERED, invoice, payment=payment, message=gateway.UNAVAILABLE_MESSAGE
+    )
+
+
 def _payment_failed(payment: Payment, *, code: str, message: str, now: datetime) -> None:
-    with transaction.atomic():
-        payment = Payment.objects.select_for_update().get(pk=payment.pk)
-        if payment.status == Payment.Status.REQUIRES_ACTION:
-            payment_failed(payment=payment, code=code, message=message, now=now, notify=False)
+    payment_declined(payment=payment, code=code, message=message, now=now, notify=False)
 
 
 def _authentication_failure(intent: gateway.ChargeResult) -> bool:

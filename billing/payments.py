@@ -203,16 +203,13 @@ def invoice_charge(
                 on_session=on_session,
                 notify=notify_failure,
             )
-        with transaction.atomic():
-            payment = Payment.objects.select_for_update().get(pk=payment.pk)
-            payment_failed(
-                payment=payment,
-                code=error.code or PaymentFailure.DECLINED,
-                message=error.message,
-                now=now,
-                notify=notify_failure,
-            )
-        return payment
+        return payment_declined(
+            payment=payment,
+            code=error.code or PaymentFailure.DECLINED,
+            message=error.message,
+            now=now,
+            notify=notify_failure,
+        )
     if result.needs_authentication:
         return payment_needs_authentication(
             payment=payment, processor_id=result.payment_intent_id, now=now, on_session=True
@@ -231,16 +228,13 @@ def _authenticate_again(payment: Payment, *, now: datetime) -> Payment:
     except gateway.GatewayUnavailable:
         return payment  # still waiting; the page says the processor did not answer
     except gateway.PaymentError as error:
-        with transaction.atomic():
-            payment = Payment.objects.select_for_update().get(pk=payment.pk)
-            payment_failed(
-                payment=payment,
-                code=error.code or PaymentFailure.DECLINED,
-                message=error.message,
-                now=now,
-                notify=False,
-            )
-        return payment
+        return payment_declined(
+            payment=payment,
+            code=error.code or PaymentFailure.DECLINED,
+            message=error.message,
+            now=now,
+            notify=False,
+        )
     if result.paid:
         return payment_succeeded(payment=payment, processor_id=result.payment_intent_id, now=now)
     return payment
@@ -304,6 +298,17 @@ NEEDS_AUTHENTICATION_RESULT = "needs authentication: your bank asked you to conf
 
 def confirm_payment_url(invoice: Invoice) -> str:
     return absolute_url("billing:confirm_payment", invoice.organisation.slug, invoice.number)
+
+
+def payment_declined(
+    *, payment: Payment, code: str, message: str, now: datetime, notify: bool = True
+) -> Payment:
+    """`payment_failed` in its own transaction, the payment row locked; the payment as it is
+    now (a payment that ended meanwhile is left as it is)."""
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=payment.pk)
+        payment_failed(payment=payment, code=code, message=message, now=now, notify=notify)
+    return payment
 
 
 def payment_failed(

@@ -120,14 +120,14 @@ def test_renewal_confirmed_from_the_email_link_resumes_the_flows(new_page, porta
     assert set(ProcessFlow.objects.values_list("status", flat=True)) == {"active"}
 
 
-def fill_card(page, number):
+def fill_card(page, number, *, button="Save card"):
     card = page.locator("#card-element")
     card.get_by_placeholder("number").fill(number)
     card.get_by_placeholder("exp_month").fill("12")
     card.get_by_placeholder("exp_year").fill("30")
     card.get_by_placeholder("cvc").fill("123")
     card.get_by_placeholder("postal_code").fill("10001")
-    page.get_by_role("button", name="Save card").click()
+    page.get_by_role("button", name=button).click()
 
 
 def test_update_card_answers_the_setup_challenge(new_page, portal, localstripe):
@@ -160,13 +160,7 @@ def test_checkout_with_a_card_that_asks_twice(new_page, portal, localstripe):
         f"{portal}/o/new-co/settings/subscription/checkout/"
         "?plan=standard&billing_cycle=monthly&currency=USD"
     )
-    card = page.locator("#card-element")
-    card.get_by_placeholder("number").fill(AUTH_ALWAYS)
-    card.get_by_placeholder("exp_month").fill("12")
-    card.get_by_placeholder("exp_year").fill("30")
-    card.get_by_placeholder("cvc").fill("123")
-    card.get_by_placeholder("postal_code").fill("10001")
-    page.get_by_role("button", name="and subscribe").click()
+    fill_card(page, AUTH_ALWAYS, button="and subscribe")
     page.get_by_role("button", name="Complete authentication").click()  # saving the card
 
     expect(page.get_by_role("heading", name="Confirm payment")).to_be_visible()

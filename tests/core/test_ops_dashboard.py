@@ -38,7 +38,9 @@ def populate(n: int, offset: int = 0):
         invoice = issued_invoice(
             organisation=org, number=f"INV-2026-{i + 1:06d}", issued_at=NOW - timedelta(days=1)
         )
-        if status == "active":
+        # Paid, or waiting for the customer's bank (3-D Secure).
+        payment_status = {"active": "succeeded", "past_due": "requires_action"}.get(status)
+        if payment_status:
             Payment.objects.create(
                 organisation=org,
                 invoice=invoice,
@@ -46,19 +48,7 @@ def populate(n: int, offset: int = 0):
                 attempt=1,
                 amount=invoice.total,
                 currency=invoice.currency,
-                status="succeeded",
-                idempotency_key=f"pay-{i}",
-                created_at=NOW - timedelta(hours=1),
-            )
-        if status == "past_due":
-            Payment.objects.create(
-                organisation=org,
-                invoice=invoice,
-                method_kind="card",
-                attempt=1,
-                amount=invoice.total,
-                currency=invoice.currency,
-                status="requires_action",
+                status=payment_status,
                 idempotency_key=f"pay-{i}",
                 created_at=NOW - timedelta(hours=1),
             )

@@ -10,7 +10,8 @@ import gc
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Q
 
 from accounts.audit import Actor, audit_record
 from accounts.models import Organisation
@@ -36,7 +37,8 @@ from subscriptions.lifecycle import (
 from subscriptions.models import BillingCycle, Plan, Subscription
 from subscriptions.plan_changes import downgrade_apply_flows
 from subscriptions.states import RENEWING
-from usage.billing import annual_months_over_limit, months_usage
+from usage.billing import MonthOverLimit, months_usage
+from usage.models import UsageCounter
 from usage.months import usage_month_of
 
 
@@ -138,39 +140,77 @@ def _closed_months_overage(subscriptions: list[Subscription]) -> dict[int, Overa
     return overages
 
 
-# Annual plans bill a usage month's overage on its own invoice once it closes. Only months that
-# started within this window are looked at: it bounds the scan and still covers a job that did
-# not run for two months. A closed month started at least 27 days ago (28 days, less an hour
-# over a daylight-saving change).
-OVERAGE_LOOKBACK = timedelta(days=100)
-
-
 # Overage is owed for the transactions made, so a suspended subscription is billed too.
 OVERAGE_STATUSES = RENEWING | {Subscription.Status.SUSPENDED}
+# A usage month lasts at least 28 days (less an hour over a daylight-saving change): a month
+# started later than this cannot have closed, so the candidate query leaves it out.
+SHORTEST_MONTH = timedelta(days=27)
+
+
+def overage_months_due(*, now: datetime) -> list[MonthOverLimit]:
+    """Usage months over the limit that no overage charge bills yet, oldest first, whatever
+    their age (docs/architecture.md#billing): a job that did not run for months, or a
+    cancellation undone late, still bills them. One aggregate query; the unique (subscription,
+    month) index of the overage charges keeps the billed months out, so the answer stays
+    small however much history there is.
+
+    Annual plans that renew (or are suspended) are billed month by month; a cancelled
+    subscription's months are held until it renews again (undo) or ends. An ended one owes
+    its unbilled months: every month of an annual term, and a monthly plan's final month
+    (its current period: the earlier ones went on the renewal invoices). Months before the
+    anchor belong to an earlier cycle or term. The caller checks which months have closed.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT s.id, s.organisation_id, c.month_start, SUM(c.transactions) "  # noqa: S608
+            f"FROM {UsageCounter._meta.db_table} c "
+            f"JOIN {Subscription._meta.db_table} s ON s.organisation_id = c.organisation_id "
+            f"JOIN {Plan._meta.db_table} p ON p.id = s.plan_id "
+            "WHERE c.month_start >= s.anchor_at AND c.month_start < %(before)s "
+            "AND ((s.billing_cycle = %(annual)s AND s.status = ANY(%(statuses)s) "
+            "      AND NOT s.cancel_at_period_end) "
+            "  OR (s.status = %(ended)s "
+            "      AND (s.billing_cycle = %(annual)s OR c.month_start >= s.current_period_start))) "
+            f"AND NOT EXISTS (SELECT 1 FROM {OverageCharge._meta.db_table} o "
+            "  WHERE o.subscription_id = s.id AND o.month_start = c.month_start) "
+            "GROUP BY s.id, s.organisation_id, c.month_start, p.monthly_transactions "
+            "HAVING SUM(c.transactions) > p.monthly_transactions "
+            "ORDER BY c.month_start, s.id",
+            {
+                "before": now - SHORTEST_MONTH,
+                "annual": BillingCycle.ANNUAL,
+                "ended": Subscription.Status.ENDED,
+                "statuses": sorted(OVERAGE_STATUSES),
+            },
+        )
+        return [
+            MonthOverLimit(
+                subscription_id=sid, organisation_id=org, month_start=month, transactions=int(n)
+            )
+            for sid, org, month, n in cursor.fetchall()
+        ]
+
+
+def _overage_billable() -> Q:
+    """The subscriptions overage_months_due bills (for the lock, re-checked under it)."""
+    return Q(billing_cycle=BillingCycle.ANNUAL, status__in=OVERAGE_STATUSES) & Q(
+        cancel_at_period_end=False
+    ) | Q(status=Subscription.Status.ENDED)
 
 
 def overage_invoices_issue(*, now: datetime, batch_size: int = 200) -> int:
-    """Issue an overage-only invoice for each closed usage month of an annual plan that went
-    over the plan's monthly limit (docs/architecture.md#billing), once per month.
+    """Issue an overage-only invoice for each closed usage month over the plan's monthly limit
+    that is owed and not billed (docs/architecture.md#billing), once per month: each month of
+    an annual plan at its close, and at the end of a cancelled subscription its final month
+    (monthly plans) or every month the cancellation held (annual plans).
 
-    Candidates come from one aggregate query over the usage counters; each batch then locks its
+    Candidates come from one aggregate query (overage_months_due); each batch then locks its
     subscriptions (SKIP LOCKED, so runs can overlap), re-checks what is billed under the lock,
     and issues the invoices and their OverageCharge rows (unique per subscription and month) in
     one transaction. The limit and rate are those of the subscription's current plan. Card
     invoices are charged by the charge job; bank transfer and PO ones are due in N days.
     """
-    candidates = annual_months_over_limit(
-        since=now - OVERAGE_LOOKBACK, before=now - timedelta(days=27), statuses=OVERAGE_STATUSES
-    )
-    if not candidates:
-        return 0
-    billed = set(
-        OverageCharge.objects.filter(
-            subscription_id__in={c.subscription_id for c in candidates},
-            month_start__gte=now - OVERAGE_LOOKBACK,
-        ).values_list("subscription_id", "month_start")
-    )
-    due = [c for c in candidates if (c.subscription_id, c.month_start) not in billed]
+    due = overage_months_due(now=now)
     issued = 0
     for offset in range(0, len(due), batch_size):
         chunk = due[offset : offset + batch_size]
@@ -188,12 +228,7 @@ def _issue_overage_chunk(chunk: list, *, now: datetime) -> list[Invoice]:
         for s in Subscription.objects.select_for_update(skip_locked=True, of=("self",))
         .select_related("organisation", "organisation__billing_profile", "plan")
         .prefetch_related("plan__prices")
-        .filter(
-            pk__in={c.subscription_id for c in chunk},
-            billing_cycle=BillingCycle.ANNUAL,
-            status__in=OVERAGE_STATUSES,
-            cancel_at_period_end=False,
-        )
+        .filter(_overage_billable(), pk__in={c.subscription_id for c in chunk})
     }
     billed = set(
         OverageCharge.objects.filter(

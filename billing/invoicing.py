@@ -16,6 +16,7 @@ from django.db.models import Q
 from accounts.audit import Actor, audit_record
 from accounts.models import Organisation
 from accounts.services import organisation_lock
+from billing.arrears import arrears
 from billing.drafts import (
     Overage,
     draft_overage_invoice,
@@ -27,6 +28,7 @@ from billing.models import BillingProfile, Invoice, OverageCharge
 from billing.queueing import queue_invoice_documents
 from billing.tax import tax_rates
 from core.errors import ServiceError
+from core.money import format_money
 from subscriptions.lifecycle import (
     Period,
     scheduled_changes_prefetch,
@@ -286,6 +288,7 @@ def subscription_start(
         raise ServiceError("Choose one of the offered currencies.", field="currency")
     with transaction.atomic():
         organisation = organisation_lock(organisation)
+        _arrears_refuse(organisation)
         _currency_settle(organisation, currency)
         open_first = _open_first_invoice_reuse(
             organisation, plan=plan, billing_cycle=billing_cycle, currency=currency, now=now
@@ -330,6 +333,22 @@ def subscription_start(
     return invoice
 
 
+def _arrears_refuse(organisation: Organisation) -> None:
+    """A new term starts only once what an earlier one left unpaid is paid (billing.arrears;
+    the checkout charges it first). Caller's transaction, organisation locked."""
+    owed = arrears(organisation=organisation)
+    if owed:
+        listed = ", ".join(
+            f"{invoice.number} {format_money(invoice.amount_due, invoice.currency)}"
+            for invoice in owed
+        )
+        raise ServiceError(
+            f"You still owe {listed} from your previous subscription; it is charged before "
+            "a new subscription starts.",
+            code="arrears",
+        )
+
+
 def _currency_settle(organisation: Organisation, currency: str) -> None:
     """The organisation's currency: it changes only while no invoice was issued in another one
     (caller's transaction, organisation locked)."""
@@ -352,14 +371,14 @@ def _open_first_invoice_reuse(
     existing = Subscription.objects.filter(organisation=organisation).first()
     if existing is None or existing.status != Subscription.Status.INCOMPLETE:
         return None
-    open_first = existing.invoices.filter(status=Invoice.Status.OPEN).first()
+    # This term's first invoice, issued at its anchor; an earlier term's stay owed.
+    first = existing.invoices.filter(status=Invoice.Status.OPEN, issued_at__gte=existing.anchor_at)
+    open_first = first.first()
     if open_first is not None and (
         existing.plan_id,
         existing.billing_cycle,
         existing.currency,
     ) == (plan.pk, billing_cycle, currency):
         return open_first
-    existing.invoices.filter(status=Invoice.Status.OPEN).update(
-        status=Invoice.Status.VOID, closed_at=now
-    )
+    first.update(status=Invoice.Status.VOID, closed_at=now)
     return None

@@ -36,7 +36,7 @@ from subscriptions.lifecycle import (
     subscription_next_period,
     subscriptions_save_periods,
 )
-from subscriptions.models import BillingCycle, Plan, Subscription
+from subscriptions.models import BillingCycle, Plan, PlanChange, Subscription
 from subscriptions.plan_changes import downgrade_apply_flows
 from subscriptions.states import RENEWING
 from usage.billing import MonthOverLimit, months_usage
@@ -147,6 +147,9 @@ OVERAGE_STATUSES = RENEWING | {Subscription.Status.SUSPENDED}
 # A usage month lasts at least 28 days (less an hour over a daylight-saving change): a month
 # started later than this cannot have closed, so the candidate query leaves it out.
 SHORTEST_MONTH = timedelta(days=27)
+# ... and at most 31 days and an hour: a month started longer than this before a plan change
+# closed before it.
+LONGEST_MONTH = timedelta(days=32)
 
 
 def overage_months_due(*, now: datetime) -> list[MonthOverLimit]:
@@ -160,7 +163,9 @@ def overage_months_due(*, now: datetime) -> list[MonthOverLimit]:
     subscription's months are held until it renews again (undo) or ends. An ended one owes
     its unbilled months: every month of an annual term, and a monthly plan's final month
     (its current period: the earlier ones went on the renewal invoices). Months before the
-    anchor belong to an earlier cycle or term. The caller checks which months have closed.
+    anchor belong to an earlier cycle or term; months that closed before the latest plan
+    change were settled at the earlier plan's limit. The caller checks which months have
+    closed.
     """
     with connection.cursor() as cursor:
         cursor.execute(
@@ -169,6 +174,11 @@ def overage_months_due(*, now: datetime) -> list[MonthOverLimit]:
             f"JOIN {Subscription._meta.db_table} s ON s.organisation_id = c.organisation_id "
             f"JOIN {Plan._meta.db_table} p ON p.id = s.plan_id "
             "WHERE c.month_start >= s.anchor_at AND c.month_start < %(before)s "
+            # Not the months that closed under an earlier plan (before a downgrade at the
+            # renewal): their overage was settled at that plan's limit when they closed.
+            f"AND c.month_start >= COALESCE((SELECT max(pc.closed_at) - %(longest)s "
+            f"  FROM {PlanChange._meta.db_table} pc "
+            "  WHERE pc.subscription_id = s.id AND pc.status = %(applied)s), s.anchor_at) "
             "AND ((s.billing_cycle = %(annual)s AND s.status = ANY(%(statuses)s) "
             "      AND NOT s.cancel_at_period_end) "
             "  OR (s.status = %(ended)s "
@@ -183,6 +193,8 @@ def overage_months_due(*, now: datetime) -> list[MonthOverLimit]:
                 "annual": BillingCycle.ANNUAL,
                 "ended": Subscription.Status.ENDED,
                 "statuses": sorted(OVERAGE_STATUSES),
+                "longest": LONGEST_MONTH,
+                "applied": PlanChange.Status.APPLIED,
             },
         )
         return [

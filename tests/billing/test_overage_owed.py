@@ -153,3 +153,31 @@ def test_a_cancelled_annual_subscription_gets_its_unbilled_months_at_the_end_of_
     assert Invoice.objects.filter(subscription=annual, kind="overage").count() == 3
     assert not Invoice.objects.filter(subscription=annual, kind="subscription").exists()
     assert overage_findings(org, end + timedelta(days=2)) == []
+
+
+def test_a_downgrade_at_the_renewal_does_not_bill_the_old_terms_months_at_the_new_limit(org):
+    """Without a look-back window, months that closed under the old plan's limit must not be
+    billed again against a smaller plan's limit after a downgrade."""
+    from subscriptions.models import PlanChange
+    from tests.subscriptions.factories import plan
+
+    subscription = SubscriptionFactory(
+        organisation=org, plan=plan("professional"), billing_cycle=BillingCycle.ANNUAL
+    )
+    month_11 = PERIOD_START + relativedelta(months=10)
+    use(org, 100_000, month_start=month_11)  # under Professional's 250,000
+    assert overage_invoices_issue(now=month_11 + relativedelta(months=1)) == 0
+    end = subscription.current_period_end
+    PlanChange.objects.create(
+        subscription=subscription,
+        kind=PlanChange.Kind.DOWNGRADE,
+        status=PlanChange.Status.SCHEDULED,
+        from_plan=plan("professional"),
+        to_plan=plan("standard"),
+        billing_cycle=BillingCycle.ANNUAL,
+        created_at=month_11,
+    )
+    assert billing_run_issue(now=end) == 1  # the downgrade applies at the renewal
+    assert Subscription.objects.get(pk=subscription.pk).plan.code == "standard"
+    assert overage_invoices_issue(now=end + timedelta(days=1)) == 0
+    assert not OverageCharge.objects.exists()

@@ -155,9 +155,9 @@ LONGEST_MONTH = timedelta(days=32)
 def overage_months_due(*, now: datetime) -> list[MonthOverLimit]:
     """Usage months over the limit that no overage charge bills yet, oldest first, whatever
     their age (docs/architecture.md#billing): a job that did not run for months, or a
-    cancellation undone late, still bills them. One aggregate query; the unique (subscription,
-    month) index of the overage charges keeps the billed months out, so the answer stays
-    small however much history there is.
+    cancellation undone late, still bills them. One aggregate query over the counters of the
+    subscriptions concerned since their anchor; the months already billed are taken out after
+    grouping, against the unique (subscription, month) index of the overage charges.
 
     Annual plans that renew (or are suspended) are billed month by month; a cancelled
     subscription's months are held until it renews again (undo) or ends. An ended one owes
@@ -169,25 +169,27 @@ def overage_months_due(*, now: datetime) -> list[MonthOverLimit]:
     """
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT s.id, s.organisation_id, c.month_start, SUM(c.transactions) "  # noqa: S608
+            "SELECT m.* FROM ("  # noqa: S608
+            "SELECT s.id, s.organisation_id, c.month_start, SUM(c.transactions) AS n "
             f"FROM {UsageCounter._meta.db_table} c "
             f"JOIN {Subscription._meta.db_table} s ON s.organisation_id = c.organisation_id "
             f"JOIN {Plan._meta.db_table} p ON p.id = s.plan_id "
-            "WHERE c.month_start >= s.anchor_at AND c.month_start < %(before)s "
             # Not the months that closed under an earlier plan (before a downgrade at the
             # renewal): their overage was settled at that plan's limit when they closed.
-            f"AND c.month_start >= COALESCE((SELECT max(pc.closed_at) - %(longest)s "
-            f"  FROM {PlanChange._meta.db_table} pc "
-            "  WHERE pc.subscription_id = s.id AND pc.status = %(applied)s), s.anchor_at) "
+            "LEFT JOIN (SELECT subscription_id, max(closed_at) AS changed_at "
+            f"  FROM {PlanChange._meta.db_table} WHERE status = %(applied)s "
+            "  GROUP BY subscription_id) pc ON pc.subscription_id = s.id "
+            "WHERE c.month_start >= GREATEST(s.anchor_at, pc.changed_at - %(longest)s) "
+            "AND c.month_start < %(before)s "
             "AND ((s.billing_cycle = %(annual)s AND s.status = ANY(%(statuses)s) "
             "      AND NOT s.cancel_at_period_end) "
             "  OR (s.status = %(ended)s "
             "      AND (s.billing_cycle = %(annual)s OR c.month_start >= s.current_period_start))) "
-            f"AND NOT EXISTS (SELECT 1 FROM {OverageCharge._meta.db_table} o "
-            "  WHERE o.subscription_id = s.id AND o.month_start = c.month_start) "
             "GROUP BY s.id, s.organisation_id, c.month_start, p.monthly_transactions "
-            "HAVING SUM(c.transactions) > p.monthly_transactions "
-            "ORDER BY c.month_start, s.id",
+            "HAVING SUM(c.transactions) > p.monthly_transactions) m "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {OverageCharge._meta.db_table} o "
+            "  WHERE o.subscription_id = m.id AND o.month_start = m.month_start) "
+            "ORDER BY m.month_start, m.id",
             {
                 "before": now - SHORTEST_MONTH,
                 "annual": BillingCycle.ANNUAL,

@@ -10,6 +10,7 @@ from datetime import datetime
 
 from accounts.audit import Actor
 from accounts.models import Organisation
+from billing.arrears import arrears
 from billing.cards import card_setup_complete
 from billing.invoicing import subscription_start
 from billing.models import Invoice, Payment
@@ -21,6 +22,8 @@ from subscriptions.models import Plan
 
 @dataclass(frozen=True)
 class Checkout:
+    # The new term's first invoice; or the earlier term's invoice whose charge did not go
+    # through, when one was owed (no first invoice is issued then).
     invoice: Invoice
     payment: Payment | None
 
@@ -40,7 +43,7 @@ def subscription_checkout(
     setup_intent_id: str = "",
 ) -> Checkout:
     """Checkout: save the card Stripe.js just confirmed (`setup_intent_id`), or use the card on
-    file; issue the first invoice and charge it at once.
+    file; charge what an earlier term still owes, then issue the first invoice and charge it.
 
     ServiceError (or gateway.PaymentError) when the card cannot be saved or there is none;
     otherwise `outcome` says whether the charge paid, was declined, waits for the customer's
@@ -52,6 +55,12 @@ def subscription_checkout(
         )
     elif payment_method_current(organisation=organisation) is None:
         raise ServiceError("Enter your card details.")
+    # What an earlier term left unpaid is charged first; the new term starts only once it is
+    # paid (billing.arrears). A charge that did not go through is the checkout's outcome.
+    for owed in arrears(organisation=organisation):
+        payment = invoice_charge(invoice=owed, now=now)
+        if charge_outcome(payment) != ChargeOutcome.PAID:
+            return Checkout(invoice=owed, payment=payment)
     invoice = subscription_start(
         organisation=organisation,
         actor=actor,

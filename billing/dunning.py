@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 
 from accounts.audit import SYSTEM, Actor, audit_record, reason_change
 from accounts.emails import email_send
@@ -28,7 +28,7 @@ from accounts.selectors import billing_recipients
 from billing.models import DunningCase, DunningStep, Invoice, Payment
 from core.errors import ServiceError
 from core.links import absolute_url
-from subscriptions.models import PaymentMethodKind, Subscription
+from subscriptions.models import PaymentMethodKind, PlanChange, Subscription
 from subscriptions.services import process_flows_resume_suspended, process_flows_suspend
 from subscriptions.states import subscription_transition
 
@@ -58,8 +58,11 @@ def step_due_at(case: DunningCase, step: str) -> datetime:
 
 
 def open_invoices(subscription: Subscription):
+    """The open invoices dunning chases. An upgrade's invoice waiting for its payment is the
+    upgrade's own business (a decline voids it); once its plan applied it is owed like any
+    other (billing.reconciliation may withdraw the success that applied it)."""
     return Invoice.objects.filter(subscription=subscription, status=Invoice.Status.OPEN).exclude(
-        kind=Invoice.Kind.UPGRADE
+        Q(kind=Invoice.Kind.UPGRADE) & ~Q(plan_change__status=PlanChange.Status.APPLIED)
     )
 
 

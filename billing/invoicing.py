@@ -11,11 +11,13 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Q
 
 from accounts.audit import Actor, audit_record
 from accounts.models import Organisation
 from accounts.services import organisation_lock
+from billing.arrears import arrears
 from billing.drafts import (
     Overage,
     draft_overage_invoice,
@@ -27,6 +29,7 @@ from billing.models import BillingProfile, CarriedCharge, Invoice, OverageCharge
 from billing.queueing import queue_invoice_documents
 from billing.tax import tax_rates
 from core.errors import ServiceError
+from core.money import format_money
 from subscriptions.lifecycle import (
     Period,
     scheduled_changes_prefetch,
@@ -34,10 +37,11 @@ from subscriptions.lifecycle import (
     subscription_next_period,
     subscriptions_save_periods,
 )
-from subscriptions.models import BillingCycle, Plan, Subscription
+from subscriptions.models import BillingCycle, Plan, PlanChange, Subscription
 from subscriptions.plan_changes import downgrade_apply_flows
 from subscriptions.states import RENEWING
-from usage.billing import annual_months_over_limit, months_usage
+from usage.billing import MonthOverLimit, months_usage
+from usage.models import UsageCounter
 from usage.months import usage_month_of
 
 
@@ -153,39 +157,91 @@ def _closed_months_overage(subscriptions: list[Subscription]) -> dict[int, Overa
     return overages
 
 
-# Annual plans bill a usage month's overage on its own invoice once it closes. Only months that
-# started within this window are looked at: it bounds the scan and still covers a job that did
-# not run for two months. A closed month started at least 27 days ago (28 days, less an hour
-# over a daylight-saving change).
-OVERAGE_LOOKBACK = timedelta(days=100)
-
-
 # Overage is owed for the transactions made, so a suspended subscription is billed too.
 OVERAGE_STATUSES = RENEWING | {Subscription.Status.SUSPENDED}
+# A usage month lasts at least 28 days (less an hour over a daylight-saving change): a month
+# started later than this cannot have closed, so the candidate query leaves it out.
+SHORTEST_MONTH = timedelta(days=27)
+# ... and at most 31 days and an hour: a month started longer than this before a plan change
+# closed before it.
+LONGEST_MONTH = timedelta(days=32)
+
+
+def overage_months_due(*, now: datetime) -> list[MonthOverLimit]:
+    """Usage months over the limit that no overage charge bills yet, oldest first, whatever
+    their age (docs/architecture.md#billing): a job that did not run for months, or a
+    cancellation undone late, still bills them. One aggregate query over the counters of the
+    subscriptions concerned since their anchor; the months already billed are taken out after
+    grouping, against the unique (subscription, month) index of the overage charges.
+
+    Annual plans that renew (or are suspended) are billed month by month; a cancelled
+    subscription's months are held until it renews again (undo) or ends. An ended one owes
+    its unbilled months: every month of an annual term, and a monthly plan's final month
+    (its current period: the earlier ones went on the renewal invoices). Months before the
+    anchor belong to an earlier cycle or term; months that closed before the latest plan
+    change were settled at the earlier plan's limit. The caller checks which months have
+    closed.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT m.* FROM ("  # noqa: S608
+            "SELECT s.id, s.organisation_id, c.month_start, SUM(c.transactions) AS n "
+            f"FROM {UsageCounter._meta.db_table} c "
+            f"JOIN {Subscription._meta.db_table} s ON s.organisation_id = c.organisation_id "
+            f"JOIN {Plan._meta.db_table} p ON p.id = s.plan_id "
+            # Not the months that closed under an earlier plan (before a downgrade at the
+            # renewal): their overage was settled at that plan's limit when they closed.
+            "LEFT JOIN (SELECT subscription_id, max(closed_at) AS changed_at "
+            f"  FROM {PlanChange._meta.db_table} WHERE status = %(applied)s "
+            "  GROUP BY subscription_id) pc ON pc.subscription_id = s.id "
+            "WHERE c.month_start >= GREATEST(s.anchor_at, pc.changed_at - %(longest)s) "
+            "AND c.month_start < %(before)s "
+            "AND ((s.billing_cycle = %(annual)s AND s.status = ANY(%(statuses)s) "
+            "      AND NOT s.cancel_at_period_end) "
+            "  OR (s.status = %(ended)s "
+            "      AND (s.billing_cycle = %(annual)s OR c.month_start >= s.current_period_start))) "
+            "GROUP BY s.id, s.organisation_id, c.month_start, p.monthly_transactions "
+            "HAVING SUM(c.transactions) > p.monthly_transactions) m "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {OverageCharge._meta.db_table} o "
+            "  WHERE o.subscription_id = m.id AND o.month_start = m.month_start) "
+            "ORDER BY m.month_start, m.id",
+            {
+                "before": now - SHORTEST_MONTH,
+                "annual": BillingCycle.ANNUAL,
+                "ended": Subscription.Status.ENDED,
+                "statuses": sorted(OVERAGE_STATUSES),
+                "longest": LONGEST_MONTH,
+                "applied": PlanChange.Status.APPLIED,
+            },
+        )
+        return [
+            MonthOverLimit(
+                subscription_id=sid, organisation_id=org, month_start=month, transactions=int(n)
+            )
+            for sid, org, month, n in cursor.fetchall()
+        ]
+
+
+def _overage_billable() -> Q:
+    """The subscriptions overage_months_due bills (for the lock, re-checked under it)."""
+    return Q(billing_cycle=BillingCycle.ANNUAL, status__in=OVERAGE_STATUSES) & Q(
+        cancel_at_period_end=False
+    ) | Q(status=Subscription.Status.ENDED)
 
 
 def overage_invoices_issue(*, now: datetime, batch_size: int = 200) -> int:
-    """Issue an overage-only invoice for each closed usage month of an annual plan that went
-    over the plan's monthly limit (docs/architecture.md#billing), once per month.
+    """Issue an overage-only invoice for each closed usage month over the plan's monthly limit
+    that is owed and not billed (docs/architecture.md#billing), once per month: each month of
+    an annual plan at its close, and at the end of a cancelled subscription its final month
+    (monthly plans) or every month the cancellation held (annual plans).
 
-    Candidates come from one aggregate query over the usage counters; each batch then locks its
+    Candidates come from one aggregate query (overage_months_due); each batch then locks its
     subscriptions (SKIP LOCKED, so runs can overlap), re-checks what is billed under the lock,
     and issues the invoices and their OverageCharge rows (unique per subscription and month) in
     one transaction. The limit and rate are those of the subscription's current plan. Card
     invoices are charged by the charge job; bank transfer and PO ones are due in N days.
     """
-    candidates = annual_months_over_limit(
-        since=now - OVERAGE_LOOKBACK, before=now - timedelta(days=27), statuses=OVERAGE_STATUSES
-    )
-    if not candidates:
-        return 0
-    billed = set(
-        OverageCharge.objects.filter(
-            subscription_id__in={c.subscription_id for c in candidates},
-            month_start__gte=now - OVERAGE_LOOKBACK,
-        ).values_list("subscription_id", "month_start")
-    )
-    due = [c for c in candidates if (c.subscription_id, c.month_start) not in billed]
+    due = overage_months_due(now=now)
     issued = 0
     for offset in range(0, len(due), batch_size):
         chunk = due[offset : offset + batch_size]
@@ -203,12 +259,7 @@ def _issue_overage_chunk(chunk: list, *, now: datetime) -> list[Invoice]:
         for s in Subscription.objects.select_for_update(skip_locked=True, of=("self",))
         .select_related("organisation", "organisation__billing_profile", "plan")
         .prefetch_related("plan__prices")
-        .filter(
-            pk__in={c.subscription_id for c in chunk},
-            billing_cycle=BillingCycle.ANNUAL,
-            status__in=OVERAGE_STATUSES,
-            cancel_at_period_end=False,
-        )
+        .filter(_overage_billable(), pk__in={c.subscription_id for c in chunk})
     }
     billed = set(
         OverageCharge.objects.filter(
@@ -266,6 +317,7 @@ def subscription_start(
         raise ServiceError("Choose one of the offered currencies.", field="currency")
     with transaction.atomic():
         organisation = organisation_lock(organisation)
+        _arrears_refuse(organisation)
         _currency_settle(organisation, currency)
         open_first = _open_first_invoice_reuse(
             organisation, plan=plan, billing_cycle=billing_cycle, currency=currency, now=now
@@ -310,6 +362,22 @@ def subscription_start(
     return invoice
 
 
+def _arrears_refuse(organisation: Organisation) -> None:
+    """A new term starts only once what an earlier one left unpaid is paid (billing.arrears;
+    the checkout charges it first). Caller's transaction, organisation locked."""
+    owed = arrears(organisation=organisation)
+    if owed:
+        listed = ", ".join(
+            f"{invoice.number} {format_money(invoice.amount_due, invoice.currency)}"
+            for invoice in owed
+        )
+        raise ServiceError(
+            f"You still owe {listed} from your previous subscription; it is charged before "
+            "a new subscription starts.",
+            code="arrears",
+        )
+
+
 def _currency_settle(organisation: Organisation, currency: str) -> None:
     """The organisation's currency: it changes only while no invoice was issued in another one
     (caller's transaction, organisation locked)."""
@@ -332,14 +400,14 @@ def _open_first_invoice_reuse(
     existing = Subscription.objects.filter(organisation=organisation).first()
     if existing is None or existing.status != Subscription.Status.INCOMPLETE:
         return None
-    open_first = existing.invoices.filter(status=Invoice.Status.OPEN).first()
+    # This term's first invoice, issued at its anchor; an earlier term's stay owed.
+    first = existing.invoices.filter(status=Invoice.Status.OPEN, issued_at__gte=existing.anchor_at)
+    open_first = first.first()
     if open_first is not None and (
         existing.plan_id,
         existing.billing_cycle,
         existing.currency,
     ) == (plan.pk, billing_cycle, currency):
         return open_first
-    existing.invoices.filter(status=Invoice.Status.OPEN).update(
-        status=Invoice.Status.VOID, closed_at=now
-    )
+    first.update(status=Invoice.Status.VOID, closed_at=now)
     return None

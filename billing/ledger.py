@@ -31,7 +31,7 @@ from billing.models import (
 )
 from billing.tax import TaxDecision
 from core.money import format_money
-from subscriptions.models import PaymentMethodKind, PlanChange, Subscription
+from subscriptions.models import BillingCycle, PaymentMethodKind, PlanChange, Subscription
 from subscriptions.states import FAILING, RENEWING
 from usage.models import UsageCounter
 from usage.months import usage_month_of
@@ -489,7 +489,9 @@ def check_overage(*, now: datetime, organisation_ids) -> Iterator[Violation]:
     limit, its amount units × rate, and its invoice carries exactly that amount as an overage
     line for that month. A usage month closed over an hour ago, over its limit, with no overage
     billed is missing, when the subscription renews normally (a suspended one is billed when it
-    resumes) and its plan has not changed since (the current plan's limit then applies)."""
+    resumes, a cancelled one when the cancellation is undone or the subscription ends) or has
+    ended (its final invoices), and its plan has not changed since (the current plan's limit
+    then applies)."""
     # Organisations deleted after cancellation keep their invoices but not their counters.
     charges = _scope(
         OverageCharge.objects.filter(organisation__status=Organisation.Status.ACTIVE),
@@ -569,11 +571,13 @@ def _unbilled_overage_findings(
             "subscription_id", flat=True
         )
     )
+    # An ended subscription owes its unbilled months too (its final invoices); a cancelled one
+    # that has not ended is held until it renews again or ends.
     subscriptions = _scope(
         Subscription.objects.filter(
+            Q(status__in=RENEWING, cancel_at_period_end=False)
+            | Q(status=Subscription.Status.ENDED),
             organisation__status=Organisation.Status.ACTIVE,
-            status__in=RENEWING,
-            cancel_at_period_end=False,
         ).select_related("plan", "organisation"),
         organisation_ids,
     )
@@ -581,12 +585,13 @@ def _unbilled_overage_findings(
         if subscription.pk in changed:
             continue
         current_start, _ = usage_month_of(subscription, now - RENEWAL_LATENESS)
+        first = _first_month_owed(subscription)
         limit = subscription.plan.monthly_transactions
         organisation_id = subscription.organisation_id
         for month_start, used in months_by_organisation.get(organisation_id, ()):
             if (
                 month_start < current_start
-                and month_start >= subscription.anchor_at
+                and month_start >= first
                 and limit
                 and used > limit
                 and (subscription.pk, month_start) not in billed
@@ -598,6 +603,18 @@ def _unbilled_overage_findings(
                     f"{used:,} transactions over a limit of {limit:,} in the month from "
                     f"{month_start:%Y-%m-%d}, and no overage billed.",
                 )
+
+
+def _first_month_owed(subscription) -> datetime:
+    """The first usage month whose overage this subscription still answers for: from its
+    anchor (earlier months belong to another cycle or term); an ended monthly plan only its
+    final month, the earlier ones having been billed by its renewals."""
+    if (
+        subscription.status == Subscription.Status.ENDED
+        and subscription.billing_cycle == BillingCycle.MONTHLY
+    ):
+        return max(subscription.anchor_at, subscription.current_period_start)
+    return subscription.anchor_at
 
 
 def check_usage_counters(*, now: datetime, organisation_ids) -> Iterator[Violation]:

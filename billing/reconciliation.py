@@ -37,7 +37,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 
 from accounts.audit import Actor, audit_record, reason_change
+from accounts.emails import email_send
+from accounts.selectors import billing_recipients
 from billing import gateway
+from billing.dunning import dunning_open
 from billing.gateway import ProcessorCharge
 from billing.models import (
     BillingProfile,
@@ -48,6 +51,7 @@ from billing.models import (
 )
 from billing.payments import card_attempt_add, payment_failed, payment_succeeded
 from core.errors import ServiceError
+from core.links import absolute_url
 from core.money import format_money
 from subscriptions.models import PaymentMethodKind
 
@@ -612,8 +616,8 @@ def difference_resolve_mark_failed(
     failed-payment email goes out and dunning starts or continues).
 
     Refused when Stripe has the PaymentIntent as succeeded after all (Stripe is asked again
-    first), when our payment is no longer a success, and for upgrade invoices: a declined
-    upgrade voids its invoice while the new plan, applied on the recorded success, would stay.
+    first) and when our payment is no longer a success. An upgrade invoice goes into dunning
+    like any other: the new plan, applied on the recorded success, stays.
     """
     reason = _reason(reason, actor)
     _still_open(difference, Kind.MISSING_AT_PROCESSOR)
@@ -630,7 +634,10 @@ def difference_resolve_mark_failed(
         _withdraw_success(invoice, payment)
         # Then fail the attempt as a declined charge fails (payment_failed only fails a
         # pending attempt): the failed-payment email, then dunning from day 0.
-        payment_failed(payment=payment, code=FAILURE_CODE, message=FAILURE_MESSAGE, now=now)
+        if invoice.kind == Invoice.Kind.UPGRADE:
+            _applied_upgrade_failed(payment, invoice, now=now)
+        else:
+            payment_failed(payment=payment, code=FAILURE_CODE, message=FAILURE_MESSAGE, now=now)
         _resolve(difference, Resolution.MARKED_FAILED, actor=actor, note=reason, now=now)
         _invoice_audit(
             invoice,
@@ -648,7 +655,7 @@ def difference_resolve_mark_failed(
 def _refuse_unless_success_withdrawable(
     charge: ProcessorCharge | None, payment: Payment, invoice: Invoice
 ) -> None:
-    """Only a success Stripe does not have, still recorded, on a non-upgrade invoice."""
+    """Only a success Stripe does not have, still recorded."""
     if charge is not None and (charge.status == _SUCCEEDED or charge.status in _IN_FLIGHT):
         raise ServiceError(
             f"Stripe has {charge.payment_intent_id} as {charge.status} "
@@ -661,11 +668,37 @@ def _refuse_unless_success_withdrawable(
             f"{invoice.get_status_display().lower()}: there is no success to withdraw, "
             "nothing changed."
         )
-    if invoice.kind == Invoice.Kind.UPGRADE:
-        raise ServiceError(
-            f"Invoice {invoice.number} is a plan upgrade: failing its payment would void it "
-            "while the new plan stays applied. Nothing changed; ask engineering."
-        )
+
+
+def _applied_upgrade_failed(payment: Payment, invoice: Invoice, *, now: datetime) -> None:
+    """The success we withdraw had applied an upgrade: the new plan stays (the customer has
+    used it since) and its invoice is owed like any other open invoice, so the attempt fails
+    into dunning. payment_failed would treat it as a declined upgrade and void the invoice,
+    which is right only while the upgrade still waits for its payment (caller's transaction,
+    payment and invoice locked)."""
+    payment.status = Payment.Status.FAILED
+    payment.failure_code = FAILURE_CODE
+    payment.failure_message = FAILURE_MESSAGE
+    payment.completed_at = now
+    payment.save(update_fields=["status", "failure_code", "failure_message", "completed_at"])
+    organisation = invoice.organisation
+    email_send(
+        template="payment_failed",
+        to=billing_recipients(organisation=organisation),
+        context={
+            "invoice": invoice,
+            "payment": payment,
+            "payment_method_url": absolute_url("billing:payment_method", organisation.slug),
+        },
+        organisation=organisation,
+    )
+    dunning_open(
+        subscription=invoice.subscription,
+        started_at=now,
+        now=now,
+        result=FAILURE_MESSAGE,
+        attempts=1,
+    )
 
 
 def _withdraw_success(invoice: Invoice, payment: Payment) -> None:

@@ -44,7 +44,7 @@ from accounts.audit import Actor
 from accounts.models import Organisation, User
 from billing.dunning import ORDER as DUNNING_ORDER
 from billing.dunning import step_due_at
-from billing.invoicing import OVERAGE_LOOKBACK, OVERAGE_STATUSES
+from billing.invoicing import overage_months_due
 from billing.models import DunningCase, Invoice, OverageCharge, Payment
 from billing.payments import PENDING_RETRY_AFTER, payment_record_manual
 from core.errors import ServiceError
@@ -68,7 +68,6 @@ from subscriptions.models import (
     Subscription,
 )
 from subscriptions.states import RENEWING, SERVING
-from usage.billing import annual_months_over_limit
 from usage.months import usage_month_of
 from usage.services import api_key_authenticate, sync_info_ingest
 
@@ -489,16 +488,11 @@ class Simulation(CustomerMoves):
             done = {step.step for step in case.steps.all()}
             if any(step_due_at(case, s) <= until for s in DUNNING_ORDER if s not in done):
                 return True
-        months = annual_months_over_limit(
-            since=until - OVERAGE_LOOKBACK, before=until, statuses=OVERAGE_STATUSES
-        )
-        billed = set(OverageCharge.objects.values_list("subscription_id", "month_start"))
         subscriptions = {s.pk: s for s in live.select_related("organisation")}
-        for month in months:
+        for month in overage_months_due(now=until):
             subscription = subscriptions.get(month.subscription_id)
             if (
                 subscription is not None
-                and (month.subscription_id, month.month_start) not in billed
                 and usage_month_of(subscription, month.month_start)[1] <= until
             ):
                 return True

@@ -18,6 +18,8 @@ from django.utils import timezone
 from accounts.audit import Actor
 from accounts.models import AuditEvent, OutgoingEmail
 from billing import gateway
+from billing.collection import retry_payment
+from billing.dunning import amount_due
 from billing.invoicing import billing_run_issue, subscription_start
 from billing.models import (
     BillingProfile,
@@ -34,6 +36,7 @@ from billing.reconciliation import (
     difference_resolve_record_payment,
     reconcile,
 )
+from billing.upgrades import subscription_upgrade, upgrade_quote
 from core.errors import ServiceError
 from core.money import format_money
 from devkit.stripe_standin import VISA, card_exp_year
@@ -761,29 +764,67 @@ def test_a_charge_that_names_no_invoice_is_not_recorded(localstripe, org, ops, c
     assert invoice.status == "open"
 
 
-def test_an_upgrade_payment_is_not_marked_failed(localstripe, org, ops, clock):
+def upgrade_recorded_without_stripe(org, *, at) -> Payment:
+    """An upgrade to Enterprise whose charge we recorded as succeeded (so the new plan applied)
+    while Stripe never saw it."""
+    subscription = Subscription.objects.get(organisation=org)
+    enterprise = Plan.objects.get(code="enterprise")
+    quote = upgrade_quote(subscription=subscription, plan=enterprise, now=at)
+    invoice = subscription_upgrade(
+        organisation=org, actor=Actor(user=None), plan=enterprise, quoted_total=quote.total, now=at
+    )
+    payment = Payment.objects.create(
+        organisation_id=org.pk,
+        invoice=invoice,
+        method_kind=PaymentMethodKind.CARD,
+        attempt=1,
+        amount=invoice.total,
+        currency=invoice.currency,
+        status=Payment.Status.PENDING,
+        idempotency_key=f"invoice-{invoice.public_id}-attempt-9",
+        created_at=at,
+    )
+    return payment_succeeded(payment=payment, processor_id="pi_NotAtStripe0001", now=at)
+
+
+def test_an_upgrade_payment_marked_failed_goes_into_dunning_and_the_plan_stays(
+    localstripe, org, ops, clock
+):
     T, LATER = clock
     subscribe(org, now=T)
-    payment = renewal_recorded_without_stripe(org, at=T)
-    Invoice.objects.filter(pk=payment.invoice_id).update(kind="upgrade")
+    payment = upgrade_recorded_without_stripe(org, at=T + timedelta(minutes=5))
+    assert Subscription.objects.get(organisation=org).plan.code == "enterprise"
     reconcile(now=LATER)
 
-    assert refusal(
-        difference_resolve_mark_failed,
-        ReconciliationDifference.objects.get(),
-        ops,
+    difference_resolve_mark_failed(
+        difference=ReconciliationDifference.objects.get(),
+        actor=Actor(user=ops),
         reason="Not in Stripe",
         now=LATER,
-    ) == (
-        f"Invoice {payment.invoice.number} is a plan upgrade: failing its payment would void it "
-        "while the new plan stays applied. Nothing changed; ask engineering."
     )
+
     payment.refresh_from_db()
-    assert (payment.status, Invoice.objects.get(pk=payment.invoice_id).status) == (
-        "succeeded",
-        "paid",
+    invoice = Invoice.objects.get(pk=payment.invoice_id)
+    assert (payment.status, invoice.kind, invoice.status, invoice.amount_paid) == (
+        "failed",
+        "upgrade",
+        "open",
+        0,
     )
-    assert not DunningCase.objects.exists()
+    # Owed like any other open invoice: the failed-payment path, the plan applied stays.
+    subscription = Subscription.objects.get(organisation=org)
+    assert (subscription.status, subscription.plan.code) == ("past_due", "enterprise")
+    assert invoice.plan_change.status == "applied"
+    case = DunningCase.objects.get(organisation=org)
+    assert (case.status, case.started_at) == ("open", LATER)
+    assert amount_due(subscription) == invoice.total
+    # Retry Payment charges it, and the subscription is active again.
+    outcome = retry_payment(organisation=org, actor=Actor(user=None), now=LATER)
+    assert (outcome.attempts, outcome.paid) == (1, 1)
+    assert Invoice.objects.get(pk=invoice.pk).status == "paid"
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.plan.code) == ("active", "enterprise")
+    assert DunningCase.objects.get(organisation=org).status == "resolved"
 
 
 def test_a_charge_for_another_amount_is_not_recorded(localstripe, org, ops, clock):

@@ -58,7 +58,7 @@ def subscription_checkout(
     # What an earlier term left unpaid is charged first; the new term starts only once it is
     # paid (billing.arrears). A charge that did not go through is the checkout's outcome.
     for owed in arrears(organisation=organisation):
-        payment = invoice_charge(invoice=owed, now=now)
+        payment = invoice_charge(invoice=owed, now=now, on_session=True)
         if charge_outcome(payment) != ChargeOutcome.PAID:
             return Checkout(invoice=owed, payment=payment)
     invoice = subscription_start(

@@ -641,6 +641,13 @@ def _confirmed(request, invoice) -> HttpResponse:
         )
         return redirect("subscriptions:settings", org_slug=organisation.slug)
     subscription = subscription_with_plan(organisation=organisation)
+    if subscription is not None and subscription.status == Subscription.Status.ENDED:
+        # What an earlier term owed, paid at checkout: the new term is chosen next.
+        messages.success(
+            request,
+            f"Payment received: {total} for invoice {invoice.number}. Now choose your plan.",
+        )
+        return redirect("billing:choose_plan", org_slug=organisation.slug)
     still_due = amount_due(subscription) if subscription else 0
     if still_due:
         messages.success(

@@ -10,7 +10,6 @@ from datetime import datetime
 
 from django.db import connection
 
-from subscriptions.models import BillingCycle, Plan, Subscription
 from usage.models import UsageCounter
 
 
@@ -40,35 +39,3 @@ class MonthOverLimit:
     organisation_id: int
     month_start: datetime
     transactions: int
-
-
-def annual_months_over_limit(
-    *, since: datetime, before: datetime, statuses: frozenset[str]
-) -> list[MonthOverLimit]:
-    """Usage months of annual subscriptions started in [since, before) whose transactions exceed
-    the current plan's monthly limit, oldest first. One aggregate query.
-
-    Only months from the subscription's anchor on count: earlier ones belong to a monthly
-    term, whose renewal invoice carries their overage. The caller checks which months have
-    closed (each ends a month after its start, in the organisation's time zone) and which are
-    billed already.
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT s.id, s.organisation_id, c.month_start, SUM(c.transactions) "  # noqa: S608
-            f"FROM {UsageCounter._meta.db_table} c "
-            f"JOIN {Subscription._meta.db_table} s ON s.organisation_id = c.organisation_id "
-            f"JOIN {Plan._meta.db_table} p ON p.id = s.plan_id "
-            "WHERE s.billing_cycle = %s AND s.status = ANY(%s) AND NOT s.cancel_at_period_end "
-            "AND c.month_start >= s.anchor_at AND c.month_start >= %s AND c.month_start < %s "
-            "GROUP BY s.id, s.organisation_id, c.month_start, p.monthly_transactions "
-            "HAVING SUM(c.transactions) > p.monthly_transactions "
-            "ORDER BY c.month_start, s.id",
-            [BillingCycle.ANNUAL, sorted(statuses), since, before],
-        )
-        return [
-            MonthOverLimit(
-                subscription_id=sid, organisation_id=org, month_start=month, transactions=int(n)
-            )
-            for sid, org, month, n in cursor.fetchall()
-        ]

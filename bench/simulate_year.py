@@ -100,6 +100,7 @@ def main() -> int:
         f"payments               {payments['total']:,} (succeeded {payments['succeeded']:,}, "
         f"failed {payments['failed']:,}, recorded by ops {payments['manual']:,})"
     )
+    print(f"needed authentication  {summary['needed_authentication']}")
     print(
         f"plan changes applied   {summary['plan_changes']['upgrades']:,} upgrades, "
         f"{summary['plan_changes']['downgrades']:,} downgrades"

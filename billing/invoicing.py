@@ -7,6 +7,7 @@ month billed); the PDFs and "invoice issued" emails follow in the background onc
 """
 
 import gc
+import logging
 from collections import defaultdict
 from datetime import datetime, timedelta
 
@@ -43,6 +44,8 @@ from subscriptions.states import RENEWING
 from usage.billing import MonthOverLimit, months_usage
 from usage.models import UsageCounter
 from usage.months import usage_month_of
+
+logger = logging.getLogger(__name__)
 
 
 def billing_run_issue(*, now: datetime, batch_size: int = 500, limit: int | None = None) -> int:
@@ -122,7 +125,7 @@ def _carried_owed(subscriptions: list[Subscription]) -> dict[int, list[CarriedCh
     (caller's transaction): one query for the batch."""
     owed = defaultdict(list)
     for charge in CarriedCharge.objects.select_for_update().filter(
-        subscription_id__in=[s.pk for s in subscriptions], line__isnull=True
+        subscription_id__in=[s.pk for s in subscriptions], line__isnull=True, waived_at__isnull=True
     ):
         owed[charge.subscription_id].append(charge)
     return owed
@@ -248,7 +251,22 @@ def overage_invoices_issue(*, now: datetime, batch_size: int = 200) -> int:
         with transaction.atomic():
             invoices = _issue_overage_chunk(chunk, now=now)
         issued += len(invoices)
+    carried_charges_waive_ended(now=now)
     return issued
+
+
+def carried_charges_waive_ended(*, now: datetime) -> int:
+    """Amounts carried to a renewal that never comes (the subscription ended) are waived:
+    cancelling stops every further invoice, and each is below the minimum card charge.
+    (docs/architecture.md#decision-amounts-below-the-minimum-charge-are-carried)"""
+    waived = CarriedCharge.objects.filter(
+        line__isnull=True,
+        waived_at__isnull=True,
+        subscription__status=Subscription.Status.ENDED,
+    ).update(waived_at=now)
+    if waived:
+        logger.info("Waived %s carried amount(s) of ended subscriptions", waived)
+    return waived
 
 
 def _issue_overage_chunk(chunk: list, *, now: datetime) -> list[Invoice]:

@@ -364,7 +364,7 @@ def check_upgrade_quotes(*, now: datetime, organisation_ids) -> Iterator[Violati
     stored on its PlanChange: subtotal, tax and total. An upgrade quoted under the minimum
     charge is carried instead: its carried amount and the renewal line that bills it equal the
     stored quote subtotal (the tax is the renewal's), it has no upgrade invoice of its own, and
-    it is still owed only while the subscription can renew."""
+    it is still owed only while the subscription can renew (once it ended, it is waived)."""
     rows = _scope(Invoice.objects.filter(kind=Invoice.Kind.UPGRADE), organisation_ids).values_list(
         "organisation_id",
         "number",
@@ -423,6 +423,7 @@ def _carried_upgrade_findings(*, now: datetime, organisation_ids) -> Iterator[Vi
             "currency",
             "line__amount",
             "line__invoice__number",
+            "waived_at",
             "subscription__status",
             "subscription__cancel_at_period_end",
             "subscription__current_period_end",
@@ -445,6 +446,7 @@ def _carried_upgrade_findings(*, now: datetime, organisation_ids) -> Iterator[Vi
         currency,
         line_amount,
         number,
+        waived_at,
         status,
         cancelled,
         period_end,
@@ -473,7 +475,7 @@ def _carried_upgrade_findings(*, now: datetime, organisation_ids) -> Iterator[Vi
         ended = status == Subscription.Status.ENDED or (
             cancelled and period_end <= now - RENEWAL_LATENESS
         )
-        if number is None and ended:
+        if number is None and waived_at is None and ended:
             yield found(
                 f"{_money(amount, currency)} carried to the next invoice, but the subscription "
                 "has ended: still owed."

@@ -269,8 +269,9 @@ class CarriedCharge(models.Model):
     (docs/architecture.md#decision-amounts-below-the-minimum-charge-are-carried).
 
     An upgrade carries its stored quote subtotal (one row per PlanChange); the tax is that of
-    the invoice that bills it. Owed while `line` is empty; the renewal that bills it sets `line`
-    in its own transaction, so it is billed exactly once, whatever runs twice.
+    the invoice that bills it. Owed while `line` and `waived_at` are empty; the renewal that
+    bills it sets `line` in its own transaction, so it is billed exactly once, whatever runs
+    twice; a subscription that ends first waives it (`waived_at`).
     """
 
     class Kind(models.TextChoices):
@@ -298,6 +299,9 @@ class CarriedCharge(models.Model):
         related_name="carried_charge",
         help_text="The invoice line that billed it; empty while owed.",
     )
+    # The subscription ended before a renewal billed it: cancelling stops every further
+    # invoice, and the amount is below what a card can be charged on its own.
+    waived_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at", "id"]

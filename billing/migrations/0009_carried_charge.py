@@ -24,6 +24,7 @@ class Migration(migrations.Migration):
                 ('period_start', models.DateTimeField(blank=True, null=True)),
                 ('period_end', models.DateTimeField(blank=True, null=True)),
                 ('created_at', models.DateTimeField()),
+                ('waived_at', models.DateTimeField(blank=True, null=True)),
                 ('line', models.OneToOneField(blank=True, help_text='The invoice line that billed it; empty while owed.', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='carried_charge', to='billing.invoiceline')),
                 ('organisation', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='accounts.organisation')),
                 ('plan_change', models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='carried_charge', to='subscriptions.planchange')),

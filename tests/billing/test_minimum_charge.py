@@ -14,7 +14,9 @@ from billing.ledger import check_upgrade_quotes, ledger_check
 from billing.models import CarriedCharge, Invoice, InvoiceLine
 from billing.tax import tax_for
 from billing.upgrades import subscription_upgrade, upgrade_quote
-from subscriptions.models import Plan, PlanChange, PlanPrice, Subscription
+from core.jobs import run_job
+from subscriptions.cancellation import subscription_cancel
+from subscriptions.models import CancellationReason, Plan, PlanChange, PlanPrice, Subscription
 from tests.billing.helpers import START
 
 pytestmark = pytest.mark.django_db
@@ -242,3 +244,28 @@ def test_a_plan_price_in_a_currency_without_a_known_minimum_is_refused():
 def test_every_seeded_price_is_at_least_the_minimum_charge():
     for price in PlanPrice.objects.all():
         price.clean()
+
+
+def test_a_carried_amount_is_waived_when_the_subscription_ends_before_its_renewal(
+    subscribed, org, localstripe
+):
+    # Upgraded minutes before the renewal, then cancelled: there is no next invoice to carry
+    # the amount to, and cancelling stops every further invoice.
+    carried_upgrade(org)
+    subscription_cancel(
+        subscription=Subscription.objects.get(organisation=org),
+        actor=Actor(user=None),
+        reason=CancellationReason.TOO_EXPENSIVE,
+        detail="",
+        now=LATE + timedelta(minutes=1),
+    )
+    after = RENEWAL + timedelta(minutes=15)
+    for _ in range(2):  # tick twice: the same outcome
+        for name in ("end_cancelled_subscriptions", "billing_run", "overage_invoices"):
+            run_job(name, now=after)
+
+    charge = CarriedCharge.objects.get()
+    assert Subscription.objects.get(organisation=org).status == "ended"
+    assert (charge.line_id, charge.waived_at) == (None, after)
+    assert not Invoice.objects.filter(lines__description=DESCRIPTION).exists()
+    assert list(check_upgrade_quotes(now=after, organisation_ids=[org.pk])) == []

@@ -63,7 +63,12 @@ def charge_open_invoices(
     invoices are not tried: each would wait a whole timeout too, and a page would hang for
     all of them. The unanswered charge is retried with its key by the charge job.
     """
-    invoices = open_invoices(subscription).filter(payment_method_kind=PaymentMethodKind.CARD)
+    # Oldest first: the debt that started the failed-payment schedule is paid first.
+    invoices = (
+        open_invoices(subscription)
+        .filter(payment_method_kind=PaymentMethodKind.CARD)
+        .order_by("issued_at", "pk")
+    )
     if answered_since is not None:
         answered = Payment.objects.filter(
             invoice=OuterRef("pk"), created_at__gte=answered_since

@@ -9,7 +9,7 @@ from django.utils.functional import SimpleLazyObject
 
 from accounts.roles import ADMIN_AND_BILLING
 from billing.dunning import ORDER, Step, open_invoices, step_due_at
-from billing.models import DunningCase, Payment
+from billing.models import DunningCase, Payment, amount_due_sql
 from subscriptions.models import PaymentMethodKind
 from subscriptions.states import FAILING
 
@@ -54,7 +54,7 @@ def _state(organisation, *, can_pay: bool) -> AccountState | None:
         open_invoices(OuterRef("subscription"))
         .order_by()
         .values("subscription")
-        .annotate(total=Sum("total"))
+        .annotate(total=Sum(amount_due_sql()))
         .values("total")
     )
     awaiting = (

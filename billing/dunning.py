@@ -25,7 +25,7 @@ from django.db.models import Q, Sum
 from accounts.audit import SYSTEM, Actor, audit_record, reason_change
 from accounts.emails import email_send
 from accounts.selectors import billing_recipients
-from billing.models import DunningCase, DunningStep, Invoice, Payment
+from billing.models import DunningCase, DunningStep, Invoice, Payment, amount_due_sql
 from core.errors import ServiceError
 from core.links import absolute_url
 from subscriptions.models import PaymentMethodKind, PlanChange, Subscription
@@ -67,7 +67,7 @@ def open_invoices(subscription: Subscription):
 
 
 def amount_due(subscription: Subscription) -> int:
-    return open_invoices(subscription).aggregate(total=Sum("total"))["total"] or 0
+    return open_invoices(subscription).aggregate(total=Sum(amount_due_sql()))["total"] or 0
 
 
 def _context(case: DunningCase, subscription: Subscription) -> dict:

@@ -468,6 +468,80 @@ def payment_intent_get(*, payment_intent_id: str) -> ProcessorCharge | None:
     return _processor_charge(intent)
 
 
+@dataclass(frozen=True)
+class ProcessorRefund:
+    """A refund of a PaymentIntent's charge, as Stripe has it."""
+
+    refund_id: str
+    payment_intent_id: str
+    amount: int  # minor units
+    currency: str  # lower-case ISO code
+    status: str  # succeeded, pending, failed, canceled, requires_action
+    created: datetime  # aware, UTC
+    metadata: dict[str, str]  # `refund_create` puts credit_note and idempotency_key here
+
+
+def refund_create(
+    *,
+    payment_intent_id: str,
+    amount: int,
+    idempotency_key: str,
+    metadata: dict[str, Any],
+) -> ProcessorRefund:
+    """Refund `amount` of a PaymentIntent's charge to the card.
+
+    `idempotency_key` comes from our own row (the Refund): it is sent as Stripe's
+    Idempotency-Key and kept in the refund's metadata, and a refund already made with it is
+    returned instead of refunding again (which also covers a retry after Stripe forgot the
+    key). Raises PaymentError when Stripe refuses (more than is left to refund, a charge
+    that failed) and GatewayUnavailable when the outcome is unknown: retry with the same key.
+    """
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise ValueError(f"amount must be a positive integer of minor units, not {amount!r}")
+    for refund in refunds_of(payment_intent_id=payment_intent_id):
+        if refund.metadata.get("idempotency_key") == idempotency_key:
+            return refund
+    with _stripe_errors("refund", idempotency_key=idempotency_key):
+        refund = _client().v1.refunds.create(
+            params={
+                "payment_intent": payment_intent_id,
+                "amount": amount,
+                "metadata": {
+                    **{key: str(value) for key, value in metadata.items()},
+                    "idempotency_key": idempotency_key,
+                },
+            },
+            options={"idempotency_key": idempotency_key},
+        )
+    return _processor_refund(refund, payment_intent_id=payment_intent_id)
+
+
+def refunds_of(*, payment_intent_id: str) -> list[ProcessorRefund]:
+    """Every refund of a PaymentIntent's charge, oldest first (all pages)."""
+    refunds = []
+    with _stripe_errors("refunds_of"):
+        listed = _client().v1.refunds.list(
+            params={"payment_intent": payment_intent_id, "limit": LIST_PAGE_SIZE}
+        )
+        for refund in listed.auto_paging_iter():
+            refunds.append(_processor_refund(refund, payment_intent_id=payment_intent_id))
+    return sorted(refunds, key=lambda refund: (refund.created, refund.refund_id))
+
+
+def _processor_refund(refund: Any, *, payment_intent_id: str) -> ProcessorRefund:
+    metadata = refund["metadata"]
+    metadata = metadata.to_dict() if hasattr(metadata, "to_dict") else dict(metadata or {})
+    return ProcessorRefund(
+        refund_id=refund["id"],
+        payment_intent_id=getattr(refund, "payment_intent", None) or payment_intent_id,
+        amount=int(refund["amount"]),
+        currency=refund["currency"],
+        status=refund["status"],
+        created=datetime.fromtimestamp(refund["created"], tz=UTC),
+        metadata={key: str(value) for key, value in metadata.items()},
+    )
+
+
 def payment_intent_with_key(*, customer_id: str, idempotency_key: str) -> ProcessorCharge | None:
     """The PaymentIntent `charge` made with this key (as `payment_intent_find`), in full."""
     intent = _payment_intent_with_key(customer_id=customer_id, idempotency_key=idempotency_key)

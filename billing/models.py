@@ -151,6 +151,13 @@ class Invoice(models.Model):
     tax_amount = models.BigIntegerField()
     total = models.BigIntegerField()
     amount_paid = models.BigIntegerField(default=0)
+    # Customer balance applied at issue, tax included (billing.balance): the "Credit applied
+    # (CN-...)" lines below the tax; the total stays the invoice's value.
+    credit_applied = models.BigIntegerField(default=0)
+    # Credit notes issued against this invoice (billing.credit_notes), tax included, and the
+    # part of them that reduced what was still owed (outcome "reduce the amount due").
+    amount_credited = models.BigIntegerField(default=0)
+    amount_credited_unpaid = models.BigIntegerField(default=0)
     # The tax rule applied, recorded so the invoice can be re-checked later.
     tax_rule = models.CharField(max_length=32)
     tax_rate_bp = models.PositiveIntegerField(default=0)
@@ -175,6 +182,7 @@ class Invoice(models.Model):
             ("record_payment", "Can record a bank transfer or PO payment"),
             ("write_off", "Can mark an invoice uncollectible"),
             ("issue_revised_copy", "Can issue a revised copy of an invoice"),
+            ("issue_credit_note", "Can issue a credit note or refund"),
         ]
         constraints = [
             # One invoice per subscription period, whatever retries or races happen.
@@ -198,7 +206,26 @@ class Invoice(models.Model):
 
     @property
     def amount_due(self) -> int:
-        return max(self.total - self.amount_paid, 0)
+        """What is still owed: the total less the balance applied, the money paid and the
+        credit notes that reduced it."""
+        return max(
+            self.total - self.credit_applied - self.amount_paid - self.amount_credited_unpaid, 0
+        )
+
+    @property
+    def amount_uncredited(self) -> int:
+        """What credit notes may still credit."""
+        return self.total - self.amount_credited
+
+
+def amount_due_sql() -> models.Expression:
+    """Invoice.amount_due in SQL, for sums over open invoices."""
+    return (
+        models.F("total")
+        - models.F("credit_applied")
+        - models.F("amount_paid")
+        - models.F("amount_credited_unpaid")
+    )
 
 
 class InvoiceLine(models.Model):
@@ -348,6 +375,8 @@ class Payment(models.Model):
         REQUIRES_ACTION = "requires_action", "Needs authentication"
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
+        # A lost dispute took the money back (billing.disputes): the invoice owes it again.
+        CHARGED_BACK = "charged_back", "Charged back"
 
     organisation = models.ForeignKey(
         Organisation, on_delete=models.PROTECT, related_name="payments"
@@ -375,6 +404,8 @@ class Payment(models.Model):
     # When the bank first asked the customer to authenticate this charge (3-D Secure); kept
     # once the payment ends, so ops can see how often it happens and how it ends.
     authentication_requested_at = models.DateTimeField(null=True, blank=True)
+    # The cardholder disputed the charge with their bank (billing.disputes).
+    disputed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -517,10 +548,16 @@ class ReconciliationDifference(models.Model):
         MISSING_AT_PROCESSOR = "missing_at_processor", "Recorded here, not charged at Stripe"
         # Both have it, with different amounts or currencies.
         AMOUNT_MISMATCH = "amount_mismatch", "Amounts differ"
+        # A refund made at Stripe that no credit note here can record (it exceeds what the
+        # invoice has left to credit, or its payment is not ours).
+        REFUND_UNMATCHED = "refund_unmatched", "Refunded at Stripe, no credit note here"
+        # A second successful charge for an invoice already settled: refund it.
+        DOUBLE_CHARGE = "double_charge", "Charged twice"
 
     class Resolution(models.TextChoices):
         PAYMENT_RECORDED = "payment_recorded", "Payment recorded here"
         MARKED_FAILED = "marked_failed", "Our payment marked failed"
+        REFUNDED = "refunded", "Charge refunded (credit note)"
         NO_ACTION = "no_action", "Checked, no change needed"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
@@ -560,3 +597,239 @@ class ReconciliationDifference(models.Model):
 
     def __str__(self):
         return f"{self.get_kind_display()}: {self.processor_id or self.payment_id}"
+
+
+class CreditNoteSequence(models.Model):
+    """The last credit-note number used in a year; its row lock makes numbering gapless."""
+
+    year = models.PositiveSmallIntegerField(primary_key=True)
+    last_number = models.PositiveIntegerField(default=0)
+
+    def __str__(self):
+        return f"{self.year}: {self.last_number}"
+
+
+class CreditNote(models.Model):
+    """A correction of an issued invoice, which itself never changes (billing.credit_notes):
+    numbered CN-YYYY-NNNNNN, with the lines and tax it credits and what happened to the money.
+    """
+
+    class Reason(models.TextChoices):
+        DUPLICATE = "duplicate", "Duplicate charge"
+        WRONG_AMOUNT = "wrong_amount", "Wrong amount"
+        SERVICE_ISSUE = "service_issue", "Service issue"
+        GOODWILL = "goodwill", "Goodwill"
+        CANCELLED_ORDER = "cancelled_order", "Cancelled order"
+        OTHER = "other", "Other"
+        # Made by ops in the Stripe dashboard, recorded here by the webhook or reconciliation.
+        REFUNDED_IN_STRIPE = "refunded_in_stripe", "Refunded in Stripe"
+
+    class Outcome(models.TextChoices):
+        REFUND = "refund", "Refund to the card"
+        BALANCE = "balance", "Credit to the customer balance"
+        REFUNDED_OUTSIDE = "refunded_outside", "Refunded outside (bank transfer or PO)"
+        REDUCE_DUE = "reduce_due", "Reduce the amount due"
+        REFUNDED_IN_STRIPE = "refunded_in_stripe", "Refunded in Stripe"
+
+    class Status(models.TextChoices):
+        ISSUED = "issued", "Issued"
+        # A refund Stripe has not confirmed yet: the charge job retries it with the same key.
+        REFUND_PENDING = "refund_pending", "Refund pending"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.PROTECT, related_name="credit_notes"
+    )
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
+    number = models.CharField(max_length=32, unique=True)
+    reason = models.CharField(max_length=32, choices=Reason.choices)
+    note = models.CharField(max_length=500, blank=True)
+    outcome = models.CharField(max_length=32, choices=Outcome.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ISSUED)
+    currency = models.CharField(max_length=3)
+    subtotal = models.BigIntegerField()
+    tax_amount = models.BigIntegerField()
+    total = models.BigIntegerField()
+    # A bank-transfer or PO refund's reference, or the Stripe refund's id.
+    reference = models.CharField(max_length=120, blank=True)
+    issued_at = models.DateTimeField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Rendered once at issue, never changed (billing.pdf).
+    pdf = models.BinaryField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["issued_at", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(total=models.F("subtotal") + models.F("tax_amount")),
+                name="credit_note_total_is_subtotal_plus_tax",
+            ),
+            models.CheckConstraint(condition=Q(total__gt=0), name="credit_note_total_positive"),
+        ]
+        indexes = [models.Index(fields=["organisation", "-issued_at"])]
+
+    def __str__(self):
+        return self.number
+
+
+class CreditNoteLine(models.Model):
+    """What a credit note credits of one invoice line, before and of tax. A refund of a second
+    charge for an invoice already paid credits no line (`invoice_line` empty)."""
+
+    credit_note = models.ForeignKey(CreditNote, on_delete=models.PROTECT, related_name="lines")
+    position = models.PositiveSmallIntegerField()
+    invoice_line = models.ForeignKey(
+        InvoiceLine, null=True, blank=True, on_delete=models.PROTECT, related_name="credits"
+    )
+    description = models.CharField(max_length=255)
+    amount = models.BigIntegerField(help_text="Before tax, minor units.")
+    tax_amount = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["credit_note", "position"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["credit_note", "position"], name="credit_note_line_position"
+            )
+        ]
+
+    def __str__(self):
+        return self.description
+
+
+class Refund(models.Model):
+    """Money given back to a card through Stripe: by a credit note (ours, with an idempotency
+    key from this row, committed before Stripe is called) or found at Stripe (made in its
+    dashboard). Its Stripe id is unique, so a refund is recorded once."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
+    credit_note = models.ForeignKey(CreditNote, on_delete=models.PROTECT, related_name="refunds")
+    # The payment refunded; empty for a second charge we never recorded as a payment.
+    payment = models.ForeignKey(
+        Payment, null=True, blank=True, on_delete=models.PROTECT, related_name="refunds"
+    )
+    payment_intent_id = models.CharField(max_length=64)
+    amount = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    idempotency_key = models.CharField(max_length=80, unique=True)
+    processor_id = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    failure_message = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["status", "created_at"])]
+
+    def __str__(self):
+        return f"{self.credit_note} refund ({self.status})"
+
+
+class BalanceEntry(models.Model):
+    """One movement of an organisation's customer balance in one currency (billing.balance).
+
+    Credits (a credit note to the balance, an ops adjustment up) are positive and keep what is
+    left of them in `remaining`; uses (applied to an invoice, an ops adjustment down) are
+    negative and name the credit they draw on (`source`), oldest first. The balance is the sum
+    of `remaining`, which never goes below zero.
+    """
+
+    class Kind(models.TextChoices):
+        CREDIT_NOTE = "credit_note", "Credit note"
+        APPLIED = "applied", "Applied to an invoice"
+        ADJUSTMENT = "adjustment", "Adjustment by our team"
+
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.PROTECT, related_name="balance_entries"
+    )
+    currency = models.CharField(max_length=3)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    amount = models.BigIntegerField()
+    remaining = models.BigIntegerField(default=0)
+    source = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="uses"
+    )
+    credit_note = models.ForeignKey(
+        CreditNote, null=True, blank=True, on_delete=models.PROTECT, related_name="balance_entries"
+    )
+    invoice = models.ForeignKey(
+        Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="balance_entries"
+    )
+    description = models.CharField(max_length=255)
+    reason = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        permissions = [("adjust_balance", "Can adjust a customer balance")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(remaining__gte=0) & Q(remaining__lte=models.F("amount"))
+                | Q(amount__lt=0, remaining=0),
+                name="balance_entry_remaining_within_credit",
+            ),
+            models.CheckConstraint(condition=~Q(amount=0), name="balance_entry_not_zero"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["organisation", "currency"],
+                condition=Q(remaining__gt=0),
+                name="balance_entry_open_credit",
+            )
+        ]
+
+    def __str__(self):
+        return self.description
+
+
+class Dispute(models.Model):
+    """A chargeback: the cardholder disputed a charge with their bank (billing.disputes).
+
+    One row per Stripe dispute, updated from its webhooks in the order Stripe made them
+    (`event_created`); a closed dispute (won or lost) never reopens.
+    """
+
+    class Status(models.TextChoices):
+        WARNING_NEEDS_RESPONSE = "warning_needs_response", "Inquiry: needs response"
+        WARNING_UNDER_REVIEW = "warning_under_review", "Inquiry: under review"
+        WARNING_CLOSED = "warning_closed", "Inquiry closed"
+        NEEDS_RESPONSE = "needs_response", "Needs response"
+        UNDER_REVIEW = "under_review", "Under review"
+        WON = "won", "Won"
+        LOST = "lost", "Lost"
+
+    CLOSED = frozenset({Status.WON, Status.LOST, Status.WARNING_CLOSED})
+
+    processor_id = models.CharField(max_length=64, unique=True)
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="disputes")
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="disputes")
+    amount = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    reason = models.CharField(max_length=64, blank=True)
+    status = models.CharField(max_length=32, choices=Status.choices)
+    opened_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+    # The `created` of the latest event applied: an older one arriving late changes nothing.
+    event_created = models.DateTimeField()
+    # A lost dispute reopened the invoice (once).
+    lost_applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-opened_at", "-id"]
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self):
+        return f"Dispute {self.processor_id} ({self.status})"

@@ -410,11 +410,19 @@ def _paid(payment: Payment, invoice: Invoice, *, processor_id: str, now: datetim
             "failure_message",
         ]
     )
-    invoice.amount_paid = invoice.total
+    invoice.amount_paid += payment.amount
+    invoice.save(update_fields=["amount_paid"])
+    invoice_settle(invoice, now=now)
+
+
+def invoice_settle(invoice: Invoice, *, now: datetime) -> None:
+    """Nothing is owed on the invoice any more (paid, or credited in full): it is paid, and
+    what it was for follows: an upgrade applies, a first invoice activates the subscription,
+    a failing one is restored (caller's transaction, invoice locked)."""
     invoice.status = Invoice.Status.PAID
     invoice.paid_at = now
     invoice.closed_at = now
-    invoice.save(update_fields=["amount_paid", "status", "paid_at", "closed_at"])
+    invoice.save(update_fields=["status", "paid_at", "closed_at"])
     if invoice.kind == Invoice.Kind.UPGRADE:
         upgrade_apply(invoice, now=now)
     if invoice.subscription_id:

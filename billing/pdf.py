@@ -13,11 +13,12 @@ from django.conf import settings
 from django.template.loader import render_to_string
 from django.utils import timezone, translation
 
-from billing.models import Invoice
+from billing.models import CreditNote, Invoice
 from core.money import format_money
 from subscriptions.models import PaymentMethodKind
 
 TEMPLATE = "billing/invoice_pdf.html"
+CREDIT_NOTE_TEMPLATE = "billing/credit_note_pdf.html"
 
 # A Fontconfig set-up costs a noticeable part of each render, so each thread keeps one;
 # Pango font maps are not safe to share between threads.
@@ -54,6 +55,49 @@ def invoice_pdf_bytes(
     """The invoice rendered as an A4 PDF (see invoice_pdf_html)."""
     html = invoice_pdf_html(invoice=invoice, revised_at=revised_at, billing_details=billing_details)
     return html_to_pdf(html)
+
+
+def credit_note_pdf_html(*, credit_note: CreditNote) -> str:
+    """A credit note as HTML for WeasyPrint: the seller's and the customer's details as
+    snapshotted on the invoice it corrects, the lines and tax it credits, dates in the
+    organisation's time zone."""
+    invoice = credit_note.invoice
+    zone = invoice.organisation.tzinfo
+
+    def money(amount: int) -> str:
+        return format_money(amount, credit_note.currency)
+
+    lines = [
+        {
+            "description": line.description,
+            "amount": money(line.amount),
+            "tax": money(line.tax_amount),
+            "total": money(line.amount + line.tax_amount),
+        }
+        for line in credit_note.lines.all()
+    ]
+    tax_name = "Tax" if invoice.tax_rule == "none" else (invoice.tax_name or "Tax")
+    context = {
+        "product_name": settings.PRODUCT_NAME,
+        "seller": settings.SELLER,
+        "credit_note": credit_note,
+        "invoice": invoice,
+        "details": invoice.billing_details,
+        "tax_id_label": "GST number" if invoice.tax_name == "GST" else "VAT number",
+        "lines": lines,
+        "subtotal": money(credit_note.subtotal),
+        "tax_label": f"{tax_name} {tax_rate_display(invoice.tax_rate_bp)}",
+        "tax_amount": money(credit_note.tax_amount),
+        "total": money(credit_note.total),
+        "invoice_total": format_money(invoice.total, invoice.currency),
+        "reverse_charge": invoice.tax_rule == "reverse_charge",
+    }
+    with timezone.override(zone), translation.override(settings.LANGUAGE_CODE):
+        return render_to_string(CREDIT_NOTE_TEMPLATE, context)
+
+
+def credit_note_pdf_bytes(*, credit_note: CreditNote) -> bytes:
+    return html_to_pdf(credit_note_pdf_html(credit_note=credit_note))
 
 
 def html_to_pdf(html: str) -> bytes:

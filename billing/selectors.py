@@ -4,7 +4,14 @@ from django.db.models import Prefetch, QuerySet
 from django.http import Http404
 
 from accounts.models import Organisation
-from billing.models import BillingProfile, Invoice, InvoiceDocument, Payment, PaymentMethod
+from billing.models import (
+    BillingProfile,
+    CreditNote,
+    Invoice,
+    InvoiceDocument,
+    Payment,
+    PaymentMethod,
+)
 from subscriptions.models import Plan, Subscription
 
 
@@ -44,6 +51,18 @@ def invoice_revised_copy_get(*, invoice: Invoice, document_id: int) -> InvoiceDo
     if document is None:
         raise Http404("No such revised copy.")
     return document
+
+
+def credit_note_get(*, organisation: Organisation, number: str) -> CreditNote:
+    """One of the organisation's credit notes by number; 404 for any other organisation's."""
+    credit_note = (
+        CreditNote.objects.select_related("invoice")
+        .filter(organisation=organisation, number=number, pdf__isnull=False)
+        .first()
+    )
+    if credit_note is None:
+        raise Http404("No such credit note.")
+    return credit_note
 
 
 def invoice_get(*, organisation: Organisation, number: str) -> Invoice:

@@ -17,6 +17,11 @@ organisation_urlpatterns = [
         views.invoice_revised_pdf,
         name="invoice_revised_pdf",
     ),
+    path(
+        "settings/billing/credit-notes/<str:credit_note_number>/pdf/",
+        views.credit_note_pdf,
+        name="credit_note_pdf",
+    ),
     # Confirm payment: the bank's 3-D Secure challenge for one invoice (GET shows, POST acts).
     path(
         "settings/billing/invoices/<str:invoice_number>/confirm-payment/",

@@ -36,6 +36,7 @@ from billing.payments import (
 )
 from billing.selectors import (
     billing_profile_for,
+    credit_note_get,
     invoice_get,
     invoice_list,
     invoice_revised_copy_get,
@@ -121,6 +122,16 @@ def invoice_revised_pdf(request, invoice_number, document_id):
     response = HttpResponse(bytes(document.pdf), content_type="application/pdf")
     day = timezone.localtime(document.created_at).date().isoformat()
     response["Content-Disposition"] = f'attachment; filename="{invoice.number}-revised-{day}.pdf"'
+    return response
+
+
+@tenant_view(roles=ADMIN_AND_BILLING, section="billing")
+@require_safe
+def credit_note_pdf(request, credit_note_number):
+    """A credit note's PDF, as rendered at issue."""
+    credit_note = credit_note_get(organisation=request.organisation, number=credit_note_number)
+    response = HttpResponse(bytes(credit_note.pdf), content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{credit_note.number}.pdf"'
     return response
 
 

@@ -66,3 +66,19 @@ def minimum_charge_message(currency: str) -> str:
         f"Amount must be at least {format_money(minimum_charge(currency), currency)} "
         f"{currency.lower()}"
     )
+
+
+def split_in_proportion(total: int, weights: list[int]) -> list[int]:
+    """`total` minor units split over `weights` in proportion, to the unit: the parts add up
+    to `total` exactly (largest remainder, ties to the earlier weight). With total ≤
+    sum(weights), no part exceeds its weight. [] weights or a zero sum give all zeros."""
+    whole = sum(weights)
+    if not weights or whole <= 0:
+        return [0] * len(weights)
+    floors = [total * weight // whole for weight in weights]
+    remainders = [total * weight % whole for weight in weights]
+    short = total - sum(floors)
+    order = sorted(range(len(weights)), key=lambda i: (-remainders[i], i))
+    for i in order[:short]:
+        floors[i] += 1
+    return floors

@@ -227,9 +227,7 @@ def test_a_refund_stripe_refuses_stays_pending_and_the_charge_job_retries_it(
     credit_note.refresh_from_db()
     assert credit_note.status == CreditNote.Status.ISSUED
     payment = paid.payments.get(status=Payment.Status.SUCCEEDED)
-    assert [r.amount for r in gateway.refunds_of(payment_intent_id=payment.processor_id)] == [
-        2_000
-    ]
+    assert [r.amount for r in gateway.refunds_of(payment_intent_id=payment.processor_id)] == [2_000]
 
 
 def test_a_refund_retried_after_its_answer_was_lost_refunds_once(paid, ops, localstripe):

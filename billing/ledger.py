@@ -20,7 +20,12 @@ from django.db.models import Count, F, Q, Sum
 
 from accounts.models import Organisation
 from billing.models import (
+    BalanceEntry,
     CarriedCharge,
+    CreditNote,
+    CreditNoteLine,
+    CreditNoteSequence,
+    Dispute,
     DunningCase,
     DunningStep,
     Invoice,
@@ -28,6 +33,7 @@ from billing.models import (
     LedgerViolation,
     OverageCharge,
     Payment,
+    Refund,
 )
 from billing.tax import TaxDecision
 from core.money import format_money
@@ -304,39 +310,56 @@ def check_numbering(*, now: datetime, organisation_ids) -> Iterator[Violation]:
 
 
 def check_payments(*, now: datetime, organisation_ids) -> Iterator[Violation]:
-    """Each paid invoice has successful payments equal to its total, and amount_paid says the
-    same; an open or void invoice has no successful payment; no invoice has two successful
-    payments; every payment belongs to an invoice of its own organisation, in its currency."""
+    """Each paid invoice is settled: the money paid, the customer balance applied and the
+    credit notes that reduced what was owed add up to its total; amount_paid is what the
+    successful payments brought in, less what lost disputes took back; a void invoice has no
+    successful payment, nor has an open one unless a lost dispute reopened it; no invoice has
+    two successful payments; every payment belongs to an invoice of its own organisation, in
+    its currency."""
     invoices = _scope(Invoice.objects.all(), organisation_ids).annotate(
         succeeded=Count("payments", filter=Q(payments__status=Payment.Status.SUCCEEDED)),
-        paid_sum=Sum("payments__amount", filter=Q(payments__status=Payment.Status.SUCCEEDED)),
+        paid_sum=Sum(
+            "payments__amount",
+            filter=Q(payments__status__in=(Payment.Status.SUCCEEDED, Payment.Status.CHARGED_BACK)),
+        ),
     )
+    lost = _lost_to_disputes(organisation_ids)
     for invoice in invoices.values(
+        "pk",
         "organisation_id",
         "number",
         "status",
         "currency",
         "total",
         "amount_paid",
+        "credit_applied",
+        "amount_credited_unpaid",
         "succeeded",
         "paid_sum",
     ):
         subject = f"invoice:{invoice['number']}"
-        paid = invoice["paid_sum"] or 0
+        taken_back = lost.get(invoice["pk"], 0)
+        paid = (invoice["paid_sum"] or 0) - taken_back
         currency = invoice["currency"]
+        settled = invoice["amount_paid"] + invoice["credit_applied"]
+        settled += invoice["amount_credited_unpaid"]
 
         def found(message, subject=subject, invoice=invoice):
             return Violation("payments", invoice["organisation_id"], subject, message)
 
         if invoice["succeeded"] > 1:
             yield found(f"{invoice['succeeded']} successful payments for one invoice.")
-        if invoice["status"] == Invoice.Status.PAID and paid != invoice["total"]:
+        if invoice["status"] == Invoice.Status.PAID and settled != invoice["total"]:
             yield found(
-                f"Paid, but successful payments add up to {_money(paid, currency)} of "
-                f"{_money(invoice['total'], currency)}."
+                f"Paid, but payments ({_money(invoice['amount_paid'], currency)}), balance "
+                f"applied ({_money(invoice['credit_applied'], currency)}) and credit "
+                f"({_money(invoice['amount_credited_unpaid'], currency)}) settle "
+                f"{_money(settled, currency)} of {_money(invoice['total'], currency)}."
             )
-        if invoice["status"] in (Invoice.Status.OPEN, Invoice.Status.VOID) and paid:
-            yield found(f"{invoice['status'].capitalize()}, yet {_money(paid, currency)} was paid.")
+        if invoice["status"] == Invoice.Status.VOID and paid:
+            yield found(f"Void, yet {_money(paid, currency)} was paid.")
+        if invoice["status"] == Invoice.Status.OPEN and invoice["succeeded"] and not taken_back:
+            yield found(f"Open, yet {_money(paid, currency)} was paid.")
         if invoice["amount_paid"] != paid:
             yield found(
                 f"amount_paid says {_money(invoice['amount_paid'], currency)}, successful "
@@ -354,6 +377,16 @@ def check_payments(*, now: datetime, organisation_ids) -> Iterator[Violation]:
             f"payment:{key}",
             f"Payment {key} is for {number}, an invoice of another organisation or currency.",
         )
+
+
+def _lost_to_disputes(organisation_ids) -> dict[int, int]:
+    """Per invoice, what lost disputes took back."""
+    return dict(
+        _scope(Dispute.objects.filter(lost_applied_at__isnull=False), organisation_ids)
+        .values("invoice_id")
+        .annotate(total=Sum("amount"))
+        .values_list("invoice_id", "total")
+    )
 
 
 # 5. Upgrade quotes ------------------------------------------------------------------------------
@@ -753,11 +786,328 @@ def _subscriptions_with_open_invoices(*, now: datetime) -> tuple[set[int], set[i
     return open_invoices, failed_overdue
 
 
+# 8. Credit notes, refunds and the customer balance ---------------------------------------------
+
+# Outcomes that give money back, against what was paid for the invoice.
+_MONEY_BACK = (
+    CreditNote.Outcome.REFUND,
+    CreditNote.Outcome.BALANCE,
+    CreditNote.Outcome.REFUNDED_OUTSIDE,
+    CreditNote.Outcome.REFUNDED_IN_STRIPE,
+)
+_BY_REFUND = (CreditNote.Outcome.REFUND, CreditNote.Outcome.REFUNDED_IN_STRIPE)
+
+
+def check_credit_notes(*, now: datetime, organisation_ids) -> Iterator[Violation]:
+    """Credited ≤ invoiced: each credit note's lines add up to its subtotal and tax, and is of
+    its invoice's organisation and currency; per invoice, what credit notes credit of its lines
+    is what amount_credited says and no more than its total, and the part that reduced what was
+    owed is amount_credited_unpaid; per invoice line, no more than its amount is credited; what
+    went back to the customer (card, balance, outside) is no more than was paid for the invoice
+    (money and balance applied)."""
+    notes = _scope(CreditNote.objects.all(), organisation_ids).annotate(
+        lines_amount=Sum("lines__amount"), lines_tax=Sum("lines__tax_amount")
+    )
+    for row in notes.values(
+        "organisation_id",
+        "number",
+        "subtotal",
+        "tax_amount",
+        "currency",
+        "lines_amount",
+        "lines_tax",
+        "invoice__organisation_id",
+        "invoice__currency",
+    ):
+        subject = f"credit_note:{row['number']}"
+        if (row["lines_amount"], row["lines_tax"]) != (row["subtotal"], row["tax_amount"]):
+            yield Violation(
+                "credit_notes",
+                row["organisation_id"],
+                subject,
+                f"Lines add up to {row['lines_amount']} + {row['lines_tax']} tax, the credit note "
+                f"says {row['subtotal']} + {row['tax_amount']}.",
+            )
+        if (row["organisation_id"], row["currency"]) != (
+            row["invoice__organisation_id"],
+            row["invoice__currency"],
+        ):
+            yield Violation(
+                "credit_notes",
+                row["organisation_id"],
+                subject,
+                "The credit note is not in its invoice's organisation or currency.",
+            )
+    yield from _invoice_credit_findings(organisation_ids)
+    over_lines = (
+        _scope(
+            CreditNoteLine.objects.filter(invoice_line__isnull=False),
+            organisation_ids,
+            "credit_note__organisation_id",
+        )
+        .values("invoice_line_id", "invoice_line__amount", "invoice_line__position")
+        .annotate(credited=Sum("amount"))
+        .filter(credited__gt=F("invoice_line__amount"))
+        .values_list(
+            "credit_note__organisation_id",
+            "invoice_line__invoice__number",
+            "invoice_line__position",
+            "invoice_line__amount",
+            "credited",
+        )
+    )
+    for organisation_id, number, position, amount, credited in over_lines:
+        yield Violation(
+            "credit_notes",
+            organisation_id,
+            f"invoice:{number}",
+            f"Line {position} is credited {credited} of its {amount}.",
+        )
+
+
+def _invoice_credit_findings(organisation_ids) -> Iterator[Violation]:
+    """Per invoice with credit: its figures against its credit notes."""
+    credited = defaultdict(lambda: {"lines": 0, "tax": 0, "unpaid": 0, "back": 0})
+    rows = (
+        _scope(
+            CreditNoteLine.objects.filter(invoice_line__isnull=False),
+            organisation_ids,
+            "credit_note__organisation_id",
+        )
+        .values("credit_note__invoice_id", "credit_note__outcome")
+        .annotate(amount=Sum("amount"), tax=Sum("tax_amount"))
+        .values_list("credit_note__invoice_id", "credit_note__outcome", "amount", "tax")
+    )
+    for invoice_id, outcome, amount, tax in rows:
+        figures = credited[invoice_id]
+        figures["lines"] += amount + tax
+        figures["tax"] += tax
+        if outcome == CreditNote.Outcome.REDUCE_DUE:
+            figures["unpaid"] += amount + tax
+        if outcome in _MONEY_BACK:
+            figures["back"] += amount + tax
+    invoices = _scope(
+        Invoice.objects.filter(Q(pk__in=list(credited)) | ~Q(amount_credited=0)),
+        organisation_ids,
+    ).values(
+        "pk",
+        "organisation_id",
+        "number",
+        "currency",
+        "total",
+        "tax_amount",
+        "amount_paid",
+        "credit_applied",
+        "amount_credited",
+        "amount_credited_unpaid",
+    )
+    for invoice in invoices:
+        figures = credited.get(invoice["pk"], {"lines": 0, "tax": 0, "unpaid": 0, "back": 0})
+        currency = invoice["currency"]
+
+        def found(message, invoice=invoice):
+            return Violation(
+                "credit_notes", invoice["organisation_id"], f"invoice:{invoice['number']}", message
+            )
+
+        if figures["lines"] != invoice["amount_credited"]:
+            yield found(
+                f"Credit notes credit {_money(figures['lines'], currency)}; amount_credited "
+                f"says {_money(invoice['amount_credited'], currency)}."
+            )
+        if figures["lines"] > invoice["total"] or figures["tax"] > invoice["tax_amount"]:
+            yield found(
+                f"Credited {_money(figures['lines'], currency)} (tax "
+                f"{_money(figures['tax'], currency)}) of an invoice of "
+                f"{_money(invoice['total'], currency)} (tax "
+                f"{_money(invoice['tax_amount'], currency)})."
+            )
+        if figures["unpaid"] != invoice["amount_credited_unpaid"]:
+            yield found(
+                f"Credit notes reduced what was owed by {_money(figures['unpaid'], currency)}; "
+                f"amount_credited_unpaid says "
+                f"{_money(invoice['amount_credited_unpaid'], currency)}."
+            )
+        paid = invoice["amount_paid"] + invoice["credit_applied"]
+        if figures["back"] > paid:
+            yield found(
+                f"{_money(figures['back'], currency)} went back to the customer; only "
+                f"{_money(paid, currency)} was paid."
+            )
+
+
+def check_credit_note_numbering(*, now: datetime, organisation_ids) -> Iterator[Violation]:
+    """Credit-note numbers are CN-<year>-NNNNNN, unique and gapless up to the year's sequence.
+    Numbering is global: this rule always looks at every credit note."""
+    numbers = defaultdict(list)
+    for number in CreditNote.objects.values_list("number", flat=True):
+        parts = number.split("-")
+        if len(parts) != 3 or parts[0] != "CN" or not (parts[1] + parts[2]).isdigit():
+            yield Violation(
+                "numbering", None, f"credit_note:{number}", f"{number} is not CN-YYYY-NNNNNN."
+            )
+            continue
+        numbers[int(parts[1])].append(int(parts[2]))
+    sequences = dict(CreditNoteSequence.objects.values_list("year", "last_number"))
+    for year in sorted(set(numbers) | set(sequences)):
+        issued = numbers.get(year, [])
+        highest = max(issued, default=0)
+        if len(set(issued)) != len(issued) or highest != len(issued):
+            yield Violation(
+                "numbering",
+                None,
+                f"credit_notes:{year}",
+                f"{len(issued)} credit note(s) in {year}, numbered up to {highest}: a gap or a "
+                "duplicate.",
+            )
+        if highest != sequences.get(year, 0):
+            yield Violation(
+                "numbering",
+                None,
+                f"credit_notes:{year}",
+                f"The {year} credit-note sequence is at {sequences.get(year, 0)}, the highest "
+                f"credit note is {highest}.",
+            )
+
+
+def check_refunds(*, now: datetime, organisation_ids) -> Iterator[Violation]:
+    """Refunded ≤ paid: per payment, refunds made or under way add up to no more than the
+    payment; every refund to a card belongs to one credit note of that outcome and the same
+    amount, and a credit note shows "refund pending" exactly while its refund is."""
+    over = (
+        _scope(Payment.objects.all(), organisation_ids)
+        .annotate(refunded=Sum("refunds__amount", filter=~Q(refunds__status=Refund.Status.FAILED)))
+        .filter(refunded__gt=F("amount"))
+        .values_list("organisation_id", "idempotency_key", "amount", "refunded", "currency")
+    )
+    for organisation_id, key, amount, refunded, currency in over:
+        yield Violation(
+            "refunds",
+            organisation_id,
+            f"payment:{key}",
+            f"Refunded {_money(refunded, currency)} of a payment of {_money(amount, currency)}.",
+        )
+    refunds = defaultdict(list)
+    for credit_note_id, amount, status in _scope(
+        Refund.objects.all(), organisation_ids
+    ).values_list("credit_note_id", "amount", "status"):
+        refunds[credit_note_id].append((amount, status))
+    notes = _scope(
+        CreditNote.objects.filter(Q(outcome__in=_BY_REFUND) | Q(pk__in=list(refunds))),
+        organisation_ids,
+    ).values_list("pk", "organisation_id", "number", "outcome", "status", "total", "currency")
+    for pk, organisation_id, number, outcome, status, total, currency in notes:
+        subject = f"credit_note:{number}"
+        made = refunds.get(pk, [])
+        live = [(amount, state) for amount, state in made if state != Refund.Status.FAILED]
+        if outcome not in _BY_REFUND:
+            yield Violation(
+                "refunds", organisation_id, subject, f"A refund for a {outcome} credit note."
+            )
+            continue
+        if len(live) != 1 or live[0][0] != total:
+            yield Violation(
+                "refunds",
+                organisation_id,
+                subject,
+                f"{len(live)} refund(s) of {[amount for amount, _ in live]} for a credit note of "
+                f"{_money(total, currency)}.",
+            )
+            continue
+        pending = live[0][1] == Refund.Status.PENDING
+        if pending != (status == CreditNote.Status.REFUND_PENDING):
+            yield Violation(
+                "refunds",
+                organisation_id,
+                subject,
+                f"The credit note is {status}, its refund {live[0][1]}.",
+            )
+
+
+def check_balance(*, now: datetime, organisation_ids) -> Iterator[Violation]:
+    """The balance equals credits to the balance minus credits applied: per organisation and
+    currency, what the credits have left is the sum of every movement and never below zero;
+    each credit has left its amount less its uses; each credit note to the balance added
+    exactly its total once; what each invoice shows as applied is what was applied to it, and
+    no more than its total."""
+    entries = _scope(BalanceEntry.objects.all(), organisation_ids)
+    for organisation_id, currency, moved, left in (
+        entries.values("organisation_id", "currency")
+        .annotate(moved=Sum("amount"), left=Sum("remaining"))
+        .values_list("organisation_id", "currency", "moved", "left")
+    ):
+        if moved != left or left < 0:
+            yield Violation(
+                "balance",
+                organisation_id,
+                f"balance:{organisation_id}:{currency}",
+                f"Movements add up to {_money(moved, currency)}; the credits have "
+                f"{_money(left, currency)} left.",
+            )
+    for organisation_id, pk, amount, remaining, used, currency in (
+        entries.filter(amount__gt=0)
+        .annotate(used=Sum("uses__amount"))
+        .values_list("organisation_id", "pk", "amount", "remaining", "used", "currency")
+    ):
+        if amount + (used or 0) != remaining:
+            yield Violation(
+                "balance",
+                organisation_id,
+                f"balance_entry:{pk}",
+                f"A credit of {_money(amount, currency)} used {_money(-(used or 0), currency)} "
+                f"has {_money(remaining, currency)} left.",
+            )
+    to_balance = _scope(
+        CreditNote.objects.filter(outcome=CreditNote.Outcome.BALANCE), organisation_ids
+    ).annotate(
+        added=Sum(
+            "balance_entries__amount",
+            filter=Q(balance_entries__kind=BalanceEntry.Kind.CREDIT_NOTE),
+        ),
+        rows=Count(
+            "balance_entries", filter=Q(balance_entries__kind=BalanceEntry.Kind.CREDIT_NOTE)
+        ),
+    )
+    for organisation_id, number, total, added, rows, currency in to_balance.values_list(
+        "organisation_id", "number", "total", "added", "rows", "currency"
+    ):
+        if rows != 1 or added != total:
+            yield Violation(
+                "balance",
+                organisation_id,
+                f"credit_note:{number}",
+                f"A credit note of {_money(total, currency)} to the balance added "
+                f"{_money(added or 0, currency)} in {rows} movement(s).",
+            )
+    applied = _scope(Invoice.objects.all(), organisation_ids).annotate(
+        used=Sum(
+            "balance_entries__amount",
+            filter=Q(balance_entries__kind=BalanceEntry.Kind.APPLIED),
+        )
+    )
+    for organisation_id, number, shown, used, total, currency in applied.filter(
+        Q(used__isnull=False) | ~Q(credit_applied=0)
+    ).values_list("organisation_id", "number", "credit_applied", "used", "total", "currency"):
+        if shown != -(used or 0) or shown > total:
+            yield Violation(
+                "balance",
+                organisation_id,
+                f"invoice:{number}",
+                f"The invoice shows {_money(shown, currency)} of credit applied; "
+                f"{_money(-(used or 0), currency)} was applied to it (total "
+                f"{_money(total, currency)}).",
+            )
+
+
 RULES = (
     check_periods,
     check_invoice_totals,
     check_numbering,
     check_payments,
+    check_credit_notes,
+    check_credit_note_numbering,
+    check_refunds,
+    check_balance,
     check_upgrade_quotes,
     check_overage,
     check_usage_counters,

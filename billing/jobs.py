@@ -3,6 +3,7 @@ from celery.schedules import crontab
 from billing.cards import card_expiry_reminders_send
 from billing.collection import dunning_advance
 from billing.confirmation import UPGRADE_CONFIRMATION_WINDOW, upgrades_abandoned_void
+from billing.credit_notes import refunds_retry_pending
 from billing.documents import invoice_documents_render_pending
 from billing.dunning import dunning_open_overdue
 from billing.invoicing import billing_run_issue, overage_invoices_issue
@@ -36,8 +37,10 @@ def render_invoice_pdfs(*, now):
 
 @scheduled_job(name="charge_open_invoices", schedule=crontab(minute="*/15"), order=30)
 def charge_open_invoices(*, now):
-    """Charge the card of open invoices that are due."""
-    return f"{invoices_charge_due(now=now)} invoice(s) charged"
+    """Charge the card of open invoices that are due; send again refunds not yet confirmed."""
+    charged = invoices_charge_due(now=now)
+    refunded = refunds_retry_pending(now=now)
+    return f"{charged} invoice(s) charged, {refunded} pending refund(s) made"
 
 
 @scheduled_job(name="abandoned_upgrades", schedule=crontab(minute="*/15"), order=32)

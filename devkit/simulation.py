@@ -38,14 +38,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from unittest import mock
 
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Count, Exists, OuterRef, Q, Sum
 
 from accounts.audit import Actor
 from accounts.models import Organisation, User
 from billing.dunning import ORDER as DUNNING_ORDER
 from billing.dunning import step_due_at
 from billing.invoicing import overage_months_due
-from billing.models import DunningCase, Invoice, OverageCharge, Payment
+from billing.models import (
+    BalanceEntry,
+    CreditNote,
+    Dispute,
+    DunningCase,
+    Invoice,
+    OverageCharge,
+    Payment,
+    Refund,
+)
 from billing.payments import PENDING_RETRY_AFTER, payment_record_manual
 from core.errors import ServiceError
 from core.jobs import all_jobs, run_job
@@ -98,9 +107,10 @@ ACTIVE_MOVES = {
     "switch_to_annual": 0.003,  # ops, for the account manager
     "invoice_by_transfer": 0.01,  # ops; only for organisations that asked for it
     "invoice_by_card": 0.002,  # ops, back to card
+    "credit_note": 0.004,  # ops correct a recent invoice (refund, balance, outside, due)
 }
 SCHEDULED_DOWNGRADE_MOVES = {"undo_downgrade": 0.008}
-CANCELLED_MOVES = {"undo_cancel": 0.015}
+CANCELLED_MOVES = {"undo_cancel": 0.015, "goodwill_credit": 0.005}
 FAILING_MOVES = {  # past due, grace period, suspended
     "replace_card": 0.12,  # a slow payer: a sixth of these three
     "retry_payment": 0.05,
@@ -116,7 +126,7 @@ BOUNDARY_MOVES = 0.05
 # is below the processor's minimum charge (carried to the renewal invoice).
 LAST_MINUTE_UPGRADES = 0.1
 INCOMPLETE_MOVES = {"checkout_again": 0.4}
-ENDED_MOVES = {"resubscribe": 0.04}
+ENDED_MOVES = {"resubscribe": 0.04, "goodwill_credit": 0.01}
 PREFERS_TRANSFER = 0.4
 SLOW_PAYERS = 0.4  # ignore the failed-payment emails for weeks: some get suspended
 # Ops record a bank transfer / PO payment: (share, days after issue from, to); None: never.
@@ -181,6 +191,9 @@ class Stats:
                 filter=Q(kind=PlanChange.Kind.DOWNGRADE, status=PlanChange.Status.APPLIED),
             ),
         )
+        credit_notes = dict(
+            CreditNote.objects.values_list("outcome").annotate(n=Count("pk")).order_by()
+        )
         return {
             "organisations": Organisation.objects.count(),
             "subscriptions": dict(
@@ -192,6 +205,23 @@ class Stats:
             # Payments the bank asked the customer to authenticate, by where and how they ended
             # (a checkout's attempt may be off-session later: the charge job never retries it).
             "needed_authentication": dict(sorted(authentication.items())),
+            # Credit notes by outcome, the refunds to cards by status, the disputes by status,
+            # and the customer balance: credited to it, applied to invoices, left.
+            "credit_notes": dict(sorted(credit_notes.items())),
+            "goodwill_credit_notes": CreditNote.objects.filter(
+                reason=CreditNote.Reason.GOODWILL
+            ).count(),
+            "refunds": dict(
+                Refund.objects.values_list("status").annotate(n=Count("pk")).order_by()
+            ),
+            "disputes": dict(
+                Dispute.objects.values_list("status").annotate(n=Count("pk")).order_by()
+            ),
+            "balance": BalanceEntry.objects.aggregate(
+                credited=Sum("amount", filter=Q(amount__gt=0)),
+                applied=Sum("amount", filter=Q(kind=BalanceEntry.Kind.APPLIED)),
+                left=Sum("remaining"),
+            ),
             "dunning_cases": DunningCase.objects.count(),
             "suspended_cases": DunningCase.objects.filter(steps__step="day_14").count(),
             "overage_charges": OverageCharge.objects.count(),

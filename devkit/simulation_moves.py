@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import time_machine
+from django.db.models import F
 
 from accounts.audit import Actor
 from accounts.models import Organisation, User
@@ -18,10 +19,11 @@ from billing.cards import card_setup_complete, stripe_customer_ensure
 from billing.checkout import subscription_checkout
 from billing.collection import retry_after_card_update, retry_payment
 from billing.confirmation import Confirmation, confirm_payment_begin, confirm_payment_finish
+from billing.credit_notes import OPS_REASONS, credit_note_issue
 from billing.details import billing_profile_update
 from billing.dunning import dunning_extend_grace, invoice_mark_uncollectible
 from billing.forms import BillingInformationForm
-from billing.models import DunningCase, Invoice, Payment
+from billing.models import CreditNote, DunningCase, Invoice, Payment
 from billing.payments import ChargeOutcome, invoice_charge
 from billing.selectors import billing_profile_for
 from billing.upgrades import QuoteChanged, subscription_upgrade, upgrade_plans, upgrade_quote
@@ -427,6 +429,68 @@ class CustomerMoves:
         customer.grace_extended_case = case.pk
         dunning_extend_grace(
             case=case, days=7, actor=Actor(user=self.ops), now=at, reason="Customer called"
+        )
+
+    def _move_credit_note(self, customer: Customer, at: datetime) -> None:
+        """Ops correct one of the organisation's recent invoices (a complaint, a mistake): the
+        outcome the invoice allows, for the whole of it, its first line or a part."""
+        invoice = (
+            Invoice.objects.filter(organisation_id=customer.organisation_id)
+            .exclude(status=Invoice.Status.VOID)
+            .exclude(amount_credited=F("total"))
+            .order_by("-issued_at", "-pk")
+            .first()
+        )
+        if invoice is None:
+            raise ServiceError("nothing to credit")
+        self._credit(invoice, at=at, reason=self.rng.choice(OPS_REASONS))
+
+    def _move_goodwill_credit(self, customer: Customer, at: datetime) -> None:
+        """An annual plan cancelled mid-term gets no refund for the unused months; ops may
+        still make a goodwill gesture on its last period invoice."""
+        invoice = (
+            Invoice.objects.filter(
+                organisation_id=customer.organisation_id,
+                kind=Invoice.Kind.SUBSCRIPTION,
+                status=Invoice.Status.PAID,
+                billing_cycle=BillingCycle.ANNUAL,
+            )
+            .order_by("-issued_at", "-pk")
+            .first()
+        )
+        if invoice is None:
+            raise ServiceError("no annual invoice")
+        self._credit(invoice, at=at, reason=CreditNote.Reason.GOODWILL)
+
+    def _credit(self, invoice: Invoice, *, at: datetime, reason: str) -> None:
+        Outcome = CreditNote.Outcome
+        if invoice.status == Invoice.Status.OPEN:
+            outcome = Outcome.REDUCE_DUE
+        elif invoice.payments.filter(
+            status=Payment.Status.SUCCEEDED, method_kind=PaymentMethodKind.CARD
+        ).exclude(processor_id=""):
+            outcome = self.rng.choice([Outcome.REFUND, Outcome.REFUND, Outcome.BALANCE])
+        else:
+            outcome = self.rng.choice([Outcome.REFUNDED_OUTSIDE, Outcome.BALANCE])
+        how = self.rng.random()
+        amount = line_ids = None
+        if how < 0.3:
+            line_ids = [invoice.lines.order_by("position").values_list("pk", flat=True)[0]]
+        elif how < 0.7:
+            left = invoice.amount_uncredited
+            if outcome == Outcome.REDUCE_DUE:
+                left = invoice.amount_due
+            amount = max(1, int(left * self.rng.uniform(0.05, 0.6)))
+        credit_note_issue(
+            invoice=invoice,
+            actor=Actor(user=self.ops),
+            reason=reason,
+            outcome=outcome,
+            note="Simulated" if reason == CreditNote.Reason.OTHER else "",
+            amount=amount,
+            line_ids=line_ids,
+            reference=f"SIM-{invoice.number}" if outcome == Outcome.REFUNDED_OUTSIDE else "",
+            now=at,
         )
 
     def _move_write_off(self, customer: Customer, at: datetime) -> None:

@@ -517,5 +517,5 @@ class ReconciliationDifferenceAdmin(ReadOnlyModelAdmin):
         )
 
 
-# Stripe webhook events and the ledger's violations have their own modules.
-from billing import admin_events, admin_ledger  # noqa: E402, F401
+# Stripe webhook events, the ledger's violations and disputes have their own modules.
+from billing import admin_disputes, admin_events, admin_ledger  # noqa: E402, F401

@@ -66,6 +66,8 @@ DEFAULT_DAYS = 3
 SETTLE_AFTER = timedelta(minutes=30)
 
 _SUCCEEDED = "succeeded"
+# Our payment statuses whose PaymentIntent Stripe has as succeeded.
+_RECORDED_AT_STRIPE = (Payment.Status.SUCCEEDED, Payment.Status.CHARGED_BACK)
 _IN_FLIGHT = frozenset({"processing", "requires_capture"})
 # The idempotency keys of billing.payments.payment_record_manual: money ops recorded by hand.
 _MANUAL_KEY = "-manual-"
@@ -328,7 +330,9 @@ def _compare(
 ) -> _Finding | None:
     """The difference between a PaymentIntent and our payment for it (either may be None)."""
     charged = charge is not None and charge.status == _SUCCEEDED
-    recorded = payment is not None and payment.status == Payment.Status.SUCCEEDED
+    # A charged-back payment (a lost dispute, billing.disputes) is still a succeeded charge at
+    # Stripe: the money came and went back through the dispute, not a missing payment.
+    recorded = payment is not None and payment.status in _RECORDED_AT_STRIPE
     if charged and recorded:
         if (charge.amount, charge.currency.upper()) == (payment.amount, payment.currency.upper()):
             return None

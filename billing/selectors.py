@@ -33,6 +33,10 @@ def invoice_list(*, organisation: Organisation) -> QuerySet[Invoice]:
             "status",
             "currency",
             "total",
+            # Invoice.amount_due's terms: an open invoice shows what is still owed.
+            "credit_applied",
+            "amount_paid",
+            "amount_credited_unpaid",
             "plan_name",
             "period_start",
             "period_end",

@@ -13,6 +13,8 @@ only fails a pending payment and never undoes a success; when the bank asked for
 authentication (an off-session charge), the payment waits for the customer instead, as the
 charge's own answer would have recorded it. A failed 3-D Secure challenge leaves a waiting
 payment waiting: the customer may try again on Confirm payment.
+
+Dispute events (`charge.dispute.*`, chargebacks) are applied by billing.disputes.
 """
 
 import logging
@@ -23,6 +25,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
+from billing.disputes import DISPUTE_EVENTS, dispute_event_apply
 from billing.gateway import GatewayErrorCode
 from billing.models import Invoice, Payment, StripeEvent
 from billing.payments import (
@@ -71,6 +74,9 @@ def stripe_event_receive(*, event: dict[str, Any], now: datetime) -> WebhookResu
         if record.type in HANDLED_TYPES:
             status = "processed"
             outcome = _payment_intent_event(record.type, event["data"]["object"], now=now)
+        elif record.type in DISPUTE_EVENTS:
+            # Chargebacks: billing.disputes (out-of-order safe, a lost one reopens the invoice).
+            status, outcome = "processed", dispute_event_apply(event=event, now=now)
         else:
             status, outcome = "ignored", "ignored: event type not handled"
         record.processed_at = now

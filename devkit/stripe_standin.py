@@ -18,6 +18,13 @@ they happen; `unregister_webhook(webhook_id)` stops it. Registrations survive
 `DELETE /_config/data` and are shared by everyone using the same localstripe, so each
 test run uses its own id and unregisters at the end.
 
+Disputes (chargebacks): `dispute_open(payment_intent_id)`, `dispute_update(dispute_id)` and
+`dispute_close(dispute_id, status="lost")` play the cardholder and their bank. Each returns
+the Stripe Event it made (`charge.dispute.created|updated|closed`, the Dispute in
+`data.object`), which localstripe also delivers to the webhooks registered for it
+(`register_webhook(url, events=DISPUTE_EVENTS)`); a test may deliver it itself, in any order
+or twice.
+
 A page test whose view created the SetupIntent passes the client secret it rendered to
 `confirm_card_setup(client_secret, number=...)`, then posts the SetupIntent id back.
 
@@ -196,6 +203,7 @@ def authenticate_payment(client_secret: str, *, success: bool = True) -> dict:
 
 
 PAYMENT_INTENT_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed")
+DISPUTE_EVENTS = ("charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed")
 # localstripe cannot delete a webhook: this event filter matches no event it sends.
 _NO_EVENTS = ["webhook.disabled"]
 
@@ -233,6 +241,41 @@ def unregister_webhook(webhook_id: str) -> None:
     )
     if status != 200:
         raise RuntimeError(f"localstripe refused to unregister {webhook_id}: {status} {body}")
+
+
+def dispute_open(
+    payment_intent_id: str,
+    *,
+    amount: int | None = None,
+    reason: str = "fraudulent",
+    inquiry: bool = False,
+) -> dict:
+    """The cardholder disputes the succeeded charge of a PaymentIntent (by default for all of
+    it that was not refunded); the `charge.dispute.created` event. An inquiry starts as
+    `warning_needs_response`, a chargeback as `needs_response`."""
+    payload = {"payment_intent": payment_intent_id, "reason": reason, "inquiry": inquiry}
+    if amount is not None:
+        payload["amount"] = amount
+    return _dispute_hook("/_config/disputes", payload)
+
+
+def dispute_update(dispute_id: str, *, status: str = "under_review") -> dict:
+    """The dispute moves on while open (evidence sent: `under_review`); the
+    `charge.dispute.updated` event."""
+    return _dispute_hook(f"/_config/disputes/{dispute_id}/update", {"status": status})
+
+
+def dispute_close(dispute_id: str, *, status: str) -> dict:
+    """The bank decides: `won` or `lost` (an inquiry: `warning_closed`); the
+    `charge.dispute.closed` event."""
+    return _dispute_hook(f"/_config/disputes/{dispute_id}/close", {"status": status})
+
+
+def _dispute_hook(path: str, payload: dict) -> dict:
+    status, body = standin_request(path, payload)
+    if status != 200:
+        raise RuntimeError(f"localstripe refused {path}: {status} {body}")
+    return body
 
 
 def standin_client() -> stripe.StripeClient:

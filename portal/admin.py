@@ -10,6 +10,7 @@ from django.contrib import admin
 from accounts.admin import OrganisationAdmin
 from accounts.models import Organisation
 from billing.admin import DunningCaseInline
+from billing.admin_disputes import subscription_disputes
 from retention.admin_export import download_configuration_export
 from subscriptions.admin import SubscriptionAdmin
 from subscriptions.models import Subscription
@@ -24,6 +25,11 @@ class PortalOrganisationAdmin(OrganisationAdmin):
 
 @admin.register(Subscription)
 class SubscriptionWithDunningAdmin(SubscriptionAdmin):
-    """subscriptions' admin with billing's dunning timeline."""
+    """subscriptions' admin with billing's dunning timeline and the disputes of its invoices."""
 
     inlines = [*SubscriptionAdmin.inlines, DunningCaseInline]
+    readonly_fields = (*SubscriptionAdmin.readonly_fields, "disputes")
+
+    @admin.display(description="Disputes (chargebacks)")
+    def disputes(self, obj):
+        return subscription_disputes(obj)

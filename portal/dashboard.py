@@ -12,7 +12,14 @@ from django.db.models import Count, Q, Sum
 from django.urls import reverse
 
 from accounts.models import Organisation
-from billing.models import Invoice, LedgerViolation, Payment, ReconciliationDifference
+from billing.models import (
+    Dispute,
+    Invoice,
+    LedgerViolation,
+    Payment,
+    ReconciliationDifference,
+    Refund,
+)
 from core.money import format_money
 from subscriptions.models import Subscription
 from subscriptions.states import FAILING
@@ -197,6 +204,42 @@ def _money_check_figures() -> list[Figure]:
     ]
 
 
+# The credit notes whose Stripe refund is not confirmed yet (billing.credit_notes), in Django
+# admin's list of credit notes.
+REFUND_PENDING_PATH = "billing/creditnote/?status__exact=refund_pending"
+
+
+def _money_back_figures() -> list[Figure]:
+    """Open disputes (chargebacks) and refunds Stripe has not confirmed yet, with their amounts
+    per currency."""
+    disputes = list(
+        Dispute.objects.exclude(status__in=sorted(Dispute.CLOSED))
+        .values("currency")
+        .annotate(n=Count("id"), amount=Sum("amount"))
+        .order_by("currency")
+    )
+    refunds = list(
+        Refund.objects.filter(status=Refund.Status.PENDING)
+        .values("currency")
+        .annotate(n=Count("id"), amount=Sum("amount"))
+        .order_by("currency")
+    )
+    return [
+        Figure(
+            label="Open disputes",
+            value=f"{sum(r['n'] for r in disputes):,}",
+            detail=(_amounts(disputes) or "nothing") + " disputed",
+            url=_url("billing_dispute", state="open"),
+        ),
+        Figure(
+            label="Refunds pending",
+            value=f"{sum(r['n'] for r in refunds):,}",
+            detail=(_amounts(refunds) or "nothing") + " waiting for Stripe",
+            url=reverse("admin:index") + REFUND_PENDING_PATH,
+        ),
+    ]
+
+
 def ops_dashboard(*, now: datetime) -> dict:
     month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     by_status, organisations = _subscription_counts()
@@ -206,8 +249,10 @@ def ops_dashboard(*, now: datetime) -> dict:
     usage = _usage_figure(now)
     support = _support_figure()
     checks = _money_check_figures()
+    money_back = _money_back_figures()
     return {
         "checks": checks,
+        "money_back": money_back,
         "organisations": organisations["total"],
         "without_subscription": organisations["without"],
         "statuses": statuses,

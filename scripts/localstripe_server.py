@@ -5,7 +5,7 @@
 scripts/services.sh starts it. The API is at http://127.0.0.1:$STRIPE_PORT/v1/..., the
 Stripe.js mock at /js.stripe.com/v3/, and the test hooks at /_config/... as upstream
 (`DELETE /_config/data` empties the store; `POST /_config/webhooks/<id>` registers a
-webhook with `url` and `secret`).
+webhook with `url` and `secret`) and our own (disputes, below).
 
 What differs from `python -m localstripe`, each change making it safer on a shared machine
 or closer to the real Stripe our code is written against:
@@ -40,6 +40,20 @@ or closer to the real Stripe our code is written against:
   core/money.py, Stripe's "Minimum and maximum charge amounts") is refused with Stripe's 400
   `invalid_request_error`, code `amount_too_small`, param `amount` (upstream accepts any
   positive amount).
+- Disputes (upstream has none): `GET /v1/disputes/{id}`, `GET /v1/disputes` (`charge=`,
+  `payment_intent=`) and `POST /v1/disputes/{id}/close` (the merchant accepts: lost, or an
+  inquiry closed), as on Stripe. The cardholder's and the bank's side, which Stripe's test
+  mode plays with magic card numbers, are test hooks, each answering the Event it made and
+  delivering it to the registered webhooks:
+  - `POST /_config/disputes` with `payment_intent` (or `charge`), optional `amount` (default:
+    what was not refunded), `reason` (default `fraudulent`) and `inquiry` (true: status
+    `warning_needs_response`, else `needs_response`): `charge.dispute.created`. The charge
+    stays `succeeded` (and `disputed`), as on Stripe; one dispute per charge.
+  - `POST /_config/disputes/{id}/update` with `status` (default `under_review`; an inquiry
+    `warning_under_review`, or `needs_response` when it turns into a chargeback):
+    `charge.dispute.updated`.
+  - `POST /_config/disputes/{id}/close` with `status` `won` or `lost` (an inquiry:
+    `warning_closed`): `charge.dispute.closed`. A closed dispute never moves again (400).
 """
 
 import hashlib
@@ -395,6 +409,160 @@ async def confirm_as_stripe_middleware(request: web.Request, handler):
 
 # Innermost: upstream's error middleware turns a UserError raised here into its answer.
 server.app.middlewares.append(confirm_as_stripe_middleware)
+
+# ------------------------------------------------------------------- disputes --
+
+# Stripe's dispute reasons (Dispute.reason).
+DISPUTE_REASONS = frozenset(
+    {
+        "bank_cannot_process",
+        "check_returned",
+        "credit_not_processed",
+        "customer_initiated",
+        "debit_not_authorized",
+        "duplicate",
+        "fraudulent",
+        "general",
+        "incorrect_account_details",
+        "insufficient_funds",
+        "product_not_received",
+        "product_unacceptable",
+        "subscription_canceled",
+        "unrecognized",
+    }
+)
+# The statuses a dispute moves through, inquiries (warning_*) and chargebacks, and the ones
+# that end it.
+_DISPUTE_OPEN = {
+    "inquiry": ("warning_needs_response", "warning_under_review", "needs_response"),
+    "chargeback": ("needs_response", "under_review"),
+}
+_DISPUTE_CLOSED = {"inquiry": ("warning_closed",), "chargeback": ("won", "lost")}
+
+
+class Dispute(resources.StripeObject):
+    """A cardholder's dispute of a succeeded charge, with the fields Stripe's Dispute has
+    that a webhook consumer reads."""
+
+    object = "dispute"
+    _id_prefix = "dp_"
+
+    def __init__(self, charge, amount: int, reason: str, inquiry: bool):
+        super().__init__()
+        self.amount = amount
+        self.currency = charge.currency
+        self.charge = charge.id
+        self.payment_intent = charge.payment_intent
+        self.reason = reason
+        self.status = "warning_needs_response" if inquiry else "needs_response"
+        self.is_charge_refundable = inquiry
+        self.metadata = {}
+        self.evidence = {}
+        self.evidence_details = {
+            "due_by": self.created + 7 * 86400,
+            "has_evidence": False,
+            "past_due": False,
+            "submission_count": 0,
+        }
+        self.balance_transactions = []
+        self._kind = "inquiry" if inquiry else "chargeback"
+
+    @classmethod
+    def _api_list_all(cls, url, charge=None, payment_intent=None, **data):
+        listing = super()._api_list_all(url, **data)
+        listing._list = [
+            d
+            for d in listing._list
+            if charge in (None, d.charge) and payment_intent in (None, d.payment_intent)
+        ]
+        return listing
+
+    @classmethod
+    def _api_close(cls, id, **data):
+        """POST /v1/disputes/{id}/close: the merchant accepts the dispute (lost; an inquiry
+        closes)."""
+        if data:
+            raise resources.UserError(400, "Unexpected " + ", ".join(data))
+        dispute = cls._api_retrieve(id)
+        dispute._move(_DISPUTE_CLOSED[dispute._kind][-1], "charge.dispute.closed")
+        return dispute
+
+    def _move(self, status: str, event_type: str) -> resources.Event:
+        if self.status in _DISPUTE_CLOSED[self._kind]:
+            raise resources.UserError(400, f"This dispute is already closed ({self.status}).")
+        self.status = status
+        if status == "needs_response":
+            self._kind = "chargeback"  # an inquiry escalated
+        return _dispute_event(event_type, self)
+
+
+def _dispute_event(event_type: str, dispute: Dispute) -> resources.Event:
+    event = resources.Event(event_type, dispute)
+    resources.schedule_webhook(event)
+    return event
+
+
+def _disputed_charge(data: dict):
+    """The succeeded charge `payment_intent` or `charge` names, not disputed yet."""
+    payment_intent, charge_id = data.get("payment_intent"), data.get("charge")
+    if isinstance(payment_intent, str) and payment_intent.startswith("pi_"):
+        charge = resources.PaymentIntent._api_retrieve(payment_intent).latest_charge
+    elif isinstance(charge_id, str) and charge_id.startswith("ch_"):
+        charge = resources.Charge._api_retrieve(charge_id)
+    else:
+        raise resources.UserError(400, "Name the disputed payment_intent or charge.")
+    if charge is None or charge.status != "succeeded":
+        raise resources.UserError(400, "Only a succeeded charge can be disputed.")
+    if any(d.charge == charge.id for d in Dispute._api_list_all("/v1/disputes")._list):
+        raise resources.UserError(400, f"Charge {charge.id} is already disputed.")
+    return charge
+
+
+async def config_dispute_create(request: web.Request) -> web.Response:
+    data = await server.get_post_data(request) or {}
+    charge = _disputed_charge(data)
+    amount = resources.try_convert_to_int(
+        data.get("amount", charge.amount - charge.amount_refunded)
+    )
+    reason = data.get("reason", "fraudulent")
+    inquiry = resources.try_convert_to_bool(data.get("inquiry", False))
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise resources.UserError(400, "amount must be a whole number of minor units.")
+    if not 0 < amount <= charge.amount - charge.amount_refunded:
+        raise resources.UserError(400, "amount must be positive and at most what was not refunded.")
+    if reason not in DISPUTE_REASONS or inquiry not in (True, False):
+        raise resources.UserError(400, "Bad request")
+    dispute = Dispute(charge, amount, reason, inquiry)
+    charge.disputed = True
+    return server.json_response(_dispute_event("charge.dispute.created", dispute)._export())
+
+
+async def config_dispute_update(request: web.Request) -> web.Response:
+    data = await server.get_post_data(request) or {}
+    dispute = Dispute._api_retrieve(request.match_info["id"])
+    status = data.get("status", "under_review")
+    if status not in _DISPUTE_OPEN[dispute._kind]:
+        raise resources.UserError(400, f"A {dispute._kind} cannot move to {status!r}.")
+    return server.json_response(dispute._move(status, "charge.dispute.updated")._export())
+
+
+async def config_dispute_close(request: web.Request) -> web.Response:
+    data = await server.get_post_data(request) or {}
+    dispute = Dispute._api_retrieve(request.match_info["id"])
+    status = data.get("status")
+    if status not in _DISPUTE_CLOSED[dispute._kind]:
+        raise resources.UserError(400, f"A {dispute._kind} cannot close as {status!r}.")
+    return server.json_response(dispute._move(status, "charge.dispute.closed")._export())
+
+
+server.app.router.add_post("/_config/disputes", config_dispute_create)
+server.app.router.add_post("/_config/disputes/{id}/update", config_dispute_update)
+server.app.router.add_post("/_config/disputes/{id}/close", config_dispute_close)
+server.app.router.add_post(
+    "/v1/disputes/{id}/close", server.api_extra(Dispute._api_close, "/v1/disputes/{id}/close")
+)
+server.app.router.add_get("/v1/disputes/{id}", server.api_retrieve(Dispute, "/v1/disputes/{id}"))
+server.app.router.add_get("/v1/disputes", server.api_list_all(Dispute, "/v1/disputes"))
 
 
 def main() -> None:

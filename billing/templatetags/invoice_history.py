@@ -14,9 +14,10 @@ PLACEHOLDER = "INVOICE-NUMBER"
 
 @register.simple_tag
 def invoice_history_rows(invoices, organisation) -> list:
-    """The page's invoices, each with `pdf_url`, `issued_text`, `period_text`, `total_text`
-    and `due_text`: the same text as `{% url %}`, `date:"j M Y"` (`"j M"` for the due date)
-    and `money` gave in the template, in the active time zone (the organisation's), for a
+    """The page's invoices, each with `pdf_url`, `issued_text`, `period_text`, `total_text`,
+    `due_text` and `amount_due_text` (what is still owed, e.g. after a lost dispute): the same
+    text as `{% url %}`, `date:"j M Y"` (`"j M"` for the due date) and `money` gave in the
+    template, in the active time zone (the organisation's), for a
     tenth of their cost on a page of 20 rows.
 
     One reverse() for the page: invoice numbers (`INV-2026-000123`, billing.drafts) are
@@ -34,4 +35,5 @@ def invoice_history_rows(invoices, organisation) -> list:
         invoice.period_text = f"{start:%-d %b %Y} – {end:%-d %b %Y}"
         invoice.due_text = f"{invoice.due_at.astimezone(zone):%-d %b}"
         invoice.total_text = format_money(invoice.total, invoice.currency)
+        invoice.amount_due_text = format_money(invoice.amount_due, invoice.currency)
     return rows

@@ -67,7 +67,7 @@ def test_invoice_history_rows_show_dates_in_the_organisation_zone(
     ]
     assert rows == [
         "INV-2026-000002 (PDF) Professional · Subscription period "
-        "1 Mar 2026 1 Mar 2026 – 1 Apr 2026 €921.27 Open · due 1 Mar",
+        "1 Mar 2026 1 Mar 2026 – 1 Apr 2026 €921.27 Open · €921.27 due 1 Mar",
         "INV-2026-000001 (PDF) Professional · Subscription period "
         "Revised copy, 16 Feb 2026 of INV-2026-000001 (PDF) "
         "1 Feb 2026 1 Feb 2026 – 1 Mar 2026 €921.27 Paid",

@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from billing.models import Invoice, LedgerViolation, Payment
+from billing.models import Dispute, Invoice, LedgerViolation, Payment
 from core.money import format_money
 from portal.dashboard import ops_dashboard
 from support.models import SupportTicket
@@ -41,7 +41,7 @@ def populate(n: int, offset: int = 0):
         # Paid, or waiting for the customer's bank (3-D Secure).
         payment_status = {"active": "succeeded", "past_due": "requires_action"}.get(status)
         if payment_status:
-            Payment.objects.create(
+            payment = Payment.objects.create(
                 organisation=org,
                 invoice=invoice,
                 method_kind="card",
@@ -52,6 +52,9 @@ def populate(n: int, offset: int = 0):
                 idempotency_key=f"pay-{i}",
                 created_at=NOW - timedelta(hours=1),
             )
+            if payment_status == "succeeded":
+                # Its cardholder disputed the payment: open, or won by the second one.
+                dispute(payment, status="won" if i % 10 == 5 else "needs_response", n=i)
         if i % 3 == 0:
             UsageAlert.objects.create(
                 organisation=org,
@@ -66,6 +69,21 @@ def populate(n: int, offset: int = 0):
             urgent=bool(i % 2),
             contact_email="a@b.test",
         )
+
+
+def dispute(payment: Payment, *, status: str, n: int) -> Dispute:
+    return Dispute.objects.create(
+        processor_id=f"dp_{n}",
+        organisation_id=payment.organisation_id,
+        payment=payment,
+        invoice_id=payment.invoice_id,
+        amount=payment.amount,
+        currency=payment.currency,
+        reason="fraudulent",
+        status=status,
+        opened_at=NOW - timedelta(minutes=30),
+        event_created=NOW - timedelta(minutes=30),
+    )
 
 
 def populate_bulk(n: int, offset: int):
@@ -93,6 +111,24 @@ def populate_bulk(n: int, offset: int):
                 transactions=1,
             )
             for org in orgs[::3]
+        ]
+    )
+    # More disputes, all of one payment (the figure does not look at organisations).
+    payment = Payment.objects.filter(status="succeeded").first()
+    Dispute.objects.bulk_create(
+        [
+            Dispute(
+                processor_id=f"dp_bulk_{i}",
+                organisation_id=payment.organisation_id,
+                payment=payment,
+                invoice_id=payment.invoice_id,
+                amount=100,
+                currency="USD",
+                status="under_review",
+                opened_at=NOW,
+                event_created=NOW,
+            )
+            for i in range(offset, offset + n, 5)
         ]
     )
     SupportTicket.objects.bulk_create(
@@ -161,6 +197,15 @@ def test_figures(db):
     )
     violations, _ = ops_dashboard(now=NOW)["checks"]
     assert (violations.value, violations.detail) == ("1", "in 1 organisation(s)")
+    # Orgs 0 and 5 paid; 0's payment is disputed, 5's dispute was won.
+    disputes, refunds = dashboard["money_back"]
+    per_payment = Payment.objects.get(organisation__slug="org-0").amount
+    assert (disputes.value, disputes.detail) == (
+        "1",
+        f"{format_money(per_payment, 'EUR')} disputed",
+    )
+    assert disputes.url.endswith("/admin/billing/dispute/?state=open")
+    assert (refunds.value, refunds.detail) == ("0", "nothing waiting for Stripe")
 
 
 def test_admin_index_shows_the_dashboard_with_working_links(client_for, ops):
@@ -177,6 +222,7 @@ def test_admin_index_shows_the_dashboard_with_working_links(client_for, ops):
         *dashboard["statuses"],
         *dashboard["at_risk"],
         *dashboard["month"],
+        dashboard["money_back"][0],  # open disputes
         dashboard["usage"],
         dashboard["support"],
     ]

@@ -57,6 +57,7 @@ from accounts.models import OutgoingEmail, PrimaryEmailChange
 from accounts.tokens import new_token
 from billing.models import (
     BillingProfile,
+    Dispute,
     DunningCase,
     Invoice,
     LedgerViolation,
@@ -481,7 +482,7 @@ class World:
         LedgerViolation.objects.create(
             rule="test", subject="INV-2026-000101", message="x", first_seen_at=now, last_seen_at=now
         )
-        Payment.objects.create(
+        payment = Payment.objects.create(
             organisation=self.org,
             invoice=invoice,
             method_kind="card",
@@ -489,6 +490,17 @@ class World:
             amount=100,
             currency="USD",
             idempotency_key="matrix-1",
+        )
+        Dispute.objects.create(
+            processor_id="dp_matrix",
+            organisation=self.org,
+            payment=payment,
+            invoice=invoice,
+            amount=100,
+            currency="USD",
+            status="needs_response",
+            opened_at=now,
+            event_created=now,
         )
         PaymentMethod.objects.create(
             organisation=self.org,

@@ -108,7 +108,10 @@ ACTIVE_MOVES = {
     "invoice_by_transfer": 0.01,  # ops; only for organisations that asked for it
     "invoice_by_card": 0.002,  # ops, back to card
     "credit_note": 0.004,  # ops correct a recent invoice (refund, balance, outside, due)
+    "dispute": 0.0015,  # a cardholder disputes a card payment with their bank
 }
+# While a dispute is open, the chance a day that the bank decides it.
+DISPUTE_DECIDED = 0.05
 SCHEDULED_DOWNGRADE_MOVES = {"undo_downgrade": 0.008}
 CANCELLED_MOVES = {"undo_cancel": 0.015, "goodwill_credit": 0.005}
 FAILING_MOVES = {  # past due, grace period, suspended
@@ -386,6 +389,12 @@ class Simulation(CustomerMoves):
         subscription = self._subscriptions.get(customer.organisation_id)
         if subscription is None or subscription.organisation.status != "active":
             return {}
+        moves = self._state_menu(customer, subscription)
+        if customer.open_dispute:
+            moves = {**moves, "dispute_decided": DISPUTE_DECIDED}
+        return moves
+
+    def _state_menu(self, customer: Customer, subscription: Subscription) -> dict[str, float]:
         status = subscription.status
         if status == Subscription.Status.INCOMPLETE:
             moves = INCOMPLETE_MOVES

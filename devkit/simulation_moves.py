@@ -27,6 +27,7 @@ from billing.models import CreditNote, DunningCase, Invoice, Payment
 from billing.payments import ChargeOutcome, invoice_charge
 from billing.selectors import billing_profile_for
 from billing.upgrades import QuoteChanged, subscription_upgrade, upgrade_plans, upgrade_quote
+from billing.webhooks import stripe_event_receive
 from core.errors import ServiceError
 from devkit.stripe_standin import (
     AUTH_3DS2,
@@ -38,6 +39,9 @@ from devkit.stripe_standin import (
     StripeJsError,
     authenticate_payment,
     confirmed_setup_intent,
+    dispute_close,
+    dispute_open,
+    dispute_update,
 )
 from subscriptions.cancellation import (
     subscription_cancel,
@@ -105,6 +109,7 @@ class Customer:
     factor_until: datetime | None = None
     batches: int = 0
     grace_extended_case: int | None = None
+    open_dispute: str = ""  # the Stripe id of a dispute the bank has not decided yet
 
 
 @contextmanager
@@ -492,6 +497,38 @@ class CustomerMoves:
             reference=f"SIM-{invoice.number}" if outcome == Outcome.REFUNDED_OUTSIDE else "",
             now=at,
         )
+
+    def _move_dispute(self, customer: Customer, at: datetime) -> None:
+        """A cardholder disputes a recent card payment with their bank (a chargeback)."""
+        if customer.open_dispute:
+            raise ServiceError("a dispute is open")
+        payment = (
+            Payment.objects.filter(
+                organisation_id=customer.organisation_id,
+                status=Payment.Status.SUCCEEDED,
+                method_kind=PaymentMethodKind.CARD,
+                disputed_at__isnull=True,
+            )
+            .exclude(processor_id="")
+            .exclude(idempotency_key__contains="-manual-")
+            .order_by("-completed_at", "-pk")
+            .first()
+        )
+        if payment is None:
+            raise ServiceError("no card payment to dispute")
+        reason = self.rng.choice(["fraudulent", "product_not_received", "subscription_canceled"])
+        event = dispute_open(payment.processor_id, reason=reason)
+        stripe_event_receive(event=event, now=at)
+        customer.open_dispute = event["data"]["object"]["id"]
+
+    def _move_dispute_decided(self, customer: Customer, at: datetime) -> None:
+        """The bank decides the dispute, after the evidence: won or lost."""
+        if not customer.open_dispute:
+            raise ServiceError("no open dispute")
+        dispute_id, customer.open_dispute = customer.open_dispute, ""
+        stripe_event_receive(event=dispute_update(dispute_id), now=at)
+        status = self.rng.choice(["won", "lost"])
+        stripe_event_receive(event=dispute_close(dispute_id, status=status), now=at)
 
     def _move_write_off(self, customer: Customer, at: datetime) -> None:
         invoices = Invoice.objects.filter(

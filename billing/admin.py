@@ -29,6 +29,7 @@ from billing.reconciliation import (
     difference_dismiss,
     difference_resolve_mark_failed,
     difference_resolve_record_payment,
+    difference_resolve_refund,
 )
 from core.admin import ReadOnlyModelAdmin, permission_check, reason_asked
 from core.errors import ServiceError
@@ -368,11 +369,20 @@ def _invoice(side: dict) -> str:
 def difference_sides(ours: dict, theirs: dict) -> list[tuple[str, str, str]]:
     """The two sides of a difference as (what, ours, Stripe's) rows, readable."""
     payment = f"#{ours['payment']}, attempt {ours['attempt']}" if "payment" in ours else ""
-    return [
+    # A refund made at Stripe that no credit note here records: which, and why not; the
+    # amounts compared are then our payment's and the charge's.
+    refund = []
+    charged = _money(theirs, "amount")
+    if theirs.get("refund"):
+        refund.append(("Refund", "", f"{theirs['refund']} ({charged})"))
+        charged = _money(theirs, "charge_amount")
+    if ours.get("problem"):
+        refund.append(("Not recorded because", ours["problem"], ""))
+    return refund + [
         ("Invoice", _invoice(ours), theirs.get("invoice", "")),
         ("Payment", payment, theirs.get("payment", "")),
         ("Status", ours.get("status", ""), theirs.get("status", "")),
-        ("Amount", _money(ours, "amount"), _money(theirs, "amount")),
+        ("Amount", _money(ours, "amount"), charged),
         ("Refunded", "", _money(theirs, "amount_refunded")),
         ("PaymentIntent", ours.get("processor_id", ""), theirs.get("payment_intent", "")),
         ("Idempotency key", ours.get("idempotency_key", ""), theirs.get("idempotency_key", "")),
@@ -380,6 +390,16 @@ def difference_sides(ours: dict, theirs: dict) -> list[tuple[str, str, str]]:
         ("Stripe customer", "", theirs.get("customer", "")),
         ("Description", "", theirs.get("description", "")),
     ]
+
+
+def _refunded(credit_note) -> str:
+    """What "Refund this charge" did, as ops read it."""
+    if credit_note.status == credit_note.Status.REFUND_PENDING:
+        return (
+            f"credit note {credit_note.number} issued; Stripe has not confirmed the refund "
+            "yet, the charge job sends it again."
+        )
+    return f"credit note {credit_note.number} issued, charge refunded."
 
 
 @admin.register(ReconciliationDifference)
@@ -421,7 +441,7 @@ class ReconciliationDifferenceAdmin(ReadOnlyModelAdmin):
         "note",
     )
     readonly_fields = fields
-    actions = ["record_charge", "mark_payment_failed", "dismiss"]
+    actions = ["record_charge", "refund_charge", "mark_payment_failed", "dismiss"]
 
     def has_view_permission(self, request, obj=None):
         return request.user.is_staff
@@ -462,11 +482,15 @@ class ReconciliationDifferenceAdmin(ReadOnlyModelAdmin):
         actor = Actor(user=request.user, ip_address=client_ip(request))
         for difference in queryset.select_related("organisation").order_by("pk"):
             try:
-                service(difference=difference, actor=actor, reason=reason, now=timezone.now())
+                result = service(
+                    difference=difference, actor=actor, reason=reason, now=timezone.now()
+                )
             except ServiceError as error:
                 self.message_user(request, f"{difference}: {error.message}", messages.ERROR)
             else:
-                self.message_user(request, f"{difference}: {done}")
+                self.message_user(
+                    request, f"{difference}: {done(result) if callable(done) else done}"
+                )
         return None
 
     @admin.action(
@@ -483,6 +507,22 @@ class ReconciliationDifferenceAdmin(ReadOnlyModelAdmin):
             intro="Record these Stripe charges as payments of the invoices their metadata "
             "names? Receipts are emailed as for any card payment.",
             done="payment recorded, invoice paid.",
+        )
+
+    @admin.action(
+        description="Refund this charge (charged twice; credit note and refund to the card)",
+        permissions=["resolve_difference"],
+    )
+    def refund_charge(self, request, queryset):
+        return self._resolve(
+            request,
+            queryset,
+            service=difference_resolve_refund,
+            action="refund_charge",
+            title="Refund this charge",
+            intro="Refund these second charges in full to the card? A credit note (duplicate "
+            "charge) is issued on each invoice and emailed to its billing contacts.",
+            done=_refunded,
         )
 
     @admin.action(

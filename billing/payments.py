@@ -22,6 +22,7 @@ from accounts.audit import Actor, audit_record, reason_change
 from accounts.emails import email_send
 from accounts.selectors import billing_recipients
 from billing import gateway
+from billing.differences import double_charge_open
 from billing.documents import invoice_url
 from billing.dunning import Step, dunning_open, dunning_resolve_if_paid, step_due_at
 from billing.models import BillingProfile, Invoice, Payment, PaymentMethod
@@ -373,7 +374,7 @@ def payment_succeeded(*, payment: Payment, processor_id: str, now: datetime) -> 
         # Written off as uncollectible, the invoice is still owed: money that arrives pays it.
         if invoice.status not in (Invoice.Status.OPEN, Invoice.Status.UNCOLLECTIBLE):
             # Money arrived for an invoice already settled another way: never a second success
-            # on one invoice; ops see it in the logs and refund it.
+            # on one invoice; ops refund it ("Charged twice", "Refund this charge").
             logger.error(
                 "Payment %s succeeded but invoice %s is %s: needs review (refund)",
                 payment.pk,
@@ -381,6 +382,14 @@ def payment_succeeded(*, payment: Payment, processor_id: str, now: datetime) -> 
                 invoice.status,
                 extra={"organisation_id": invoice.organisation_id, "invoice_id": invoice.pk},
             )
+            if invoice.status == Invoice.Status.PAID and processor_id:
+                double_charge_open(
+                    payment=payment,
+                    invoice=invoice,
+                    processor_id=processor_id,
+                    theirs={"amount": payment.amount, "currency": payment.currency},
+                    now=now,
+                )
             return payment
         _paid(payment, invoice, processor_id=processor_id, now=now)
         email_send(

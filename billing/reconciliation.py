@@ -7,9 +7,16 @@ RECONCILIATION_DAYS days with our card payments of the same days:
 - missing_here: Stripe has a succeeded charge that we have not recorded as a succeeded payment
   (our request timed out and nothing settled it, or someone charged the card behind our back).
   One refunded in full is settled: the money went back.
+- double_charge: the same, for an invoice already paid: the customer paid twice. Also opened
+  at once where a success arrives for a paid invoice (billing.payments, billing.webhooks).
 - missing_at_processor: we recorded a card payment as succeeded and Stripe has no succeeded
   PaymentIntent for it.
 - amount_mismatch: both have it, for different amounts or currencies.
+
+It also records the refunds made at Stripe (in its dashboard) that the `charge.refunded`
+webhook did not bring, through billing.stripe_refunds, the same service as the webhook: a
+credit note "refunded in Stripe", or refund_unmatched when none can record it. Stripe is
+asked for a PaymentIntent's refunds only when what it refunded differs from our refunds.
 
 A PaymentIntent is matched to our payment by its id (Payment.processor_id), else by the
 idempotency key or payment id `gateway.charge` put in its metadata. Manual payments (bank
@@ -17,15 +24,17 @@ transfer, purchase order, and those ops record on card invoices) are not Stripe'
 Only what has settled is compared: PaymentIntents and payments younger than SETTLE_AFTER may
 still be in flight (a webhook on its way, the charge job retrying an unanswered attempt).
 
-Each difference is one open row, unique per (kind, PaymentIntent id, payment): a rerun moves
-its last_seen_at; one that no longer differs (the webhook came, ops refunded the charge) is
+Each difference is one open row (billing.differences), unique per (kind, PaymentIntent id,
+payment), or per Stripe id for a double charge and an unmatched refund: a rerun moves its
+last_seen_at; one that no longer differs (the webhook came, ops refunded the charge) is
 closed with no_action and a note. A difference a person resolved is never reopened.
 
 Ops resolve differences through our services (Django admin > Reconciliation differences),
 never by editing rows: record the payment (`payment_succeeded`, as a successful charge does),
 mark our payment failed (`payment_failed`, as a declined charge does: the invoice is open
-again and dunning applies), or dismiss. Each asks a reason, locks the rows, writes the audit
-log and changes nothing the second time.
+again and dunning applies), refund a double charge (a credit note and a Stripe refund with
+our key), or dismiss. Each asks a reason, locks the rows, writes the audit log and changes
+nothing the second time.
 """
 
 import logging
@@ -33,23 +42,28 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import transaction
+from django.db.models import Q, Sum
 
 from accounts.audit import Actor, audit_record, reason_change
 from accounts.emails import email_send
 from accounts.selectors import billing_recipients
 from billing import gateway
+from billing.credit_notes import refund_send
+from billing.differences import difference_close, difference_key, difference_open, our_side
 from billing.dunning import dunning_open
 from billing.gateway import ProcessorCharge
 from billing.models import (
     BillingProfile,
+    CreditNote,
     Invoice,
     Payment,
     PaymentMethod,
     ReconciliationDifference,
+    Refund,
 )
 from billing.payments import card_attempt_add, payment_failed, payment_succeeded
+from billing.stripe_refunds import RefundedCharge, second_charge_refund_add, stripe_refund_record
 from core.errors import ServiceError
 from core.links import absolute_url
 from core.money import format_money
@@ -80,9 +94,13 @@ class ReconcileResult:
     new: int  # differences opened by this run
     still_open: int  # found again
     closed: int  # no longer differ
+    refunds_recorded: int = 0  # refunds made at Stripe, recorded as credit notes by this run
 
     def __str__(self) -> str:
-        return f"{self.new} new, {self.still_open} still open, {self.closed} closed difference(s)"
+        text = f"{self.new} new, {self.still_open} still open, {self.closed} closed difference(s)"
+        if self.refunds_recorded:
+            text += f", {self.refunds_recorded} refund(s) made at Stripe recorded"
+        return text
 
 
 @dataclass(frozen=True)
@@ -101,7 +119,7 @@ class _Finding:
 
 
 def _key(kind: str, processor_id: str, payment_id: int | None) -> tuple[str, str, int | None]:
-    return (kind, processor_id, payment_id)
+    return difference_key(kind, processor_id, payment_id)
 
 
 # Finding differences ---------------------------------------------------------------------------
@@ -109,27 +127,30 @@ def _key(kind: str, processor_id: str, payment_id: int | None) -> tuple[str, str
 
 def reconcile(*, now: datetime, days: int | None = None) -> ReconcileResult:
     """Compare our card payments with Stripe's PaymentIntents of the last `days` days
-    (default: settings.RECONCILIATION_DAYS) and record the differences.
+    (default: settings.RECONCILIATION_DAYS) and record the differences; record the refunds
+    made at Stripe that we have not (billing.stripe_refunds).
 
     Safe to run twice or concurrently: a difference is one open row, found again it only
-    moves last_seen_at. Stripe is asked first, outside the transaction; if it cannot be
-    asked (GatewayUnavailable) nothing is recorded or closed.
+    moves last_seen_at; a refund is recorded once. Stripe is asked first, outside the
+    transactions; if it cannot be asked (GatewayUnavailable) nothing is recorded or closed.
     """
     days = _days(days)
     since = now - timedelta(days=days)
     settled = now - SETTLE_AFTER
     charges = gateway.payment_intents_since(created_after=since, created_before=now)
     listed = {charge.payment_intent_id: charge for charge in charges}
+    refunds = _refunds_to_record(listed)
     findings, seen_charges, seen_payments = _compare_window(
         charges, listed, since=since, settled=settled
     )
 
     # Differences still open that this run did not compare (older than the window, or the
     # payment changed since): look at both sides again, so none closes merely for its age.
+    # Unmatched refunds are looked at again with the refunds.
     still_open = list(
-        ReconciliationDifference.objects.filter(resolved_at__isnull=True).select_related(
-            "payment__invoice"
-        )
+        ReconciliationDifference.objects.filter(resolved_at__isnull=True)
+        .exclude(kind=Kind.REFUND_UNMATCHED)
+        .select_related("payment__invoice")
     )
     for difference in still_open:
         if difference.processor_id:
@@ -141,16 +162,70 @@ def reconcile(*, now: datetime, days: int | None = None) -> ReconcileResult:
             if finding is not None:
                 findings[finding.key] = finding
 
+    recorded = [
+        stripe_refund_record(refund=refund, charge=charge, now=now) for charge, refund in refunds
+    ]
     with transaction.atomic():
         outcomes = [_record(findings[key], now=now) for key in sorted(findings, key=_order)]
         closed = _close_agreed(
             [d.pk for d in still_open if _difference_key(d) not in findings], now=now
         )
+    outcomes += [r.difference for r in recorded if r.difference]
     result = ReconcileResult(
-        new=outcomes.count("new"), still_open=outcomes.count("seen"), closed=closed
+        new=outcomes.count("new"),
+        still_open=outcomes.count("seen"),
+        closed=closed + sum(r.closed for r in recorded),
+        refunds_recorded=sum(r.credit_note is not None for r in recorded),
     )
     logger.info("Reconciliation with Stripe over %s day(s): %s", days, result)
     return result
+
+
+def _refunds_to_record(
+    listed: dict[str, ProcessorCharge],
+) -> list[tuple[RefundedCharge, gateway.ProcessorRefund]]:
+    """The refunds of the listed charges of our customers, and of the charges of the refunds
+    still waiting for ops, each with its charge. Stripe is asked for the refunds of a
+    PaymentIntent only when what it refunded differs from our refunds of it (succeeded or
+    under way), so a day without refunds asks nothing more."""
+    ours = dict(
+        Refund.objects.filter(
+            payment_intent_id__in=list(listed),
+            status__in=(Refund.Status.SUCCEEDED, Refund.Status.PENDING),
+        )
+        .values("payment_intent_id")
+        .annotate(total=Sum("amount"))
+        .values_list("payment_intent_id", "total")
+    )
+    customers = set(
+        BillingProfile.objects.filter(
+            stripe_customer_id__in={c.customer_id for c in listed.values() if c.customer_id}
+        ).values_list("stripe_customer_id", flat=True)
+    )
+    to_ask = {
+        pi: charge
+        for pi, charge in listed.items()
+        if charge.customer_id in customers and charge.amount_refunded != ours.get(pi, 0)
+    }
+    for difference in ReconciliationDifference.objects.filter(
+        kind=Kind.REFUND_UNMATCHED, resolved_at__isnull=True
+    ).order_by("pk"):
+        pi = difference.theirs.get("payment_intent", "")
+        if pi and pi not in to_ask:
+            charge = listed.get(pi) or gateway.payment_intent_get(payment_intent_id=pi)
+            if charge is not None:
+                to_ask[pi] = charge
+    found = []
+    for pi, charge in to_ask.items():
+        refunded = RefundedCharge(
+            payment_intent_id=pi,
+            customer_id=charge.customer_id,
+            amount=charge.amount,
+            amount_refunded=charge.amount_refunded,
+            currency=charge.currency,
+        )
+        found += [(refunded, refund) for refund in gateway.refunds_of(payment_intent_id=pi)]
+    return found
 
 
 def _compare_window(
@@ -356,6 +431,9 @@ def _compare(
             # same Stripe account is not ours to reconcile.
             return None
         invoice = ours.invoice_named(charge, organisation_id)
+    if kind == Kind.MISSING_HERE and invoice is not None and invoice.status == Invoice.Status.PAID:
+        # Nothing was owed any more: the customer paid twice, ops refund this charge.
+        kind = Kind.DOUBLE_CHARGE
     processor_id = charge.payment_intent_id if charge is not None else payment.processor_id
     return _Finding(
         kind=kind,
@@ -363,35 +441,9 @@ def _compare(
         payment=payment,
         invoice=invoice,
         processor_id=processor_id,
-        ours=_our_side(payment, invoice),
+        ours=our_side(payment, invoice),
         theirs=_their_side(charge, processor_id),
     )
-
-
-def _our_side(payment: Payment | None, invoice: Invoice | None) -> dict:
-    side: dict = {}
-    if invoice is not None:
-        side |= {
-            "invoice": invoice.number,
-            "invoice_status": invoice.status,
-            "invoice_total": invoice.total,
-            "amount_due": invoice.amount_due,
-            "currency": invoice.currency,
-        }
-    if payment is not None:
-        side |= {
-            "payment": payment.pk,
-            "attempt": payment.attempt,
-            "status": payment.status,
-            "amount": payment.amount,
-            "currency": payment.currency,
-            "processor_id": payment.processor_id,
-            "idempotency_key": payment.idempotency_key,
-            "created": payment.created_at.isoformat(),
-        }
-    else:
-        side["status"] = "no payment recorded"
-    return side
 
 
 def _their_side(charge: ProcessorCharge | None, processor_id: str) -> dict:
@@ -414,47 +466,16 @@ def _their_side(charge: ProcessorCharge | None, processor_id: str) -> dict:
 
 def _record(finding: _Finding, *, now: datetime) -> str:
     """Open the difference, or note it was seen again (caller's transaction): new, seen, decided."""
-    kind, processor_id, payment_id = finding.key
-    same = ReconciliationDifference.objects.filter(
-        kind=kind, processor_id=processor_id, payment_id=payment_id
+    return difference_open(
+        kind=finding.kind,
+        processor_id=finding.processor_id,
+        organisation_id=finding.organisation_id,
+        payment=finding.payment,
+        invoice=finding.invoice,
+        ours=finding.ours,
+        theirs=finding.theirs,
+        now=now,
     )
-    values = {
-        "organisation_id": finding.organisation_id,
-        "invoice": finding.invoice,
-        "ours": finding.ours,
-        "theirs": finding.theirs,
-        "last_seen_at": now,
-    }
-    difference = same.select_for_update().filter(resolved_at__isnull=True).first()
-    if difference is None:
-        # Resolved or dismissed by a person: their decision stands (our view may also be
-        # older than their change). Only differences closed automatically may come back.
-        if (
-            same.filter(resolved_at__isnull=False)
-            .exclude(resolution=Resolution.NO_ACTION, resolved_by__isnull=True)
-            .exists()
-        ):
-            return "decided"
-        try:
-            with transaction.atomic():  # a savepoint: a concurrent run may insert it first
-                ReconciliationDifference.objects.create(
-                    kind=kind,
-                    processor_id=processor_id,
-                    payment=finding.payment,
-                    found_at=now,
-                    **values,
-                )
-        except IntegrityError:
-            difference = same.select_for_update().get(resolved_at__isnull=True)
-        else:
-            logger.warning(
-                "Reconciliation: %s %s (payment %s)", kind, processor_id or "-", payment_id
-            )
-            return "new"
-    for field, value in values.items():
-        setattr(difference, field, value)
-    difference.save(update_fields=["organisation", "invoice", "ours", "theirs", "last_seen_at"])
-    return "seen"
 
 
 def _close_agreed(ids: list[int], *, now: datetime) -> int:
@@ -465,13 +486,12 @@ def _close_agreed(ids: list[int], *, now: datetime) -> int:
         .filter(pk__in=ids, resolved_at__isnull=True)
         .order_by("pk")
     ):
-        difference.resolved_at = now
-        difference.resolution = Resolution.NO_ACTION
-        difference.note = (
-            f"Closed automatically: on {now:%Y-%m-%d %H:%M} UTC our payment and Stripe agreed "
-            "(the outcome was recorded meanwhile, or the charge was refunded)."
+        difference_close(
+            difference,
+            note=f"Closed automatically: on {now:%Y-%m-%d %H:%M} UTC our payment and Stripe "
+            "agreed (the outcome was recorded meanwhile, or the charge was refunded).",
+            now=now,
         )
-        difference.save(update_fields=["resolved_at", "resolution", "note"])
         closed += 1
     return closed
 
@@ -574,8 +594,8 @@ def _locked_invoice_owing(invoice_id: int, *, pi: str, money: str) -> Invoice:
     if invoice.status == Invoice.Status.PAID:
         raise ServiceError(
             f"Invoice {invoice.number} is already paid, so {pi} ({money}) is a double "
-            "charge: nothing was recorded. Refund it in Stripe; the difference then "
-            "closes by itself."
+            'charge: nothing was recorded. The next reconciliation reports it as "Charged '
+            'twice", to refund with "Refund this charge".'
         )
     if invoice.status != Invoice.Status.OPEN:
         raise ServiceError(
@@ -715,6 +735,77 @@ def _withdraw_success(invoice: Invoice, payment: Payment) -> None:
     invoice.save(update_fields=["status", "amount_paid", "paid_at", "closed_at"])
     payment.status = Payment.Status.PENDING
     payment.save(update_fields=["status"])
+
+
+def difference_resolve_refund(
+    *, difference: ReconciliationDifference, actor: Actor, reason: str, now: datetime
+) -> CreditNote:
+    """ "Refund this charge": a second charge for an invoice already paid goes back to the
+    card. A credit note (reason "duplicate", one line for the charge, which credits none of
+    the invoice's) and its Refund row with our idempotency key are committed with the
+    resolution and the audit row, then Stripe refunds the PaymentIntent in full
+    (`credit_notes.refund_send`); unanswered, the charge job sends it again with the same key.
+
+    Refused, with nothing written, when the difference is not an open double charge, and
+    when Stripe no longer has the charge as succeeded or refunded some of it already (it is
+    asked again first). Twice, the second is refused: the difference is resolved.
+    """
+    reason = _reason(reason, actor)
+    _still_open(difference, Kind.DOUBLE_CHARGE)
+    pi = difference.processor_id
+    charge = _ask_stripe(lambda: gateway.payment_intent_get(payment_intent_id=pi))
+    with transaction.atomic():
+        difference = _locked_open(difference, Kind.DOUBLE_CHARGE)
+        if charge is None or charge.status != _SUCCEEDED:
+            status = "not found" if charge is None else charge.status
+            raise ServiceError(
+                f"Stripe no longer has {pi} as a succeeded charge ({status}): there is "
+                "nothing to refund. Dismiss the difference once checked."
+            )
+        money = format_money(charge.amount, charge.currency)
+        if charge.amount_refunded:
+            raise ServiceError(
+                f"Stripe already refunded {format_money(charge.amount_refunded, charge.currency)}"
+                f" of {pi} ({money}): nothing was refunded here. The difference closes by "
+                "itself once the charge is refunded in full; dismiss it otherwise."
+            )
+        invoice = (
+            Invoice.objects.select_for_update(of=("self",))
+            .select_related("organisation")
+            .get(pk=difference.invoice_id)
+        )
+        if charge.currency.upper() != invoice.currency.upper():
+            raise ServiceError(
+                f"{pi} was charged in {charge.currency.upper()} and invoice {invoice.number} "
+                f"is in {invoice.currency}: nothing was refunded. Refund it in Stripe, then "
+                "dismiss the difference."
+            )
+        payment = (
+            Payment.objects.filter(processor_id=pi).order_by("pk").first() or difference.payment
+        )
+        refund = second_charge_refund_add(
+            invoice=invoice,
+            payment=payment,
+            payment_intent_id=pi,
+            amount=charge.amount,
+            actor=actor,
+            now=now,
+        )
+        _resolve(difference, Resolution.REFUNDED, actor=actor, note=reason, now=now)
+        _invoice_audit(
+            invoice,
+            "billing.reconciliation_refunded",
+            processor_id=(None, pi),
+            refund=(None, money),
+            credit_note=(None, refund.credit_note.number),
+            actor=actor,
+            reason=reason,
+            now=now,
+        )
+    refund_send(refund=refund, now=now)
+    credit_note = refund.credit_note
+    credit_note.refresh_from_db()
+    return credit_note
 
 
 def difference_dismiss(

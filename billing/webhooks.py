@@ -12,9 +12,12 @@ charged; leaving the invoice open would charge them again). `payment_intent.paym
 only fails a pending payment and never undoes a success; when the bank asked for
 authentication (an off-session charge), the payment waits for the customer instead, as the
 charge's own answer would have recorded it. A failed 3-D Secure challenge leaves a waiting
-payment waiting: the customer may try again on Confirm payment.
+payment waiting: the customer may try again on Confirm payment. A success for an invoice
+already paid opens a "Charged twice" difference for ops to refund.
 
-Dispute events (`charge.dispute.*`, chargebacks) are applied by billing.disputes.
+`charge.refunded` records the refunds made of a charge (billing.stripe_refunds): ours are
+done, one made in the Stripe dashboard becomes a credit note "refunded in Stripe". Dispute
+events (`charge.dispute.*`, chargebacks) are applied by billing.disputes.
 """
 
 import logging
@@ -25,6 +28,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 
+from billing.differences import double_charge_open
 from billing.disputes import DISPUTE_EVENTS, dispute_event_apply
 from billing.gateway import GatewayErrorCode
 from billing.models import Invoice, Payment, StripeEvent
@@ -34,12 +38,15 @@ from billing.payments import (
     payment_needs_authentication,
     payment_succeeded,
 )
+from billing.stripe_refunds import charge_refunded
 
 logger = logging.getLogger(__name__)
 
 SUCCEEDED = "payment_intent.succeeded"
 FAILED = "payment_intent.payment_failed"
-HANDLED_TYPES = frozenset({SUCCEEDED, FAILED})
+# A refund was made of a charge (ours, or in the Stripe dashboard): billing.stripe_refunds.
+REFUNDED = "charge.refunded"
+HANDLED_TYPES = frozenset({SUCCEEDED, FAILED, REFUNDED})
 
 # Invoices a late success may still pay: nobody else paid or voided them.
 _PAYABLE = (Invoice.Status.OPEN, Invoice.Status.UNCOLLECTIBLE)
@@ -71,7 +78,10 @@ def stripe_event_receive(*, event: dict[str, Any], now: datetime) -> WebhookResu
             # Also a concurrent delivery: the INSERT waited for the first one to commit.
             logger.info("Stripe event %s (%s) already received", event["id"], event["type"])
             return WebhookResult(status="duplicate", outcome="")
-        if record.type in HANDLED_TYPES:
+        if record.type == REFUNDED:
+            status = "processed"
+            outcome = charge_refunded(charge=event["data"]["object"], now=now)
+        elif record.type in HANDLED_TYPES:
             status = "processed"
             outcome = _payment_intent_event(record.type, event["data"]["object"], now=now)
         elif record.type in DISPUTE_EVENTS:
@@ -144,6 +154,14 @@ def _succeeded(payment: Payment, intent: dict[str, Any], *, now: datetime) -> st
             invoice.number,
             invoice.status,
         )
+        if invoice.status == Invoice.Status.PAID:  # ops refund it: "Refund this charge"
+            double_charge_open(
+                payment=payment,
+                invoice=invoice,
+                processor_id=intent["id"],
+                theirs=_intent_side(intent),
+                now=now,
+            )
         return f"needs review: charged but invoice {invoice.number} is {invoice.status}"
     earlier = payment.status
     payment_succeeded(payment=payment, processor_id=intent["id"], now=now)
@@ -151,6 +169,19 @@ def _succeeded(payment: Payment, intent: dict[str, Any], *, now: datetime) -> st
         logger.warning("Payment %s recorded as failed succeeded at Stripe", payment.pk)
         return f"succeeded after recorded failure: invoice {invoice.number} paid"
     return f"succeeded: invoice {invoice.number} paid"
+
+
+def _intent_side(intent: dict[str, Any]) -> dict:
+    """Stripe's side of a double charge, as the event tells it."""
+    metadata = intent.get("metadata") if isinstance(intent.get("metadata"), dict) else {}
+    return {
+        "amount": intent.get("amount"),
+        "currency": str(intent.get("currency", "")).upper(),
+        "customer": intent.get("customer") or "",
+        "invoice": metadata.get("invoice", ""),
+        "payment": metadata.get("payment", ""),
+        "idempotency_key": metadata.get("idempotency_key", ""),
+    }
 
 
 def _failed(payment: Payment, intent: dict[str, Any], *, now: datetime) -> str:

@@ -25,6 +25,11 @@ the Stripe Event it made (`charge.dispute.created|updated|closed`, the Dispute i
 (`register_webhook(url, events=DISPUTE_EVENTS)`); a test may deliver it itself, in any order
 or twice.
 
+Refunds: localstripe refuses one larger than what is left of the charge, as Stripe does, and
+sends `charge.refunded` to the webhooks registered for it (`events=REFUND_EVENTS`).
+`refund_in_dashboard(payment_intent_id, amount)` refunds as ops would in the Stripe dashboard:
+without the metadata our own refunds carry.
+
 A page test whose view created the SetupIntent passes the client secret it rendered to
 `confirm_card_setup(client_secret, number=...)`, then posts the SetupIntent id back.
 
@@ -204,6 +209,7 @@ def authenticate_payment(client_secret: str, *, success: bool = True) -> dict:
 
 PAYMENT_INTENT_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed")
 DISPUTE_EVENTS = ("charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed")
+REFUND_EVENTS = ("charge.refunded",)
 # localstripe cannot delete a webhook: this event filter matches no event it sends.
 _NO_EVENTS = ["webhook.disabled"]
 
@@ -276,6 +282,17 @@ def _dispute_hook(path: str, payload: dict) -> dict:
     if status != 200:
         raise RuntimeError(f"localstripe refused {path}: {status} {body}")
     return body
+
+
+def refund_in_dashboard(payment_intent_id: str, amount: int | None = None) -> str:
+    """Refund `amount` (None: what is left) of a PaymentIntent's charge as ops would in the
+    Stripe dashboard: straight at localstripe, with none of the metadata (`credit_note`,
+    `idempotency_key`) our own refunds carry. The refund's id; raises stripe's
+    InvalidRequestError when localstripe refuses it (more than is left)."""
+    params: dict = {"payment_intent": payment_intent_id}
+    if amount is not None:
+        params["amount"] = amount
+    return standin_client().v1.refunds.create(params=params)["id"]
 
 
 def standin_client() -> stripe.StripeClient:

@@ -54,6 +54,15 @@ or closer to the real Stripe our code is written against:
     `charge.dispute.updated`.
   - `POST /_config/disputes/{id}/close` with `status` `won` or `lost` (an inquiry:
     `warning_closed`): `charge.dispute.closed`. A closed dispute never moves again (400).
+- Refunds as on Stripe (upstream refunds any amount, any number of times):
+  - A refund larger than what is left unrefunded on the charge is refused with a 400
+    `invalid_request_error`, param `amount`, "Refund amount ($X) is greater than unrefunded
+    amount on charge ($Y)"; once nothing is left, with code `charge_already_refunded`. A
+    refund without an amount refunds what is left (upstream: the whole charge again).
+  - A refund names its PaymentIntent also when it was made with `charge=`.
+  - Each refund made through the API delivers a `charge.refunded` event to the registered
+    webhooks: the Charge with `payment_intent`, `amount`, `amount_refunded`, `refunded`,
+    `currency` and its `refunds` (id, amount, metadata, status, created of each).
 """
 
 import hashlib
@@ -69,7 +78,7 @@ from localstripe import resources, server
 
 # The minimum charge table is the project's own (core/money.py: no imports, no Django).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core.money import MINIMUM_CHARGE, minimum_charge_message  # noqa: E402
+from core.money import MINIMUM_CHARGE, format_money, minimum_charge_message  # noqa: E402
 
 log = logging.getLogger("localstripe_server")
 
@@ -279,6 +288,67 @@ def _payment_intent_list_all_by_customer(cls, url, customer=None, **data):
 
 
 resources.PaymentIntent._api_list_all = classmethod(_payment_intent_list_all_by_customer)
+
+
+# ---------------------------------------------------------------------- refunds --
+
+
+def _charge_refunded(charge, payment_intent):
+    """The succeeded Charge a refund request names, or None to let upstream's own
+    validation answer (bad ids, unknown objects, failed payments)."""
+    try:
+        if payment_intent is None and isinstance(charge, str) and charge.startswith("ch_"):
+            found = resources.Charge._api_retrieve(charge)
+        elif charge is None and str(payment_intent).startswith("pi_"):
+            found = resources.PaymentIntent._api_retrieve(payment_intent).latest_charge
+        else:
+            return None
+    except resources.UserError:
+        return None
+    return found if found is not None and found.status == "succeeded" else None
+
+
+_refund_init = resources.Refund.__init__
+
+
+def _refund_init_within_charge(self, charge=None, payment_intent=None, amount=None, **data):
+    refunded = _charge_refunded(charge, payment_intent)
+    if refunded is not None:
+        left = refunded.amount - refunded.amount_refunded
+        value = resources.try_convert_to_int(amount)  # form-encoded: a string
+        if left <= 0:
+            raise resources.UserError(
+                400,
+                f"Charge {refunded.id} has already been refunded.",
+                {"code": "charge_already_refunded", "charge": refunded.id},
+            )
+        if isinstance(value, int) and value > left:
+            raise resources.UserError(
+                400,
+                f"Refund amount ({format_money(value, refunded.currency)}) is greater than "
+                f"unrefunded amount on charge ({format_money(left, refunded.currency)})",
+                {"param": "amount"},
+            )
+        if amount is None:
+            amount = left
+    _refund_init(self, charge=charge, payment_intent=payment_intent, amount=amount, **data)
+    if self.payment_intent is None and refunded is not None:
+        self.payment_intent = refunded.payment_intent
+
+
+resources.Refund.__init__ = _refund_init_within_charge
+
+_refund_create = resources.Refund._api_create.__func__
+
+
+def _refund_create_announced(cls, **data):
+    refund = _refund_create(cls, **data)
+    charge = resources.Charge._api_retrieve(refund.charge)
+    resources.schedule_webhook(resources.Event("charge.refunded", charge))
+    return refund
+
+
+resources.Refund._api_create = classmethod(_refund_create_announced)
 
 
 # ----------------------------------------------------------------- 3-D Secure --

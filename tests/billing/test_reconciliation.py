@@ -23,6 +23,7 @@ from billing.dunning import amount_due
 from billing.invoicing import billing_run_issue, subscription_start
 from billing.models import (
     BillingProfile,
+    CreditNote,
     DunningCase,
     Invoice,
     Payment,
@@ -499,7 +500,9 @@ def test_an_old_difference_stays_open_until_it_really_settles(localstripe, org, 
     assert counts(reconcile(now=LATER + timedelta(days=6))) == (0, 0, 1)
 
 
-def test_a_double_charge_is_refused_and_closes_once_refunded(localstripe, org, ops, clock):
+def test_a_double_charge_is_reported_and_closes_once_refunded_in_stripe(
+    localstripe, org, ops, clock
+):
     T, LATER = clock
     invoice = subscribe(org, now=T)  # paid by our own charge
     ours = invoice.payments.get()
@@ -515,27 +518,38 @@ def test_a_double_charge_is_refused_and_closes_once_refunded(localstripe, org, o
         },
     )
     difference = difference_found(now=LATER)
-    assert (difference.kind, difference.processor_id, difference.invoice) == (
-        "missing_here",
+    assert (difference.kind, difference.processor_id, difference.invoice, difference.payment) == (
+        "double_charge",
         intent_id,
         invoice,
+        None,
     )
 
     assert refusal(
         difference_resolve_record_payment, difference, ops, reason="Record it", now=LATER
     ) == (
-        f"Invoice {invoice.number} is already paid, so {intent_id} "
-        f"({format_money(invoice.total, 'USD')}) is a double charge: nothing was recorded. "
-        "Refund it in Stripe; the difference then closes by itself."
+        'This difference is "Charged twice"; this action is for "Charged at Stripe, not '
+        'recorded here" differences. Nothing changed.'
     )
     assert invoice.payments.count() == 1
     assert not AuditEvent.objects.filter(action__startswith="billing.reconciliation").exists()
     difference.refresh_from_db()
     assert difference.resolved_at is None
 
-    localstripe.v1.refunds.create(params={"payment_intent": intent_id})
-    assert counts(reconcile(now=LATER + timedelta(hours=1))) == (0, 0, 1)
+    # Refunded in the Stripe dashboard: recorded as a credit note, the difference settled.
+    refund_id = localstripe.v1.refunds.create(params={"payment_intent": intent_id})["id"]
+    result = reconcile(now=LATER + timedelta(hours=1))
+    assert (counts(result), result.refunds_recorded) == ((0, 0, 1), 1)
     assert open_differences() == []
+    credit_note = CreditNote.objects.get()
+    assert (credit_note.outcome, credit_note.total, credit_note.reference) == (
+        "refunded_in_stripe",
+        invoice.total,
+        refund_id,
+    )
+    difference.refresh_from_db()
+    assert (difference.resolution, difference.resolved_by) == ("refunded", None)
+    assert counts(reconcile(now=LATER + timedelta(hours=2))) == (0, 0, 0)
 
 
 def test_charges_still_in_flight_are_left_for_a_later_run(localstripe, org, clock):
@@ -655,7 +669,7 @@ def test_read_only_staff_see_differences_but_cannot_resolve_them(client_for, fou
     assert client.get(f"{DIFFERENCES}{found.pk}/change/").status_code == 200
     listing = client.get(DIFFERENCES).content.decode()
     assert found.processor_id in listing
-    for action in ("record_charge", "mark_payment_failed", "dismiss"):
+    for action in ("record_charge", "refund_charge", "mark_payment_failed", "dismiss"):
         assert action not in listing
         client.post(
             DIFFERENCES,

@@ -27,6 +27,7 @@ from billing.models import (
     Invoice,
     Payment,
     PaymentMethod,
+    ReconciliationDifference,
     StripeEvent,
 )
 from billing.payments import payment_record_manual
@@ -324,6 +325,14 @@ def test_a_success_for_an_invoice_paid_meanwhile_is_left_for_review(client, pend
     payment.refresh_from_db()
     assert payment.status == "pending"
     assert invoice.payments.filter(status="succeeded").count() == 1
+    # Charged twice: ops refund it from the reconciliation differences.
+    [difference] = ReconciliationDifference.objects.all()
+    assert (difference.kind, difference.processor_id, difference.payment, difference.invoice) == (
+        "double_charge",
+        intent["id"],
+        payment,
+        invoice,
+    )
 
 
 def test_a_failure_for_an_invoice_paid_meanwhile_starts_no_dunning(client, pending, org):

@@ -8,6 +8,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from accounts.audit import Actor
+from billing.admin_credit_notes import CreditNoteInline, InvoiceCreditNotes
 from billing.admin_ledger import OpenOrResolved
 from billing.documents import invoice_revised_copy_issue
 from billing.dunning import dunning_extend_grace, invoice_mark_uncollectible, step_due_at
@@ -69,7 +70,7 @@ class PaymentInline(admin.TabularInline):
 
 
 @admin.register(Invoice)
-class InvoiceAdmin(ReadOnlyModelAdmin):
+class InvoiceAdmin(InvoiceCreditNotes, ReadOnlyModelAdmin):
     list_display = (
         "number",
         "organisation",
@@ -84,8 +85,8 @@ class InvoiceAdmin(ReadOnlyModelAdmin):
     search_fields = ("number", "organisation__name", "organisation__slug")
     list_select_related = ("organisation",)
     date_hierarchy = "issued_at"
-    inlines = [InvoiceLineInline, PaymentInline]
-    actions = ["record_payment", "mark_uncollectible", "issue_revised_copy"]
+    inlines = [InvoiceLineInline, PaymentInline, CreditNoteInline]
+    actions = ["record_payment", "mark_uncollectible", "issue_revised_copy", "issue_credit_note"]
 
     def has_view_permission(self, request, obj=None):
         return request.user.is_staff

@@ -1,6 +1,6 @@
 """Reads for billing pages, always scoped to an organisation."""
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import BooleanField, ExpressionWrapper, Prefetch, Q, QuerySet
 from django.http import Http404
 
 from accounts.models import Organisation
@@ -16,13 +16,19 @@ from subscriptions.models import Plan, Subscription
 
 
 def invoice_list(*, organisation: Organisation) -> QuerySet[Invoice]:
-    """Newest first, each with its revised copies (dates only, never the PDF bytes); only
-    the columns Invoice History shows (not the billing details snapshot, a JSON document to
-    decode per row)."""
+    """Newest first, each with its revised copies and its credit notes (never the PDF
+    bytes: one query each for the page, however many rows); only the columns Invoice History
+    shows (not the billing details snapshot, a JSON document to decode per row)."""
     revised = (
         InvoiceDocument.objects.filter(kind=InvoiceDocument.Kind.REVISED)
         .only("id", "invoice_id", "kind", "created_at")
         .order_by("created_at", "id")
+    )
+    credit_notes = (
+        CreditNote.objects.filter(organisation=organisation)
+        .only("id", "invoice_id", "number", "outcome", "status", "currency", "total", "issued_at")
+        .annotate(has_pdf=ExpressionWrapper(Q(pdf__isnull=False), output_field=BooleanField()))
+        .order_by("issued_at", "id")
     )
     return (
         Invoice.objects.filter(organisation=organisation)
@@ -42,9 +48,13 @@ def invoice_list(*, organisation: Organisation) -> QuerySet[Invoice]:
             "period_end",
             "issued_at",
             "due_at",
+            "amount_credited",
         )
         .order_by("-issued_at", "-id")
-        .prefetch_related(Prefetch("documents", queryset=revised, to_attr="revised_copies"))
+        .prefetch_related(
+            Prefetch("documents", queryset=revised, to_attr="revised_copies"),
+            Prefetch("credit_notes", queryset=credit_notes, to_attr="credit_notes_listed"),
+        )
     )
 
 

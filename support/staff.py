@@ -16,6 +16,7 @@ MONEY_PERMISSIONS = (
     "billing.record_payment",
     "billing.write_off",
     "billing.issue_revised_copy",
+    "billing.issue_credit_note",
     "billing.extend_grace",
     "billing.resolve_difference",
     "support.reply_ticket",

@@ -6,8 +6,10 @@ Shared by tests/accounts/test_tenancy.py and tests/core/test_url_matrix.py.
 
 import uuid
 
+from django.utils import timezone
+
 from accounts.models import AuditEvent, Invitation, Membership, Organisation
-from billing.models import InvoiceDocument
+from billing.models import CreditNote, InvoiceDocument
 from sso.models import SsoDomain
 from subscriptions.models import Connection, Environment, ProcessFlow
 from support.models import SupportTicket, TicketMessage
@@ -21,7 +23,7 @@ from usage.models import ApiKey
 def organisation_objects(organisation, *, member, invoice_number, domain):
     """URL parameter values naming `organisation`'s objects: the membership of `member`, a
     pending invitation, a running ProcessFlow, an API key, an SSO domain, an invoice with a
-    revised copy and a support ticket with an attached file."""
+    revised copy and a credit note, and a support ticket with an attached file."""
     return {
         "org_slug": organisation.slug,
         "member_id": Membership.objects.get(user=member, organisation=organisation).public_id,
@@ -35,13 +37,28 @@ def organisation_objects(organisation, *, member, invoice_number, domain):
 
 
 def billing_and_support_objects(organisation, number):
-    """An invoice with a revised copy, and a support ticket with an attached file."""
+    """An invoice with a revised copy and a credit note, and a support ticket with an
+    attached file."""
     invoice = issued_invoice(organisation=organisation, number=number)
     document = InvoiceDocument.objects.create(invoice=invoice, kind="revised", pdf=b"%PDF-1.7")
+    credit_note = CreditNote.objects.create(
+        organisation=organisation,
+        invoice=invoice,
+        number=number.replace("INV-", "CN-"),
+        reason=CreditNote.Reason.GOODWILL,
+        outcome=CreditNote.Outcome.BALANCE,
+        currency=invoice.currency,
+        subtotal=100,
+        tax_amount=0,
+        total=100,
+        issued_at=timezone.now(),
+        pdf=b"%PDF-1.7",
+    )
     attachment = TicketAttachmentFactory(message__ticket__organisation=organisation)
     return {
         "invoice_number": invoice.number,
         "document_id": document.pk,
+        "credit_note_number": credit_note.number,
         "ticket_id": attachment.message.ticket.public_id,
         "attachment_id": attachment.public_id,
     }

@@ -32,6 +32,7 @@ KNOWN_PARAMS = {
     "document_id",
     "ticket_id",
     "attachment_id",
+    "credit_note_number",
 }
 
 

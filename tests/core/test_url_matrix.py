@@ -57,6 +57,7 @@ from accounts.models import OutgoingEmail, PrimaryEmailChange
 from accounts.tokens import new_token
 from billing.models import (
     BillingProfile,
+    CreditNote,
     Dispute,
     DunningCase,
     Invoice,
@@ -200,6 +201,7 @@ TABLE = {
     "billing:invoices": org(get=(403, 200, 200), post=(403, 405, 405)),
     "billing:invoice_pdf": org(get=(403, 200, 200), post=(403, 405, 405)),
     "billing:invoice_revised_pdf": org(get=(403, 200, 200), post=(403, 405, 405)),
+    "billing:credit_note_pdf": org(get=(403, 200, 200), post=(403, 405, 405)),
     # A's invoice is open with a charge under way: confirming says it is being processed.
     "billing:confirm_payment": org(get=(403, 200, 200), post=(403, 200, 200)),
     "billing:payment_method": org(get=(403, 200, 200), post=(403, 400, 400)),
@@ -320,6 +322,10 @@ TABLE = {
     # Custom views of SupportTicketAdmin: Billing staff answer tickets and open attachments.
     "admin:support_ticket_reply": ops(get=200, post=to("admin:support_supportticket_change")),
     "admin:support_attachment": ops(get=200, post=200),
+    # Billing staff issue credit notes (the form refuses POST_DATA: nothing chosen) and
+    # download their PDFs.
+    "admin:billing_invoice_credit_note": ops(get=200, post=400),
+    "admin:billing_creditnote_pdf": ops(get=200, post=405),
     # Staff groups have no permission on Django's groups nor allauth's email addresses
     # (support/staff.py, PROJECT_APPS); the rest of their family is as in ADMIN_FAMILY.
     "admin:auth_group_changelist": ops(get=403, post=403),
@@ -463,6 +469,8 @@ class World:
             "content_type_id": ContentType.objects.get_for_model(Invoice).pk,
             "object_id": Invoice.objects.get(number="INV-2026-000101").pk,
             "ticket_pk": self.admin_object("support", "supportticket"),
+            "invoice_pk": Invoice.objects.get(number="INV-2026-000101").pk,
+            "credit_note_pk": CreditNote.objects.get(number="CN-2026-000101").pk,
             "id": admin.pk,  # admin:auth_user_password_change
         }
 

@@ -204,11 +204,6 @@ def _money_check_figures() -> list[Figure]:
     ]
 
 
-# The credit notes whose Stripe refund is not confirmed yet (billing.credit_notes), in Django
-# admin's list of credit notes.
-REFUND_PENDING_PATH = "billing/creditnote/?status__exact=refund_pending"
-
-
 def _money_back_figures() -> list[Figure]:
     """Open disputes (chargebacks) and refunds Stripe has not confirmed yet, with their amounts
     per currency."""
@@ -235,7 +230,7 @@ def _money_back_figures() -> list[Figure]:
             label="Refunds pending",
             value=f"{sum(r['n'] for r in refunds):,}",
             detail=(_amounts(refunds) or "nothing") + " waiting for Stripe",
-            url=reverse("admin:index") + REFUND_PENDING_PATH,
+            url=_url("billing_creditnote", status__exact="refund_pending"),
         ),
     ]
 

@@ -901,6 +901,7 @@ def _invoice_credit_findings(organisation_ids) -> Iterator[Violation]:
         "amount_credited",
         "amount_credited_unpaid",
     )
+    lost = _lost_to_disputes(organisation_ids)
     for invoice in invoices:
         figures = credited.get(invoice["pk"], {"lines": 0, "tax": 0, "unpaid": 0, "back": 0})
         currency = invoice["currency"]
@@ -928,7 +929,9 @@ def _invoice_credit_findings(organisation_ids) -> Iterator[Violation]:
                 f"amount_credited_unpaid says "
                 f"{_money(invoice['amount_credited_unpaid'], currency)}."
             )
-        paid = invoice["amount_paid"] + invoice["credit_applied"]
+        # What a lost dispute took back is owed again and chased by dunning; what went back
+        # before it is measured against what had been paid.
+        paid = invoice["amount_paid"] + invoice["credit_applied"] + lost.get(invoice["pk"], 0)
         if figures["back"] > paid:
             yield found(
                 f"{_money(figures['back'], currency)} went back to the customer; only "

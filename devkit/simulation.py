@@ -109,6 +109,7 @@ ACTIVE_MOVES = {
     "invoice_by_card": 0.002,  # ops, back to card
     "credit_note": 0.004,  # ops correct a recent invoice (refund, balance, outside, due)
     "dispute": 0.0015,  # a cardholder disputes a card payment with their bank
+    "dashboard_refund": 0.001,  # ops refund part of a charge in the Stripe dashboard
 }
 # While a dispute is open, the chance a day that the bank decides it.
 DISPUTE_DECIDED = 0.05
@@ -121,6 +122,7 @@ FAILING_MOVES = {  # past due, grace period, suspended
     "cancel": 0.006,
     "extend_grace": 0.05,  # ops; only in the grace period, once a case
     "write_off": 0.01,  # ops; only when suspended
+    "credit_note": 0.01,  # ops lower what is owed (a complaint about the overdue invoice)
 }
 BAD_CARD_WHILE_ACTIVE = {"replace_card": 0.01}
 # Per renewal: someone acts in the minutes between the period end and the next billing run.

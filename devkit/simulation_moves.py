@@ -42,6 +42,8 @@ from devkit.stripe_standin import (
     dispute_close,
     dispute_open,
     dispute_update,
+    refund_in_dashboard,
+    standin_client,
 )
 from subscriptions.cancellation import (
     subscription_cancel,
@@ -497,6 +499,43 @@ class CustomerMoves:
             reference=f"SIM-{invoice.number}" if outcome == Outcome.REFUNDED_OUTSIDE else "",
             now=at,
         )
+
+    def _move_dashboard_refund(self, customer: Customer, at: datetime) -> None:
+        """Ops refund part of a recent card payment in the Stripe dashboard; Stripe's
+        `charge.refunded` webhook tells us (it becomes a credit note "refunded in Stripe")."""
+        payment = (
+            Payment.objects.filter(
+                organisation_id=customer.organisation_id,
+                status=Payment.Status.SUCCEEDED,
+                method_kind=PaymentMethodKind.CARD,
+                disputed_at__isnull=True,
+            )
+            .exclude(processor_id="")
+            .exclude(idempotency_key__contains="-manual-")
+            .select_related("invoice")
+            .order_by("-completed_at", "-pk")
+            .first()
+        )
+        if payment is None:
+            raise ServiceError("no card payment to refund")
+        refunded = sum(payment.refunds.values_list("amount", flat=True))
+        room = min(payment.amount - refunded, payment.invoice.amount_uncredited)
+        if room <= 0:
+            raise ServiceError("refunded in full already")
+        refund_id = refund_in_dashboard(
+            payment.processor_id, max(1, int(room * self.rng.uniform(0.1, 0.5)))
+        )
+        charge = standin_client().v1.payment_intents.retrieve(payment.processor_id)
+        charge = charge["latest_charge"]
+        if isinstance(charge, str):
+            charge = standin_client().v1.charges.retrieve(charge)
+        event = {
+            "id": f"evt_sim_{refund_id}",
+            "type": "charge.refunded",
+            "created": int(at.timestamp()),
+            "data": {"object": charge.to_dict()},
+        }
+        stripe_event_receive(event=event, now=at)
 
     def _move_dispute(self, customer: Customer, at: datetime) -> None:
         """A cardholder disputes a recent card payment with their bank (a chargeback)."""

@@ -20,6 +20,7 @@ from django.db.models import Count, F, Q, Sum
 
 from accounts.models import Organisation
 from billing.models import (
+    BalanceEntry,
     CarriedCharge,
     DunningCase,
     DunningStep,
@@ -304,9 +305,11 @@ def check_numbering(*, now: datetime, organisation_ids) -> Iterator[Violation]:
 
 
 def check_payments(*, now: datetime, organisation_ids) -> Iterator[Violation]:
-    """Each paid invoice has successful payments equal to its total, and amount_paid says the
-    same; an open or void invoice has no successful payment; no invoice has two successful
-    payments; every payment belongs to an invoice of its own organisation, in its currency."""
+    """Each paid invoice has successful payments equal to what was left to pay of its total
+    (less the customer balance applied and the credit notes that reduced it), and amount_paid
+    says the same; an open or void invoice has no successful payment; no invoice has two
+    successful payments; every payment belongs to an invoice of its own organisation, in its
+    currency."""
     invoices = _scope(Invoice.objects.all(), organisation_ids).annotate(
         succeeded=Count("payments", filter=Q(payments__status=Payment.Status.SUCCEEDED)),
         paid_sum=Sum("payments__amount", filter=Q(payments__status=Payment.Status.SUCCEEDED)),
@@ -317,6 +320,8 @@ def check_payments(*, now: datetime, organisation_ids) -> Iterator[Violation]:
         "status",
         "currency",
         "total",
+        "credit_applied",
+        "amount_credited_unpaid",
         "amount_paid",
         "succeeded",
         "paid_sum",
@@ -330,10 +335,11 @@ def check_payments(*, now: datetime, organisation_ids) -> Iterator[Violation]:
 
         if invoice["succeeded"] > 1:
             yield found(f"{invoice['succeeded']} successful payments for one invoice.")
-        if invoice["status"] == Invoice.Status.PAID and paid != invoice["total"]:
+        to_pay = invoice["total"] - invoice["credit_applied"] - invoice["amount_credited_unpaid"]
+        if invoice["status"] == Invoice.Status.PAID and paid != to_pay:
             yield found(
                 f"Paid, but successful payments add up to {_money(paid, currency)} of "
-                f"{_money(invoice['total'], currency)}."
+                f"{_money(to_pay, currency)}."
             )
         if invoice["status"] in (Invoice.Status.OPEN, Invoice.Status.VOID) and paid:
             yield found(f"{invoice['status'].capitalize()}, yet {_money(paid, currency)} was paid.")
@@ -753,6 +759,60 @@ def _subscriptions_with_open_invoices(*, now: datetime) -> tuple[set[int], set[i
     return open_invoices, failed_overdue
 
 
+# 8. The customer balance -----------------------------------------------------------------------
+
+
+def check_balance(*, now: datetime, organisation_ids) -> Iterator[Violation]:
+    """Each credit of the customer balance keeps what its uses left of it (its amount, less
+    what was applied or taken back, plus what voided invoices gave back), each use draws on a
+    credit of its own organisation and currency, and each invoice's `credit_applied` is what
+    its uses took less what they gave back (billing.balance)."""
+    entries = _scope(BalanceEntry.objects.all(), organisation_ids)
+    credits = entries.filter(source__isnull=True).annotate(used=Sum("uses__amount"))
+    for credit in credits.values(
+        "pk", "organisation_id", "currency", "amount", "remaining", "used"
+    ):
+        expected = credit["amount"] + (credit["used"] or 0)
+        if credit["amount"] <= 0 or credit["remaining"] != expected:
+            yield Violation(
+                "balance",
+                credit["organisation_id"],
+                f"balance_entry:{credit['pk']}",
+                f"A credit of {_money(credit['amount'], credit['currency'])} keeps "
+                f"{_money(credit['remaining'], credit['currency'])}; its uses leave "
+                f"{_money(expected, credit['currency'])}.",
+            )
+    strays = entries.filter(source__isnull=False).filter(
+        ~Q(organisation_id=F("source__organisation_id")) | ~Q(currency=F("source__currency"))
+    )
+    for pk, organisation_id in strays.values_list("pk", "organisation_id"):
+        yield Violation(
+            "balance",
+            organisation_id,
+            f"balance_entry:{pk}",
+            "A use of the balance draws on a credit of another organisation or currency.",
+        )
+    taken = {
+        row["invoice_id"]: -(row["total"] or 0)
+        for row in entries.filter(invoice__isnull=False)
+        .values("invoice_id")
+        .annotate(total=Sum("amount"))
+    }
+    invoices = _scope(Invoice.objects.all(), organisation_ids).filter(
+        Q(credit_applied__gt=0) | Q(pk__in=list(taken))
+    )
+    for invoice in invoices.values("pk", "organisation_id", "number", "currency", "credit_applied"):
+        used = taken.get(invoice["pk"], 0)
+        if invoice["credit_applied"] != used:
+            yield Violation(
+                "balance",
+                invoice["organisation_id"],
+                f"invoice:{invoice['number']}",
+                f"credit_applied says {_money(invoice['credit_applied'], invoice['currency'])}, "
+                f"the balance entries {_money(used, invoice['currency'])}.",
+            )
+
+
 RULES = (
     check_periods,
     check_invoice_totals,
@@ -762,6 +822,7 @@ RULES = (
     check_overage,
     check_usage_counters,
     check_status,
+    check_balance,
 )
 
 

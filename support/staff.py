@@ -18,6 +18,7 @@ MONEY_PERMISSIONS = (
     "billing.issue_revised_copy",
     "billing.extend_grace",
     "billing.resolve_difference",
+    "billing.adjust_balance",
     "support.reply_ticket",
 )
 ACCESS_PERMISSIONS = (

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.contrib.auth.models import Group
 from django.core import mail
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from pypdf import PdfReader
@@ -336,6 +336,44 @@ def test_a_first_invoice_covered_by_the_balance_activates_the_subscription_uncha
     subscription = Subscription.objects.get(organisation=org)
     assert (subscription.status, subscription.activated_at) == ("active", START)
     assert balance_of(organisation=org, currency="USD") == 100_000 - TOTAL
+
+
+def test_a_first_invoice_replaced_at_checkout_gives_its_credit_to_the_new_one(
+    localstripe, org, admin, ops
+):
+    adjust(org, ops, 10_000)
+    customer = stripe_customer_ensure(organisation=org)
+
+    def choose(cycle, number, now):
+        return subscription_checkout(
+            organisation=org,
+            actor=Actor(user=None),
+            plan=Plan.objects.get(code="professional"),
+            billing_cycle=cycle,
+            currency="USD",
+            now=now,
+            setup_intent_id=confirmed_setup_intent(customer_id=customer, number=number),
+        )
+
+    declined = choose("monthly", CHARGE_FAILS, START)
+    assert declined.outcome == ChargeOutcome.DECLINED
+    first = declined.invoice
+    assert (first.status, first.credit_applied) == ("open", 10_000)
+
+    annual = choose("annual", VISA, START + timedelta(minutes=5))
+    assert annual.outcome == ChargeOutcome.PAID
+    first.refresh_from_db()
+    assert (first.status, first.credit_applied) == ("void", 0)
+    assert annual.invoice.credit_applied == 10_000
+    assert annual.payment.amount == annual.invoice.total - 10_000
+    assert balance_of(organisation=org, currency="USD") == 0
+    assert [e.kind for e in BalanceEntry.objects.order_by("pk")] == [
+        Kind.ADJUSTMENT,
+        Kind.APPLIED,
+        Kind.RETURNED,
+        Kind.APPLIED,
+    ]
+    assert payment_findings(org) == []
 
 
 def test_a_first_invoice_partly_covered_charges_the_rest(localstripe, org, admin, ops):
@@ -725,6 +763,22 @@ def test_two_adjustments_at_once_cannot_overdraw(org, ops):
     assert sum(isinstance(r, list) for r in results) == 1
     assert any(isinstance(r, str) and "below zero" in r for r in results)
     assert balance_of(organisation=org, currency="USD") == 4_000
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_invoices_issued_at_once_spend_the_credit_once(org, ops):
+    adjust(org, ops, 10_000)
+    invoices = [issued_invoice(organisation=org, currency="USD") for _ in range(2)]
+
+    def apply(invoice):
+        with transaction.atomic():
+            return balance_apply([invoice], now=START)
+
+    at_once(lambda: apply(invoices[0]), lambda: apply(invoices[1]))
+    applied = [Invoice.objects.get(pk=i.pk).credit_applied for i in invoices]
+    assert sorted(applied) == [0, 10_000]
+    assert balance_of(organisation=org, currency="USD") == 0
+    assert BalanceEntry.objects.filter(kind=Kind.APPLIED).count() == 1
 
 
 @pytest.mark.django_db(transaction=True)

@@ -29,6 +29,8 @@ class Checkout:
 
     @property
     def outcome(self) -> ChargeOutcome:
+        if self.payment is None and self.invoice.status == Invoice.Status.PAID:
+            return ChargeOutcome.PAID  # the customer balance paid it: nothing was charged
         return charge_outcome(self.payment)
 
 
@@ -69,6 +71,10 @@ def subscription_checkout(
         currency=currency,
         now=now,
     )
+    if invoice.status == Invoice.Status.PAID:
+        # The customer balance covered it in full (billing.balance): the subscription is
+        # active already and nothing is charged.
+        return Checkout(invoice=invoice, payment=None)
     # The customer is on the page: a bank that asks for 3-D Secure is answered there.
     payment = invoice_charge(invoice=invoice, now=now, on_session=True)
     return Checkout(invoice=invoice, payment=payment)

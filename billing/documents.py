@@ -117,6 +117,11 @@ def _email_invoice_issued(invoice: Invoice) -> None:
     email_send(
         template="invoice_issued",
         to=billing_recipients(organisation=invoice.organisation),
-        context={"invoice": invoice, "invoice_url": invoice_url(invoice)},
+        context={
+            "invoice": invoice,
+            "invoice_url": invoice_url(invoice),
+            # What is left once the customer balance was applied at issue.
+            "to_pay": invoice.total - invoice.credit_applied,
+        },
         organisation=invoice.organisation,
     )

@@ -2,15 +2,18 @@
 
 Invoices and their numbers are ours, not Stripe's. Every invoice is built as a draft (the
 billing details, tax and due date as of `now`), then numbered and stored together with its
-lines and the OverageCharge rows, inside the caller's transaction.
+lines and the OverageCharge rows, inside the caller's transaction; the customer balance is
+applied to it there, before any charge.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 
+from billing.balance import balance_apply
 from billing.details import billing_details_snapshot
 from billing.models import (
     BillingProfile,
@@ -254,8 +257,17 @@ def draft_overage_invoice(
     return InvoiceDraft(invoice=invoice, lines=[line], overage=overage)
 
 
-def drafts_save(drafts: list[InvoiceDraft], *, now: datetime) -> list[Invoice]:
-    """Number and store invoices (inside the caller's transaction)."""
+def drafts_save(
+    drafts: list[InvoiceDraft], *, now: datetime, settle: Callable[..., None]
+) -> list[Invoice]:
+    """Number and store invoices, then apply the customer balance to them before anything is
+    charged (billing.balance.balance_apply), inside the caller's transaction.
+
+    An invoice the balance covers in full owes nothing and is never charged: `settle(invoice,
+    now=now)` marks it paid with what follows (billing.payments.invoice_settle for most
+    callers). It is passed in because billing.payments imports this module (through
+    billing.upgrades) and may not be imported back.
+    """
     if not drafts:
         return []
     numbers = invoice_numbers_allocate(year=invoice_year(now), count=len(drafts))
@@ -294,4 +306,6 @@ def drafts_save(drafts: list[InvoiceDraft], *, now: datetime) -> list[Invoice]:
             charge.line = line  # saved above, so it has its id
     if billed:
         CarriedCharge.objects.bulk_update(billed, ["line"])
+    for invoice in balance_apply(invoices, now=now):
+        settle(invoice, now=now)
     return invoices

@@ -19,6 +19,7 @@ from accounts.audit import Actor, audit_record
 from accounts.models import Organisation
 from accounts.services import organisation_lock
 from billing.arrears import arrears
+from billing.balance import balance_return
 from billing.drafts import (
     Overage,
     draft_overage_invoice,
@@ -27,6 +28,7 @@ from billing.drafts import (
     overage_for,
 )
 from billing.models import BillingProfile, CarriedCharge, Invoice, OverageCharge
+from billing.payments import invoice_settle
 from billing.queueing import queue_invoice_documents
 from billing.tax import tax_rates
 from core.errors import ServiceError
@@ -113,7 +115,7 @@ def _renew(subscriptions: list[Subscription], *, now: datetime) -> list[Invoice]
             )
         )
     subscriptions_save_periods(subscriptions)
-    invoices = drafts_save(drafts, now=now)
+    invoices = drafts_save(drafts, now=now, settle=invoice_settle)
     for subscription, change in downgraded:
         downgrade_apply_flows(subscription=subscription, change=change, now=now)
     queue_invoice_documents(invoices)
@@ -312,7 +314,7 @@ def _issue_overage_chunk(chunk: list, *, now: datetime) -> list[Invoice]:
                 now=now,
             )
         )
-    invoices = drafts_save(drafts, now=now)
+    invoices = drafts_save(drafts, now=now, settle=invoice_settle)
     queue_invoice_documents(invoices)
     return invoices
 
@@ -363,7 +365,8 @@ def subscription_start(
         # The first period of a term: after an ended subscription, time without service is
         # not a gap in the periods (billing/ledger.py).
         draft.invoice.starts_term = True
-        [invoice] = drafts_save([draft], now=now)
+        # Covered in full by the customer balance, it is paid here and the subscription active.
+        [invoice] = drafts_save([draft], now=now, settle=invoice_settle)
         audit_record(
             organisation=organisation,
             actor=actor,
@@ -427,5 +430,8 @@ def _open_first_invoice_reuse(
         existing.currency,
     ) == (plan.pk, billing_cycle, currency):
         return open_first
+    voided = list(first.values_list("pk", flat=True))
     first.update(status=Invoice.Status.VOID, closed_at=now)
+    for invoice in Invoice.objects.filter(pk__in=voided, credit_applied__gt=0):
+        balance_return(invoice=invoice, now=now)  # the balance it used is back for the new one
     return None

@@ -804,7 +804,7 @@ def check_credit_notes(*, now: datetime, organisation_ids) -> Iterator[Violation
     is what amount_credited says and no more than its total, and the part that reduced what was
     owed is amount_credited_unpaid; per invoice line, no more than its amount is credited; what
     went back to the customer (card, balance, outside) is no more than was paid for the invoice
-    (money and balance applied)."""
+    (money and balance applied, and what a lost dispute took back: that is owed again)."""
     notes = _scope(CreditNote.objects.all(), organisation_ids).annotate(
         lines_amount=Sum("lines__amount"), lines_tax=Sum("lines__tax_amount")
     )
@@ -1028,38 +1028,37 @@ def check_refunds(*, now: datetime, organisation_ids) -> Iterator[Violation]:
 
 
 def check_balance(*, now: datetime, organisation_ids) -> Iterator[Violation]:
-    """The balance equals credits to the balance minus credits applied: per organisation and
-    currency, what the credits have left is the sum of every movement and never below zero;
-    each credit has left its amount less its uses; each credit note to the balance added
-    exactly its total once; what each invoice shows as applied is what was applied to it, and
-    no more than its total."""
+    """Each credit of the customer balance keeps what its uses left of it (its amount, less
+    what was applied or taken back, plus what voided invoices gave back), each use draws on a
+    credit of its own organisation and currency, and each invoice's `credit_applied` is what
+    its uses took less what they gave back (billing.balance); each credit note to the balance
+    added exactly its total, once. So the balance equals credits to the balance minus credits
+    applied."""
     entries = _scope(BalanceEntry.objects.all(), organisation_ids)
-    for organisation_id, currency, moved, left in (
-        entries.values("organisation_id", "currency")
-        .annotate(moved=Sum("amount"), left=Sum("remaining"))
-        .values_list("organisation_id", "currency", "moved", "left")
+    credits = entries.filter(source__isnull=True).annotate(used=Sum("uses__amount"))
+    for credit in credits.values(
+        "pk", "organisation_id", "currency", "amount", "remaining", "used"
     ):
-        if moved != left or left < 0:
+        expected = credit["amount"] + (credit["used"] or 0)
+        if credit["amount"] <= 0 or credit["remaining"] != expected:
             yield Violation(
                 "balance",
-                organisation_id,
-                f"balance:{organisation_id}:{currency}",
-                f"Movements add up to {_money(moved, currency)}; the credits have "
-                f"{_money(left, currency)} left.",
+                credit["organisation_id"],
+                f"balance_entry:{credit['pk']}",
+                f"A credit of {_money(credit['amount'], credit['currency'])} keeps "
+                f"{_money(credit['remaining'], credit['currency'])}; its uses leave "
+                f"{_money(expected, credit['currency'])}.",
             )
-    for organisation_id, pk, amount, remaining, used, currency in (
-        entries.filter(amount__gt=0)
-        .annotate(used=Sum("uses__amount"))
-        .values_list("organisation_id", "pk", "amount", "remaining", "used", "currency")
-    ):
-        if amount + (used or 0) != remaining:
-            yield Violation(
-                "balance",
-                organisation_id,
-                f"balance_entry:{pk}",
-                f"A credit of {_money(amount, currency)} used {_money(-(used or 0), currency)} "
-                f"has {_money(remaining, currency)} left.",
-            )
+    strays = entries.filter(source__isnull=False).filter(
+        ~Q(organisation_id=F("source__organisation_id")) | ~Q(currency=F("source__currency"))
+    )
+    for pk, organisation_id in strays.values_list("pk", "organisation_id"):
+        yield Violation(
+            "balance",
+            organisation_id,
+            f"balance_entry:{pk}",
+            "A use of the balance draws on a credit of another organisation or currency.",
+        )
     to_balance = _scope(
         CreditNote.objects.filter(outcome=CreditNote.Outcome.BALANCE), organisation_ids
     ).annotate(
@@ -1082,23 +1081,24 @@ def check_balance(*, now: datetime, organisation_ids) -> Iterator[Violation]:
                 f"A credit note of {_money(total, currency)} to the balance added "
                 f"{_money(added or 0, currency)} in {rows} movement(s).",
             )
-    applied = _scope(Invoice.objects.all(), organisation_ids).annotate(
-        used=Sum(
-            "balance_entries__amount",
-            filter=Q(balance_entries__kind=BalanceEntry.Kind.APPLIED),
-        )
+    taken = {
+        row["invoice_id"]: -(row["total"] or 0)
+        for row in entries.filter(invoice__isnull=False)
+        .values("invoice_id")
+        .annotate(total=Sum("amount"))
+    }
+    invoices = _scope(Invoice.objects.all(), organisation_ids).filter(
+        Q(credit_applied__gt=0) | Q(pk__in=list(taken))
     )
-    for organisation_id, number, shown, used, total, currency in applied.filter(
-        Q(used__isnull=False) | ~Q(credit_applied=0)
-    ).values_list("organisation_id", "number", "credit_applied", "used", "total", "currency"):
-        if shown != -(used or 0) or shown > total:
+    for invoice in invoices.values("pk", "organisation_id", "number", "currency", "credit_applied"):
+        used = taken.get(invoice["pk"], 0)
+        if invoice["credit_applied"] != used:
             yield Violation(
                 "balance",
-                organisation_id,
-                f"invoice:{number}",
-                f"The invoice shows {_money(shown, currency)} of credit applied; "
-                f"{_money(-(used or 0), currency)} was applied to it (total "
-                f"{_money(total, currency)}).",
+                invoice["organisation_id"],
+                f"invoice:{invoice['number']}",
+                f"credit_applied says {_money(invoice['credit_applied'], invoice['currency'])}, "
+                f"the balance entries {_money(used, invoice['currency'])}.",
             )
 
 

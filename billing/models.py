@@ -739,14 +739,17 @@ class BalanceEntry(models.Model):
 
     Credits (a credit note to the balance, an ops adjustment up) are positive and keep what is
     left of them in `remaining`; uses (applied to an invoice, an ops adjustment down) are
-    negative and name the credit they draw on (`source`), oldest first. The balance is the sum
-    of `remaining`, which never goes below zero.
+    negative and name the credit they draw on (`source`), oldest first. A use given back (its
+    invoice voided) is a positive "returned" entry naming the same credit, whose `remaining`
+    grows again. The balance is the sum of `remaining`, which never goes below zero, and equals
+    the sum of every entry's `amount`.
     """
 
     class Kind(models.TextChoices):
         CREDIT_NOTE = "credit_note", "Credit note"
         APPLIED = "applied", "Applied to an invoice"
         ADJUSTMENT = "adjustment", "Adjustment by our team"
+        RETURNED = "returned", "Returned from a void invoice"
 
     organisation = models.ForeignKey(
         Organisation, on_delete=models.PROTECT, related_name="balance_entries"
@@ -773,6 +776,7 @@ class BalanceEntry(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
+        verbose_name_plural = "balance entries"
         permissions = [("adjust_balance", "Can adjust a customer balance")]
         constraints = [
             models.CheckConstraint(

@@ -13,7 +13,7 @@ from django.conf import settings
 from django.template.loader import render_to_string
 from django.utils import timezone, translation
 
-from billing.models import CreditNote, Invoice
+from billing.models import BalanceEntry, CreditNote, Invoice
 from core.money import format_money
 from subscriptions.models import PaymentMethodKind
 
@@ -148,6 +148,15 @@ def _context(*, invoice: Invoice, zone, revised_at: datetime | None, details: di
     ]
     tax_name = "Tax" if invoice.tax_rule == "none" else (invoice.tax_name or "Tax")
     kind = invoice.payment_method_kind
+    # The customer balance applied at issue, one row per credit it came from, below the total.
+    credits = [
+        {"description": entry.description, "amount": money(entry.amount)}
+        for entry in (
+            invoice.balance_entries.filter(kind=BalanceEntry.Kind.APPLIED).order_by("pk")
+            if invoice.credit_applied
+            else ()
+        )
+    ]
     return {
         "product_name": settings.PRODUCT_NAME,
         "seller": settings.SELLER,
@@ -163,6 +172,10 @@ def _context(*, invoice: Invoice, zone, revised_at: datetime | None, details: di
         "tax_label": f"{tax_name} {tax_rate_display(invoice.tax_rate_bp)}",
         "tax_amount": money(invoice.tax_amount),
         "total": money(invoice.total),
+        "credits": credits,
+        "paid_by_balance": invoice.status == Invoice.Status.PAID
+        and not invoice.amount_paid
+        and invoice.credit_applied > 0,
         "amount_paid": money(invoice.amount_paid),
         "amount_due": money(invoice.amount_due),
         "payment_terms_days": (day(invoice.due_at) - day(invoice.issued_at)).days,

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from accounts.audit import Actor, audit_record
 from accounts.models import Organisation
+from billing.balance import balance_return
 from billing.details import billing_details_snapshot
 from billing.drafts import InvoiceDraft, drafts_save
 from billing.models import BillingProfile, CarriedCharge, Invoice, InvoiceLine
@@ -150,7 +151,9 @@ def subscription_upgrade(
     *, organisation: Organisation, actor: Actor, plan: Plan, quoted_total: int, now: datetime
 ) -> Invoice | None:
     """Upgrade Plan: one invoice for the prorated difference, to be charged
-    at once by the caller; the new plan applies only when that charge succeeds.
+    at once by the caller; the new plan applies only when that charge succeeds. The customer
+    balance goes first (billing.balance): an invoice it covers in full comes back paid, the
+    new plan applied, with nothing to charge.
 
     A quote under the processor's minimum charge makes no invoice (None): the new plan applies
     at once and the amount is carried to the next period invoice (upgrade_carry).
@@ -190,10 +193,6 @@ def subscription_upgrade(
             created_by=actor.user,
             created_at=now,
         )
-        invoice = None
-        if not quote.carried:
-            draft = _upgrade_draft(subscription, change=change, quote=quote, now=now)
-            [invoice] = drafts_save([draft], now=now)
         audit_record(
             organisation=organisation,
             actor=actor,
@@ -206,6 +205,11 @@ def subscription_upgrade(
             },
             now=now,
         )
+        invoice = None
+        if not quote.carried:
+            draft = _upgrade_draft(subscription, change=change, quote=quote, now=now)
+            # Covered in full by the customer balance, it is paid and the plan applies here.
+            [invoice] = drafts_save([draft], now=now, settle=_paid_by_balance)
         if invoice is None:
             upgrade_carry(change, now=now)
         else:
@@ -283,6 +287,18 @@ def _upgrade_draft(
     return InvoiceDraft(invoice=invoice, lines=[line])
 
 
+def _paid_by_balance(invoice: Invoice, *, now: datetime) -> None:
+    """The customer balance paid the upgrade invoice in full at issue (billing.balance): it is
+    paid and the new plan applies now, what billing.payments.invoice_settle does for an
+    upgrade (payments imports this module, so it cannot be imported here). Caller's
+    transaction, subscription locked and active: nothing else follows from the payment."""
+    invoice.status = Invoice.Status.PAID
+    invoice.paid_at = now
+    invoice.closed_at = now
+    invoice.save(update_fields=["status", "paid_at", "closed_at"])
+    upgrade_apply(invoice, now=now)
+
+
 def upgrade_apply(invoice: Invoice, *, now: datetime) -> None:
     """The upgrade invoice is paid: the new plan and its limits apply now (caller's transaction).
 
@@ -327,10 +343,13 @@ def _change_apply(change: PlanChange, *, now: datetime) -> None:
 
 
 def upgrade_declined(invoice: Invoice, *, now: datetime) -> None:
-    """A declined upgrade leaves the old plan: its invoice is voided, nothing is owed."""
-    Invoice.objects.filter(pk=invoice.pk, status=Invoice.Status.OPEN).update(
+    """A declined upgrade leaves the old plan: its invoice is voided, nothing is owed, and the
+    customer balance it used is given back."""
+    voided = Invoice.objects.filter(pk=invoice.pk, status=Invoice.Status.OPEN).update(
         status=Invoice.Status.VOID, closed_at=now
     )
+    if voided:
+        balance_return(invoice=invoice, now=now)
     PlanChange.objects.filter(pk=invoice.plan_change_id, status=PlanChange.Status.PENDING).update(
         status=PlanChange.Status.FAILED, closed_at=now
     )

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from billing import views
+from billing import balance_views, views
 
 app_name = "billing"
 
@@ -17,6 +17,8 @@ organisation_urlpatterns = [
         views.invoice_revised_pdf,
         name="invoice_revised_pdf",
     ),
+    # The customer balance (credit notes to the balance, ops adjustments) and its history.
+    path("settings/billing/balance/", balance_views.balance, name="balance"),
     path(
         "settings/billing/credit-notes/<str:credit_note_number>/pdf/",
         views.credit_note_pdf,

@@ -547,17 +547,25 @@ def _upgrade_and_charge(request, *, subscription, plan, now) -> HttpResponse | t
         )
         if invoice is None:
             return _upgrade_carried(request, plan=plan)
-        payment = invoice_charge(invoice=invoice, now=now, on_session=True)
+        # Paid by the customer balance: nothing to charge, the new plan applies already.
+        paid = invoice.status == Invoice.Status.PAID
+        payment = None if paid else invoice_charge(invoice=invoice, now=now, on_session=True)
     except ServiceError as exc:
         return exc.message, (409 if exc.code == UpgradeError.QUOTE_CHANGED else 400)
-    outcome = charge_outcome(payment)
+    outcome = ChargeOutcome.PAID if paid else charge_outcome(payment)
     if outcome == ChargeOutcome.NEEDS_AUTHENTICATION:
         return _confirm_payment_redirect(invoice)
     if outcome == ChargeOutcome.PAID:
         messages.success(
             request,
             f"You are now on the {plan.name} plan. Invoice {invoice.number} "
-            f"({format_money(invoice.total, invoice.currency)}) is paid.",
+            f"({format_money(invoice.total, invoice.currency)}) is paid"
+            + (
+                f", {format_money(invoice.credit_applied, invoice.currency)} of it from your "
+                "account balance."
+                if invoice.credit_applied
+                else "."
+            ),
         )
         return redirect("subscriptions:settings", org_slug=organisation.slug)
     if outcome == ChargeOutcome.DECLINED:

@@ -311,6 +311,9 @@ class CustomerMoves:
             if invoice is None:  # under the minimum charge: applied, carried to the renewal
                 self.stats.moves["upgrade_carried"] += 1
                 return
+            if invoice.status == Invoice.Status.PAID:  # the customer balance paid it
+                self.stats.moves["upgrade_paid_by_balance"] += 1
+                return
             payment = invoice_charge(invoice=invoice, now=confirm_at, on_session=True)
             if (
                 payment is not None

@@ -6,10 +6,11 @@ organisation data is deleted for good, except invoices and payment records, whic
 accounting and tax law." Kept, therefore: the organisation row itself (marked `deleted`, so
 its pages 404 and nobody can sign in to it), the subscription row and its plan changes,
 invoices with their lines and PDF documents, payments, payment methods (payments point at
-them), dunning cases and steps, overage charges, and the retention records themselves
-(DeletionRecord, DataDeletionRequest: the proof of what was deleted and why). User accounts
-are kept too: a person may belong to other organisations, and is told on sign-in that this
-one was deleted; deleting a person is a GDPR "person" request.
+them), dunning cases and steps, overage charges, credit notes and refunds, the customer
+balance's entries (credits and the invoices they were applied to), and the retention records
+themselves (DeletionRecord, DataDeletionRequest: the proof of what was deleted and why). User
+accounts are kept too: a person may belong to other organisations, and is told on sign-in that
+this one was deleted; deleting a person is a GDPR "person" request.
 
 Everything else of the organisation goes, table by table, each in small transactions
 (bounded batches for the big tables), so a crash mid-way leaves a consistent database and a

@@ -19,6 +19,7 @@ MONEY_PERMISSIONS = (
     "billing.issue_credit_note",
     "billing.extend_grace",
     "billing.resolve_difference",
+    "billing.adjust_balance",
     "support.reply_ticket",
 )
 ACCESS_PERMISSIONS = (

@@ -56,6 +56,7 @@ from accounts.audit import Actor
 from accounts.models import OutgoingEmail, PrimaryEmailChange
 from accounts.tokens import new_token
 from billing.models import (
+    BalanceEntry,
     BillingProfile,
     CreditNote,
     Dispute,
@@ -199,6 +200,7 @@ TABLE = {
         post=(403, 405, 405),
     ),
     "billing:invoices": org(get=(403, 200, 200), post=(403, 405, 405)),
+    "billing:balance": org(get=(403, 200, 200), post=(403, 405, 405)),
     "billing:invoice_pdf": org(get=(403, 200, 200), post=(403, 405, 405)),
     "billing:invoice_revised_pdf": org(get=(403, 200, 200), post=(403, 405, 405)),
     "billing:credit_note_pdf": org(get=(403, 200, 200), post=(403, 405, 405)),
@@ -319,6 +321,8 @@ TABLE = {
     "admin/(?P<url>.*)$": ops(get=404, post=404),
     # Billing staff may not set passwords (no accounts.change_user).
     "admin:auth_user_password_change": ops(get=403, post=403),
+    # Adjust balance (BalanceEntryAdmin): Billing staff may; the payload is not a valid form.
+    "admin:billing_balanceentry_adjust": ops(get=200, post=400),
     # Custom views of SupportTicketAdmin: Billing staff answer tickets and open attachments.
     "admin:support_ticket_reply": ops(get=200, post=to("admin:support_supportticket_change")),
     "admin:support_attachment": ops(get=200, post=200),
@@ -536,6 +540,16 @@ class World:
             created_at=now,
         )
         ReconciliationDifference.objects.create(kind="missing_here", found_at=now, last_seen_at=now)
+        BalanceEntry.objects.create(
+            organisation=self.org,
+            currency="USD",
+            kind="adjustment",
+            amount=500,
+            remaining=500,
+            description="Adjustment by our team",
+            reason="Goodwill",
+            created_at=now,
+        )
         StripeEvent.objects.create(event_id="evt_matrix", type="charge.succeeded", payload={})
         UsageAlert.objects.create(
             organisation=self.org,

@@ -18,6 +18,7 @@ from accounts.models import (
     PrimaryEmailChange,
 )
 from billing.models import (
+    BalanceEntry,
     BillingProfile,
     DunningCase,
     DunningStep,
@@ -147,6 +148,28 @@ def _fill(organisation, *, status=Subscription.Status.ENDED, ended_at=ENDED_AT, 
         currency="EUR",
         created_at=ENDED_AT,
     )
+    # A balance credit (PROTECT to the organisation) and its use on the invoice (PROTECT to
+    # the invoice and to the credit).
+    credit = BalanceEntry.objects.create(
+        organisation=organisation,
+        currency=invoice.currency,
+        kind="adjustment",
+        amount=500,
+        remaining=400,
+        description="Adjustment by our team",
+        reason="Goodwill",
+        created_at=ENDED_AT,
+    )
+    BalanceEntry.objects.create(
+        organisation=organisation,
+        currency=invoice.currency,
+        kind="applied",
+        amount=-100,
+        source=credit,
+        invoice=invoice,
+        description="Credit applied (balance adjustment)",
+        created_at=ENDED_AT,
+    )
     PlanChange.objects.create(
         subscription=subscription,
         kind="downgrade",
@@ -216,6 +239,12 @@ ORGANISATION_PATHS = {
     "sso.SsoRequest": "organisation",
     "billing.LedgerViolation": "organisation",
     "billing.ReconciliationDifference": "organisation",
+    "billing.CreditNoteSequence": None,
+    "billing.CreditNote": "organisation",
+    "billing.CreditNoteLine": "credit_note__organisation",
+    "billing.Refund": "organisation",
+    "billing.BalanceEntry": "organisation",
+    "billing.Dispute": "organisation",
     "support.SupportTicket": "organisation",
     "support.TicketMessage": "organisation",
     "support.TicketAttachment": "organisation",
@@ -258,6 +287,13 @@ KEPT = {
     # Findings about money: evidence for accounting, like the invoices they are about.
     "billing.LedgerViolation",
     "billing.ReconciliationDifference",
+    # Corrections of invoices and the money they moved, kept with the invoices.
+    "billing.CreditNote",
+    "billing.CreditNoteLine",
+    "billing.Refund",
+    "billing.Dispute",
+    # The customer balance: credits and what used them, applied to the invoices kept.
+    "billing.BalanceEntry",
 }
 
 

@@ -503,9 +503,8 @@ class CustomerMoves:
             now=at,
         )
 
-    def _move_dashboard_refund(self, customer: Customer, at: datetime) -> None:
-        """Ops refund part of a recent card payment in the Stripe dashboard; Stripe's
-        `charge.refunded` webhook tells us (it becomes a credit note "refunded in Stripe")."""
+    def _last_card_payment(self, customer: Customer) -> Payment:
+        """The organisation's latest card payment through Stripe, not disputed."""
         payment = (
             Payment.objects.filter(
                 organisation_id=customer.organisation_id,
@@ -520,7 +519,13 @@ class CustomerMoves:
             .first()
         )
         if payment is None:
-            raise ServiceError("no card payment to refund")
+            raise ServiceError("no card payment")
+        return payment
+
+    def _move_dashboard_refund(self, customer: Customer, at: datetime) -> None:
+        """Ops refund part of a recent card payment in the Stripe dashboard; Stripe's
+        `charge.refunded` webhook tells us (it becomes a credit note "refunded in Stripe")."""
+        payment = self._last_card_payment(customer)
         refunded = sum(payment.refunds.values_list("amount", flat=True))
         room = min(payment.amount - refunded, payment.invoice.amount_uncredited)
         if room <= 0:
@@ -544,20 +549,9 @@ class CustomerMoves:
         """A cardholder disputes a recent card payment with their bank (a chargeback)."""
         if customer.open_dispute:
             raise ServiceError("a dispute is open")
-        payment = (
-            Payment.objects.filter(
-                organisation_id=customer.organisation_id,
-                status=Payment.Status.SUCCEEDED,
-                method_kind=PaymentMethodKind.CARD,
-                disputed_at__isnull=True,
-            )
-            .exclude(processor_id="")
-            .exclude(idempotency_key__contains="-manual-")
-            .order_by("-completed_at", "-pk")
-            .first()
-        )
-        if payment is None:
-            raise ServiceError("no card payment to dispute")
+        payment = self._last_card_payment(customer)
+        if sum(payment.refunds.values_list("amount", flat=True)) >= payment.amount:
+            raise ServiceError("refunded in full: nothing left to dispute")
         reason = self.rng.choice(["fraudulent", "product_not_received", "subscription_canceled"])
         event = dispute_open(payment.processor_id, reason=reason)
         stripe_event_receive(event=event, now=at)

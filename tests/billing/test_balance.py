@@ -32,10 +32,10 @@ from devkit.stripe_standin import CHARGE_FAILS, VISA, confirmed_setup_intent
 from retention.deletion import organisation_data_delete
 from retention.models import DeletionRecord
 from subscriptions.models import Plan, Subscription
-from support.staff import BILLING, READ_ONLY
+from support.staff import READ_ONLY
 from tests.accounts.factories import OrganisationFactory, UserFactory
 from tests.billing.factories import issued_invoice
-from tests.billing.helpers import START, add_card, subscribe
+from tests.billing.helpers import START, add_card
 from tests.subscriptions.factories import PERIOD_START, SubscriptionFactory
 
 pytestmark = pytest.mark.django_db
@@ -51,19 +51,6 @@ def staff(group):
     user = UserFactory(is_staff=True)
     user.groups.add(Group.objects.get(name=group))
     return user
-
-
-@pytest.fixture
-def ops(db):
-    return staff(BILLING)
-
-
-@pytest.fixture
-def paid(localstripe, org, admin):
-    """Professional monthly since START, first invoice INV-2026-000001 ($982.77) paid by card."""
-    invoice = subscribe(org)
-    assert invoice.status == Invoice.Status.PAID
-    return invoice
 
 
 def credit_note(invoice, ops, **fields):

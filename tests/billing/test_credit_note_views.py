@@ -24,7 +24,6 @@ from billing.templatetags.invoice_history import customer_outcome
 from support.staff import BILLING, READ_ONLY
 from tests.accounts.factories import UserFactory
 from tests.billing.factories import issued_invoice, plan_line
-from tests.billing.helpers import subscribe
 
 pytestmark = pytest.mark.django_db
 
@@ -43,25 +42,10 @@ def _clock(time_machine):
 
 
 @pytest.fixture
-def ops(db):
-    user = UserFactory(is_staff=True, email="bea@portal.test")
-    user.groups.add(Group.objects.get(name=BILLING))
-    return user
-
-
-@pytest.fixture
 def reader(db):
     user = UserFactory(is_staff=True, email="sam@portal.test")
     user.groups.add(Group.objects.get(name=READ_ONLY))
     return user
-
-
-@pytest.fixture
-def paid(localstripe, org, admin):
-    """Professional monthly, first invoice ($799.00 + 23% tax = $982.77) paid by card."""
-    invoice = subscribe(org)
-    assert invoice.status == Invoice.Status.PAID
-    return invoice
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import io
 import threading
 
 import pytest
-from django.contrib.auth.models import Group
 from django.core import mail
 from django.db import connection
 from pypdf import PdfReader
@@ -19,29 +18,12 @@ from billing.models import BalanceEntry, CreditNote, Invoice, Payment, Refund
 from billing.payments import payment_record_manual
 from core.errors import ServiceError
 from subscriptions.models import PaymentMethodKind
-from support.staff import BILLING
-from tests.accounts.factories import UserFactory
-from tests.billing.helpers import START, subscribe
+from tests.billing.helpers import START
 
 pytestmark = pytest.mark.django_db
 
 Outcome = CreditNote.Outcome
 Reason = CreditNote.Reason
-
-
-@pytest.fixture
-def ops(db):
-    user = UserFactory(is_staff=True, email="bea@portal.test")
-    user.groups.add(Group.objects.get(name=BILLING))
-    return user
-
-
-@pytest.fixture
-def paid(localstripe, org, admin):
-    """Professional monthly, first invoice ($799.00 + 23% tax = $982.77) paid by card."""
-    invoice = subscribe(org)
-    assert invoice.status == Invoice.Status.PAID
-    return invoice
 
 
 def issue(invoice, ops, **fields):

@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import time_machine as time_machine_module
 from django.conf import settings
-from django.contrib.auth.models import Group
 from django.core import mail
 
 from accounts.audit import Actor
@@ -52,8 +51,6 @@ from devkit.stripe_standin import (
 from portal.dashboard import ops_dashboard
 from subscriptions.models import Subscription
 from subscriptions.states import subscription_transition
-from support.staff import BILLING
-from tests.accounts.factories import UserFactory
 from tests.billing.helpers import START, subscribe
 
 pytestmark = pytest.mark.django_db
@@ -103,13 +100,6 @@ def paid(localstripe, org, admin, billing_user):
 @pytest.fixture
 def payment(paid) -> Payment:
     return paid.payments.get(status=Payment.Status.SUCCEEDED)
-
-
-@pytest.fixture
-def ops(db):
-    user = UserFactory(is_staff=True, email="bea@portal.test")
-    user.groups.add(Group.objects.get(name=BILLING))
-    return user
 
 
 def dispute_summary(dispute: Dispute) -> tuple:

@@ -58,13 +58,6 @@ def clock():
     return started - timedelta(hours=1), started + timedelta(hours=1)
 
 
-@pytest.fixture
-def ops(db):
-    user = UserFactory(is_staff=True, email="bea@portal.test")
-    user.groups.add(Group.objects.get(name=BILLING))
-    return user
-
-
 def open_first_invoice(org, *, now) -> Invoice:
     """A card on file and a chosen plan: the first invoice is issued, not yet charged."""
     add_card(org, now=now)

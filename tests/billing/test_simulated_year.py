@@ -60,8 +60,23 @@ def test_a_simulated_year_keeps_the_books(localstripe):
         "upgrade_carried",  # under the minimum charge: applied, carried to the renewal
         "card_that_asks",  # 3-D Secure cards, saved with their setup challenge
         "confirm_payment",  # the email's link to Confirm payment, followed
+        "credit_note",  # ops correct an invoice
+        "dashboard_refund",  # ops refund in the Stripe dashboard
+        "dispute",  # a cardholder disputes a charge
+        "dispute_decided",  # ... and the bank decides
     ):
         assert stats.moves[move] > 0, move
+    # Credit notes of every outcome, refunds made, the balance applied, disputes won and lost.
+    assert set(summary["credit_notes"]) == {
+        "refund",
+        "balance",
+        "refunded_outside",
+        "reduce_due",
+        "refunded_in_stripe",
+    }, summary["credit_notes"]
+    assert summary["refunds"].get("succeeded", 0) > 0
+    assert summary["balance"]["applied"] < 0
+    assert {"won", "lost"} <= set(summary["disputes"]), summary["disputes"]
     # Payments the bank asked the customer to authenticate: at checkout, on Upgrade Plan and
     # off-session, some paid once confirmed and some not.
     asked = summary["needed_authentication"]

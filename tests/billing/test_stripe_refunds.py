@@ -50,7 +50,7 @@ from devkit.stripe_standin import (
     register_webhook,
     unregister_webhook,
 )
-from support.staff import BILLING, READ_ONLY
+from support.staff import READ_ONLY
 from tests.accounts.factories import UserFactory
 from tests.billing.helpers import subscribe
 from tests.billing.test_webhooks import (
@@ -84,13 +84,6 @@ def paid(localstripe, org, admin, clock):
     invoice = subscribe(org, now=T)
     assert (invoice.status, invoice.total) == (Invoice.Status.PAID, 98_277)
     return invoice
-
-
-@pytest.fixture
-def ops(db):
-    user = UserFactory(is_staff=True, email="bea@portal.test")
-    user.groups.add(Group.objects.get(name=BILLING))
-    return user
 
 
 def card_payment(invoice) -> Payment:

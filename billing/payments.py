@@ -30,7 +30,7 @@ from billing.upgrades import upgrade_apply, upgrade_declined
 from core.errors import ServiceError
 from core.links import absolute_url
 from core.observability import log_context
-from subscriptions.models import PaymentMethodKind, Subscription
+from subscriptions.models import PaymentMethodKind, PlanChange, Subscription
 from subscriptions.states import subscription_transition
 
 # The logger name from before billing.services was split: log searches and alerts use it.
@@ -318,15 +318,25 @@ def payment_failed(
     """A charge was declined (told by the charge call or later by a webhook); caller's
     transaction, payment row locked.
 
-    A declined upgrade voids its invoice (the old plan stays); any other invoice starts the
-    failed-payment schedule (day 0; nothing new when a case is already open). An invoice paid
-    or voided meanwhile owes nothing: the attempt is recorded, quietly.
+    A declined upgrade that waits for its payment voids its invoice (the old plan stays); any
+    other invoice, an applied upgrade's too (owed again after a withdrawn success or a lost
+    dispute: the new plan was used), starts the failed-payment schedule (day 0; nothing new
+    when a case is already open). An invoice paid or voided meanwhile owes nothing: the
+    attempt is recorded, quietly.
     """
-    invoice = Invoice.objects.select_for_update().get(pk=payment.invoice_id)
+    invoice = (
+        Invoice.objects.select_for_update(of=("self",))
+        .select_related("plan_change")
+        .get(pk=payment.invoice_id)
+    )
     if invoice.status != Invoice.Status.OPEN:
         _record_failure(payment, code=code, message=message, now=now, notify=False)
         return
-    upgrade = invoice.kind == Invoice.Kind.UPGRADE
+    upgrade = (
+        invoice.kind == Invoice.Kind.UPGRADE
+        and invoice.plan_change is not None
+        and invoice.plan_change.status != PlanChange.Status.APPLIED
+    )
     # The Admin on the upgrade page sees the message; dunning steps send their own emails.
     _record_failure(payment, code=code, message=message, now=now, notify=notify and not upgrade)
     if upgrade:

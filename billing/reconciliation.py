@@ -46,12 +46,9 @@ from django.db import transaction
 from django.db.models import Q, Sum
 
 from accounts.audit import Actor, audit_record, reason_change
-from accounts.emails import email_send
-from accounts.selectors import billing_recipients
 from billing import gateway
 from billing.credit_notes import refund_send
 from billing.differences import difference_close, difference_key, difference_open, our_side
-from billing.dunning import dunning_open
 from billing.gateway import ProcessorCharge
 from billing.models import (
     BillingProfile,
@@ -65,7 +62,6 @@ from billing.models import (
 from billing.payments import card_attempt_add, payment_failed, payment_succeeded
 from billing.stripe_refunds import RefundedCharge, second_charge_refund_add, stripe_refund_record
 from core.errors import ServiceError
-from core.links import absolute_url
 from core.money import format_money
 from subscriptions.models import PaymentMethodKind
 
@@ -657,11 +653,9 @@ def difference_resolve_mark_failed(
         _refuse_unless_success_withdrawable(charge, payment, invoice)
         _withdraw_success(invoice, payment)
         # Then fail the attempt as a declined charge fails (payment_failed only fails a
-        # pending attempt): the failed-payment email, then dunning from day 0.
-        if invoice.kind == Invoice.Kind.UPGRADE:
-            _applied_upgrade_failed(payment, invoice, now=now)
-        else:
-            payment_failed(payment=payment, code=FAILURE_CODE, message=FAILURE_MESSAGE, now=now)
+        # pending attempt): the failed-payment email, then dunning from day 0. An upgrade it
+        # had applied stays applied, and its invoice is owed like any other.
+        payment_failed(payment=payment, code=FAILURE_CODE, message=FAILURE_MESSAGE, now=now)
         _resolve(difference, Resolution.MARKED_FAILED, actor=actor, note=reason, now=now)
         _invoice_audit(
             invoice,
@@ -692,37 +686,6 @@ def _refuse_unless_success_withdrawable(
             f"{invoice.get_status_display().lower()}: there is no success to withdraw, "
             "nothing changed."
         )
-
-
-def _applied_upgrade_failed(payment: Payment, invoice: Invoice, *, now: datetime) -> None:
-    """The success we withdraw had applied an upgrade: the new plan stays (the customer has
-    used it since) and its invoice is owed like any other open invoice, so the attempt fails
-    into dunning. payment_failed would treat it as a declined upgrade and void the invoice,
-    which is right only while the upgrade still waits for its payment (caller's transaction,
-    payment and invoice locked)."""
-    payment.status = Payment.Status.FAILED
-    payment.failure_code = FAILURE_CODE
-    payment.failure_message = FAILURE_MESSAGE
-    payment.completed_at = now
-    payment.save(update_fields=["status", "failure_code", "failure_message", "completed_at"])
-    organisation = invoice.organisation
-    email_send(
-        template="payment_failed",
-        to=billing_recipients(organisation=organisation),
-        context={
-            "invoice": invoice,
-            "payment": payment,
-            "payment_method_url": absolute_url("billing:payment_method", organisation.slug),
-        },
-        organisation=organisation,
-    )
-    dunning_open(
-        subscription=invoice.subscription,
-        started_at=now,
-        now=now,
-        result=FAILURE_MESSAGE,
-        attempts=1,
-    )
 
 
 def _withdraw_success(invoice: Invoice, payment: Payment) -> None:

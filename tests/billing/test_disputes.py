@@ -608,3 +608,34 @@ def test_the_dispute_admin_is_for_staff_only(client_for, client, paid, payment, 
     response = client_for(admin).get("/admin/billing/dispute/")
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/")
+
+
+def test_a_lost_dispute_on_an_applied_upgrade_stays_owed_when_the_retry_fails(
+    client, paid, org, localstripe, time_machine
+):
+    """The upgrade was paid and applied; the cardholder's bank takes the money back, and the
+    Day 3 retry is declined: the invoice stays open in dunning (the new plan was used), it is
+    not voided as a declined upgrade waiting for its payment would be."""
+    from billing.models import Invoice, PaymentMethod
+    from devkit.stripe_standin import CHARGE_FAILS
+    from tests.billing.helpers import add_card
+    from tests.billing.test_upgrade import upgrade
+
+    invoice, charge = upgrade(org, at=START + timedelta(days=14))
+    assert charge.status == Payment.Status.SUCCEEDED
+    time_machine.move_to(LOST_AT, tick=False)
+    created = dispute_open(charge.processor_id)
+    deliver(client, created)
+    deliver(client, dispute_close(created["data"]["object"]["id"], status="lost"))
+    add_card(org, number=CHARGE_FAILS, now=LOST_AT)
+    assert PaymentMethod.objects.get(organisation=org, status="active").last4 == "0341"
+
+    dunning_advance(now=LOST_AT + timedelta(days=3, minutes=1))
+
+    invoice.refresh_from_db()
+    assert invoice.status == Invoice.Status.OPEN
+    assert invoice.amount_due == invoice.total
+    assert invoice.plan_change.status == "applied"
+    assert invoice.payments.filter(status=Payment.Status.FAILED).exists()
+    assert Subscription.objects.get(organisation=org).status == "past_due"
+    assert ledger_check(now=LOST_AT + timedelta(days=4), organisation_ids=[org.pk]) == []

@@ -102,6 +102,12 @@ def main() -> int:
     )
     print(f"needed authentication  {summary['needed_authentication']}")
     print(
+        f"credit notes           {summary['credit_notes']} "
+        f"({summary['goodwill_credit_notes']} goodwill); refunds {summary['refunds']}"
+    )
+    print(f"disputes               {summary['disputes']}")
+    print(f"customer balance       {summary['balance']}")
+    print(
         f"plan changes applied   {summary['plan_changes']['upgrades']:,} upgrades, "
         f"{summary['plan_changes']['downgrades']:,} downgrades"
     )

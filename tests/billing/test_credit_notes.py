@@ -245,3 +245,26 @@ def test_two_ops_crediting_at_once_the_second_sees_what_is_left(paid, ops):
     assert any("left to credit" in r for r in results)
     paid.refresh_from_db()
     assert paid.amount_credited == 60_000
+
+
+def test_a_credit_note_of_a_reverse_charge_invoice_carries_the_wording(localstripe, org, ops):
+    from billing.tax import REVERSE_CHARGE_NOTE
+    from tests.billing.factories import issued_invoice
+
+    invoice = issued_invoice(
+        organisation=org,
+        payment_method_kind=PaymentMethodKind.BANK_TRANSFER,
+        tax_rule="reverse_charge",
+        tax_rate_bp=0,
+        tax_note=REVERSE_CHARGE_NOTE,
+    )
+    payment_record_manual(invoice=invoice, actor=Actor(user=ops), reference="BT-2", now=START)
+
+    credit_note = issue(
+        invoice, ops, amount=1_000, outcome=Outcome.REFUNDED_OUTSIDE, reference="R-1"
+    )
+
+    assert (credit_note.subtotal, credit_note.tax_amount) == (1_000, 0)
+    text = " ".join(pdf_text(credit_note).split())
+    assert "Reverse charge: VAT to be accounted for by the recipient" in text
+    assert "VAT 0%" in text

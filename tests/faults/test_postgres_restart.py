@@ -30,7 +30,10 @@ from django.conf import settings
 
 from tests.faults.private_services import private_postgres, private_redis
 
-SUBSCRIPTIONS = 1200  # three batches of the billing run job (500 each)
+# Five batches of the billing run job (500 each): once the first has committed there is work
+# left for both runners of the concurrent test, so neither can finish the run before the
+# numbering lock is taken (with three, both sometimes did, and nobody was left waiting).
+SUBSCRIPTIONS = 2200
 DUE = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)  # periods end from here to 23:00 that day
 NOW = datetime(2026, 3, 1, 23, 30, tzinfo=UTC)  # the billing run's `now`
 

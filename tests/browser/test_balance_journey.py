@@ -2,13 +2,12 @@
 customer's Admin finds it under Settings > Billing > Balance, on a phone too."""
 
 import pytest
-from django.contrib.auth.models import Group
 from playwright.sync_api import expect
 
 from accounts.models import AuditEvent
 from billing.models import BalanceEntry
-from support.staff import BILLING
 from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
+from tests.browser.helpers import billing_staff
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -29,8 +28,7 @@ def sign_in(page, portal, email, *, admin_site=False):
 def test_ops_add_credit_and_the_customer_sees_it_on_a_phone(new_page, portal):
     org = OrganisationFactory(name="Balance Co", slug="balance-co")
     MembershipFactory(organisation=org, user=UserFactory(email="boss@balance.test"), role="admin")
-    ops = UserFactory(email="bea@portal.test", is_staff=True)
-    ops.groups.add(Group.objects.get(name=BILLING))
+    ops = billing_staff("bea@portal.test")
 
     page = new_page()
     sign_in(page, portal, "bea@portal.test", admin_site=True)

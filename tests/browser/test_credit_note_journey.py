@@ -7,19 +7,15 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.apps import apps
-from django.contrib.auth.management import create_permissions
-from django.contrib.auth.models import Group
-from django.contrib.contenttypes.management import create_contenttypes
 from django.utils import timezone
 from playwright.sync_api import expect
 from pypdf import PdfReader
 
 from billing import gateway
 from billing.models import CreditNote, Payment
-from support import staff
 from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 from tests.billing.helpers import subscribe
+from tests.browser.helpers import billing_staff
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -32,14 +28,7 @@ def paid(localstripe):
     MembershipFactory(organisation=org, user=UserFactory(email="bill@acme.test"), role="billing")
     invoice = subscribe(org, now=timezone.now() - timedelta(days=3))
     assert invoice.status == "paid"
-    # A committing test before this one may have left the tables empty, content types and
-    # permissions included (tests/conftest.py: the reload misses in browser tests).
-    for config in apps.get_app_configs():
-        create_contenttypes(config, verbosity=0)
-        create_permissions(config, verbosity=0)
-    staff.staff_groups_ensure()
-    bea = UserFactory(email="bea@portal.test", is_staff=True)
-    bea.groups.add(Group.objects.get(name=staff.BILLING))
+    billing_staff("bea@portal.test")
     return invoice
 
 

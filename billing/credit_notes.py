@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
-from django.db.models import Q, Sum
+from django.db.models import Sum
 
 from accounts.audit import Actor, audit_record
 from accounts.emails import email_send
@@ -36,7 +36,7 @@ from billing.models import (
     Payment,
     Refund,
 )
-from billing.payments import invoice_settle
+from billing.payments import MANUAL_KEY, invoice_settle
 from billing.pdf import credit_note_pdf_bytes
 from core.errors import ServiceError
 from core.links import absolute_url
@@ -55,8 +55,6 @@ OPS_REASONS = tuple(reason for reason in Reason if reason != Reason.REFUNDED_IN_
 # Outcomes that give money back (to the card, the balance, or outside): never more than
 # was paid for the invoice.
 MONEY_BACK = (Outcome.REFUND, Outcome.BALANCE, Outcome.REFUNDED_OUTSIDE, Outcome.REFUNDED_IN_STRIPE)
-# Manual payments' idempotency keys (billing.payments.payment_record_manual).
-_MANUAL_KEY = "-manual-"
 
 
 @dataclass(frozen=True)
@@ -341,7 +339,7 @@ def _card_payment(invoice: Invoice) -> Payment | None:
             status=Payment.Status.SUCCEEDED,
         )
         .exclude(processor_id="")
-        .exclude(idempotency_key__contains=_MANUAL_KEY)
+        .exclude(idempotency_key__contains=MANUAL_KEY)
         .first()
     )
 
@@ -544,13 +542,3 @@ def refunds_retry_pending(*, now: datetime, limit: int = 200) -> int:
                 continue
         made += refund.status == Refund.Status.SUCCEEDED
     return made
-
-
-def credit_notes_of(invoices) -> dict[int, list[CreditNote]]:
-    """The credit notes of these invoices, by invoice id, in one query."""
-    found: dict[int, list[CreditNote]] = {}
-    for credit_note in CreditNote.objects.filter(
-        Q(invoice__in=[invoice.pk for invoice in invoices])
-    ).defer("pdf"):
-        found.setdefault(credit_note.invoice_id, []).append(credit_note)
-    return found

@@ -69,6 +69,10 @@ def charge_outcome(payment: Payment | None) -> ChargeOutcome:
     return ChargeOutcome.UNANSWERED
 
 
+# In the idempotency key of every payment ops record by hand (bank transfer, PO, or a card
+# invoice settled outside Stripe): such payments have no charge at Stripe to compare or refund.
+MANUAL_KEY = "-manual-"
+
 # A charge whose outcome we have not heard back is retried (same key) after this long.
 PENDING_RETRY_AFTER = timedelta(minutes=2)
 
@@ -474,7 +478,7 @@ def payment_record_manual(
             attempt=attempt,
             amount=invoice.amount_due,
             currency=invoice.currency,
-            idempotency_key=f"invoice-{invoice.public_id}-manual-{attempt}",
+            idempotency_key=f"invoice-{invoice.public_id}{MANUAL_KEY}{attempt}",
             reference=reference[:120],
             recorded_by=actor.user,
             created_at=now,

@@ -59,7 +59,7 @@ from billing.models import (
     ReconciliationDifference,
     Refund,
 )
-from billing.payments import card_attempt_add, payment_failed, payment_succeeded
+from billing.payments import MANUAL_KEY, card_attempt_add, payment_failed, payment_succeeded
 from billing.stripe_refunds import RefundedCharge, second_charge_refund_add, stripe_refund_record
 from core.errors import ServiceError
 from core.money import format_money
@@ -79,8 +79,6 @@ _SUCCEEDED = "succeeded"
 # Our payment statuses whose PaymentIntent Stripe has as succeeded.
 _RECORDED_AT_STRIPE = (Payment.Status.SUCCEEDED, Payment.Status.CHARGED_BACK)
 _IN_FLIGHT = frozenset({"processing", "requires_capture"})
-# The idempotency keys of billing.payments.payment_record_manual: money ops recorded by hand.
-_MANUAL_KEY = "-manual-"
 FAILURE_CODE = "not_at_processor"
 FAILURE_MESSAGE = "Our card processor has no record of this payment."
 
@@ -283,7 +281,7 @@ def _difference_key(difference: ReconciliationDifference) -> tuple:
 
 def _is_card(payment: Payment) -> bool:
     return (
-        payment.method_kind == PaymentMethodKind.CARD and _MANUAL_KEY not in payment.idempotency_key
+        payment.method_kind == PaymentMethodKind.CARD and MANUAL_KEY not in payment.idempotency_key
     )
 
 
@@ -295,7 +293,7 @@ def _card_successes(*, since: datetime, until: datetime):
             created_at__gte=since,
             created_at__lte=until,
         )
-        .exclude(idempotency_key__contains=_MANUAL_KEY)
+        .exclude(idempotency_key__contains=MANUAL_KEY)
         .select_related("invoice")
         .order_by("pk")
     )

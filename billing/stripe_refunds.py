@@ -46,6 +46,7 @@ from billing.models import (
     ReconciliationDifference,
     Refund,
 )
+from billing.payments import MANUAL_KEY
 from core.money import format_money
 from subscriptions.models import PaymentMethodKind
 
@@ -55,8 +56,6 @@ Kind = ReconciliationDifference.Kind
 Resolution = ReconciliationDifference.Resolution
 
 _SUCCEEDED = "succeeded"
-# Manual payments' idempotency keys (billing.payments.payment_record_manual).
-_MANUAL_KEY = "-manual-"
 
 
 class RefundOutcome(StrEnum):
@@ -246,7 +245,7 @@ def _payment_refunded(charge: RefundedCharge) -> Payment | None:
             method_kind=PaymentMethodKind.CARD,
             status=Payment.Status.SUCCEEDED,
         )
-        .exclude(idempotency_key__contains=_MANUAL_KEY)
+        .exclude(idempotency_key__contains=MANUAL_KEY)
         .first()
     )
 

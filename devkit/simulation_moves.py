@@ -24,7 +24,7 @@ from billing.details import billing_profile_update
 from billing.dunning import dunning_extend_grace, invoice_mark_uncollectible
 from billing.forms import BillingInformationForm
 from billing.models import CreditNote, DunningCase, Invoice, Payment
-from billing.payments import ChargeOutcome, invoice_charge
+from billing.payments import MANUAL_KEY, ChargeOutcome, invoice_charge
 from billing.selectors import billing_profile_for
 from billing.upgrades import QuoteChanged, subscription_upgrade, upgrade_plans, upgrade_quote
 from billing.webhooks import stripe_event_receive
@@ -513,7 +513,7 @@ class CustomerMoves:
                 disputed_at__isnull=True,
             )
             .exclude(processor_id="")
-            .exclude(idempotency_key__contains="-manual-")
+            .exclude(idempotency_key__contains=MANUAL_KEY)
             .select_related("invoice")
             .order_by("-completed_at", "-pk")
             .first()

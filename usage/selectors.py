@@ -19,6 +19,7 @@ from subscriptions.models import BillingCycle, ProcessFlow, Subscription
 from usage.models import ApiKey, SyncInfo, UsageAlert, UsageCounter
 from usage.months import usage_month
 from usage.overage import overage_amount, overage_units
+from usage.projection import Projection, projection_make, window
 from usage.services import NEWEST
 
 WARNING_PERCENT = 80
@@ -103,6 +104,12 @@ class UsageSummary:
     annual: bool  # annual plans get an overage-only invoice at the close of the usage month
     days: list[DayUsage]
     alerts: list[AlertSent]
+    # To the month's end at the last 7 days' average; None on a subscription's first day.
+    projection: Projection | None = None
+
+    @property
+    def projected_percent(self) -> int | None:
+        return None if self.projection is None else self.projection.percent_of(self.limit)
 
     @property
     def bar_max(self) -> int:
@@ -149,13 +156,30 @@ def usage_summary(*, subscription: Subscription, now: datetime) -> UsageSummary:
     zone = organisation.tzinfo
     start, end = usage_month(anchor=subscription.anchor_at, zone=zone, at=now)
     start, end = start.astimezone(zone), end.astimezone(zone)
-    per_day = dict(
-        UsageCounter.objects.filter(organisation=organisation, month_start=start)
-        .values("day")
-        .annotate(total=Sum("transactions"))
-        .values_list("day", "total")
-        .order_by()
+    today = now.astimezone(zone).date()
+    window_first, window_last = window(
+        today=today, anchor_day=subscription.anchor_at.astimezone(zone).date()
     )
+    # This month's days, and the projection's window (which may reach into the month before),
+    # in one query.
+    per_day = {}
+    window_total = 0
+    for month_start, day, total in (
+        UsageCounter.objects.filter(
+            Q(month_start=start) | Q(day__gte=window_first, day__lt=window_last),
+            organisation=organisation,
+            month_start__gte=start - timedelta(days=40),
+            month_start__lte=start,
+        )
+        .values("month_start", "day")
+        .annotate(total=Sum("transactions"))
+        .values_list("month_start", "day", "total")
+        .order_by()
+    ):
+        if month_start == start:
+            per_day[day] = total
+        if window_first <= day < window_last:
+            window_total += total
     # The sum of the same rows month_usage() adds up (and the 80%/100% alerts compare).
     used = sum(per_day.values())
     alerts = [
@@ -170,7 +194,6 @@ def usage_summary(*, subscription: Subscription, now: datetime) -> UsageSummary:
     percent = _percent_used(used=used, limit=limit)
     price = subscription.plan.price_for(subscription.currency)
     per_1000 = price.overage_per_1000 if price is not None else 0
-    today = now.astimezone(zone).date()
     first, last = start.date(), (end - timedelta(microseconds=1)).date()
     calendar = [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
     days = [
@@ -197,6 +220,13 @@ def usage_summary(*, subscription: Subscription, now: datetime) -> UsageSummary:
         annual=subscription.billing_cycle == BillingCycle.ANNUAL,
         days=days,
         alerts=alerts,
+        projection=projection_make(
+            used=used,
+            window_total=window_total,
+            window_days=(window_last - window_first).days,
+            month_end=end,
+            now=now,
+        ),
     )
 
 

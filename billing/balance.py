@@ -152,6 +152,38 @@ def balance_apply(invoices: list[Invoice], *, now: datetime) -> list[Invoice]:
     `balance_entry_open_credit`); a batch where none does costs nothing more. Returns the
     invoices the balance covered in full: the caller settles them, they are never charged.
     """
+    candidates = _holders(invoices)
+    if not candidates:
+        return []
+    credits = _credits_locked(organisation_ids={i.organisation_id for i in candidates})
+    uses, applied = _uses_plan(candidates, credits, now=now)
+    if not applied:
+        return []
+    BalanceEntry.objects.bulk_create(uses)
+    BalanceEntry.objects.bulk_update({use.source for use in uses}, ["remaining"])
+    Invoice.objects.bulk_update(applied, ["credit_applied"])
+    return [invoice for invoice in applied if invoice.amount_due == 0]
+
+
+def balance_apply_preview(invoices: list[Invoice]) -> list[BalanceEntry]:
+    """What balance_apply would do to these unsaved invoices, written nowhere: each invoice's
+    `credit_applied` is set in memory, and the "Credit applied (CN-…)" entries it would get are
+    returned unsaved (the upcoming invoice shows them). The same rule, without the locks."""
+    candidates = _holders(invoices)
+    if not candidates:
+        return []
+    credits = (
+        BalanceEntry.objects.select_related("credit_note")
+        .filter(organisation_id__in={i.organisation_id for i in candidates}, remaining__gt=0)
+        .order_by("created_at", "pk")
+    )
+    uses, _ = _uses_plan(candidates, list(credits), now=None)
+    return uses
+
+
+def _holders(invoices: list[Invoice]) -> list[Invoice]:
+    """The invoices that owe something and whose organisation holds credit in their currency:
+    one query (the partial index `balance_entry_open_credit`), none when nothing is owed."""
     candidates = [
         invoice
         for invoice in invoices
@@ -168,15 +200,20 @@ def balance_apply(invoices: list[Invoice], *, now: datetime) -> list[Invoice]:
         .values_list("organisation_id", "currency")
         .distinct()
     )
-    candidates = [i for i in candidates if (i.organisation_id, i.currency) in holders]
-    if not candidates:
-        return []
-    credits = defaultdict(list)
-    for credit in _credits_locked(organisation_ids={i.organisation_id for i in candidates}):
-        credits[(credit.organisation_id, credit.currency)].append(credit)
+    return [i for i in candidates if (i.organisation_id, i.currency) in holders]
+
+
+def _uses_plan(
+    candidates: list[Invoice], credits: list[BalanceEntry], *, now: datetime | None
+) -> tuple[list[BalanceEntry], list[Invoice]]:
+    """The uses of `credits` (oldest first) that pay the candidates, in order, and the invoices
+    that got some; `credit_applied` and the credits' `remaining` change in memory only."""
+    by_owner = defaultdict(list)
+    for credit in credits:
+        by_owner[(credit.organisation_id, credit.currency)].append(credit)
     uses, applied = [], []
     for invoice in candidates:
-        mine = credits[(invoice.organisation_id, invoice.currency)]
+        mine = by_owner[(invoice.organisation_id, invoice.currency)]
         amount = _to_apply(
             due=invoice.amount_due,
             available=sum(credit.remaining for credit in mine),
@@ -193,12 +230,7 @@ def balance_apply(invoices: list[Invoice], *, now: datetime) -> list[Invoice]:
         )
         invoice.credit_applied += amount
         applied.append(invoice)
-    if not applied:
-        return []
-    BalanceEntry.objects.bulk_create(uses)
-    BalanceEntry.objects.bulk_update({use.source for use in uses}, ["remaining"])
-    Invoice.objects.bulk_update(applied, ["credit_applied"])
-    return [invoice for invoice in applied if invoice.amount_due == 0]
+    return uses, applied
 
 
 def balance_return(*, invoice: Invoice, now: datetime) -> int:

@@ -21,6 +21,7 @@ from accounts.services import organisation_lock
 from billing.arrears import arrears
 from billing.balance import balance_return
 from billing.drafts import (
+    InvoiceDraft,
     Overage,
     draft_overage_invoice,
     draft_period_invoice,
@@ -90,9 +91,26 @@ def billing_run_issue(*, now: datetime, batch_size: int = 500, limit: int | None
 def _renew(subscriptions: list[Subscription], *, now: datetime) -> list[Invoice]:
     """Move each locked subscription to its next period and issue that period's invoice, with
     the overage of the usage month that closed (caller's transaction)."""
+    drafts, downgraded = renewal_drafts(
+        subscriptions, carried=carried_owed(subscriptions, lock=True), now=now
+    )
+    subscriptions_save_periods(subscriptions, [change for _, change in downgraded])
+    invoices = drafts_save(drafts, now=now, settle=invoice_settle)
+    for subscription, change in downgraded:
+        downgrade_apply_flows(subscription=subscription, change=change, now=now)
+    queue_invoice_documents(invoices)
+    return invoices
+
+
+def renewal_drafts(
+    subscriptions: list[Subscription], *, carried: dict[int, list[CarriedCharge]], now: datetime
+) -> tuple[list[InvoiceDraft], list[tuple[Subscription, PlanChange]]]:
+    """Each subscription's renewal invoice as a draft, the subscription moved (in memory) to its
+    next period, and the scheduled downgrades that renewal applies. Writes nothing: the billing
+    run saves what it returns, the upcoming invoice (billing.upcoming) only shows it, so the
+    preview is the invoice the run will issue."""
     rates = tax_rates()
     overages = _closed_months_overage(subscriptions)
-    carried = _carried_owed(subscriptions)
     drafts = []
     downgraded = []
     for subscription in subscriptions:
@@ -114,21 +132,19 @@ def _renew(subscriptions: list[Subscription], *, now: datetime) -> list[Invoice]
                 carried=carried.pop(subscription.pk, []),
             )
         )
-    subscriptions_save_periods(subscriptions)
-    invoices = drafts_save(drafts, now=now, settle=invoice_settle)
-    for subscription, change in downgraded:
-        downgrade_apply_flows(subscription=subscription, change=change, now=now)
-    queue_invoice_documents(invoices)
-    return invoices
+    return drafts, downgraded
 
 
-def _carried_owed(subscriptions: list[Subscription]) -> dict[int, list[CarriedCharge]]:
-    """The amounts carried to each subscription's next invoice and not billed yet, locked
-    (caller's transaction): one query for the batch."""
+def carried_owed(
+    subscriptions: list[Subscription], *, lock: bool
+) -> dict[int, list[CarriedCharge]]:
+    """The amounts carried to each subscription's next invoice and not billed yet (locked, for
+    the billing run, in the caller's transaction): one query for the batch."""
     owed = defaultdict(list)
-    for charge in CarriedCharge.objects.select_for_update().filter(
+    charges = CarriedCharge.objects.filter(
         subscription_id__in=[s.pk for s in subscriptions], line__isnull=True, waived_at__isnull=True
-    ):
+    ).order_by("pk")
+    for charge in charges.select_for_update() if lock else charges:
         owed[charge.subscription_id].append(charge)
     return owed
 

@@ -114,7 +114,8 @@ def _subscription_reset(
 
 
 def subscription_next_period(*, subscription: Subscription) -> Period:
-    """Advance a subscription (row locked by the caller) to its next period; not saved.
+    """Advance a subscription (row locked by the caller) to its next period; nothing is saved
+    (subscriptions_save_periods does).
 
     A cycle switch scheduled by ops (article section 7) takes effect here, at the renewal:
     the new cycle is anchored at the renewal instant. So does a scheduled downgrade (article
@@ -180,9 +181,10 @@ def _apply_scheduled_downgrade(subscription: Subscription) -> PlanChange | None:
         return None
     change = due[0]
     subscription.plan = change.to_plan
+    # Marked here, saved by subscriptions_save_periods: until then nothing is written, so the
+    # upcoming invoice runs this same step as a dry run (billing.upcoming).
     change.status = PlanChange.Status.APPLIED
     change.closed_at = subscription.current_period_end
-    change.save(update_fields=["status", "closed_at"])
     return change
 
 
@@ -198,12 +200,17 @@ RENEWAL_FIELDS = [
 ]
 
 
-def subscriptions_save_periods(subscriptions: list[Subscription]) -> None:
-    """Save the period fields of many subscriptions advanced by subscription_next_period.
+def subscriptions_save_periods(
+    subscriptions: list[Subscription], applied_changes: list[PlanChange] = ()
+) -> None:
+    """Save the period fields of many subscriptions advanced by subscription_next_period, and
+    the scheduled downgrades it applied (`Period.applied_change`).
 
     One pipelined UPDATE per row (psycopg's executemany): Django's bulk_update builds a CASE
     per field and row, which cost more than the rest of a billing run together.
     """
+    for change in applied_changes:
+        change.save(update_fields=["status", "closed_at"])
     if not subscriptions:
         return
     table = connection.ops.quote_name(Subscription._meta.db_table)

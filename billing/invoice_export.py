@@ -161,7 +161,9 @@ def _rows(*, organisation, filters: HistoryFilters, zone) -> Iterator[tuple]:
             decimal_amount(invoice.amount_credited),
             decimal_amount(invoice.credit_applied),
             decimal_amount(invoice.amount_paid),
-            decimal_amount(invoice.amount_due),
+            # Only an open invoice is owed: a void one never was, an uncollectible one was
+            # written off; the page shows no amount due for them either.
+            decimal_amount(invoice.amount_due if invoice.status == Invoice.Status.OPEN else 0),
         )
         for credit_note in invoice.listed:
             yield credit_note_row(credit_note, invoice)

@@ -111,7 +111,7 @@ class BillingInformationForm(forms.ModelForm):
 CREDIT_NOTE_TYPE = "credit_note"
 INVOICE_PREFIX, CREDIT_NOTE_PREFIX = "INV-", "CN-"
 NUMBER_MAX_LENGTH = 32
-NUMBER_HELP = "INV-… for an invoice, CN-… for a credit note: the whole number or its beginning."
+NUMBER_HELP = "An INV-… or CN-… number, whole or its beginning."
 WRONG_NUMBER = "Enter an invoice number (INV-…) or a credit note number (CN-…), or its beginning."
 NO_SUCH_YEAR = "There are no invoices in that year; choose one from the list."
 CREDIT_NOTE_NUMBER_NOT_INVOICE = (

@@ -79,10 +79,6 @@ class HistoryFilters:
     credit_notes: bool = False  # credit notes as rows of their own, instead of invoices
     number: str = ""  # the upper-cased beginning of an INV-… or CN-… number
 
-    @property
-    def any(self) -> bool:
-        return self != HistoryFilters()
-
 
 def invoice_history_years(*, organisation: Organisation, zone) -> list[int]:
     """The years, newest first, from the organisation's first invoice to its last invoice or

@@ -1,6 +1,16 @@
 """Reads for billing pages, always scoped to an organisation."""
 
-from django.db.models import BooleanField, ExpressionWrapper, Prefetch, Q, QuerySet
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import (
+    BooleanField,
+    ExpressionWrapper,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+)
 from django.http import Http404
 
 from accounts.models import Organisation
@@ -55,6 +65,102 @@ def invoice_list(*, organisation: Organisation) -> QuerySet[Invoice]:
             Prefetch("documents", queryset=revised, to_attr="revised_copies"),
             Prefetch("credit_notes", queryset=credit_notes, to_attr="credit_notes_listed"),
         )
+    )
+
+
+@dataclass(frozen=True)
+class HistoryFilters:
+    """What Invoice History lists (billing.forms.InvoiceHistoryFilterForm makes it)."""
+
+    start: datetime | None = None  # issued at or after
+    end: datetime | None = None  # issued before
+    status: str = ""  # an Invoice.Status; invoices only
+    kind: str = ""  # an Invoice.Kind; invoices only
+    credit_notes: bool = False  # credit notes as rows of their own, instead of invoices
+    number: str = ""  # the upper-cased beginning of an INV-… or CN-… number
+
+
+def invoice_history_years(*, organisation: Organisation, zone) -> list[int]:
+    """The years, newest first, from the organisation's first invoice to its last invoice or
+    credit note, in `zone` (the organisation's: the dates Invoice History shows). One query,
+    each end read from the (organisation, issued_at) indexes."""
+
+    def end(model, order: str) -> Subquery:
+        rows = model.objects.filter(organisation=organisation).order_by(order)
+        return Subquery(rows.values("issued_at")[:1])
+
+    found = (
+        Organisation.objects.filter(pk=organisation.pk)
+        .values(
+            first=end(Invoice, "issued_at"),
+            last=end(Invoice, "-issued_at"),
+            last_credit_note=end(CreditNote, "-issued_at"),
+        )
+        .get()
+    )
+    if found["first"] is None:
+        return []
+    last = max(moment for moment in (found["last"], found["last_credit_note"]) if moment)
+    return list(range(last.astimezone(zone).year, found["first"].astimezone(zone).year - 1, -1))
+
+
+def invoices_filtered(queryset: QuerySet[Invoice], filters: HistoryFilters) -> QuerySet[Invoice]:
+    """`queryset` (one organisation's invoices) narrowed to what `filters` let through."""
+    if filters.status:
+        queryset = queryset.filter(status=filters.status)
+    if filters.kind:
+        queryset = queryset.filter(kind=filters.kind)
+    return _issued_and_numbered(queryset, filters)
+
+
+def credit_notes_filtered(
+    queryset: QuerySet[CreditNote], filters: HistoryFilters
+) -> QuerySet[CreditNote]:
+    """`queryset` (one organisation's credit notes) narrowed to what `filters` let through:
+    the year and the number (status and kind are the invoices')."""
+    return _issued_and_numbered(queryset, filters)
+
+
+def _issued_and_numbered(queryset: QuerySet, filters: HistoryFilters) -> QuerySet:
+    if filters.start is not None:
+        queryset = queryset.filter(issued_at__gte=filters.start)
+    if filters.end is not None:
+        queryset = queryset.filter(issued_at__lt=filters.end)
+    if filters.number:
+        # Numbers are stored upper-case; the form upper-cases what is searched.
+        queryset = queryset.filter(number__startswith=filters.number)
+    return queryset
+
+
+def invoice_history(*, organisation: Organisation, filters: HistoryFilters) -> QuerySet[Invoice]:
+    """Invoice History's invoices (`invoice_list`'s columns, copies and credit notes) that
+    `filters` let through; the view pages them by keyset on (issued_at, id)."""
+    return invoices_filtered(invoice_list(organisation=organisation), filters)
+
+
+def credit_note_history(
+    *, organisation: Organisation, filters: HistoryFilters
+) -> QuerySet[CreditNote]:
+    """Invoice History's credit notes as rows of their own, each with the number and period
+    of its invoice; the view pages them by keyset on (issued_at, id)."""
+    return (
+        credit_notes_filtered(CreditNote.objects.filter(organisation=organisation), filters)
+        .select_related("invoice")
+        .only(
+            "id",
+            "invoice_id",
+            "number",
+            "outcome",
+            "status",
+            "currency",
+            "total",
+            "issued_at",
+            "invoice__number",
+            "invoice__plan_name",
+            "invoice__period_start",
+            "invoice__period_end",
+        )
+        .annotate(has_pdf=ExpressionWrapper(Q(pdf__isnull=False), output_field=BooleanField()))
     )
 
 

@@ -7,6 +7,8 @@ app_name = "billing"
 organisation_urlpatterns = [
     path("settings/billing/", views.billing_settings, name="settings"),
     path("settings/billing/invoices/", views.invoices, name="invoices"),
+    # Invoice History > Export CSV: the filtered list (the page's filters in the query string).
+    path("settings/billing/invoices/export/", views.invoices_export, name="invoices_export"),
     path(
         "settings/billing/invoices/<str:invoice_number>/pdf/",
         views.invoice_pdf,

@@ -1,9 +1,9 @@
 import math
 from datetime import timedelta
+from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.core.paginator import Paginator
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
@@ -26,7 +26,14 @@ from billing.confirmation import (
 from billing.details import billing_profile_update
 from billing.documents import invoice_document_original
 from billing.dunning import Step, amount_due, timeline
-from billing.forms import BillingInformationForm, CardForm, CheckoutForm, PlanChoiceForm
+from billing.forms import (
+    BillingInformationForm,
+    CardForm,
+    CheckoutForm,
+    InvoiceHistoryFilterForm,
+    PlanChoiceForm,
+)
+from billing.invoice_export import export_filename, invoice_history_csv
 from billing.models import Invoice
 from billing.payments import (
     NEEDS_AUTHENTICATION_RESULT,
@@ -37,8 +44,10 @@ from billing.payments import (
 from billing.selectors import (
     billing_profile_for,
     credit_note_get,
+    credit_note_history,
     invoice_get,
-    invoice_list,
+    invoice_history,
+    invoice_history_years,
     invoice_revised_copy_get,
     payment_method_current,
     plan_offered,
@@ -48,12 +57,15 @@ from billing.selectors import (
 from billing.tax import tax_for
 from billing.upgrades import UpgradeError, subscription_upgrade, upgrade_plans, upgrade_quote
 from core.errors import ServiceError
+from core.keyset import cursor_decode, keyset_page
 from core.money import format_money
 from subscriptions.models import PaymentMethodKind, Subscription
 from subscriptions.selectors import subscription_with_plan
 from subscriptions.states import FAILING
 
 INVOICES_PER_PAGE = 20
+HISTORY_FILTERS = ("year", "status", "type", "number")
+STALE_CURSOR = "That page link is no longer valid, so the newest invoices are shown."
 
 
 def _stripe_context(organisation, *, reach_stripe: bool = True) -> dict:
@@ -97,10 +109,80 @@ def billing_settings(request):
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing")
 @require_safe
 def invoices(request):
-    page = Paginator(invoice_list(organisation=request.organisation), INVOICES_PER_PAGE).get_page(
-        request.GET.get("page")
+    """Invoice History: the invoices, newest first, each with its credit notes, filtered by
+    year, status, type and number, a page at a time by keyset (core.keyset)."""
+    organisation = request.organisation
+    form, context = _history_filters(request)
+    if form.is_bound and not form.is_valid():
+        return render(request, "billing/invoices.html", {**context, "page": None}, status=400)
+    filters = form.filters(organisation.tzinfo)
+    for notice in form.notices:
+        messages.info(request, notice)
+    before = after = None
+    if request.GET.get("before") or request.GET.get("after"):
+        before = cursor_decode(request.GET.get("before", "")) if "before" in request.GET else None
+        after = cursor_decode(request.GET.get("after", "")) if "after" in request.GET else None
+        if before is None and after is None:
+            messages.info(request, STALE_CURSOR)
+    if filters.credit_notes:
+        queryset = credit_note_history(organisation=organisation, filters=filters)
+    else:
+        queryset = invoice_history(organisation=organisation, filters=filters)
+    page = keyset_page(
+        queryset, field="issued_at", size=INVOICES_PER_PAGE, before=before, after=after
     )
-    return render(request, "billing/invoices.html", {"page": page, "tab": "invoices"})
+    context["credit_notes_only"] = filters.credit_notes
+    return render(request, "billing/invoices.html", {**context, "page": page})
+
+
+@tenant_view(roles=ADMIN_AND_BILLING, section="billing")
+@require_safe
+def invoices_export(request):
+    """Invoice History > Export CSV: the list the page's filters give, streamed."""
+    organisation = request.organisation
+    form, context = _history_filters(request)
+    if form.is_bound and not form.is_valid():
+        return render(request, "billing/invoices.html", {**context, "page": None}, status=400)
+    filters = form.filters(organisation.tzinfo)
+    response = StreamingHttpResponse(
+        invoice_history_csv(organisation=organisation, filters=filters, zone=organisation.tzinfo),
+        content_type="text/csv; charset=utf-8",
+    )
+    cleaned = form.cleaned_data if form.is_bound else {}
+    filename = export_filename(
+        organisation=organisation,
+        year=cleaned.get("year"),
+        status=filters.status,
+        kind=cleaned.get("type"),
+        number=filters.number,
+    )
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["Cache-Control"] = "private, no-store"
+    # Let a reverse proxy pass the chunks on as they come rather than buffer the file.
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _history_filters(request) -> tuple[InvoiceHistoryFilterForm, dict]:
+    """Invoice History's filter form, bound when any filter is given, and the page's context
+    (the filters as a query string for the page and export links)."""
+    organisation = request.organisation
+    years = invoice_history_years(organisation=organisation, zone=organisation.tzinfo)
+    filtered = any(request.GET.get(name) for name in HISTORY_FILTERS)
+    form = InvoiceHistoryFilterForm(request.GET if filtered else None, years=years)
+    filter_query = (
+        urlencode({name: request.GET[name] for name in HISTORY_FILTERS if request.GET.get(name)})
+        if filtered
+        else ""
+    )
+    context = {
+        "form": form,
+        "filtered": filtered,
+        "filter_query": filter_query,
+        "has_invoices": bool(years),
+        "tab": "invoices",
+    }
+    return form, context
 
 
 @tenant_view(roles=ADMIN_AND_BILLING, section="billing")

@@ -76,8 +76,30 @@ def invoice_history_rows(invoices, organisation) -> list:
         )
         invoice.credit_notes_listed = getattr(invoice, "credit_notes_listed", [])
         for credit_note in invoice.credit_notes_listed:
-            credit_note.pdf_url = credit_note_url(credit_note.number) if credit_note.has_pdf else ""
-            credit_note.issued_text = f"{credit_note.issued_at.astimezone(zone):%-d %b %Y}"
-            credit_note.total_text = format_money(credit_note.total, credit_note.currency)
-            credit_note.outcome_text, credit_note.outcome_badge = customer_outcome(credit_note)
+            _credit_note_texts(credit_note, credit_note_url, zone)
     return rows
+
+
+@register.simple_tag
+def credit_note_history_rows(credit_notes, organisation) -> list:
+    """The page's credit notes as rows of their own (billing.selectors.credit_note_history),
+    each with the texts `invoice_history_rows` gives a credit note, `invoice_pdf_url` and the
+    `period_text` of its invoice."""
+    invoice_url = _url_maker("billing:invoice_pdf", organisation)
+    credit_note_url = _url_maker("billing:credit_note_pdf", organisation)
+    zone = timezone.get_current_timezone()
+    rows = list(credit_notes)
+    for credit_note in rows:
+        _credit_note_texts(credit_note, credit_note_url, zone)
+        invoice = credit_note.invoice
+        start, end = invoice.period_start.astimezone(zone), invoice.period_end.astimezone(zone)
+        credit_note.invoice_pdf_url = invoice_url(invoice.number)
+        credit_note.period_text = f"{start:%-d %b %Y} – {end:%-d %b %Y}"
+    return rows
+
+
+def _credit_note_texts(credit_note: CreditNote, credit_note_url, zone) -> None:
+    credit_note.pdf_url = credit_note_url(credit_note.number) if credit_note.has_pdf else ""
+    credit_note.issued_text = f"{credit_note.issued_at.astimezone(zone):%-d %b %Y}"
+    credit_note.total_text = format_money(credit_note.total, credit_note.currency)
+    credit_note.outcome_text, credit_note.outcome_badge = customer_outcome(credit_note)

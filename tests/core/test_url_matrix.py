@@ -200,6 +200,8 @@ TABLE = {
         post=(403, 405, 405),
     ),
     "billing:invoices": org(get=(403, 200, 200), post=(403, 405, 405)),
+    # Invoice History > Export CSV: the filtered list, to the same roles as the page.
+    "billing:invoices_export": org(get=(403, 200, 200), post=(403, 405, 405)),
     "billing:balance": org(get=(403, 200, 200), post=(403, 405, 405)),
     "billing:invoice_pdf": org(get=(403, 200, 200), post=(403, 405, 405)),
     "billing:invoice_revised_pdf": org(get=(403, 200, 200), post=(403, 405, 405)),

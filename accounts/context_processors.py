@@ -61,8 +61,7 @@ def _portal_urls(script_prefix: str, urlconf: str) -> dict[str, str]:
 @lru_cache(maxsize=4096)
 def _organisation_urls(slug: str, script_prefix: str, urlconf: str) -> dict[str, str]:
     return {
-        "overview": reverse("accounts:dashboard", args=[slug]),
-        # The pages of the apps above accounts (plugged in by portal.frame).
+        # The pages of the apps above accounts (plugged in by portal.frame), the Overview first.
         **{key: reverse(name, args=[slug]) for key, name in hooks.menu_url_names.items()},
         "notifications": reverse("accounts:notifications", args=[slug]),
         "settings": reverse("accounts:settings", args=[slug]),

@@ -12,7 +12,8 @@ accounts sits below subscriptions, sso, billing and retention, so it never names
 - password sign-in checks: why a person may not sign in with a password, or None;
 - landing notices: lines shown above the list of the signed-in user's organisations;
 - menu links: the top bar's links to pages of the apps above (`organisation_urls`, built by
-  accounts.context_processors), each a URL name taking the organisation's slug;
+  accounts.context_processors), each a URL name taking the organisation's slug; among them
+  "overview", the organisation's landing page (`overview_url`), which joins every app;
 - Settings sections: the Settings pages of the apps above (accounts.roles.SettingsSection),
   placed among accounts' own by their `order`.
 
@@ -23,6 +24,7 @@ See docs/architecture.md#accounts.
 from collections.abc import Callable
 
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
 
 MembershipAnnotations = Callable[[], dict]
 AccessGate = Callable[[HttpRequest, object], HttpResponse | None]
@@ -73,6 +75,12 @@ def landing_notices_add(func: LandingNotices) -> None:
 def menu_urls_add(**url_names: str) -> None:
     """Top bar links, {key in `organisation_urls`: URL name taking the organisation's slug}."""
     menu_url_names.update(url_names)
+
+
+def overview_url(slug: str) -> str:
+    """The organisation's Overview, where signing in and accepting an invitation land: a page
+    of the composition layer, registered as the menu link "overview"."""
+    return reverse(menu_url_names["overview"], args=[slug])
 
 
 def settings_section_add(section) -> None:

@@ -16,7 +16,6 @@ public_urlpatterns = [
 ]
 
 organisation_urlpatterns = [
-    path("", views.dashboard, name="dashboard"),
     path("notifications/", views.notifications, name="notifications"),
     path("settings/", views.settings_index, name="settings"),
     path("settings/users/", views.users, name="users"),
@@ -53,7 +52,8 @@ organisation_urlpatterns = [
     path("settings/audit-log/", views.audit_log, name="audit_log"),
 ]
 
-# Every organisation page lives under /o/<org_slug>/ and is wrapped in @tenant_view.
+# Every organisation page lives under /o/<org_slug>/ and is wrapped in @tenant_view. The
+# Overview at /o/<org_slug>/ itself joins every app, so it is portal's (portal.urls).
 urlpatterns = [
     *public_urlpatterns,
     path("o/<slug:org_slug>/", include(organisation_urlpatterns)),

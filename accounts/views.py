@@ -83,9 +83,9 @@ def home(request):
     by_slug = {m.organisation.slug: m for m in memberships}
     current = request.session.get(SESSION_KEY)
     if current in by_slug:
-        return redirect("accounts:dashboard", org_slug=current)
+        return redirect(hooks.overview_url(current))
     if len(memberships) == 1:
-        return redirect("accounts:dashboard", org_slug=memberships[0].organisation.slug)
+        return redirect(hooks.overview_url(memberships[0].organisation.slug))
     return _organisations_page(request, memberships)
 
 
@@ -102,16 +102,6 @@ def _organisations_page(request, memberships):
             "memberships": memberships,
             "deleted_notices": _landing_notices(request.user),
         },
-    )
-
-
-@tenant_view(roles=ALL_ROLES)
-@require_safe
-def dashboard(request):
-    return render(
-        request,
-        "accounts/dashboard.html",
-        {"sections": sections_for(request.membership.role)},
     )
 
 
@@ -428,7 +418,7 @@ def invitation_accept_view(request, token):
             except ServiceError as error:
                 return _link_error(request, error, title="This invitation cannot be used")
             messages.success(request, f"Welcome to {membership.organisation.name}.")
-            return redirect("accounts:dashboard", org_slug=membership.organisation.slug)
+            return redirect(hooks.overview_url(membership.organisation.slug))
         return render(request, "accounts/invitation_accept.html", {"invitation": invitation})
 
     if User.objects.filter(email__iexact=invitation.email).exists():
@@ -455,7 +445,7 @@ def invitation_accept_view(request, token):
             return _link_error(request, error, title="This invitation cannot be used")
         login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
         messages.success(request, f"Welcome to {membership.organisation.name}.")
-        return redirect("accounts:dashboard", org_slug=membership.organisation.slug)
+        return redirect(hooks.overview_url(membership.organisation.slug))
     return render(
         request, "accounts/invitation_signup.html", {"invitation": invitation, "form": form}
     )

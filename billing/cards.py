@@ -19,6 +19,11 @@ from billing.models import BillingProfile, PaymentMethod
 from core.errors import ServiceError
 from core.links import absolute_url
 
+# The card-expiry reminder goes out this long before the card expires; the Overview lists the
+# card as needing attention from the same day
+# (docs/architecture.md#decision-one-card-expiry-reminder).
+CARD_EXPIRY_REMINDER = timedelta(days=30)
+
 
 def stripe_customer_ensure(*, organisation: Organisation) -> str:
     """The organisation's Stripe customer, created once (idempotency key from our own row)."""
@@ -119,7 +124,7 @@ def card_expiry_reminders_send(*, now: datetime) -> int:
     due = PaymentMethod.objects.filter(
         status=PaymentMethod.Status.ACTIVE,
         expiry_reminder_sent_at__isnull=True,
-        expires_at__lte=now + timedelta(days=30),
+        expires_at__lte=now + CARD_EXPIRY_REMINDER,
         expires_at__gt=now,
     ).values_list("pk", flat=True)
     sent = 0

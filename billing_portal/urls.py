@@ -9,6 +9,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("webhooks/stripe/", stripe_webhook, name="stripe_webhook"),
+    # Before accounts: the Overview at /o/<org_slug>/ joins every app (docs/architecture.md#portal).
+    path("", include("portal.urls")),
     path("", include("accounts.urls")),
     path("", include("subscriptions.urls")),
     path("", include("billing.urls")),

@@ -12,7 +12,8 @@ called by PortalConfig.ready):
 - whether a dunning case is open, read with the membership, so the failed-payment banner
   (billing.context_processors) costs nothing for an account in good standing;
 - the notices about deleted organisations on the page listing the user's organisations;
-- the top bar's links to ProcessFlows and Sync Info, and the Settings pages of the apps above.
+- the top bar's links to the Overview (portal.views), ProcessFlows and Sync Info, and the
+  Settings pages of the apps above.
 
 See docs/architecture.md#portal.
 """
@@ -157,6 +158,8 @@ def install() -> None:
     hooks.write_guard_add(ended_guard)
     hooks.password_sign_in_check_add(sso_password_refusal)
     hooks.landing_notices_add(deleted_organisation_notices)
-    hooks.menu_urls_add(flows="subscriptions:flows", sync_info="usage:sync_info")
+    hooks.menu_urls_add(
+        overview="portal:overview", flows="subscriptions:flows", sync_info="usage:sync_info"
+    )
     for section in SETTINGS_SECTIONS:
         hooks.settings_section_add(section)

@@ -18,6 +18,7 @@ from django.views.decorators.http import (
     require_safe,
 )
 
+from accounts import hooks
 from accounts.audit import Actor
 from accounts.models import Organisation
 from accounts.roles import ADMIN_ONLY
@@ -373,7 +374,7 @@ def acs(request, organisation_slug):
     login(request, outcome.user, backend="django.contrib.auth.backends.ModelBackend")
     request.session[SSO_SESSION_KEY] = organisation.pk
     request.session[SESSION_KEY] = organisation.slug
-    return redirect(outcome.next_url or reverse("accounts:dashboard", args=[organisation.slug]))
+    return redirect(outcome.next_url or hooks.overview_url(organisation.slug))
 
 
 @never_cache

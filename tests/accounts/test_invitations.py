@@ -112,7 +112,7 @@ def test_new_person_accepts_by_creating_an_account(client, org, admin, committed
     with committed():
         response = client.post(url, {"full_name": "Nina New", "password": "a-long-fine-passphrase"})
     assert response.status_code == 302
-    assert response["Location"] == reverse("accounts:dashboard", args=[org.slug])
+    assert response["Location"] == reverse("portal:overview", args=[org.slug])
     user = User.objects.get(email=invitation.email)
     assert user.full_name == "Nina New"
     assert user.emailaddress_set.get().verified is True

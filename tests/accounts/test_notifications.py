@@ -59,7 +59,7 @@ def listed(client, org, page=None):
 
 def unread_marker(client, org) -> str | None:
     """The unread count in the top bar (read off the dashboard), or None when there is none."""
-    html = client.get(reverse("accounts:dashboard", args=[org.slug])).content.decode()
+    html = client.get(reverse("portal:overview", args=[org.slug])).content.decode()
     match = re.search(
         r'>Notifications <span class="unread-count">([^<]+)'
         r'<span class="visually-hidden"> unread</span></span></a>',
@@ -407,7 +407,7 @@ def test_the_marker_is_one_query_whatever_the_mailbox(client_for, admin, org):
         sent(org, [org.primary_email, "admin@acme.test"], subject=f"Email {n}")
     client = client_for(admin)
     with CaptureQueriesContext(connection) as captured:
-        html = client.get(reverse("accounts:dashboard", args=[org.slug])).content.decode()
+        html = client.get(reverse("portal:overview", args=[org.slug])).content.decode()
     assert '<span class="unread-count">30<span class="visually-hidden"> unread' in html
     outbox_queries = [q for q in captured if "accounts_outgoingemail" in q["sql"]]
     assert len(outbox_queries) == 1

@@ -57,7 +57,7 @@ def test_verifying_the_email_signs_in_and_opens_the_organisation(client, committ
     assert response.status_code == 302
     assert EmailAddress.objects.get().verified is True
     home = client.get(reverse("accounts:home"))
-    assert home["Location"] == reverse("accounts:dashboard", args=["newco-integrations"])
+    assert home["Location"] == reverse("portal:overview", args=["newco-integrations"])
 
 
 def test_two_organisations_with_the_same_name_get_different_slugs(client, committed):

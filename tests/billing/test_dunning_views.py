@@ -38,7 +38,7 @@ def url(name, org):
 
 
 def dashboard(org):
-    return reverse("accounts:dashboard", args=[org.slug])
+    return reverse("portal:overview", args=[org.slug])
 
 
 def status(org):
@@ -111,9 +111,10 @@ def test_past_due_banner_for_admin_and_member(
         page.content.decode()
     )
 
+    # Members see no amounts (docs/architecture.md#decision-three-roles-per-organisation).
     page = client_for(member).get(dashboard(org))
     assert banner(page) == (
-        f"A payment of {DUE} failed. We retry on 3 March 2026. "
+        "A payment failed. We retry on 3 March 2026. "
         "Ask an Admin of Acme Trading to update the card or retry the payment. "
         "Contact billing support"
     )
@@ -142,7 +143,9 @@ def test_grace_banner(failing, org, admin, member, client_for, time_machine):
     assert "account-banner--grace" in page.content.decode()
     page = client_for(member).get(dashboard(org))
     assert banner(page) == (
-        f"{expected} Ask an Admin of Acme Trading to update the card or retry the payment. "
+        "Final attempt failed. A payment is still due: your account will be suspended on "
+        "14 March 2026 unless it is paid. "
+        "Ask an Admin of Acme Trading to update the card or retry the payment. "
         "Contact billing support"
     )
 
@@ -162,7 +165,8 @@ def test_suspended_banner(failing, org, admin, billing_user, member, client_for,
         assert f'href="/o/{org.slug}/support/?category=account_suspended"' in page.content.decode()
     page = client_for(member).get(reverse("subscriptions:flows", args=[org.slug]))
     assert banner(page) == (
-        f"{expected} Ask an Admin of Acme Trading to update the card or retry the payment. "
+        "Account suspended: ProcessFlows are paused until the open invoices are paid. "
+        "Ask an Admin of Acme Trading to update the card or retry the payment. "
         "Contact billing support"
     )
 

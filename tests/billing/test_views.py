@@ -259,7 +259,7 @@ def test_billing_contact_cannot_choose_the_plan(client_for, org, billing_user):
 
 
 def test_dashboard_asks_a_new_admin_to_choose_a_plan(client_for, localstripe, org, admin, member):
-    dashboard = reverse("accounts:dashboard", args=[org.slug])
+    dashboard = reverse("portal:overview", args=[org.slug])
     assert "Next step: choose a plan." in client_for(admin).get(dashboard).content.decode()
     assert "Next step: choose a plan." not in client_for(member).get(dashboard).content.decode()
     from tests.billing.helpers import subscribe

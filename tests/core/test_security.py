@@ -69,7 +69,7 @@ def test_portal_login_and_admin_pages_carry_the_security_headers(client, client_
     assert login.status_code == 200
     assert_security_headers(login)
 
-    dashboard = client_for(admin).get(reverse("accounts:dashboard", args=[org.slug]))
+    dashboard = client_for(admin).get(reverse("portal:overview", args=[org.slug]))
     assert dashboard.status_code == 200
     assert_security_headers(dashboard)
 

@@ -149,7 +149,7 @@ TO_CHANGE = to("./change/")  # the change page of the object asked for
 
 TABLE = {
     # Organisation pages: org(get=(Member, Billing contact, Admin), post=(...)). ------------
-    "accounts:dashboard": org(get=(200, 200, 200), post=(405, 405, 405)),
+    "portal:overview": org(get=(200, 200, 200), post=(405, 405, 405)),
     "accounts:notifications": org(get=(200, 200, 200), post=(405, 405, 405)),
     "accounts:settings": org(
         get=(403, to("subscriptions:settings"), to("subscriptions:settings")),
@@ -250,8 +250,8 @@ TABLE = {
     # The portal outside organisations. public(get=..., post=...) in ROLES order:
     # (anonymous, Member, Billing contact, Admin, outsider, ops). -----------------------------
     "accounts:home": public(
-        get=(LOGIN, *(to("accounts:dashboard"),) * 3, to("/o/globex/"), 200),
-        post=(LOGIN, *(to("accounts:dashboard"),) * 3, to("/o/globex/"), 200),
+        get=(LOGIN, *(to("portal:overview"),) * 3, to("/o/globex/"), 200),
+        post=(LOGIN, *(to("portal:overview"),) * 3, to("/o/globex/"), 200),
     ),
     "accounts:organisations": public(get=signed_in(200), post=signed_in(200)),
     # Emailed links: the token is the key. A's pending invitation is for someone else, so a

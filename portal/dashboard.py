@@ -156,9 +156,15 @@ def _month_figures(month_start: datetime) -> list[Figure]:
 
 def _usage_figure(now: datetime) -> Figure:
     """Organisations at or above 80% of their limit in their current usage month."""
-    above = UsageAlert.objects.filter(month_start__lte=now, month_end__gt=now).aggregate(
+    # Threshold alerts only (not forecasts), from 80% up: organisations add lower ones too.
+    above = UsageAlert.objects.filter(
+        month_start__lte=now,
+        month_end__gt=now,
+        kind=UsageAlert.Kind.THRESHOLD,
+        threshold__gte=80,
+    ).aggregate(
         n=Count("organisation", distinct=True),
-        over=Count("organisation", distinct=True, filter=Q(threshold=100)),
+        over=Count("organisation", distinct=True, filter=Q(threshold__gte=100)),
     )
     return Figure(
         label="Above 80% of their transaction limit",

@@ -54,7 +54,14 @@ from sso.models import SsoAttempt, SsoConfiguration, SsoDomain, SsoRequest
 from subscriptions.cancellation import DATA_KEPT_AFTER_END, data_deletion_at
 from subscriptions.models import Connection, Environment, ProcessFlow, Subscription
 from support.models import SupportTicket, TicketAttachment, TicketMessage
-from usage.models import ApiKey, IngestBatch, UsageAlert, UsageCounter
+from usage.models import (
+    AlertSettings,
+    AlertThreshold,
+    ApiKey,
+    IngestBatch,
+    UsageAlert,
+    UsageCounter,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +85,8 @@ MODEL_STEPS: tuple[tuple[str, type[models.Model]], ...] = (
     ("usage_alerts", UsageAlert),
     ("ingest_batches", IngestBatch),
     ("api_keys", ApiKey),
+    ("usage_alert_thresholds", AlertThreshold),
+    ("usage_alert_settings", AlertSettings),
     ("process_flows", ProcessFlow),
     ("connections", Connection),
     ("environments", Environment),

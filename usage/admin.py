@@ -25,13 +25,15 @@ class CurrentMonth(admin.SimpleListFilter):
 class UsageAlertAdmin(ReadOnlyModelAdmin):
     list_display = (
         "organisation",
+        "kind",
         "threshold",
         "transactions",
+        "projected",
         "month_start",
         "month_end",
         "sent_at",
     )
-    list_filter = (CurrentMonth, "threshold")
+    list_filter = (CurrentMonth, "kind", "threshold")
     search_fields = ("organisation__name", "organisation__slug")
     list_select_related = ("organisation",)
     date_hierarchy = "month_start"

@@ -5,6 +5,7 @@ from django import forms
 
 from subscriptions.forms import WRONG_ENVIRONMENT, EnvironmentChoiceField
 from subscriptions.models import Environment, ProcessFlow
+from usage.alerts import MAX_PERCENT, MIN_PERCENT, PERCENT_RANGE
 from usage.models import SyncInfo
 
 WRONG_FLOW = "Choose one of your organisation's ProcessFlows."
@@ -111,3 +112,31 @@ class ApiKeyForm(forms.Form):
     def __init__(self, *args, environments, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["environment"].queryset = environments
+
+
+class AlertThresholdForm(forms.Form):
+    """A usage alert to add: a whole percentage of the monthly limit (the service checks the
+    range again, and duplicates and the maximum under the organisation lock)."""
+
+    percent = forms.IntegerField(
+        label="Alert at (% of the monthly limit)",
+        min_value=MIN_PERCENT,
+        max_value=MAX_PERCENT,
+        error_messages={
+            "required": PERCENT_RANGE,
+            "invalid": PERCENT_RANGE,
+            "min_value": PERCENT_RANGE,
+            "max_value": PERCENT_RANGE,
+        },
+        help_text=f"A whole number from {MIN_PERCENT} to {MAX_PERCENT}, e.g. 50, 90 or 150.",
+        widget=forms.NumberInput(attrs={"step": 1, "inputmode": "numeric"}),
+    )
+
+
+class ForecastAlertForm(forms.Form):
+    """Switch the forecast alert on or off: the button says which."""
+
+    forecast = forms.ChoiceField(
+        choices=[("on", "On"), ("off", "Off")],
+        error_messages={"required": "Choose on or off.", "invalid_choice": "Choose on or off."},
+    )

@@ -7,6 +7,8 @@ organisation, usage month and day are updated in the same transaction as each ba
 usage figure is exact and never needs a scan of Sync Info.
 """
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -125,26 +127,96 @@ class UsageCounter(models.Model):
 
 
 class UsageAlert(models.Model):
-    """An 80% or 100% alert, sent once per organisation and usage month."""
+    """A usage alert sent: once per organisation, usage month, kind and threshold (the row is
+    claimed before the email goes out, docs/architecture.md#usage-alerts).
+
+    A threshold alert says this month's transactions reached `threshold` percent of the limit
+    (the fixed 80% and 100%, or one an Admin added). A forecast alert says the projection to the
+    month's end reached 100% (`threshold` is 100 and `projected` what was projected).
+    """
+
+    class Kind(models.TextChoices):
+        THRESHOLD = "threshold", "Threshold"
+        FORECAST = "forecast", "Forecast"
 
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
     month_start = models.DateTimeField()
     # The end of that usage month (exclusive): "above 80% now" is month_start <= now < month_end
     # in one query, whatever each organisation's anniversary and time zone.
     month_end = models.DateTimeField()
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.THRESHOLD)
     threshold = models.PositiveSmallIntegerField()
     sent_at = models.DateTimeField(default=timezone.now)
     transactions = models.BigIntegerField()
+    projected = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["organisation", "month_start", "threshold"], name="usage_alert_once"
+                fields=["organisation", "month_start", "kind", "threshold"],
+                name="usage_alert_once",
             ),
             models.CheckConstraint(
-                condition=Q(threshold__in=[80, 100]), name="usage_alert_threshold"
+                condition=Q(threshold__gte=10, threshold__lte=500), name="usage_alert_threshold"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind="threshold", projected__isnull=True)
+                | Q(kind="forecast", threshold=100, projected__isnull=False),
+                name="usage_alert_kind",
             ),
         ]
 
     def __str__(self):
-        return f"{self.organisation_id} {self.month_start:%Y-%m} {self.threshold}%"
+        label = "forecast" if self.kind == self.Kind.FORECAST else f"{self.threshold}%"
+        return f"{self.organisation_id} {self.month_start:%Y-%m} {label}"
+
+
+class AlertThreshold(models.Model):
+    """A usage alert an Admin added beside the fixed 80% and 100%: a whole percentage of the
+    monthly limit from 10 to 500 (docs/architecture.md#usage-alerts)."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="+")
+    percent = models.PositiveSmallIntegerField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["percent"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organisation", "percent"], name="usage_alert_threshold_once"
+            ),
+            # 80 and 100 are always on: they are never rows.
+            models.CheckConstraint(
+                condition=Q(percent__gte=10, percent__lte=500) & ~Q(percent__in=[80, 100]),
+                name="usage_alert_threshold_percent",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.organisation_id} {self.percent}%"
+
+
+class AlertSettings(models.Model):
+    """An organisation's usage-alert choices beyond the thresholds: the opt-in forecast alert."""
+
+    organisation = models.OneToOneField(
+        Organisation, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    forecast = models.BooleanField(
+        default=False,
+        help_text="Email when the projection to the usage month's end first reaches 100%.",
+    )
+    changed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    changed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "alert settings"
+
+    def __str__(self):
+        return f"{self.organisation_id} forecast {'on' if self.forecast else 'off'}"

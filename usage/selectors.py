@@ -16,7 +16,8 @@ from django.http import Http404
 
 from accounts.models import Organisation
 from subscriptions.models import BillingCycle, ProcessFlow, Subscription
-from usage.models import ApiKey, SyncInfo, UsageAlert, UsageCounter
+from usage.alerts import FIXED_PERCENTS, MAX_CUSTOM
+from usage.models import AlertSettings, AlertThreshold, ApiKey, SyncInfo, UsageAlert, UsageCounter
 from usage.months import usage_month
 from usage.overage import overage_amount, overage_units
 from usage.projection import Projection, projection_make, window
@@ -47,6 +48,7 @@ class DayUsage:
 class AlertSent:
     threshold: int
     sent_at: datetime
+    kind: str = UsageAlert.Kind.THRESHOLD  # or FORECAST: the projection reached 100%
 
 
 @dataclass(frozen=True)
@@ -183,12 +185,12 @@ def usage_summary(*, subscription: Subscription, now: datetime) -> UsageSummary:
     # The sum of the same rows month_usage() adds up (and the 80%/100% alerts compare).
     used = sum(per_day.values())
     alerts = [
-        AlertSent(threshold=threshold, sent_at=sent_at.astimezone(zone))
-        for threshold, sent_at in UsageAlert.objects.filter(
+        AlertSent(threshold=threshold, sent_at=sent_at.astimezone(zone), kind=kind)
+        for threshold, sent_at, kind in UsageAlert.objects.filter(
             organisation=organisation, month_start=start
         )
-        .order_by("threshold")
-        .values_list("threshold", "sent_at")
+        .order_by("sent_at", "threshold")
+        .values_list("threshold", "sent_at", "kind")
     ]
     limit = subscription.plan.monthly_transactions
     percent = _percent_used(used=used, limit=limit)
@@ -456,3 +458,62 @@ def api_key_get(*, organisation, key_id: int) -> ApiKey:
     if key is None:
         raise Http404("No such API key in this organisation.")
     return key
+
+
+# Usage alerts ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertChoices:
+    """What an organisation chose (docs/architecture.md#usage-alerts): its own thresholds
+    (rows, for the Remove buttons) and whether the forecast alert is on."""
+
+    custom: list[AlertThreshold]
+    forecast: bool
+
+    @property
+    def percents(self) -> list[int]:
+        """Every threshold that alerts, the fixed 80% and 100% included, lowest first."""
+        return sorted([*FIXED_PERCENTS, *(threshold.percent for threshold in self.custom)])
+
+    @property
+    def count(self) -> int:
+        return len(FIXED_PERCENTS) + len(self.custom)
+
+    @property
+    def can_add(self) -> bool:
+        return len(self.custom) < MAX_CUSTOM
+
+
+def alert_choices(*, organisation: Organisation) -> AlertChoices:
+    """The organisation's thresholds, lowest first, and its forecast opt-in: two queries."""
+    return AlertChoices(
+        custom=list(
+            AlertThreshold.objects.filter(organisation=organisation)
+            .select_related("created_by")
+            .order_by("percent")
+        ),
+        forecast=AlertSettings.objects.filter(organisation=organisation, forecast=True).exists(),
+    )
+
+
+def alert_threshold_get(*, organisation: Organisation, public_id) -> AlertThreshold:
+    """One of the organisation's thresholds; another organisation's is a 404, like none."""
+    threshold = AlertThreshold.objects.filter(
+        organisation=organisation, public_id=public_id
+    ).first()
+    if threshold is None:
+        raise Http404("No such usage alert in this organisation.")
+    return threshold
+
+
+def alerts_sent_now(
+    *, organisation: Organisation, now: datetime
+) -> dict[tuple[str, int], datetime]:
+    """When each alert of the usage month holding `now` was sent, by (kind, threshold)."""
+    return {
+        (kind, threshold): sent_at
+        for kind, threshold, sent_at in UsageAlert.objects.filter(
+            organisation=organisation, month_start__lte=now, month_end__gt=now
+        ).values_list("kind", "threshold", "sent_at")
+    }

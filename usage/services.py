@@ -4,9 +4,10 @@ A batch is validated whole first; any invalid record rejects it with every error
 nothing stored. An accepted batch is written with COPY, and the per-day usage counters are
 updated in the same transaction, so the usage figure is exact. The idempotency key makes a
 resend return the first answer without counting anything again; the same key with another
-body is a conflict. The 80% / 100% alerts are claimed by a unique row: one email each per
-usage month, however many batches cross the threshold at once. Each row is written with its
-retention tier (usage.partitions): the partition the purge will drop it with.
+body is a conflict. After each batch the usage alerts are checked (usage.alerts): each is
+claimed by a unique row, so one email per usage month however many batches cross at once.
+Each row is written with its retention tier (usage.partitions): the partition the purge
+will drop it with.
 """
 
 import contextlib
@@ -24,12 +25,10 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
 
 from accounts.audit import Actor, audit_record
-from accounts.emails import email_send
 from accounts.models import Organisation
-from accounts.selectors import billing_recipients
 from core.errors import ServiceError
-from core.links import absolute_url
 from subscriptions.models import Environment, ProcessFlow, Subscription
+from usage.alerts import alerts_check, subscription_for_ingest
 from usage.models import ApiKey, IngestBatch, UsageCounter
 from usage.months import usage_month_of
 from usage.partitions import SNAPSHOT_TABLE, SYNC_INFO_TABLE, Retention, ingest_retention
@@ -40,7 +39,6 @@ MAX_SNAPSHOT_BYTES = 64 * 1024
 # synced_at must be recent: older records would be past every plan's retention.
 OLDEST = timedelta(days=400)
 NEWEST = timedelta(days=1)
-THRESHOLDS = (80, 100)
 KEY_PREFIX = "ak_"
 # Trimmed from record keys. Only ASCII: Python's idea of Unicode whitespace differs from the
 # one JSON Schema patterns use, and the OpenAPI document must say exactly what is accepted.
@@ -360,11 +358,7 @@ def _replay(previous: IngestBatch, digest: str) -> IngestResult:
 
 def _store(*, batch: IngestBatch, key: ApiKey, rows: list[_Row], now: datetime) -> dict:
     organisation = key.organisation
-    subscription = (
-        Subscription.objects.select_related("organisation", "plan")
-        .filter(organisation=organisation)
-        .first()
-    )
+    subscription = subscription_for_ingest(organisation=organisation, now=now)
     retention = ingest_retention(subscription)
     _copy(batch=batch, key=key, rows=rows, retention=retention)
     return _count(organisation=organisation, subscription=subscription, rows=rows, now=now)
@@ -436,12 +430,11 @@ def _count(
     current_start, current_end = usage_month_of(subscription, now)
     used = month_usage(organisation=organisation, month_start=current_start)
     limit = subscription.plan.monthly_transactions
-    _alerts(
+    alerts_check(
         subscription=subscription,
         month_start=current_start,
         month_end=current_end,
         used=used,
-        limit=limit,
         now=now,
     )
     return {
@@ -509,32 +502,3 @@ def month_usage(*, organisation: Organisation, month_start: datetime) -> int:
         )["total"]
         or 0
     )
-
-
-def _alerts(*, subscription, month_start, month_end, used: int, limit: int, now: datetime) -> None:
-    for threshold in THRESHOLDS:
-        if limit and used * 100 >= limit * threshold:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "INSERT INTO usage_usagealert (organisation_id, month_start, month_end, "
-                    "threshold, sent_at, transactions) VALUES (%s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (organisation_id, month_start, threshold) DO NOTHING RETURNING id",
-                    [subscription.organisation_id, month_start, month_end, threshold, now, used],
-                )
-                claimed = cursor.fetchone() is not None
-            if claimed:
-                organisation = subscription.organisation
-                email_send(
-                    template="usage_alert",
-                    to=billing_recipients(organisation=organisation),
-                    context={
-                        "threshold": threshold,
-                        "used": used,
-                        "limit": limit,
-                        "plan": subscription.plan,
-                        "subscription_url": absolute_url(
-                            "subscriptions:settings", organisation.slug
-                        ),
-                    },
-                    organisation=organisation,
-                )

@@ -16,6 +16,23 @@ organisation_urlpatterns = [
         views.api_key_revoke_view,
         name="api_key_revoke",
     ),
+    # Settings > Subscription > Usage alerts (Admins): thresholds and the forecast alert.
+    path("settings/subscription/usage-alerts/", views.alerts, name="alerts"),
+    path(
+        "settings/subscription/usage-alerts/add/",
+        views.alert_threshold_add_view,
+        name="alert_threshold_add",
+    ),
+    path(
+        "settings/subscription/usage-alerts/<uuid:threshold_id>/remove/",
+        views.alert_threshold_remove_view,
+        name="alert_threshold_remove",
+    ),
+    path(
+        "settings/subscription/usage-alerts/forecast/",
+        views.forecast_alert_view,
+        name="forecast_alert",
+    ),
 ]
 
 urlpatterns = [

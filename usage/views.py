@@ -1,4 +1,4 @@
-"""Sync Info (with its CSV export) and the API keys page."""
+"""Sync Info (with its CSV export), the API keys page and the usage alerts page."""
 
 from datetime import timedelta
 from urllib.parse import urlencode
@@ -11,17 +11,36 @@ from django.views.decorators.http import require_POST, require_safe
 
 from accounts.audit import Actor
 from accounts.roles import ADMIN_ONLY, ALL_ROLES
+from accounts.selectors import billing_recipients
 from accounts.tenancy import tenant_view
 from core.errors import ServiceError
+from core.forms import form_error
 from subscriptions.selectors import (
     environment_choices,
     process_flow_choices,
     subscription_with_plan,
 )
+from usage.alerts import (
+    FORECAST_PERCENT,
+    MAX_ALERTS,
+    MAX_CUSTOM,
+    alert_threshold_add,
+    alert_threshold_remove,
+    forecast_alert_switch,
+)
 from usage.export import sync_info_csv
-from usage.forms import ApiKeyForm, SyncInfoExportForm, SyncInfoFilterForm
-from usage.models import SyncInfo
+from usage.forms import (
+    AlertThresholdForm,
+    ApiKeyForm,
+    ForecastAlertForm,
+    SyncInfoExportForm,
+    SyncInfoFilterForm,
+)
+from usage.models import SyncInfo, UsageAlert
 from usage.selectors import (
+    alert_choices,
+    alert_threshold_get,
+    alerts_sent_now,
     api_key_get,
     api_key_list,
     cursor_decode,
@@ -215,3 +234,105 @@ def api_key_revoke_view(request, key_id):
             f"The key {key.name} ({key.prefix}…) is revoked: calls with it are now refused.",
         )
     return redirect("usage:api_keys", org_slug=request.organisation.slug)
+
+
+# Settings > Subscription > Usage alerts -------------------------------------------------------
+
+
+def _alerts_page(request, *, form=None, status=200):
+    organisation = request.organisation
+    now = timezone.now()
+    choices = alert_choices(organisation=organisation)
+    sent = alerts_sent_now(organisation=organisation, now=now)
+    subscription = subscription_with_plan(organisation=organisation)
+    limit = subscription.plan.monthly_transactions if subscription is not None else None
+    custom = {threshold.percent: threshold for threshold in choices.custom}
+    # One row per threshold, the fixed ones (no AlertThreshold) among the organisation's own.
+    rows = [
+        {
+            "percent": percent,
+            "threshold": custom.get(percent),
+            # The first count that reaches it: used * 100 >= limit * percent.
+            "transactions": -(-limit * percent // 100) if limit else None,
+            "sent_at": sent.get((UsageAlert.Kind.THRESHOLD, percent)),
+        }
+        for percent in choices.percents
+    ]
+    context = {
+        "subscription": subscription,
+        "choices": choices,
+        "rows": rows,
+        "forecast_sent_at": sent.get((UsageAlert.Kind.FORECAST, FORECAST_PERCENT)),
+        "recipients": billing_recipients(organisation=organisation),
+        "form": form or AlertThresholdForm(),
+        "max_alerts": MAX_ALERTS,
+        "max_custom": MAX_CUSTOM,
+    }
+    return render(request, "usage/alerts.html", context, status=status)
+
+
+def _to_alerts(request):
+    return redirect("usage:alerts", org_slug=request.organisation.slug)
+
+
+@tenant_view(roles=ADMIN_ONLY, section="subscription")
+@require_safe
+def alerts(request):
+    """Usage alerts: the thresholds beside 80% and 100%, and the forecast alert (Admins)."""
+    return _alerts_page(request)
+
+
+@tenant_view(roles=ADMIN_ONLY, section="subscription")
+@require_POST
+def alert_threshold_add_view(request):
+    form = AlertThresholdForm(request.POST)
+    if form.is_valid():
+        try:
+            threshold = alert_threshold_add(
+                organisation=request.organisation,
+                actor=Actor.from_request(request),
+                percent=form.cleaned_data["percent"],
+                now=timezone.now(),
+            )
+        except ServiceError as error:
+            form_error(form, error)
+        else:
+            messages.success(request, f"Usage alert at {threshold.percent}% added.")
+            return _to_alerts(request)
+    return _alerts_page(request, form=form, status=400)
+
+
+@tenant_view(roles=ADMIN_ONLY, section="subscription")
+@require_POST
+def alert_threshold_remove_view(request, threshold_id):
+    threshold = alert_threshold_get(organisation=request.organisation, public_id=threshold_id)
+    try:
+        alert_threshold_remove(
+            organisation=request.organisation,
+            actor=Actor.from_request(request),
+            threshold=threshold,
+            now=timezone.now(),
+        )
+    except ServiceError as error:
+        messages.error(request, error.message)
+    else:
+        messages.success(request, f"Usage alert at {threshold.percent}% removed.")
+    return _to_alerts(request)
+
+
+@tenant_view(roles=ADMIN_ONLY, section="subscription")
+@require_POST
+def forecast_alert_view(request):
+    form = ForecastAlertForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose whether the forecast alert is on or off.")
+        return _alerts_page(request, status=400)
+    on = form.cleaned_data["forecast"] == "on"
+    forecast_alert_switch(
+        organisation=request.organisation,
+        actor=Actor.from_request(request),
+        on=on,
+        now=timezone.now(),
+    )
+    messages.success(request, "The forecast alert is on." if on else "The forecast alert is off.")
+    return _to_alerts(request)

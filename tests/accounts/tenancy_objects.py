@@ -17,13 +17,14 @@ from tests.accounts.factories import InvitationFactory
 from tests.billing.factories import issued_invoice
 from tests.subscriptions.factories import ProcessFlowFactory
 from tests.support.factories import TicketAttachmentFactory
-from usage.models import ApiKey
+from usage.models import AlertThreshold, ApiKey
 
 
 def organisation_objects(organisation, *, member, invoice_number, domain):
     """URL parameter values naming `organisation`'s objects: the membership of `member`, a
-    pending invitation, a running ProcessFlow, an API key, an SSO domain, an invoice with a
-    revised copy and a credit note, and a support ticket with an attached file."""
+    pending invitation, a running ProcessFlow, an API key, a usage alert threshold, an SSO
+    domain, an invoice with a revised copy and a credit note, and a support ticket with an
+    attached file."""
     return {
         "org_slug": organisation.slug,
         "member_id": Membership.objects.get(user=member, organisation=organisation).public_id,
@@ -31,6 +32,9 @@ def organisation_objects(organisation, *, member, invoice_number, domain):
         "flow_id": ProcessFlowFactory(environment__organisation=organisation).public_id,
         "plan_code": "standard",
         "key_id": api_key_of(organisation).pk,
+        "threshold_id": AlertThreshold.objects.create(
+            organisation=organisation, percent=50
+        ).public_id,
         "domain_id": SsoDomain.objects.create(organisation=organisation, domain=domain).public_id,
         **billing_and_support_objects(organisation, invoice_number),
     }
@@ -94,6 +98,7 @@ def snapshot(org):
         sorted(ProcessFlow.objects.filter(organisation=org).values_list("public_id", "status")),
         sorted(ApiKey.objects.filter(organisation=org).values_list("pk", "name", "revoked_at")),
         sorted(SsoDomain.objects.filter(organisation=org).values_list("domain", flat=True)),
+        sorted(AlertThreshold.objects.filter(organisation=org).values_list("percent", flat=True)),
         sorted(SupportTicket.objects.filter(organisation=org).values_list("subject", "status")),
         TicketMessage.objects.filter(organisation=org).count(),
     )

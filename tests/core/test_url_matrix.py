@@ -247,6 +247,10 @@ TABLE = {
     "usage:api_keys": org(get=(403, 403, 200), post=(403, 403, 405)),
     "usage:api_key_create": org(get=(403, 403, 405), post=(403, 403, 400)),
     "usage:api_key_revoke": org(get=(403, 403, 200), post=(403, 403, to("usage:api_keys"))),
+    "usage:alerts": org(get=(403, 403, 200), post=(403, 403, 405)),
+    "usage:alert_threshold_add": org(get=(403, 403, 405), post=(403, 403, 400)),
+    "usage:alert_threshold_remove": org(get=(403, 403, 405), post=(403, 403, to("usage:alerts"))),
+    "usage:forecast_alert": org(get=(403, 403, 405), post=(403, 403, 400)),
     # The portal outside organisations. public(get=..., post=...) in ROLES order:
     # (anonymous, Member, Billing contact, Admin, outsider, ops). -----------------------------
     "accounts:home": public(

@@ -44,7 +44,14 @@ from tests.subscriptions.factories import (
     plan,
 )
 from tests.support.factories import TicketAttachmentFactory
-from usage.models import ApiKey, IngestBatch, UsageAlert, UsageCounter
+from usage.models import (
+    AlertSettings,
+    AlertThreshold,
+    ApiKey,
+    IngestBatch,
+    UsageAlert,
+    UsageCounter,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -86,6 +93,8 @@ def _fill(organisation, *, status=Subscription.Status.ENDED, ended_at=ENDED_AT, 
         threshold=80,
         transactions=3,
     )
+    AlertThreshold.objects.create(organisation=organisation, percent=50)
+    AlertSettings.objects.create(organisation=organisation, forecast=True)
     InvitationFactory(organisation=organisation)
     PrimaryEmailChange.objects.create(
         organisation=organisation,
@@ -231,6 +240,8 @@ ORGANISATION_PATHS = {
     "usage.SyncInfo": "organisation",
     "usage.UsageCounter": "organisation",
     "usage.UsageAlert": "organisation",
+    "usage.AlertThreshold": "organisation",
+    "usage.AlertSettings": "organisation",
     "retention.DeletionRecord": "organisation",
     "retention.DataDeletionRequest": "organisation",
     "sso.SsoConfiguration": "organisation",
@@ -391,6 +402,8 @@ def test_day_30_deletes_everything_but_billing_records(
         "sync_info": 25,
         "usage_counters": 1,
         "usage_alerts": 1,
+        "usage_alert_thresholds": 1,
+        "usage_alert_settings": 1,
         "ingest_batches": 1,
         "api_keys": 1,
         "process_flows": 2,

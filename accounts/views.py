@@ -10,6 +10,7 @@ from django.views.decorators.http import require_POST, require_safe
 
 from accounts import hooks
 from accounts.audit import Actor
+from accounts.billing_recipients import billing_recipient_check, billing_recipient_confirm
 from accounts.forms import (
     InvitationForm,
     InvitationSignupForm,
@@ -479,3 +480,28 @@ def primary_email_verify(request, token):
             return _link_error(request, error, title="This verification link cannot be used")
         return render(request, "accounts/primary_email_verified.html", {"change": change})
     return render(request, "accounts/primary_email_verify.html", {"change": change})
+
+
+@ratelimit.per_ip("billing_recipient_confirm", "20/m")
+def billing_recipient_confirm_view(request, token):
+    """The link in the confirmation email. No sign-in: the mailbox holder usually has no
+    account. GET asks, POST confirms, so a mail scanner that opens links confirms nothing."""
+    if refused := _guessing_refused(request):
+        return refused
+    now = timezone.now()
+    title = "This confirmation link cannot be used"
+    try:
+        recipient = billing_recipient_check(token=token, now=now)
+    except ServiceError as error:
+        return _link_error(request, error, title=title)
+    if request.method == "POST":
+        try:
+            recipient = billing_recipient_confirm(
+                token=token, ip_address=client_ip(request), now=now
+            )
+        except ServiceError as error:
+            return _link_error(request, error, title=title)
+        return render(
+            request, "accounts/billing_recipient_confirmed.html", {"recipient": recipient}
+        )
+    return render(request, "accounts/billing_recipient_confirm.html", {"recipient": recipient})

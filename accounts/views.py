@@ -398,13 +398,13 @@ def _guessing_refused(request):
     return None if decision.allowed else ratelimit.too_many_requests(request, decision)
 
 
-def _link_error(request, error: ServiceError, *, title: str):
+def _link_error(request, error: ServiceError, *, title: str, tone: str = "error"):
     if error.code == LinkError.INVALID:
         ratelimit.hit(request, "link_invalid")
     return render(
         request,
         "accounts/link_error.html",
-        {"title": title, "message": error.message},
+        {"title": title, "message": error.message, "tone": tone},
         status=LINK_ERROR_STATUS.get(error.code, 400),
     )
 
@@ -489,18 +489,17 @@ def billing_recipient_confirm_view(request, token):
     if refused := _guessing_refused(request):
         return refused
     now = timezone.now()
-    title = "This confirmation link cannot be used"
     try:
         recipient = billing_recipient_check(token=token, now=now)
-    except ServiceError as error:
-        return _link_error(request, error, title=title)
-    if request.method == "POST":
-        try:
+        if request.method == "POST":
             recipient = billing_recipient_confirm(
                 token=token, ip_address=client_ip(request), now=now
             )
-        except ServiceError as error:
-            return _link_error(request, error, title=title)
+    except ServiceError as error:
+        if error.code == LinkError.USED:  # a second click: nothing wrong, nothing to do
+            return _link_error(request, error, title="Already confirmed", tone="info")
+        return _link_error(request, error, title="This confirmation link cannot be used")
+    if request.method == "POST":
         return render(
             request, "accounts/billing_recipient_confirmed.html", {"recipient": recipient}
         )

@@ -162,6 +162,8 @@ def test_a_link_used_twice_is_explained_and_changes_nothing(client, org, admin, 
         again = method(url)
         assert again.status_code == 410
         text = " ".join(again.content.decode().split())
+        assert "<h1>Already confirmed</h1>" in text
+        assert 'class="alert alert--info" role="status"' in text
         assert "This link has already been used: ap@acme.test was confirmed on" in text
         assert "Nothing else to do." in text
     assert state(org) == before

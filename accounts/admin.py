@@ -10,6 +10,7 @@ from django.utils import timezone
 from accounts.audit import Actor
 from accounts.models import (
     AuditEvent,
+    BillingRecipient,
     Invitation,
     Membership,
     OutgoingEmail,
@@ -170,6 +171,25 @@ class InvitationAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(BillingRecipient)
+class BillingRecipientAdmin(admin.ModelAdmin):
+    """Read-only: customers add, confirm and remove them (Settings > Billing)."""
+
+    list_display = ("email", "organisation", "created_at", "confirmed_at", "removed_at")
+    search_fields = ("email", "organisation__name", "organisation__slug")
+    list_select_related = ("organisation",)
+    exclude = ("token_hash",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 

@@ -14,6 +14,9 @@ class Actor:
 
     user: User | None
     ip_address: str | None = None
+    # Who acted when it was no user: the address that opened an emailed link (a billing
+    # recipient confirming), so the audit log names it rather than "System".
+    label: str = ""
 
     @classmethod
     def from_request(cls, request) -> "Actor":
@@ -22,7 +25,7 @@ class Actor:
 
     @property
     def email(self) -> str:
-        return self.user.email if self.user else ""
+        return self.user.email if self.user else self.label
 
 
 SYSTEM = Actor(user=None)

@@ -18,16 +18,24 @@ MAX_ATTEMPTS = 5
 
 
 def email_deliver(*, email_id: int, now: datetime) -> bool:
-    """Send one queued email. Claims the row first, so it is never sent twice at once."""
+    """Send one queued email. Claims the row first, so it is never sent twice at once.
+
+    An email to a billing recipient removed since it was queued is withheld, never sent
+    (docs/architecture.md#decision-billing-recipients)."""
     with transaction.atomic():
         record = (
-            OutgoingEmail.objects.select_for_update(skip_locked=True)
+            OutgoingEmail.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("billing_recipient")
             .filter(
                 pk=email_id, status__in=[OutgoingEmail.Status.QUEUED, OutgoingEmail.Status.FAILED]
             )
             .first()
         )
         if record is None:
+            return False
+        if record.billing_recipient is not None and record.billing_recipient.removed_at:
+            record.status = OutgoingEmail.Status.WITHHELD
+            record.save(update_fields=["status"])
             return False
         message = EmailMultiAlternatives(
             subject=record.subject,

@@ -11,10 +11,11 @@ from datetime import UTC
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models.functions import Lower
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from accounts.models import Organisation, OutgoingEmail
+from accounts.models import BillingRecipient, Organisation, OutgoingEmail
 from accounts.tasks import deliver_email
 from core.queueing import enqueue
 
@@ -37,7 +38,9 @@ def email_send(
 ) -> list[OutgoingEmail]:
     """Render `template` and queue one message per recipient, delivered after commit.
 
-    Dates in the message show in the organisation's time zone.
+    Dates in the message show in the organisation's time zone. A recipient that is one of the
+    organisation's billing recipients is linked to it, so removing it withholds what is still
+    queued (docs/architecture.md#decision-billing-recipients).
     """
     zone = organisation.tzinfo if organisation is not None else UTC
     with timezone.override(zone):
@@ -47,10 +50,12 @@ def email_send(
     recipients = [to] if isinstance(to, str) else list(to)
     # One message to several people: the Notifications page lists it once, with its recipients.
     message_id = uuid.uuid4()
+    linked = _billing_recipient_ids(organisation, recipients)
     return [
         email_queue(
             message_id=message_id,
             to=address,
+            billing_recipient_id=linked.get(address.lower()),
             subject=subject,
             body_text=body_text,
             body_html=body_html,
@@ -59,6 +64,20 @@ def email_send(
         )
         for address in recipients
     ]
+
+
+def _billing_recipient_ids(organisation: Organisation | None, addresses: list[str]) -> dict:
+    """{lowercased address: id} of the addresses that are live billing recipients of
+    `organisation` (pending or confirmed). One query."""
+    if organisation is None or not addresses:
+        return {}
+    rows = (
+        BillingRecipient.objects.filter(organisation=organisation, removed_at__isnull=True)
+        .annotate(address=Lower("email"))
+        .filter(address__in=[address.lower() for address in addresses])
+        .values_list("address", "pk")
+    )
+    return dict(rows)
 
 
 def email_queue(
@@ -70,6 +89,7 @@ def email_queue(
     template: str,
     organisation: Organisation | None = None,
     message_id: uuid.UUID | None = None,
+    billing_recipient_id: int | None = None,
 ) -> OutgoingEmail:
     """Record one message to one address; pass the same `message_id` for every recipient of
     one message (email_send does), or each row is a message of its own."""
@@ -77,6 +97,7 @@ def email_queue(
         message_id=message_id or uuid.uuid4(),
         organisation=organisation,
         to_email=to,
+        billing_recipient_id=billing_recipient_id,
         subject=subject[:255],
         body_text=body_text,
         body_html=body_html,

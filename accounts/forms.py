@@ -104,3 +104,13 @@ class InvitationSignupForm(forms.Form):
             user=User(email=self.email, full_name=self.data.get("full_name", "")),
         )
         return password
+
+
+class BillingRecipientForm(forms.Form):
+    email = forms.EmailField(
+        label="Email address",
+        max_length=254,
+        help_text="For example your accounts-payable mailbox. We email it a link to confirm "
+        "before it receives anything.",
+        error_messages={"invalid": "Enter a valid email address, such as ap@example.com."},
+    )

@@ -273,6 +273,57 @@ class AuditEvent(models.Model):
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor_email or 'system'} {self.action}"
 
 
+class BillingRecipient(models.Model):
+    """An extra address, such as an accounts-payable mailbox, that gets the billing emails once
+    it has confirmed them by the emailed link. Never a user: no sign-in, no access, only the
+    billing emails (docs/architecture.md#decision-billing-recipients). Removed rows are kept,
+    marked `removed_at`, so the audit trail and the Notifications page still name them."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.CASCADE, related_name="billing_recipients"
+    )
+    email = models.EmailField(max_length=254)
+    # Only a SHA-256 of the emailed token is stored: a database leak reveals no usable link.
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    # Until when the link of the last confirmation email works.
+    expires_at = models.DateTimeField()
+    sent_count = models.PositiveIntegerField(default=1)
+    last_sent_at = models.DateTimeField(default=timezone.now)
+    confirmed_at = models.DateTimeField(null=True, blank=True)
+    removed_at = models.DateTimeField(null=True, blank=True)
+    removed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                "organisation",
+                Lower("email"),
+                condition=Q(removed_at__isnull=True),
+                name="accounts_billing_recipient_one_live_per_email",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.email} ({self.status_label})"
+
+    @property
+    def is_confirmed(self) -> bool:
+        return self.confirmed_at is not None and self.removed_at is None
+
+    @property
+    def status_label(self) -> str:
+        if self.removed_at is not None:
+            return "Removed"
+        return "Confirmed" if self.confirmed_at is not None else "Pending confirmation"
+
+
 class OutgoingEmail(models.Model):
     """Every email the portal sends, kept so the organisation can see what was sent."""
 
@@ -280,6 +331,8 @@ class OutgoingEmail(models.Model):
         QUEUED = "queued", "Queued"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
+        # Addressed to a billing recipient removed before it went out: never sent.
+        WITHHELD = "withheld", "Withheld (recipient removed)"
 
     organisation = models.ForeignKey(
         Organisation,
@@ -292,6 +345,15 @@ class OutgoingEmail(models.Model):
     # message once. Rows from before it existed each got their own (migration 0002).
     message_id = models.UUIDField(default=uuid.uuid4, editable=False, db_index=True)
     to_email = models.EmailField(max_length=254)
+    # Set when `to_email` was a billing recipient (not a user) as the email was queued: if it
+    # is removed before delivery, the email is withheld (accounts.delivery).
+    billing_recipient = models.ForeignKey(
+        BillingRecipient,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="emails",
+    )
     template = models.CharField(max_length=100)
     subject = models.CharField(max_length=255)
     body_text = models.TextField()

@@ -4,13 +4,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Min, Q, QuerySet
+from django.db.models import F, Min, Q, QuerySet, Value
 from django.db.models.functions import Lower
 from django.http import Http404
 
 from accounts import hooks
 from accounts.models import (
     AuditEvent,
+    BillingRecipient,
     Invitation,
     Membership,
     Organisation,
@@ -97,11 +98,62 @@ def audit_event_list(*, organisation: Organisation) -> QuerySet[AuditEvent]:
 
 
 def billing_recipients(*, organisation: Organisation) -> list[str]:
-    """Who gets billing and subscription emails: the primary email, then the active Admins and
-    Billing contacts, each address once."""
+    """Who gets the billing emails (invoices, receipts, failed payments and the 3-D Secure
+    confirmations, credit notes, card expiry, usage alerts): the primary email, the active
+    Admins and Billing contacts, then the confirmed billing recipients; each address once.
+
+    Only for emails about money: an email about the account itself (its subscription, its
+    data, anything with a sign-in or an access link) goes to `account_recipients`, never to a
+    billing recipient (docs/architecture.md#decision-billing-recipients). One query.
+    """
+    members = (
+        _billing_members(organisation)
+        .annotate(address=F("user__email"), kind=Value(0))
+        .values_list("kind", "address")
+    )
+    extra = (
+        _confirmed_billing_recipients(organisation)
+        .annotate(address=F("email"), kind=Value(1))
+        .values_list("kind", "address")
+    )
+    addresses = [address for _kind, address in sorted(members.union(extra, all=True))]
+    return _each_once([organisation.primary_email, *addresses])
+
+
+def account_recipients(*, organisation: Organisation) -> list[str]:
+    """Who gets the emails about the account itself (the subscription's changes and its end,
+    the deletion of the data): the primary email, then the active Admins and Billing contacts,
+    each address once. Never the billing recipients, who have no account."""
     emails = _billing_members(organisation).values_list("user__email", flat=True)
-    ordered = [organisation.primary_email, *sorted(emails)]
-    return list(dict.fromkeys(email.lower() for email in ordered if email))
+    return _each_once([organisation.primary_email, *sorted(emails)])
+
+
+def _each_once(emails: list[str]) -> list[str]:
+    return list(dict.fromkeys(email.lower() for email in emails if email))
+
+
+def _confirmed_billing_recipients(organisation: Organisation) -> QuerySet[BillingRecipient]:
+    return BillingRecipient.objects.filter(
+        organisation=organisation, removed_at__isnull=True, confirmed_at__isnull=False
+    )
+
+
+def billing_recipient_list(*, organisation: Organisation) -> QuerySet[BillingRecipient]:
+    """The organisation's billing recipients, pending and confirmed, oldest first."""
+    return BillingRecipient.objects.filter(
+        organisation=organisation, removed_at__isnull=True
+    ).order_by("created_at", "pk")
+
+
+def billing_recipient_get(*, organisation: Organisation, public_id) -> BillingRecipient:
+    """One of the organisation's billing recipients (removed ones too: the services say so),
+    or 404."""
+    recipient = BillingRecipient.objects.filter(
+        organisation=organisation, public_id=public_id
+    ).first()
+    if recipient is None:
+        raise Http404("No such billing recipient.")
+    return recipient
 
 
 def _billing_members(organisation: Organisation) -> QuerySet[Membership]:
@@ -122,6 +174,7 @@ SECRET_LINK_TEMPLATES = frozenset(
     {
         "invitation",  # the accept link joins the organisation with a role
         "primary_email_verify",  # the link makes that address the primary email
+        "billing_recipient_confirm",  # the link makes that address a billing recipient
         "account/email/email_confirmation",
         "account/email/email_confirmation_signup",
         "account/email/login_code",
@@ -132,6 +185,16 @@ SECRET_LINK_TEMPLATES = frozenset(
 
 
 @dataclass(frozen=True)
+class Addressee:
+    """One recipient of a Notification, with what the page says about them ("billing
+    recipient": an extra address, not a user; `withheld`: removed before it went out)."""
+
+    email: str
+    billing_recipient: bool = False
+    withheld: bool = False
+
+
+@dataclass(frozen=True)
 class Notification:
     """One email as the Notifications page shows it: once, however many recipients it had."""
 
@@ -139,6 +202,7 @@ class Notification:
     sent_at: datetime
     subject: str
     recipients: list[str]
+    addressees: list[Addressee]
     # None when it carries a secret link for someone else: only the subject may be shown.
     body: str | None
     is_new: bool
@@ -154,10 +218,11 @@ def notification_rows(
     - an Admin sees every email of the organisation, with all its recipients;
     - a Billing contact also sees the emails sent to the organisation's primary email (the
       current one or one it had before a change). Every billing and subscription email goes
-      to `billing_recipients`, which always includes the primary email, so this is all of
-      them; of those emails they see the recipients that are the primary email, an Admin or a
-      Billing contact. Mail sent only to an Admin personally (an SSO certificate warning, a
-      GDPR request notice) stays hidden from them;
+      to `billing_recipients` or `account_recipients`, which always include the primary
+      email, so this is all of them; of those emails they see the recipients that are the
+      primary email, an Admin, a Billing contact or a billing recipient. Mail sent only to an
+      Admin personally (an SSO certificate warning, a GDPR request notice) stays hidden from
+      them;
     - a Member sees only their own recipient row, not who else got the same email.
     Emails without an organisation (allauth's) and other organisations' emails never appear.
     The body of a SECRET_LINK_TEMPLATES email is for its addressee only (`notification_page`).
@@ -176,8 +241,15 @@ def notification_rows(
     to_billing_member = Q(
         to_lower__in=_billing_members(organisation).values(email=Lower("user__email"))
     )
+    to_billing_recipient = Q(billing_recipient__isnull=False)
     sent_to_primary = rows.filter(to_primary).values("message_id")
-    return rows.filter(own | (Q(message_id__in=sent_to_primary) & (to_primary | to_billing_member)))
+    return rows.filter(
+        own
+        | (
+            Q(message_id__in=sent_to_primary)
+            & (to_primary | to_billing_member | to_billing_recipient)
+        )
+    )
 
 
 def notification_list(*, organisation: Organisation, user: User, role: str) -> QuerySet:
@@ -208,7 +280,16 @@ def notification_page(
     rows = (
         notification_rows(organisation=organisation, user=user, role=role)
         .filter(message_id__in=ids)
-        .only("message_id", "to_email", "template", "subject", "body_text", "created_at")
+        .only(
+            "message_id",
+            "to_email",
+            "billing_recipient",
+            "status",
+            "template",
+            "subject",
+            "body_text",
+            "created_at",
+        )
         .order_by("created_at", "pk")
     )
     grouped: dict[uuid.UUID, list[OutgoingEmail]] = {}
@@ -221,7 +302,17 @@ def notification_page(
         if not group:  # gone between the two queries (an organisation's data deleted)
             continue
         first = group[0]
-        recipients = list(dict.fromkeys(row.to_email.lower() for row in group))
+        addressees = list(
+            {
+                row.to_email.lower(): Addressee(
+                    email=row.to_email.lower(),
+                    billing_recipient=row.billing_recipient_id is not None,
+                    withheld=row.status == OutgoingEmail.Status.WITHHELD,
+                )
+                for row in group
+            }.values()
+        )
+        recipients = [addressee.email for addressee in addressees]
         secret = first.template in SECRET_LINK_TEMPLATES and own not in recipients
         page.append(
             Notification(
@@ -229,6 +320,7 @@ def notification_page(
                 sent_at=message["sent_at"],
                 subject=first.subject,
                 recipients=recipients,
+                addressees=addressees,
                 body=None if secret else first.body_text.strip(),
                 is_new=message["sent_at"] > new_after,
             )

@@ -13,6 +13,12 @@ public_urlpatterns = [
         views.primary_email_verify,
         name="primary_email_verify",
     ),
+    # The link a billing recipient confirms its address with (GET asks, POST confirms).
+    path(
+        "billing-recipients/confirm/<str:token>/",
+        views.billing_recipient_confirm_view,
+        name="billing_recipient_confirm",
+    ),
 ]
 
 organisation_urlpatterns = [

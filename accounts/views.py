@@ -10,6 +10,7 @@ from django.views.decorators.http import require_POST, require_safe
 
 from accounts import hooks
 from accounts.audit import Actor
+from accounts.billing_recipients import billing_recipient_check, billing_recipient_confirm
 from accounts.forms import (
     InvitationForm,
     InvitationSignupForm,
@@ -387,13 +388,13 @@ def _guessing_refused(request):
     return None if decision.allowed else ratelimit.too_many_requests(request, decision)
 
 
-def _link_error(request, error: ServiceError, *, title: str):
+def _link_error(request, error: ServiceError, *, title: str, tone: str = "error"):
     if error.code == LinkError.INVALID:
         ratelimit.hit(request, "link_invalid")
     return render(
         request,
         "accounts/link_error.html",
-        {"title": title, "message": error.message},
+        {"title": title, "message": error.message, "tone": tone},
         status=LINK_ERROR_STATUS.get(error.code, 400),
     )
 
@@ -469,3 +470,27 @@ def primary_email_verify(request, token):
             return _link_error(request, error, title="This verification link cannot be used")
         return render(request, "accounts/primary_email_verified.html", {"change": change})
     return render(request, "accounts/primary_email_verify.html", {"change": change})
+
+
+@ratelimit.per_ip("billing_recipient_confirm", "20/m")
+def billing_recipient_confirm_view(request, token):
+    """The link in the confirmation email. No sign-in: the mailbox holder usually has no
+    account. GET asks, POST confirms, so a mail scanner that opens links confirms nothing."""
+    if refused := _guessing_refused(request):
+        return refused
+    now = timezone.now()
+    try:
+        recipient = billing_recipient_check(token=token, now=now)
+        if request.method == "POST":
+            recipient = billing_recipient_confirm(
+                token=token, ip_address=client_ip(request), now=now
+            )
+    except ServiceError as error:
+        if error.code == LinkError.USED:  # a second click: nothing wrong, nothing to do
+            return _link_error(request, error, title="Already confirmed", tone="info")
+        return _link_error(request, error, title="This confirmation link cannot be used")
+    if request.method == "POST":
+        return render(
+            request, "accounts/billing_recipient_confirmed.html", {"recipient": recipient}
+        )
+    return render(request, "accounts/billing_recipient_confirm.html", {"recipient": recipient})

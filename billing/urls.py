@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from billing import balance_views, views
+from billing import balance_views, recipient_views, views
 
 app_name = "billing"
 
@@ -43,6 +43,22 @@ organisation_urlpatterns = [
         "settings/billing/billing-information/",
         views.billing_information,
         name="billing_information",
+    ),
+    # Billing recipients: extra addresses for the billing emails (confirmed by an emailed link).
+    path(
+        "settings/billing/recipients/",
+        recipient_views.billing_recipients,
+        name="recipients",
+    ),
+    path(
+        "settings/billing/recipients/<uuid:recipient_id>/resend/",
+        recipient_views.billing_recipient_resend_view,
+        name="recipient_resend",
+    ),
+    path(
+        "settings/billing/recipients/<uuid:recipient_id>/remove/",
+        recipient_views.billing_recipient_remove_view,
+        name="recipient_remove",
     ),
     path("settings/subscription/choose-plan/", views.choose_plan, name="choose_plan"),
     path("settings/subscription/checkout/", views.checkout, name="checkout"),

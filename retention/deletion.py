@@ -39,13 +39,14 @@ from accounts.audit import Actor
 from accounts.emails import email_queue, email_render
 from accounts.models import (
     AuditEvent,
+    BillingRecipient,
     Invitation,
     Membership,
     Organisation,
     OutgoingEmail,
     PrimaryEmailChange,
 )
-from accounts.selectors import billing_recipients
+from accounts.selectors import account_recipients
 from billing.models import BillingProfile
 from core.errors import ServiceError
 from core.links import absolute_url, organisation_day
@@ -94,6 +95,7 @@ MODEL_STEPS: tuple[tuple[str, type[models.Model]], ...] = (
     ("primary_email_changes", PrimaryEmailChange),
     ("audit_events", AuditEvent),
     ("outgoing_emails", OutgoingEmail),
+    ("billing_recipients", BillingRecipient),  # after the emails that point at them
     ("billing_profiles", BillingProfile),
     ("sso_attempts", SsoAttempt),
     ("sso_requests", SsoRequest),
@@ -271,7 +273,7 @@ def _reminder_send(subscription: Subscription, *, days: int, now: datetime) -> i
     }
     with timezone.override(organisation.tzinfo):
         subject, body_text, body_html = email_render(REMINDER_TEMPLATE, context)
-    recipients = billing_recipients(organisation=organisation)
+    recipients = account_recipients(organisation=organisation)
     message_id = uuid.uuid4()  # one message to several people: one Notifications entry
     queued = [
         email_queue(
@@ -352,7 +354,7 @@ def cancelled_organisations_delete(*, now: datetime) -> int:
                 if subscription is None or data_deletion_at(subscription) > now:
                     continue
                 organisation = subscription.organisation
-                recipients = billing_recipients(organisation=organisation)
+                recipients = account_recipients(organisation=organisation)
                 ended_at = subscription.ended_at
             record = organisation_data_delete(
                 organisation=organisation,

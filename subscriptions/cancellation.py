@@ -20,7 +20,7 @@ from django.db import transaction
 
 from accounts.audit import SYSTEM, Actor, audit_record
 from accounts.emails import email_send
-from accounts.selectors import billing_recipients as subscription_recipients
+from accounts.selectors import account_recipients as subscription_recipients
 from core.errors import ServiceError
 from core.links import absolute_url, organisation_day
 from subscriptions.models import (

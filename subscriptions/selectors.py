@@ -7,7 +7,7 @@ from django.db.models import Count, QuerySet
 from django.http import Http404
 
 from accounts.models import Organisation
-from accounts.selectors import billing_recipients as subscription_recipients  # noqa: F401
+from accounts.selectors import account_recipients as subscription_recipients  # noqa: F401
 from subscriptions.models import (
     Connection,
     Environment,

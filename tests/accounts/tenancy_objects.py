@@ -8,7 +8,8 @@ import uuid
 
 from django.utils import timezone
 
-from accounts.models import AuditEvent, Invitation, Membership, Organisation
+from accounts.models import AuditEvent, BillingRecipient, Invitation, Membership, Organisation
+from accounts.tokens import new_token
 from billing.models import CreditNote, InvoiceDocument
 from sso.models import SsoDomain
 from subscriptions.models import Connection, Environment, ProcessFlow
@@ -23,8 +24,8 @@ from usage.models import AlertThreshold, ApiKey
 def organisation_objects(organisation, *, member, invoice_number, domain):
     """URL parameter values naming `organisation`'s objects: the membership of `member`, a
     pending invitation, a running ProcessFlow, an API key, a usage alert threshold, an SSO
-    domain, an invoice with a revised copy and a credit note, and a support ticket with an
-    attached file."""
+    domain, a billing recipient waiting for confirmation, an invoice with a revised copy and a
+    credit note, and a support ticket with an attached file."""
     return {
         "org_slug": organisation.slug,
         "member_id": Membership.objects.get(user=member, organisation=organisation).public_id,
@@ -36,6 +37,7 @@ def organisation_objects(organisation, *, member, invoice_number, domain):
             organisation=organisation, percent=50
         ).public_id,
         "domain_id": SsoDomain.objects.create(organisation=organisation, domain=domain).public_id,
+        "recipient_id": billing_recipient_of(organisation, f"ap@{domain}")[0].public_id,
         **billing_and_support_objects(organisation, invoice_number),
     }
 
@@ -80,6 +82,18 @@ def api_key_of(organisation):
     )
 
 
+def billing_recipient_of(organisation, email):
+    """A billing recipient of `organisation` waiting for confirmation, and its link's token."""
+    token, digest = new_token()
+    recipient = BillingRecipient.objects.create(
+        organisation=organisation,
+        email=email,
+        token_hash=digest,
+        expires_at=timezone.now() + timezone.timedelta(days=7),
+    )
+    return recipient, token
+
+
 def snapshot(org):
     """What a request refused by the tenancy rules must leave unchanged."""
     return (
@@ -101,4 +115,9 @@ def snapshot(org):
         sorted(AlertThreshold.objects.filter(organisation=org).values_list("percent", flat=True)),
         sorted(SupportTicket.objects.filter(organisation=org).values_list("subject", "status")),
         TicketMessage.objects.filter(organisation=org).count(),
+        sorted(
+            BillingRecipient.objects.filter(organisation=org).values_list(
+                "email", "token_hash", "confirmed_at", "removed_at", "sent_count"
+            )
+        ),
     )

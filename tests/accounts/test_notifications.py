@@ -255,7 +255,7 @@ def test_primary_email_verification_link_is_hidden_from_everyone_signed_in(
 
 def test_secret_link_templates_name_real_email_templates():
     ours = {name for name in SECRET_LINK_TEMPLATES if not name.startswith("account/")}
-    assert ours == {"invitation", "primary_email_verify"}
+    assert ours == {"invitation", "primary_email_verify", "billing_recipient_confirm"}
     emails = Path(settings.BASE_DIR) / "templates" / "emails"
     for name in ours:
         assert (emails / name / "body.txt").is_file(), name

@@ -34,6 +34,7 @@ KNOWN_PARAMS = {
     "ticket_id",
     "attachment_id",
     "credit_note_number",
+    "recipient_id",
 }
 
 
@@ -121,6 +122,7 @@ def test_own_organisation_url_with_another_organisations_object_ids_is_404(
         "document_id": 2_000_000_000,
         "ticket_id": uuid.uuid4(),
         "attachment_id": uuid.uuid4(),
+        "recipient_id": uuid.uuid4(),
     }
     for route in object_routes:
         url = fill(route, theirs)

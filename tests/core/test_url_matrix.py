@@ -74,7 +74,7 @@ from sso import configuration as sso_configuration
 from sso.models import SsoAttempt
 from support import staff
 from tests.accounts.factories import InvitationFactory, UserFactory
-from tests.accounts.tenancy_objects import organisation_objects
+from tests.accounts.tenancy_objects import billing_recipient_of, organisation_objects
 from tests.sso.idp import TestIdP
 from tests.subscriptions.factories import ConnectionFactory, SubscriptionFactory, plan
 from usage.models import UsageAlert
@@ -214,6 +214,17 @@ TABLE = {
         post=(403, to("billing:payment_method"), to("billing:payment_method")),
     ),
     "billing:billing_information": org(get=(403, 200, 200), post=(403, 400, 400)),
+    # Billing recipients: the payload's address is added (a confirmation link is emailed);
+    # A's recipient was just sent its link, so Resend is refused with a message.
+    "billing:recipients": org(
+        get=(403, 200, 200), post=(403, to("billing:recipients"), to("billing:recipients"))
+    ),
+    "billing:recipient_resend": org(
+        get=(403, 405, 405), post=(403, to("billing:recipients"), to("billing:recipients"))
+    ),
+    "billing:recipient_remove": org(
+        get=(403, 405, 405), post=(403, to("billing:recipients"), to("billing:recipients"))
+    ),
     # A is subscribed: choosing a plan and checking out lead back to Settings > Subscription,
     # and Enterprise has nothing to upgrade to, so confirming goes back to the upgrade page.
     "billing:choose_plan": org(
@@ -262,6 +273,8 @@ TABLE = {
     # signed-in person cannot accept it (400); anyone may verify the primary email change.
     "accounts:invitation_accept": public(get=200, post=signed_in(400, anonymous=200)),
     "accounts:primary_email_verify": public(get=200, post=200),
+    # A billing recipient's confirmation link: no sign-in, anyone with the link confirms.
+    "accounts:billing_recipient_confirm": public(get=200, post=200),
     # Public SAML endpoints of A (SSO configured, not enforced); Test SSO may be forwarded to
     # a colleague who is not signed in (README, Single sign-on).
     "sso:sign_in": public(get=200, post=400),
@@ -455,6 +468,7 @@ class World:
             expires_at=timezone.now() + timedelta(days=3),
         )
         self.email_token = token
+        self.recipient_token = billing_recipient_of(org, "payables@acme.test")[1]
         staff.staff_groups_ensure()
         ops_user = UserFactory(email="ops@portal.test", is_staff=True)
         ops_user.groups.add(Group.objects.get(name=staff.BILLING))
@@ -579,6 +593,8 @@ class World:
             values["token"] = self.invitation_token
         elif key == "accounts:primary_email_verify":
             values["token"] = self.email_token
+        elif key == "accounts:billing_recipient_confirm":
+            values["token"] = self.recipient_token
         family = admin_family_kind(key, route)
         if family is not None and family[0] not in {"changelist", "add"}:
             values["object_id"] = self.admin_object(family[1], family[2])

@@ -12,6 +12,7 @@ from django.urls import reverse
 
 from accounts.models import (
     AuditEvent,
+    BillingRecipient,
     Membership,
     Organisation,
     OutgoingEmail,
@@ -104,6 +105,14 @@ def _fill(organisation, *, status=Subscription.Status.ENDED, ended_at=ENDED_AT, 
         expires_at=ENDED_AT,
     )
     AuditEvent.objects.create(organisation=organisation, action="subscription.ended")
+    # A confirmed billing recipient: it gets the billing emails, never the account's.
+    BillingRecipient.objects.create(
+        organisation=organisation,
+        email=f"ap-{tag}@company.test",
+        token_hash=tag * 63 + "r",
+        expires_at=ENDED_AT,
+        confirmed_at=ENDED_AT - timedelta(days=60),
+    )
     OutgoingEmail.objects.create(
         organisation=organisation, to_email="x@company.test", template="t", subject="s"
     )
@@ -215,6 +224,7 @@ ORGANISATION_PATHS = {
     "accounts.PrimaryEmailChange": "organisation",
     "accounts.AuditEvent": "organisation",
     "accounts.OutgoingEmail": "organisation",
+    "accounts.BillingRecipient": "organisation",
     "subscriptions.Plan": None,
     "subscriptions.PlanPrice": None,
     "subscriptions.Subscription": "organisation",
@@ -342,6 +352,12 @@ def test_day_29_keeps_everything(org, ended, bystander):
         "5 deletion reminder(s) queued, 0 organisation(s) deleted"
     )
     assert table_counts(org) == {**before, "accounts.OutgoingEmail": 1 + 3}
+    # An account email: the confirmed billing recipients (ap-a@, ap-b@) get no reminder.
+    reminded = OutgoingEmail.objects.filter(template__startswith="data_deletion_reminder")
+    assert sorted(reminded.values_list("to_email", flat=True)) == sorted(
+        [org.primary_email, "admin@acme.test", "billing@acme.test"]
+        + [bystander.organisation.primary_email, "admin@globex.test"]
+    )
     org.refresh_from_db()
     assert org.status == Organisation.Status.ACTIVE
 
@@ -413,6 +429,7 @@ def test_day_30_deletes_everything_but_billing_records(
         "primary_email_changes": 1,
         "audit_events": 1,
         "outgoing_emails": 1,
+        "billing_recipients": 1,
         "billing_profiles": 1,
         "sso_attempts": 1,
         "sso_requests": 1,

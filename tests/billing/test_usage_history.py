@@ -322,8 +322,8 @@ def test_a_month_opens_with_its_daily_chart(client_for, org, admin, now):
     )
     assert "Transactions per day, 1 Oct to 1 Nov 2026" in page
     # Its neighbours in the history.
-    assert f'href="{month_url(org, "2026-11-01")}">← 1 Nov – 1 Dec 2026</a>' in body
-    assert f'href="{month_url(org, "2026-09-01")}">1 Sep – 1 Oct 2026 →</a>' in body
+    assert f'href="{month_url(org, "2026-11-01")}">← Newer: 1 Nov – 1 Dec 2026</a>' in body
+    assert f'href="{month_url(org, "2026-09-01")}">Older: 1 Sep – 1 Oct 2026 →</a>' in body
 
 
 def test_the_current_month_is_so_far(client_for, org, admin, now):

@@ -1,10 +1,12 @@
-"""Settings > Subscription with its Usage section: the page costs the same whatever
-the Sync Info volume.
+"""Settings > Subscription with its Usage section, and Usage history: the pages cost the same
+whatever the Sync Info volume.
 
 Two organisations on the same plan, one with no Sync Info and one with 10,000,000 rows spread
 over the current usage month (and the matching per-day usage counters). Prints the median time
 of the Subscription page for a signed-in Admin of each (30 requests after warm-up, Django test
-Client, DEBUG off), the queries per page, and the ratio (target: at most 1.2x).
+Client, DEBUG off), the queries per page, and the ratio (target: at most 1.2x); then the same
+for Usage history, and EXPLAIN ANALYZE of its counter query at that volume (expected: an index
+scan of the organisation's usage counters, nothing of usage_syncinfo).
 
 Runs against a scratch database `billing_bench_usage` on the project-local Postgres (created
 and dropped here):  make services-start && source scripts/env.sh &&
@@ -126,10 +128,34 @@ def fill(*, organisation, subscription, environment, flow, rows: int, now) -> fl
     return time.perf_counter() - started
 
 
-def time_page(user, organisation, *, requests: int) -> tuple[float, int, str]:
+def other_counters(*, busy, organisations: int, days: int, now) -> int:
+    """Usage counters of `organisations` other organisations and of the busy one's earlier
+    days, `days` each, so the counters table has the shape of a few years in production and
+    Postgres chooses its plan over a realistic table, not a page of rows."""
+    others = Organisation.objects.bulk_create(
+        Organisation(name=f"Other {n}", slug=f"other-{n}", primary_email=f"o{n}@bench.test")
+        for n in range(organisations)
+    )
+    start, _ = usage_month_of(busy.subscription, now)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO usage_usagecounter (organisation_id, month_start, day, transactions) "
+            "SELECT o, date_trunc('month', %s::timestamptz - d * interval '1 day'), "
+            "(%s::timestamptz - d * interval '1 day')::date, 1000 "
+            "FROM unnest(%s::bigint[]) AS o, generate_series(1, %s) AS d",
+            [start, start, [o.pk for o in others] + [busy.pk], days],
+        )
+        inserted = cursor.rowcount
+        cursor.execute("ANALYZE usage_usagecounter")
+    return inserted
+
+
+def time_page(
+    user, organisation, *, requests: int, name: str = "subscriptions:settings"
+) -> tuple[float, int, str]:
     client = Client()
     client.force_login(user)
-    url = reverse("subscriptions:settings", args=[organisation.slug])
+    url = reverse(name, args=[organisation.slug])
     for _ in range(5):
         response = client.get(url)
         assert response.status_code == 200, response.status_code
@@ -140,9 +166,26 @@ def time_page(user, organisation, *, requests: int) -> tuple[float, int, str]:
         timings.append(time.perf_counter() - started)
     with CaptureQueriesContext(connection) as queries:
         body = client.get(url).content.decode()
-    paragraph = re.search(r'<p class="usage-figure"[^>]*>(.*?)</p>', body, re.S).group(1)
-    figure = " ".join(re.sub(r"<[^>]+>", " ", paragraph).split())
+    assert not any("usage_syncinfo" in q["sql"] for q in queries.captured_queries)
+    if name == "billing:usage_history":
+        row = re.search(r"<tbody>\s*<tr[^>]*>(.*?)</tr>", body, re.S).group(1)
+        figure = " ".join(re.sub(r"<[^>]+>", " ", row).split())
+    else:
+        paragraph = re.search(r'<p class="usage-figure"[^>]*>(.*?)</p>', body, re.S).group(1)
+        figure = " ".join(re.sub(r"<[^>]+>", " ", paragraph).split())
     return statistics.median(timings), len(queries.captured_queries), figure
+
+
+def history_query_plan(user, organisation) -> str:
+    """EXPLAIN ANALYZE of the counter query Usage history runs, as the page ran it."""
+    client = Client()
+    client.force_login(user)
+    with CaptureQueriesContext(connection) as queries:
+        client.get(reverse("billing:usage_history", args=[organisation.slug]))
+    [sql] = [q["sql"] for q in queries.captured_queries if "usage_usagecounter" in q["sql"]]
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")
+        return "\n".join(f"    {line}" for (line,) in cursor.fetchall())
 
 
 def main():
@@ -167,6 +210,8 @@ def main():
         cursor.execute("SELECT count(*) FROM usage_syncinfo")
         stored = cursor.fetchone()[0]
     print(f"  setup: {stored:,} Sync Info rows inserted and counted in {elapsed:5.1f} s")
+    counters = other_counters(busy=big_org, organisations=2000, days=730, now=now)
+    print(f"  and {counters:,} usage counters of 2,000 other organisations and earlier days")
     empty, empty_queries, empty_figure = time_page(empty_admin, empty_org, requests=args.requests)
     busy, busy_queries, busy_figure = time_page(big_admin, big_org, requests=args.requests)
     print(
@@ -178,6 +223,24 @@ def main():
         f"({busy_queries} queries)\n    {busy_figure}"
     )
     print(f"  ratio {busy / empty:4.2f}x (target at most 1.2x)")
+    print("Usage history")
+    empty, empty_queries, empty_figure = time_page(
+        empty_admin, empty_org, requests=args.requests, name="billing:usage_history"
+    )
+    busy, busy_queries, busy_figure = time_page(
+        big_admin, big_org, requests=args.requests, name="billing:usage_history"
+    )
+    print(
+        f"  0 Sync Info rows:          {empty * 1000:7.2f} ms median of {args.requests} "
+        f"({empty_queries} queries)\n    {empty_figure}"
+    )
+    print(
+        f"  {stored:,} Sync Info rows: {busy * 1000:7.2f} ms median of {args.requests} "
+        f"({busy_queries} queries)\n    {busy_figure}"
+    )
+    print(f"  ratio {busy / empty:4.2f}x (target at most 1.2x)")
+    print("  the counter query's plan:")
+    print(history_query_plan(big_admin, big_org))
 
 
 if __name__ == "__main__":

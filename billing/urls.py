@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from billing import balance_views, recipient_views, views
+from billing import balance_views, recipient_views, usage_history_views, views
 
 app_name = "billing"
 
@@ -59,6 +59,22 @@ organisation_urlpatterns = [
         "settings/billing/recipients/<uuid:recipient_id>/remove/",
         recipient_views.billing_recipient_remove_view,
         name="recipient_remove",
+    ),
+    # Usage history: the last twelve usage months, one month's daily chart, the months as CSV.
+    path(
+        "settings/subscription/usage/",
+        usage_history_views.usage_history_page,
+        name="usage_history",
+    ),
+    path(
+        "settings/subscription/usage/usage-history.csv",
+        usage_history_views.usage_history_export,
+        name="usage_history_csv",
+    ),
+    path(
+        "settings/subscription/usage/<str:month>/",
+        usage_history_views.usage_history_month_page,
+        name="usage_month",
     ),
     path("settings/subscription/choose-plan/", views.choose_plan, name="choose_plan"),
     path("settings/subscription/checkout/", views.checkout, name="checkout"),

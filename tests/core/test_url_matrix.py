@@ -78,6 +78,7 @@ from tests.accounts.tenancy_objects import billing_recipient_of, organisation_ob
 from tests.sso.idp import TestIdP
 from tests.subscriptions.factories import ConnectionFactory, SubscriptionFactory, plan
 from usage.models import UsageAlert
+from usage.months import usage_month_of
 
 pytestmark = pytest.mark.django_db
 
@@ -235,6 +236,9 @@ TABLE = {
         get=(403, 403, to("subscriptions:settings")),
         post=(403, 403, to("subscriptions:settings")),
     ),
+    "billing:usage_history": org(get=(403, 200, 200), post=(403, 405, 405)),
+    "billing:usage_history_csv": org(get=(403, 200, 200), post=(403, 405, 405)),
+    "billing:usage_month": org(get=(403, 200, 200), post=(403, 405, 405)),
     "billing:upgrade": org(get=(403, 403, 200), post=(403, 403, 405)),
     "billing:upgrade_confirm": org(
         get=(403, 403, to("billing:upgrade")), post=(403, 403, to("billing:upgrade"))
@@ -496,6 +500,11 @@ class World:
             "invoice_pk": Invoice.objects.get(number="INV-2026-000101").pk,
             "credit_note_pk": CreditNote.objects.get(number="CN-2026-000101").pk,
             "id": admin.pk,  # admin:auth_user_password_change
+            # billing:usage_month: A's current usage month, by the local date it starts on.
+            "month": usage_month_of(org.subscription, timezone.now())[0]
+            .astimezone(org.tzinfo)
+            .date()
+            .isoformat(),
         }
 
     def admin_rows(self):

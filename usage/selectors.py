@@ -6,15 +6,14 @@ from Sync Info (`usage_syncinfo` may hold tens of millions of rows): the figures
 whatever the volume. The Sync Info page reads its rows by keyset, one page at a time.
 """
 
-import base64
-import binascii
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from django.db.models import Q, QuerySet, Sum
 from django.http import Http404
 
 from accounts.models import Organisation
+from core.keyset import cursor_encode as keyset_cursor_encode
 from subscriptions.models import BillingCycle, ProcessFlow, Subscription
 from usage.alerts import FIXED_PERCENTS, MAX_CUSTOM
 from usage.models import AlertSettings, AlertThreshold, ApiKey, SyncInfo, UsageAlert, UsageCounter
@@ -357,20 +356,7 @@ def sync_info_rows(
 
 def cursor_encode(row: SyncInfo) -> str:
     """An opaque page position: the row's (synced_at, id), the sort key of the list."""
-    raw = f"{row.synced_at.astimezone(UTC).isoformat()}|{row.pk}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def cursor_decode(value: str) -> tuple[datetime, int] | None:
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-        moment, pk = raw.split("|")
-        moment, pk = datetime.fromisoformat(moment), int(pk)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        return None
-    if moment.tzinfo is None:
-        return None
-    return moment, pk
+    return keyset_cursor_encode(row.synced_at, row.pk)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from accounts.selectors import billing_recipients
 from accounts.tenancy import tenant_view
 from core.errors import ServiceError
 from core.forms import form_error
+from core.keyset import cursor_decode
 from subscriptions.selectors import (
     environment_choices,
     process_flow_choices,
@@ -43,7 +44,6 @@ from usage.selectors import (
     alerts_sent_now,
     api_key_get,
     api_key_list,
-    cursor_decode,
     sync_info_page,
     sync_info_rows,
 )

@@ -37,6 +37,8 @@ def organisation_objects(organisation, *, member, invoice_number, domain):
             organisation=organisation, percent=50
         ).public_id,
         "domain_id": SsoDomain.objects.create(organisation=organisation, domain=domain).public_id,
+        # A usage month of Usage history: the route is scoped by the slug alone (no object id).
+        "month": "2026-11-01",
         "recipient_id": billing_recipient_of(organisation, f"ap@{domain}")[0].public_id,
         **billing_and_support_objects(organisation, invoice_number),
     }

@@ -35,6 +35,7 @@ KNOWN_PARAMS = {
     "attachment_id",
     "credit_note_number",
     "recipient_id",
+    "month",
 }
 
 

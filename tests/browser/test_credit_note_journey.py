@@ -111,7 +111,7 @@ def test_ops_refund_100_and_the_billing_contact_downloads_the_credit_note(new_pa
     credit_row = phone.locator(f"tr[data-credit-note='{credit_note.number}']")
     for shown in (
         phone.get_by_text("credited $100.00"),
-        phone.get_by_text("Paid", exact=True),
+        phone.get_by_role("table").get_by_text("Paid", exact=True),
         credit_row.get_by_text("−$100.00"),
         credit_row.get_by_text("Refunded to card"),
     ):

@@ -109,6 +109,12 @@ class UsageSummary:
     projection: Projection | None = None
 
     @property
+    def start_format(self) -> str:
+        """The month's first day shows its year when the month ends in the next one
+        ("1 Dec 2026 – 1 Jan 2027"); otherwise the end's year says it ("1 Nov – 1 Dec 2026")."""
+        return "j M Y" if self.month_start.year != self.month_end.year else "j M"
+
+    @property
     def projected_percent(self) -> int | None:
         return None if self.projection is None else self.projection.percent_of(self.limit)
 

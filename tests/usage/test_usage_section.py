@@ -105,6 +105,17 @@ def bars(body: str) -> list[dict]:
     return found
 
 
+def test_a_month_across_new_year_shows_both_years(client_for, org, admin, time_machine):
+    time_machine.move_to(datetime(2026, 12, 15, 12, 0, tzinfo=UTC), tick=False)
+    SubscriptionFactory(
+        organisation=org,
+        plan=Plan.objects.get(code="standard"),
+        anchor_at=datetime(2026, 12, 1, 9, 0, tzinfo=UTC),
+    )
+    body = section(page(client_for(admin), org))
+    assert "Usage month 1 Dec 2026 – 1 Jan 2027 · 17 days left" in text(body)
+
+
 @pytest.mark.parametrize("role", ["admin", "billing_user"])
 def test_figures_after_posting_batches(request, client, client_for, org, setup, role):
     limit_to(100)

@@ -225,6 +225,10 @@ def test_a_confirmed_address_gets_the_invoice_email_an_unconfirmed_one_never(org
     row = OutgoingEmail.objects.get(template="invoice_issued", to_email="ap@acme.test")
     assert row.billing_recipient.email == "ap@acme.test"
     assert row.status == OutgoingEmail.Status.SENT
+    # The footer suits a mailbox without an account as well as a member.
+    assert "You receive this email about the APPSeCONNECT account of Acme Trading." in (
+        row.body_html
+    )
 
 
 def test_a_confirmed_address_gets_the_usage_alert(org, admin, committed, time_machine):

@@ -231,7 +231,8 @@ def test_the_usage_section_says_which_alerts_and_links_admins(
     settings_url = reverse("subscriptions:settings", args=[org.slug])
     part = usage_alerts_part(client.get(settings_url).content.decode())
     assert (
-        "No alert this month. Admins and Billing contacts get one email at 80% and 100% of "
+        "No alert this month. Admins, Billing contacts and billing recipients get one email at "
+        "80% and 100% of "
         "the limit, once per usage month each. Forecast alert: off. Manage usage alerts" in part
     )
     add(org, 150, 50)

@@ -21,6 +21,7 @@ from django.db.models import Prefetch
 from accounts.models import Organisation
 from billing.models import CreditNote, Invoice
 from billing.selectors import HistoryFilters, credit_notes_filtered, invoices_filtered
+from core.money import money_decimal
 
 COLUMNS = (
     "type",
@@ -64,13 +65,6 @@ _CREDIT_NOTE_COLUMNS = ("id", "invoice_id", "number", "status", "currency", "sub
 _CREDIT_NOTE_COLUMNS += ("tax_amount", "total", "issued_at")
 
 
-def decimal_amount(amount: int) -> str:
-    """Minor units as a decimal string in major units: 12900 -> "129.00", -2500 -> "-25.00"."""
-    sign = "-" if amount < 0 else ""
-    units, cents = divmod(abs(int(amount)), 100)
-    return f"{sign}{units}.{cents:02d}"
-
-
 def export_filename(*, organisation: Organisation, year, status, kind, number) -> str:
     """invoice-history-<slug>[-<year>][-<status>][-<type>][-<number>].csv: the filters
     are letters, digits, dashes and underscores (the form allows no other)."""
@@ -111,9 +105,9 @@ def _rows(*, organisation, filters: HistoryFilters, zone) -> Iterator[tuple]:
             day(credit_note.issued_at),
             day(invoice.period_start),
             day(invoice.period_end),
-            decimal_amount(-credit_note.subtotal),
-            decimal_amount(-credit_note.tax_amount),
-            decimal_amount(-credit_note.total),
+            money_decimal(-credit_note.subtotal),
+            money_decimal(-credit_note.tax_amount),
+            money_decimal(-credit_note.total),
             credit_note.currency,
             credit_note.status,
             "",
@@ -153,17 +147,17 @@ def _rows(*, organisation, filters: HistoryFilters, zone) -> Iterator[tuple]:
             day(invoice.issued_at),
             day(invoice.period_start),
             day(invoice.period_end),
-            decimal_amount(invoice.subtotal),
-            decimal_amount(invoice.tax_amount),
-            decimal_amount(invoice.total),
+            money_decimal(invoice.subtotal),
+            money_decimal(invoice.tax_amount),
+            money_decimal(invoice.total),
             invoice.currency,
             invoice.status,
-            decimal_amount(invoice.amount_credited),
-            decimal_amount(invoice.credit_applied),
-            decimal_amount(invoice.amount_paid),
+            money_decimal(invoice.amount_credited),
+            money_decimal(invoice.credit_applied),
+            money_decimal(invoice.amount_paid),
             # Only an open invoice is owed: a void one never was, an uncollectible one was
             # written off; the page shows no amount due for them either.
-            decimal_amount(invoice.amount_due if invoice.status == Invoice.Status.OPEN else 0),
+            money_decimal(invoice.amount_due if invoice.status == Invoice.Status.OPEN else 0),
         )
         for credit_note in invoice.listed:
             yield credit_note_row(credit_note, invoice)

@@ -15,6 +15,7 @@ from datetime import date, datetime
 from django.http import Http404
 
 from billing.models import OverageCharge
+from core.money import money_decimal
 from subscriptions.models import Subscription
 from usage.history import UsageMonth, usage_months
 from usage.overage import overage_amount, overage_units
@@ -155,15 +156,6 @@ def _status(entry: HistoryMonth) -> str:
     return CSV_STATUS[entry.state]
 
 
-def _decimal(amount: int | None) -> str:
-    """Minor units as a plain decimal a spreadsheet reads ("12.50"); "" when unknown."""
-    if amount is None:
-        return ""
-    sign = "-" if amount < 0 else ""
-    units, cents = divmod(abs(amount), 100)
-    return f"{sign}{units}.{cents:02d}"
-
-
 def usage_history_csv(history: list[HistoryMonth]) -> str:
     """The monthly figures as CSV, newest first. Month start and end are local dates, the end
     being the day the next month starts, as on invoices ("1 Nov – 1 Dec"); amounts are
@@ -181,7 +173,7 @@ def usage_history_csv(history: list[HistoryMonth]) -> str:
                 month.limit,
                 month.percent,
                 entry.overage_units,
-                _decimal(entry.overage_amount),
+                "" if entry.overage_amount is None else money_decimal(entry.overage_amount),
                 entry.currency,
                 entry.invoice_number,
                 _status(entry),

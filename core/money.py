@@ -19,6 +19,14 @@ def format_money(amount: int, currency: str) -> str:
     return f"{sign}{symbol}{number}" if symbol else f"{sign}{number} {currency.upper()}"
 
 
+def money_decimal(amount: int) -> str:
+    """Minor units as a plain decimal in major units, as a spreadsheet reads it (CSV exports):
+    12900 -> "129.00", -2500 -> "-25.00"."""
+    sign = "-" if amount < 0 else ""
+    units, cents = divmod(abs(int(amount)), 100)
+    return f"{sign}{units}.{cents:02d}"
+
+
 # The card processor's (Stripe's) smallest charge per currency, in minor units, from its table
 # "Minimum and maximum charge amounts" (docs.stripe.com/currencies). It lives here, beside the
 # currency symbols and with no imports, because three places must agree on it: billing (what it

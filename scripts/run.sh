@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Run the whole app locally: Postgres, Redis, migrations, demo data, Celery
-# worker + beat in the background, Django's dev server in the foreground.
-# Ctrl-C stops everything this script started (and only that).
+# Run the whole app locally: Postgres, Redis, localstripe, migrations, demo data, Celery
+# worker + beat, the local test IdP (for the demo's SSO) and Django's dev server.
+# Ctrl-C, or a TERM (as a process supervisor sends), stops everything this script started
+# (and only that: services that were already running are left alone).
+#
+#   PORT=8000        the dev server's port
+#   IDP_PORT=58480   the test IdP's port (its key pair is kept in $RUN_DIR/idp)
+#   SEED_DEMO=0      start without loading the demo data (e.g. on a database you filled yourself)
 set -euo pipefail
 
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
@@ -11,9 +16,21 @@ source scripts/env.sh
 
 # Dev defaults; the settings read these from the environment.
 export DEBUG="${DEBUG:-1}"
-export SITE_URL="${SITE_URL:-http://127.0.0.1:8000}"
+PORT="${PORT:-8000}"
+export SITE_URL="${SITE_URL:-http://127.0.0.1:$PORT}"
+# seed_demo configures Globex's SSO for this IdP (portal/demo.py reads both).
+IDP_PORT="${IDP_PORT:-58480}"
+export DEMO_IDP_URL="${DEMO_IDP_URL:-http://127.0.0.1:$IDP_PORT}"
+export DEMO_IDP_KEY_DIR="${DEMO_IDP_KEY_DIR:-$RUN_DIR/idp}"
+SEED_DEMO="${SEED_DEMO:-1}"
 mkdir -p "$RUN_DIR" "$EMAIL_FILE_PATH"
 
+# Every child runs in the background in its own process group (setsid) and the script
+# `wait`s: bash runs a trap only once its foreground child returns, so with a foreground
+# dev server a TERM would wait for it, and the server would outlive the script. setsid also
+# keeps the terminal's Ctrl-C away from the children, so shutdown order is ours. In a script
+# a background child is never a group leader, so setsid execs in place and $! is the
+# child's pid and process group id.
 bg_pids=()
 cleanup() {
     local rc=$? pid alive
@@ -22,22 +39,35 @@ cleanup() {
     # tee): with no terminal, the shutdown messages go to a log file instead.
     trap '' PIPE
     if [ ! -t 1 ]; then exec >>"$RUN_DIR/shutdown.log" 2>&1; fi
-    # Celery runs in its own process group (setsid), so a group kill also
-    # reaches the worker's pool processes. TERM = warm shutdown; KILL after 10s.
+        # Reap each group: TERM (Celery's warm shutdown), KILL after 10s. A group is gone when
+    # `kill -0` finds none of its processes (the dev server's reloader child included).
     for pid in "${bg_pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
     for _ in $(seq 1 50); do
         alive=0
-        for pid in "${bg_pids[@]}"; do [ -d "/proc/$pid" ] && alive=1; done
+        for pid in "${bg_pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
         [ "$alive" = 0 ] && break
         sleep 0.2
     done
     for pid in "${bg_pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
     bp_services_stop_started
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# A step that must finish before the next, run like the other children so a TERM or Ctrl-C
+# stops it at once (and the exit trap reaps it).
+step() {
+    local pid rc=0
+    setsid "$@" </dev/null &
+    pid="$!"
+    bg_pids+=("$pid")
+    wait "$pid" || rc=$?
+    unset 'bg_pids[-1]'
+    return "$rc"
+}
 
 bp_services_start
 pg_log="$RUN_DIR/pg/postgres.log"
@@ -52,7 +82,7 @@ case "$STRIPE_API_BASE" in
             || echo "run: WARNING: could not register the webhook endpoint with localstripe" >&2
 import os, sys, urllib.parse, urllib.request
 body = urllib.parse.urlencode([
-    ("url", "http://127.0.0.1:8000/webhooks/stripe/"),
+    ("url", os.environ["SITE_URL"] + "/webhooks/stripe/"),
     ("secret", os.environ["STRIPE_WEBHOOK_SECRET"]),
     # The events the portal acts on (billing/webhooks.py), as a Stripe endpoint would list.
     ("events[]", "payment_intent.succeeded"),
@@ -66,14 +96,16 @@ PY
         ;;
 esac
 
-python manage.py migrate --noinput
+step python manage.py migrate --noinput
 # Monthly Sync Info partitions exist before the first record arrives (then a daily job).
-python manage.py tick --job sync_info_partitions
-python manage.py seed_demo
+step python manage.py tick --job sync_info_partitions
+if [ "$SEED_DEMO" != 0 ]; then
+    step python manage.py seed_demo
+fi
 
-# setsid: own process group (killable as a whole) and deaf to the terminal's Ctrl-C,
-# so shutdown order is ours. In a script a background child is never a group
-# leader, so setsid execs in place and $! is celery's pid and group id.
+setsid python -m devkit.saml_idp_server --port "$IDP_PORT" --key-dir "$DEMO_IDP_KEY_DIR" \
+    >"$RUN_DIR/idp.log" 2>&1 </dev/null &
+bg_pids+=("$!")
 setsid celery -A billing_portal worker -l info --concurrency 2 \
     >"$RUN_DIR/celery-worker.log" 2>&1 </dev/null &
 bg_pids+=("$!")
@@ -83,15 +115,21 @@ bg_pids+=("$!")
 
 cat <<BANNER
 
-  Billing portal:  http://127.0.0.1:8000/
+  Billing portal:  http://127.0.0.1:$PORT/
+  Test IdP (SSO):  $DEMO_IDP_URL/  (Globex: "Sign in with SSO" as admin@globex.example)
   Logs:            $RUN_DIR/celery-worker.log
                    $RUN_DIR/celery-beat.log
+                   $RUN_DIR/idp.log
                    $RUN_DIR/redis.log
                    $pg_log
   Outgoing mail:   $EMAIL_FILE_PATH/ (one file per message)
   Database:        $DATABASE_URL
-  Ctrl-C stops the server, Celery and the services this run started.
+  Ctrl-C (or a TERM) stops the server, Celery, the IdP and the services this run started.
 
 BANNER
 
-python manage.py runserver 127.0.0.1:8000
+setsid python manage.py runserver "127.0.0.1:$PORT" </dev/null &
+server_pid="$!"
+bg_pids+=("$server_pid")
+# Returns when the server exits, or at once when a trapped signal arrives.
+wait "$server_pid"

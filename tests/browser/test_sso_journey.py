@@ -29,7 +29,7 @@ def free_port():
 def idp_process():
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.sso.idp_server", "--port", str(port)],
+        [sys.executable, "-m", "devkit.saml_idp_server", "--port", str(port)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -19,10 +19,10 @@ from accounts.audit import Actor
 from accounts.models import Invitation, Membership, Organisation, User
 from core import ratelimit
 from core.security import header_value
+from devkit.saml_idp import TestIdP
 from sso import configuration as sso_configuration
 from sso.models import SsoRequest
 from tests.accounts.factories import PASSWORD, InvitationFactory, UserFactory
-from tests.sso.idp import TestIdP
 from tests.subscriptions.factories import SubscriptionFactory, plan
 
 pytestmark = pytest.mark.django_db

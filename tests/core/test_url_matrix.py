@@ -69,13 +69,13 @@ from billing.models import (
     ReconciliationDifference,
     StripeEvent,
 )
+from devkit.saml_idp import TestIdP
 from retention.models import DataDeletionRequest, DeletionRecord
 from sso import configuration as sso_configuration
 from sso.models import SsoAttempt
 from support import staff
 from tests.accounts.factories import InvitationFactory, UserFactory
 from tests.accounts.tenancy_objects import billing_recipient_of, organisation_objects
-from tests.sso.idp import TestIdP
 from tests.subscriptions.factories import ConnectionFactory, SubscriptionFactory, plan
 from usage.models import UsageAlert
 from usage.months import usage_month_of
@@ -145,7 +145,7 @@ def ops(*, get, post):
 
 
 HOME = to("accounts:home")
-IDP = to("https://idp.example.test/sso")  # the test IdP's sign-in URL (tests/sso/idp.py)
+IDP = to("https://idp.example.test/sso")  # the test IdP's sign-in URL (devkit/saml_idp.py)
 TO_CHANGE = to("./change/")  # the change page of the object asked for
 
 TABLE = {

@@ -7,10 +7,10 @@ import pytest
 from django.utils import timezone
 
 from accounts.audit import Actor
+from devkit.saml_idp import TestIdP
 from sso.configuration import configuration_for, idp_configure
 from sso.domains import domain_add
 from tests.sso.helpers import SsoBrowser
-from tests.sso.idp import TestIdP
 from tests.subscriptions.factories import SubscriptionFactory, plan
 
 

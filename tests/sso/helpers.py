@@ -1,8 +1,8 @@
 """Plain helpers for the SSO tests (fixtures stay in tests/sso/conftest.py)."""
 
+from devkit.saml_idp import authn_request_from_redirect
 from sso import saml
 from sso.views import BROWSER_COOKIE
-from tests.sso.idp import authn_request_from_redirect
 
 
 class SsoBrowser:

@@ -8,8 +8,8 @@ from django.test import override_settings
 from django.utils import timezone
 
 from accounts.models import AuditEvent
+from devkit.saml_idp import TestIdP, key_pair
 from sso.models import SsoConfiguration, SsoDomain
-from tests.sso.idp import TestIdP, key_pair
 from tests.subscriptions.factories import SubscriptionFactory
 
 pytestmark = pytest.mark.django_db

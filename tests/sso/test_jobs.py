@@ -8,13 +8,13 @@ from django.core.management import call_command
 from django.utils import timezone
 
 from accounts.audit import Actor
+from devkit.saml_idp import TestIdP, key_pair
 from sso.attempts import housekeeping
 from sso.certificates import certificate_expiry_notify, metadata_refresh_due
 from sso.configuration import configuration_for, idp_configure
 from sso.domains import domain_add
 from sso.models import SsoAttempt, SsoConfiguration, SsoRequest
 from tests.sso.helpers import SsoBrowser
-from tests.sso.idp import TestIdP, key_pair
 
 pytestmark = pytest.mark.django_db
 

@@ -14,10 +14,10 @@ from django.contrib.sessions.models import Session
 from django.db import connection
 from django.test import Client
 
+from devkit.saml_idp import decode, encode
 from sso import saml
 from sso.models import SsoAttempt, SsoRequest
 from tests.sso.helpers import SsoBrowser
-from tests.sso.idp import decode, encode
 
 pytestmark = pytest.mark.django_db
 

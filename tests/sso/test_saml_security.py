@@ -7,13 +7,13 @@ from django.test import Client
 from django.utils import timezone
 
 from accounts.audit import Actor
+from devkit.saml_idp import SHA1, decode, encode, key_pair
 from sso import saml
 from sso.configuration import idp_configure
 from sso.models import SsoAttempt
 from sso.views import BROWSER_COOKIE
 from tests.accounts.factories import MembershipFactory, UserFactory
 from tests.sso.helpers import SsoBrowser
-from tests.sso.idp import SHA1, decode, encode, key_pair
 from tests.subscriptions.factories import SubscriptionFactory, plan
 
 pytestmark = pytest.mark.django_db

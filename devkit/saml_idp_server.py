@@ -1,7 +1,11 @@
-"""The local test IdP as its own process, for the browser journey and for trying SSO by hand
-with `make run`:
+"""The local test IdP as its own process, for the browser journey and for `make run`, which
+starts it so the demo organisation Globex can sign in with SSO:
 
-    python -m tests.sso.idp_server --port 58480
+    python -m devkit.saml_idp_server --port 58480 [--key-dir .run/idp]
+
+With --key-dir its key pair is kept there (made the first time), so metadata saved in an
+organisation's SSO configuration stays valid across restarts; without, a new one each start.
+Anyone may sign in as any email: it is a test IdP, bound to 127.0.0.1.
 
 GET  /metadata            the IdP metadata (its key pair is made at start-up)
 GET  /sso?SAMLRequest=... the sign-in page for an AuthnRequest (HTTP-Redirect binding)
@@ -14,7 +18,7 @@ import html
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from tests.sso.idp import TestIdP, authn_request_from_redirect
+from devkit.saml_idp import TestIdP, authn_request_from_redirect
 
 
 def page(title, body):
@@ -85,9 +89,13 @@ def make_handler(idp: TestIdP):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=58480)
+    parser.add_argument("--key-dir", help="keep the key pair here (made the first time)")
     args = parser.parse_args()
     base = f"http://127.0.0.1:{args.port}"
-    idp = TestIdP(entity_id=f"{base}/metadata", sso_url=f"{base}/sso")
+    if args.key_dir:
+        idp = TestIdP.stored(base_url=base, key_dir=args.key_dir)
+    else:
+        idp = TestIdP(entity_id=f"{base}/metadata", sso_url=f"{base}/sso")
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(idp))
     print(f"test IdP listening on {base}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):

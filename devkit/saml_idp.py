@@ -1,14 +1,17 @@
-"""A local SAML Identity Provider for tests: its key pair is made at test time.
+"""A local SAML Identity Provider for tests and for trying SSO with `make run`.
 
 It writes IdP metadata and signed SAML Responses (assertion signed with python3-saml's
 xmlsec signing), with knobs to break each rule the SP must enforce. Used in-process by
-tests/sso and, through idp_server.py, as its own process by the browser journey.
+tests/sso and, through devkit/saml_idp_server.py, as its own process by the browser journey
+and by `make run` (whose key pair is kept on disk, see `TestIdP.stored`).
 """
 
 import base64
+import os
 import uuid
 import zlib
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
@@ -46,6 +49,30 @@ def key_pair(common_name="Test IdP", *, not_before=None, not_after=None):
     return key_pem, cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def stored_key_pair(key_dir: Path) -> tuple[str, str]:
+    """(private key PEM, certificate PEM) kept in `key_dir`, made the first time.
+
+    The demo organisation's SSO configuration holds this certificate, so the IdP that
+    `make run` starts must sign with the same key after every restart. Valid for ten years
+    from when it was made: the demo must not break a year later."""
+    key_dir = Path(key_dir)
+    key_file, cert_file = key_dir / "idp-key.pem", key_dir / "idp-cert.pem"
+    if key_file.exists() and cert_file.exists():
+        return key_file.read_text(), cert_file.read_text()
+    key_dir.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    key_pem, cert_pem = key_pair(
+        "Demo test IdP", not_before=now - timedelta(days=1), not_after=now + timedelta(days=3650)
+    )
+    # Written to temporary names, then renamed: a reader never sees half a pair.
+    for path, text in ((cert_file, cert_pem), (key_file, key_pem)):
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(text)
+        temporary.chmod(0o600)
+        temporary.replace(path)
+    return key_pem, cert_pem
+
+
 def cert_body(cert_pem: str) -> str:
     return "".join(line for line in cert_pem.splitlines() if "CERTIFICATE" not in line)
 
@@ -61,6 +88,17 @@ class TestIdP:
         self.entity_id = entity_id
         self.sso_url = sso_url or "https://idp.example.test/sso"
         self.key_pem, self.cert_pem = key_pair(**cert_kwargs)
+
+    @classmethod
+    def stored(cls, *, base_url: str, key_dir: Path) -> "TestIdP":
+        """The IdP served at `base_url` (e.g. http://127.0.0.1:58480), signing with the key
+        pair kept in `key_dir`: the same IdP, as its metadata says, after every restart."""
+        idp = cls.__new__(cls)
+        base_url = base_url.rstrip("/")
+        idp.entity_id = f"{base_url}/metadata"
+        idp.sso_url = f"{base_url}/sso"
+        idp.key_pem, idp.cert_pem = stored_key_pair(key_dir)
+        return idp
 
     def metadata(
         self, *, extra_cert_pems=(), with_signing_cert=True, binding=C.BINDING_HTTP_REDIRECT

@@ -260,7 +260,9 @@ def _story_acme_trading(organisation: Organisation, story: Story, *, now: dateti
     machine API's ingest, last usage month over the limit (one overage on the renewal
     invoice), this month at about 85% with the 80% alert sent, a credit note to the customer
     balance, and an extra billing recipient."""
-    start = now - relativedelta(months=4)
+    # Started ten days past a month boundary, so this usage month is ten days old and its
+    # records are spread over them.
+    start = now - relativedelta(months=4, days=10)
     subscription = _subscribe(organisation, story, start=start)
     admin = Actor(user=User.objects.get(email=story.people[0][0]))
     flows, paused, key = _acme_flows(organisation, admin, at=start + timedelta(hours=1))
@@ -451,7 +453,8 @@ def _sso_for_globex(organisation: Organisation, *, now: datetime) -> None:
 
 
 def _bare(pem: str) -> str:
-    return "".join(line for line in pem.split() if "CERTIFICATE" not in line and "-----" not in line)
+    """A certificate's base64 body, however it is wrapped (PEM lines or one string)."""
+    return "".join(word for word in pem.split() if "-----" not in word and word != "CERTIFICATE")
 
 
 TELL = {

@@ -20,11 +20,23 @@ from urllib.parse import parse_qs, urlsplit
 
 from devkit.saml_idp import TestIdP, authn_request_from_redirect
 
+STYLE = (
+    "body{font:16px/1.5 system-ui,sans-serif;max-width:32rem;margin:2rem auto;padding:0 1rem;"
+    "color:#1f2937}label{display:block;font-weight:600;margin:1rem 0 .25rem}"
+    "input{font:inherit;width:100%;box-sizing:border-box;padding:.5rem;border:1px solid #6b7280;"
+    "border-radius:6px}button{font:inherit;margin-top:1rem;padding:.55rem 1.1rem;border:0;"
+    "border-radius:6px;background:#1d4ed8;color:#fff;cursor:pointer}"
+    "button:focus-visible,input:focus-visible{outline:3px solid #93c5fd;outline-offset:2px}"
+    ".note{color:#4b5563;font-size:.9rem}"
+)
+
 
 def page(title, body):
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        f"<title>{title}</title></head><body><h1>{title}</h1>{body}</body></html>"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{title}</title><style>{STYLE}</style></head>"
+        f"<body><main><h1>{title}</h1>{body}</main></body></html>"
     ).encode()
 
 
@@ -54,8 +66,12 @@ def make_handler(idp: TestIdP):
                 )
                 form = (
                     '<form method="post" action="/sso">'
-                    f"{hidden}<label>Email <input name=email type=email></label> "
-                    "<button type=submit>Sign in at the IdP</button></form>"
+                    f'{hidden}<label for="email">Email</label>'
+                    '<input id="email" name="email" type="email" required autocomplete="email" '
+                    'placeholder="admin@globex.example" autofocus>'
+                    '<p class="note">A local test Identity Provider: it signs in whoever you '
+                    "type, with no password. The demo's Globex Admin is admin@globex.example."
+                    "</p><button type=submit>Sign in at the IdP</button></form>"
                 )
                 self._send(200, "text/html; charset=utf-8", page("Test IdP sign-in", form))
                 return

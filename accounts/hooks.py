@@ -41,8 +41,9 @@ password_sign_in_checks: list[PasswordSignInCheck] = []
 landing_notices: list[LandingNotices] = []
 menu_url_names: dict[str, str] = {}
 settings_sections: list = []
-# {email template: ((URL name, link text), ...)}, best first.
-notification_pages: dict[str, tuple[tuple[str, str], ...]] = {}
+# {email template: ((URL name, link text[, (query parameter, pattern in the subject)]), ...)},
+# best first.
+notification_pages: dict[str, tuple[tuple, ...]] = {}
 
 
 def _add(hooks: list, func) -> None:
@@ -93,8 +94,9 @@ def settings_section_add(section) -> None:
         settings_sections.append(section)
 
 
-def notification_links_add(template: str, *pages: tuple[str, str]) -> None:
+def notification_links_add(template: str, *pages: tuple) -> None:
     """The pages where the action of the email `template` is, best first, each (URL name,
     link text): a page the email itself links to (its invoice, its ticket) or one taking only
-    the organisation's slug."""
+    the organisation's slug; a third item (query parameter, pattern) narrows the page to the
+    first match of the pattern in the email's subject (Invoice History to its invoice)."""
     notification_pages[template] = tuple(pages)

@@ -330,6 +330,7 @@ def notification_page(
                 is_new=message["sent_at"] > new_after,
                 link=notification_link(
                     template=first.template,
+                    subject=first.subject,
                     # A one-time link is never offered, not even to its addressee.
                     body=None if first.template in SECRET_LINK_TEMPLATES else body,
                     organisation=organisation,

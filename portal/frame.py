@@ -153,6 +153,8 @@ def dunning_annotations() -> dict:
 # Notifications ---------------------------------------------------------------------------
 
 INVOICES = ("billing:invoices", "Invoice History")
+# The invoice's own row: Invoice History filtered to the number in the email's subject.
+INVOICE_ROW = ("billing:invoices", "Invoice History", ("number", r"\bINV-\d{4}-\d{6}\b"))
 CONFIRM_PAYMENT = ("billing:confirm_payment", "Confirm payment")
 PAYMENT_METHOD = ("billing:payment_method", "Payment method")
 SUBSCRIPTION = ("subscriptions:settings", "Subscription")
@@ -164,16 +166,16 @@ TICKET = ("support:ticket", "Support ticket")
 # (accounts.notification_links). Emails whose action is done by the link itself (data_deleted:
 # sign in again) have none.
 NOTIFICATION_PAGES = {
-    "invoice_issued": (INVOICES,),
-    "payment_receipt": (INVOICES,),
+    "invoice_issued": (INVOICE_ROW,),
+    "payment_receipt": (INVOICE_ROW,),
     "credit_note_issued": (("billing:credit_note_pdf", "Credit note PDF"), INVOICES),
-    "payment_action_required": (CONFIRM_PAYMENT, INVOICES),
+    "payment_action_required": (CONFIRM_PAYMENT, INVOICE_ROW),
     "payment_failed": (PAYMENT_METHOD,),
     "payment_reminder": (CONFIRM_PAYMENT, PAYMENT_METHOD),
     "payment_overdue": (PAYMENT_METHOD,),
     "grace_period": (CONFIRM_PAYMENT, PAYMENT_METHOD),
     "account_suspended": (CONFIRM_PAYMENT, PAYMENT_METHOD),
-    "dispute_lost": (PAYMENT_METHOD, INVOICES),
+    "dispute_lost": (PAYMENT_METHOD, INVOICE_ROW),
     "card_expiring": (PAYMENT_METHOD,),
     "service_restored": (SUBSCRIPTION,),
     "downgrade_scheduled": (SUBSCRIPTION,),

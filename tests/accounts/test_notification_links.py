@@ -58,7 +58,7 @@ def path(name, org, *args):
 def test_every_registered_email_and_page_exists(org):
     for template, pages in NOTIFICATION_PAGES.items():
         assert (EMAIL_TEMPLATES / template / "body.txt").exists(), template
-        for url_name, text in pages:
+        for url_name, text, *_narrow in pages:
             assert text
             # Either a page of the organisation, or one of its objects (then the email links it).
             try:
@@ -70,8 +70,6 @@ def test_every_registered_email_and_page_exists(org):
 
 CASES = [
     # template, URL name and object in the email's text (or None), expected URL name + object
-    ("invoice_issued", ("billing:invoices",), ("billing:invoices",)),
-    ("payment_receipt", ("billing:invoices",), ("billing:invoices",)),
     (
         "payment_action_required",
         ("billing:confirm_payment", "INV-2026-000007"),
@@ -111,6 +109,30 @@ def test_an_admin_gets_the_page_of_each_emails_action(
     sent(org, [admin.email], template=template, body=body)
 
     assert only_link(client_for(admin), org) == path(expected[0], org, *expected[1:])
+
+
+@pytest.mark.parametrize("template", ["invoice_issued", "payment_receipt"])
+def test_an_invoice_email_links_to_its_row_in_invoice_history(client_for, admin, org, template):
+    invoices = absolute_url("billing:invoices", org.slug)
+    sent(
+        org,
+        [admin.email],
+        template=template,
+        subject="Invoice INV-2026-000042 from APPSeCONNECT: $982.77",
+        body=f"See {invoices}",
+    )
+    sent(org, [admin.email], template=template, subject="No number here", body="")
+
+    client = client_for(admin)
+    assert links(client, org) == [
+        ("No number here", path("billing:invoices", org)),
+        (
+            "Invoice INV-2026-000042 from APPSeCONNECT: $982.77",
+            path("billing:invoices", org) + "?number=INV-2026-000042",
+        ),
+    ]
+    row = client.get(path("billing:invoices", org) + "?number=INV-2026-000042")
+    assert row.status_code == 200
 
 
 def test_a_support_ticket_email_links_to_its_ticket_for_every_role(client_for, org):
@@ -160,7 +182,7 @@ def test_no_registered_email_ever_links_a_role_to_a_refused_page(client_for, org
     user = MembershipFactory(organisation=org, role=role).user
     for template, pages in NOTIFICATION_PAGES.items():
         urls = []
-        for url_name, _text in pages:
+        for url_name, *_ in pages:
             try:
                 urls.append(absolute_url(url_name, org.slug))
             except NoReverseMatch:  # a page of one object: this test has none to name

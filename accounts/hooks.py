@@ -15,7 +15,9 @@ accounts sits below subscriptions, sso, billing and retention, so it never names
   accounts.context_processors), each a URL name taking the organisation's slug; among them
   "overview", the organisation's landing page (`overview_url`), which joins every app;
 - Settings sections: the Settings pages of the apps above (accounts.roles.SettingsSection),
-  placed among accounts' own by their `order`.
+  placed among accounts' own by their `order`;
+- notification links: per email template, the pages where its action is, so the Notifications
+  page links each email there (accounts.notification_links).
 
 Each hook runs in registration order; registering the same function twice keeps one.
 See docs/architecture.md#accounts.
@@ -39,6 +41,9 @@ password_sign_in_checks: list[PasswordSignInCheck] = []
 landing_notices: list[LandingNotices] = []
 menu_url_names: dict[str, str] = {}
 settings_sections: list = []
+# {email template: ((URL name, link text[, (query parameter, pattern in the subject)]), ...)},
+# best first.
+notification_pages: dict[str, tuple[tuple, ...]] = {}
 
 
 def _add(hooks: list, func) -> None:
@@ -87,3 +92,11 @@ def settings_section_add(section) -> None:
     """A Settings page of an app above accounts (an accounts.roles.SettingsSection)."""
     if all(existing.key != section.key for existing in settings_sections):
         settings_sections.append(section)
+
+
+def notification_links_add(template: str, *pages: tuple) -> None:
+    """The pages where the action of the email `template` is, best first, each (URL name,
+    link text): a page the email itself links to (its invoice, its ticket) or one taking only
+    the organisation's slug; a third item (query parameter, pattern) narrows the page to the
+    first match of the pattern in the email's subject (Invoice History to its invoice)."""
+    notification_pages[template] = tuple(pages)

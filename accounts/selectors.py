@@ -19,6 +19,7 @@ from accounts.models import (
     PrimaryEmailChange,
     User,
 )
+from accounts.notification_links import NotificationLink, notification_link
 
 
 def membership_for_user(*, user: User, org_slug: str) -> Membership:
@@ -206,6 +207,8 @@ class Notification:
     # None when it carries a secret link for someone else: only the subject may be shown.
     body: str | None
     is_new: bool
+    # The page where the email's action is, for this reader (accounts.notification_links).
+    link: NotificationLink | None = None
 
 
 def notification_rows(
@@ -275,7 +278,8 @@ def notification_page(
     """The Notifications for one page of `notification_list` (one query for any page size).
 
     Each lists the recipients `user` may see; the body of a secret-link email is kept only
-    when `user` is one of its addressees."""
+    when `user` is one of its addressees; each links to the page where its action is, when
+    there is one `user` may open."""
     ids = [message["message_id"] for message in messages]
     rows = (
         notification_rows(organisation=organisation, user=user, role=role)
@@ -314,6 +318,7 @@ def notification_page(
         )
         recipients = [addressee.email for addressee in addressees]
         secret = first.template in SECRET_LINK_TEMPLATES and own not in recipients
+        body = None if secret else first.body_text.strip()
         page.append(
             Notification(
                 message_id=message["message_id"],
@@ -321,8 +326,16 @@ def notification_page(
                 subject=first.subject,
                 recipients=recipients,
                 addressees=addressees,
-                body=None if secret else first.body_text.strip(),
+                body=body,
                 is_new=message["sent_at"] > new_after,
+                link=notification_link(
+                    template=first.template,
+                    subject=first.subject,
+                    # A one-time link is never offered, not even to its addressee.
+                    body=None if first.template in SECRET_LINK_TEMPLATES else body,
+                    organisation=organisation,
+                    role=role,
+                ),
             )
         )
     return page

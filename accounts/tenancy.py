@@ -74,6 +74,9 @@ def tenant_view(*, roles=ALL_ROLES, section: str | None = None, allow_when_ended
             finally:
                 timezone.deactivate()
 
+        # Who may open the page, for links that must never lead to a 403
+        # (accounts.notification_links); functools.wraps carries it through outer decorators.
+        wrapper.tenant_roles = frozenset(roles)
         return wrapper
 
     return decorator

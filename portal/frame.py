@@ -150,6 +150,57 @@ def dunning_annotations() -> dict:
     }
 
 
+# Notifications ---------------------------------------------------------------------------
+
+INVOICES = ("billing:invoices", "Invoice History")
+# The invoice's own row: Invoice History filtered to the number in the email's subject.
+INVOICE_ROW = ("billing:invoices", "Invoice History", ("number", r"\bINV-\d{4}-\d{6}\b"))
+CONFIRM_PAYMENT = ("billing:confirm_payment", "Confirm payment")
+PAYMENT_METHOD = ("billing:payment_method", "Payment method")
+SUBSCRIPTION = ("subscriptions:settings", "Subscription")
+PRIVACY = ("retention:privacy", "Privacy and data")
+TICKET = ("support:ticket", "Support ticket")
+
+# Per email (templates/emails/<name>/), the pages where its action is, best first: the first
+# the email links to (or that needs no object) and the reader's role may open
+# (accounts.notification_links). Emails whose action is done by the link itself (data_deleted:
+# sign in again) have none.
+NOTIFICATION_PAGES = {
+    "invoice_issued": (INVOICE_ROW,),
+    "payment_receipt": (INVOICE_ROW,),
+    "credit_note_issued": (("billing:credit_note_pdf", "Credit note PDF"), INVOICES),
+    "payment_action_required": (CONFIRM_PAYMENT, INVOICE_ROW),
+    "payment_failed": (PAYMENT_METHOD,),
+    "payment_reminder": (CONFIRM_PAYMENT, PAYMENT_METHOD),
+    "payment_overdue": (PAYMENT_METHOD,),
+    "grace_period": (CONFIRM_PAYMENT, PAYMENT_METHOD),
+    "account_suspended": (CONFIRM_PAYMENT, PAYMENT_METHOD),
+    "dispute_lost": (PAYMENT_METHOD, INVOICE_ROW),
+    "card_expiring": (PAYMENT_METHOD,),
+    "service_restored": (SUBSCRIPTION,),
+    "downgrade_scheduled": (SUBSCRIPTION,),
+    "downgrade_applied": (SUBSCRIPTION,),
+    "usage_alert": (SUBSCRIPTION,),
+    "usage_forecast": (SUBSCRIPTION, ("usage:alerts", "Usage alerts")),
+    "subscription_cancelled": (SUBSCRIPTION,),
+    "subscription_ended": (("billing:choose_plan", "Choose a plan"), SUBSCRIPTION),
+    "data_deletion_reminder": (SUBSCRIPTION, PRIVACY),
+    "deletion_request_received": (PRIVACY,),
+    "deletion_request_approved": (PRIVACY,),
+    "deletion_request_rejected": (PRIVACY,),
+    "deletion_request_done": (PRIVACY,),
+    "sso_certificate_expiring": (("sso:settings", "SSO settings"),),
+    "support_ticket_received": (TICKET, ("support:tickets", "Support")),
+    "support_ticket_reply": (TICKET, ("support:tickets", "Support")),
+    "support_ticket_closed": (TICKET, ("support:tickets", "Support")),
+    "invitation": (("accounts:users", "Users"),),
+    "billing_recipient_confirm": (("billing:recipients", "Billing recipients"),),
+    "primary_email_verify": (("accounts:organisation", "Organisation"),),
+    "primary_email_change_requested": (("accounts:organisation", "Organisation"),),
+    "primary_email_changed": (("accounts:organisation", "Organisation"),),
+}
+
+
 def install() -> None:
     """Plug the frame's concerns into accounts.hooks (idempotent)."""
     hooks.membership_annotations_add(sso_annotations)
@@ -163,3 +214,5 @@ def install() -> None:
     )
     for section in SETTINGS_SECTIONS:
         hooks.settings_section_add(section)
+    for template, pages in NOTIFICATION_PAGES.items():
+        hooks.notification_links_add(template, *pages)

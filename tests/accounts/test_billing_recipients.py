@@ -557,5 +557,8 @@ def test_the_audit_log_shows_every_add_confirm_resend_and_remove(client_for, org
         "billing_recipient.confirmed",
         "billing_recipient.removed",
     ):
-        assert f"<td>{action}<div" in html, action
-    assert "<td>payables@acme.test</td>" in html  # who confirmed: the address itself
+        assert f'<td data-label="What" class="stack-block wrap-anywhere">{action}<div' in html, (
+            action
+        )
+    # Who confirmed: the address itself.
+    assert '<td data-label="Who" class="wrap-anywhere">payables@acme.test</td>' in html

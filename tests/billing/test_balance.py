@@ -527,8 +527,8 @@ def test_the_balance_page_shows_the_balance_and_its_history_newest_first(
     body = response.content.decode()
     assert re.search(r'<strong class="balance-amount">\$0\.00</strong>', body)
     rows = re.findall(
-        r"<tr>\s*<td>(.*?)</td>\s*<td>(.*?)</td>.*?<td class=\"num\">(.*?)</td>\s*"
-        r"<td class=\"num\">(.*?)</td>",
+        r"<tr>\s*<td>(.*?)</td>\s*<td[^>]*>(.*?)</td>.*?<td [^>]*class=\"num\">(.*?)</td>\s*"
+        r"<td [^>]*class=\"num\">(.*?)</td>",
         body,
         re.S,
     )

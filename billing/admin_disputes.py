@@ -13,7 +13,7 @@ from django.utils.html import format_html, format_html_join
 
 from billing.disputes import dispute_timeline, disputes_of_subscription
 from billing.models import Dispute, StripeEvent
-from core.admin import ReadOnlyModelAdmin
+from core.admin import ReadOnlyModelAdmin, ValuesWithBlankListFilter
 from core.money import format_money
 
 _CLOSED = sorted(Dispute.CLOSED)
@@ -48,7 +48,7 @@ class DisputeAdmin(ReadOnlyModelAdmin):
         "closed_at",
         "lost_applied_at",
     )
-    list_filter = (OpenOrClosed, "status", "reason", "currency")
+    list_filter = (OpenOrClosed, "status", ("reason", ValuesWithBlankListFilter), "currency")
     search_fields = ("=processor_id", "invoice__number", "organisation__name", "organisation__slug")
     list_select_related = ("organisation", "invoice", "payment")
     date_hierarchy = "opened_at"

@@ -66,3 +66,14 @@ def permission_check(codename: str):
         return request.user.has_perm(codename)
 
     return check
+
+
+class ValuesWithBlankListFilter(admin.AllValuesFieldListFilter):
+    """Django's filter by every value of a field, with the blank value listed as "(blank)":
+    Django shows it as a link without text, which a screen reader announces as nothing."""
+
+    def choices(self, changelist):
+        for choice in super().choices(changelist):
+            if choice["display"] == "":
+                choice = {**choice, "display": "(blank)"}
+            yield choice

@@ -92,6 +92,9 @@ PY
     "${pip[@]}" install -q --upgrade pip
     "${pip[@]}" install -q --progress-bar off -r "$req" -c requirements.lock
     # NB: no `playwright install`: tests drive Debian's /usr/bin/chromium.
+    # axe-core comes inside axe-playwright-python's wheel; the accessibility check never fetches it.
+    "$VENV/bin/python" -c 'import axe_playwright_python, pathlib; assert (pathlib.Path(axe_playwright_python.__file__).parent / "axe.min.js").is_file()' \
+        || die "axe-playwright-python has no bundled axe.min.js"
     # lxml and xmlsec must be built against one libxml2, or SAML fails at import.
     "$VENV/bin/python" -c 'import lxml.etree, xmlsec' || die "lxml and xmlsec do not load together"
     echo "$want" >"$STAMP"

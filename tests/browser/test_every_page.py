@@ -1,0 +1,158 @@
+"""axe-core on every page, for every role, at 1280 px and 375 px; and nothing wider than a
+375 px screen (docs/architecture.md#decision-every-url-has-a-permission-row gives the list).
+
+The pages are those of tests/browser/pages.py: every URL of the URL matrix that answers the
+role with an HTML page, with the matrix's World of data (an invoice with a credit note and a
+revised copy, a ticket with an attachment, a pending invitation, an SSO configuration...) plus
+Sync Info rows, committed for the live server. Roles: the anonymous visitor (the sign-in,
+sign-up, password-reset, invitation and SSO sign-in pages), a Member, a Billing contact and an
+Admin of organisation A, and ops staff on Django admin (dashboard, changelists, change pages).
+
+Serious and critical axe violations fail, and so does any finding of the Label in Name rule
+(enabled explicitly: axe-core marks it experimental). axe-core comes bundled with
+axe-playwright-python and is injected into the page: nothing is fetched at run time.
+
+The overflow check runs at 375 px on the portal and sign-in pages. Django admin's own layout is
+exempt from it (its changelists scroll sideways by design); axe still runs there.
+
+One browser context per role and width, signed in once; the pages are visited in turn.
+"""
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import expect
+
+from tests.browser.pages import (
+    OVERFLOW_JS,
+    axe_problems,
+    pages_for,
+    session_cookie,
+    sync_info_rows,
+)
+from tests.core.test_url_matrix import World
+
+pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+
+ROLES = ("anonymous", "member", "billing", "admin", "ops")
+WIDTHS = (1280, 375)
+NARROW = 375
+# A floor, so a broken derivation (no pages found) fails rather than passes empty.
+MINIMUM_PAGES = {"anonymous": 5, "member": 5, "billing": 10, "admin": 20, "ops": 20}
+
+
+@pytest.fixture
+def world(org, other_org, member, billing_user, admin, outsider):
+    from django.utils import timezone
+
+    world = World(
+        org=org,
+        other_org=other_org,
+        member=member,
+        billing=billing_user,
+        admin=admin,
+        outsider=outsider,
+    )
+    sync_info_rows(world, timezone.now())
+    return world
+
+
+def crawl(browser, portal, world, role):
+    """([(page, width, problem)], {width: paths visited}) for `role`."""
+    axe = Axe()
+    problems = []
+    visited = {}
+    not_pages = set()  # downloads and other non-HTML answers, found at the first width
+    user = world.users[role]
+    for width in WIDTHS:
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        context.set_default_timeout(10_000)
+        try:
+            if user is not None:
+                context.add_cookies([session_cookie(user, portal)])
+            page = context.new_page()
+            visited[width] = []
+            for entry in pages_for(role, world):
+                if entry.url in not_pages:
+                    continue
+                response = open_page(page, portal + entry.url)
+                if response is None:
+                    not_pages.add(entry.url)
+                    continue
+                visited[width].append(entry.url)
+                if response.status != 200:
+                    problems.append((entry, width, f"HTTP {response.status}"))
+                    continue
+                problems += [(entry, width, p) for p in axe_problems(axe, page)]
+                if width == NARROW and not entry.admin:
+                    problems += [(entry, width, p) for p in page.evaluate(OVERFLOW_JS)]
+        finally:
+            context.close()
+    return problems, visited
+
+
+def open_page(page, url):
+    """The response of `url` opened in `page`, or None when it is not an HTML page (a CSV or
+    PDF download, JSON, XML, JavaScript)."""
+    try:
+        response = page.goto(url)
+    except PlaywrightError as error:
+        if "Download is starting" in str(error):
+            return None
+        raise
+    if not response.headers.get("content-type", "").startswith("text/html"):
+        return None
+    return response
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_page_is_accessible_and_fits_375_px(browser, portal, world, role):
+    problems, visited = crawl(browser, portal, world, role)
+    print(f"{role}: " + ", ".join(f"{len(urls)} pages at {w} px" for w, urls in visited.items()))
+    assert len(visited[WIDTHS[0]]) >= MINIMUM_PAGES[role], visited
+    assert not problems, f"{role}: {len(problems)} problems\n" + "\n".join(
+        f"{entry.url} [{entry.key}] at {width} px: {problem}" for entry, width, problem in problems
+    )
+
+
+def test_the_organisation_menu_is_named_by_what_it_shows(browser, portal, world):
+    """Label in Name (WCAG 2.5.3): the menu showing "Acme Trading" is the button named
+    "Acme Trading ...", so "click Acme Trading" opens it; at both widths (at 375 px the email
+    line is hidden and the name still leads)."""
+    for width in WIDTHS:
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        try:
+            context.add_cookies([session_cookie(world.users["admin"], portal)])
+            page = context.new_page()
+            page.goto(f"{portal}/o/acme/")
+            summary = page.locator(".org-menu > summary")
+            assert summary.get_attribute("aria-label") is None
+            role, name = accessible_role_and_name(page, ".org-menu > summary")
+            # The rendered text (the hint included: it is clipped, not removed), and the name
+            # without the CSS arrow.
+            shown = " ".join(summary.inner_text().split())
+            name = " ".join(name.replace("▾", "").split())
+            assert name == shown, f"accessible name {name!r}, rendered text {shown!r}"
+            assert name.startswith("Acme Trading "), name
+            assert name.endswith(" (organisation menu)"), name
+            assert ("admin@acme.test · Admin" in name) is (width > NARROW), name
+            assert role in ("button", "DisclosureTriangle"), role
+            summary.press("Enter")
+            settings = page.locator(".org-menu .menu").get_by_role("link", name="Settings")
+            expect(settings).to_be_visible()
+        finally:
+            context.close()
+
+
+def accessible_role_and_name(page, selector):
+    """Chromium's own role and accessible name of the element at `selector`: what a screen
+    reader or speech input gets (Playwright's roles leave <summary> out)."""
+    cdp = page.context.new_cdp_session(page)
+    try:
+        root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+        node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
+        tree = cdp.send("Accessibility.getPartialAXTree", {"nodeId": node, "fetchRelatives": False})
+    finally:
+        cdp.detach()
+    own = tree["nodes"][0]
+    return own["role"]["value"], own["name"]["value"]

@@ -162,6 +162,14 @@ def test_keyboard_only_upgrade_and_invoice_pdf_with_visible_focus(
 
     tab_to(page, lambda f: f["tag"] == "summary" and f["text"].startswith("Keys Ltd"), "the menu")
     page.keyboard.press("Enter")
+    menu = page.locator("details.org-menu")
+    expect(menu).to_have_attribute("open", "")
+    # Escape closes the menu and gives focus back to its summary, as a menu button does.
+    page.keyboard.press("Escape")
+    expect(menu).not_to_have_attribute("open", "")
+    assert page.evaluate("document.activeElement.tagName") == "SUMMARY"
+    page.keyboard.press("Enter")
+    expect(menu).to_have_attribute("open", "")
     tab_to(page, text_is("Settings", "a"), "Settings in the organisation menu")
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", name="Subscription", exact=True)).to_be_visible()

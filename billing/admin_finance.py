@@ -5,6 +5,8 @@ Reached from the ops dashboard's form; staff with billing.export_finance only (B
 support.staff). The admin site (portal.sites) routes it.
 """
 
+import calendar
+
 from django import forms
 from django.core.exceptions import PermissionDenied
 from django.http import StreamingHttpResponse
@@ -21,26 +23,7 @@ from billing.finance_export import (
 )
 
 EXPORT_PERMISSION = "billing.export_finance"
-MONTHS = [
-    (n, f"{n:02d} – {name}")
-    for n, name in enumerate(
-        (
-            "January",
-            "February",
-            "March",
-            "April",
-            "May",
-            "June",
-            "July",
-            "August",
-            "September",
-            "October",
-            "November",
-            "December",
-        ),
-        start=1,
-    )
-]
+MONTHS = [(n, f"{n:02d} – {calendar.month_name[n]}") for n in range(1, 13)]
 QUARTERS = [
     (1, "Q1 (January – March)"),
     (2, "Q2 (April – June)"),

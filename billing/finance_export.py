@@ -107,14 +107,15 @@ credit_notes AS (
                    ELSE coalesce(cr.amount, 0) END AS refunded
   FROM billing_creditnote c LEFT JOIN card_refunds cr ON cr.credit_note_id = c.id
 ),
+invoice_refunds AS (
+  SELECT invoice_id, sum(refunded) AS refunded FROM credit_notes GROUP BY invoice_id
+),
 documents AS (
   SELECT i.number, %(invoice)s AS type, i.issued_at, i.organisation_id, i.billing_details,
          i.tax_rule, i.tax_rate_bp, i.subtotal, i.tax_amount, i.total, i.currency,
          i.amount_paid AS paid, i.amount_credited AS credited,
-         (SELECT coalesce(sum(c.refunded), 0) FROM credit_notes c WHERE c.invoice_id = i.id)
-           AS refunded,
-         i.status
-  FROM billing_invoice i
+         coalesce(r.refunded, 0) AS refunded, i.status
+  FROM billing_invoice i LEFT JOIN invoice_refunds r ON r.invoice_id = i.id
   WHERE i.issued_at >= %(start)s AND i.issued_at < %(end)s
   UNION ALL
   SELECT c.number, %(credit_note)s, c.issued_at, c.organisation_id, i.billing_details,

@@ -1,8 +1,8 @@
 """The ops dashboard's monthly figures: the last twelve calendar months (UTC), per currency
 (docs/architecture.md#decision-the-ops-charts-and-the-finance-export).
 
-One aggregate query per chart family, grouped by month and currency over the twelve month
-boundaries given as arrays, so the cost never depends on how many organisations there are.
+One aggregate query per chart family, grouped by month and currency, so the number of queries
+never depends on how many organisations there are.
 The rules (what MRR counts, when money counts as collected, ...) are written down in the
 decision; billing.finance_export lists the same invoices and credit notes a month at a time.
 """
@@ -70,20 +70,23 @@ def _collect(rows, months: list[Month], series: list[str]) -> Figures:
     return dict(figures)
 
 
-def _query(sql: str, params: list) -> list[tuple]:
+def _query(sql: str, params: dict) -> list[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
 
 
 def _params(months: list[Month], now: datetime) -> dict:
-    """The months as parallel arrays for unnest(): index, start, end, and the instant MRR is
-    taken at (the month's last instant; now for this month); and the codes the queries use."""
+    """The months' bounds: the first's start, the last's end, the first as a month number
+    (year * 12 + month), and the instant each month's MRR is taken at (its last instant: the
+    next month's start, or now for this month); and the codes the queries use."""
     return {
-        "index": list(range(len(months))),
-        "start": [m.start for m in months],
-        "end": [m.end for m in months],
         "at": [min(m.end, now) for m in months],
+        "now": now,
+        "last_index": len(months) - 1,
+        "first": months[0].start,
+        "last": months[-1].end,
+        "base": months[0].start.year * 12 + months[0].start.month,
         "paid": Invoice.Status.PAID,
         "open": Invoice.Status.OPEN,
         "void": Invoice.Status.VOID,
@@ -103,26 +106,50 @@ def _params(months: list[Month], now: datetime) -> dict:
     }
 
 
-# Each query starts from the twelve months as rows (i, start_at, end_at, mrr_at). A period
-# invoice counts when paid, or still owed by a subscription that had started (a first invoice
-# waiting while the subscription is incomplete is a checkout, not a customer yet).
-_MRR = """
-WITH months AS (
-  SELECT * FROM unnest(%(index)s::int[], %(start)s::timestamptz[], %(end)s::timestamptz[],
-                       %(at)s::timestamptz[]) AS m(i, start_at, end_at, mrr_at)
+# The queries of things that happen at an instant (an invoice issued, a case opened) read each
+# row once: {month_of_x} is the month of the row's instant x as an index of `months` (0 the
+# oldest), from its UTC year and month; {in_x} keeps the rows whose x is in [first, last).
+_MONTH = (
+    "(extract(year FROM {at} AT TIME ZONE 'UTC')::int * 12"
+    " + extract(month FROM {at} AT TIME ZONE 'UTC')::int - %(base)s)"
 )
-SELECT m.i, i.currency,
+_IN_MONTHS = "{at} >= %(first)s AND {at} < %(last)s"
+
+
+def _in_months(sql: str, **instants: str) -> str:
+    """`sql` with {month_of_x} and {in_x} filled in for each instant column x."""
+    fill = {}
+    for name, column in instants.items():
+        fill[f"month_of_{name}"] = _MONTH.format(at=column)
+        fill[f"in_{name}"] = _IN_MONTHS.format(at=column)
+    return sql.format(**fill)
+
+
+# A period invoice counts when paid, or still owed by a subscription that had started (a first
+# invoice waiting while the subscription is incomplete is a checkout, not a customer yet).
+# Each plan line is tried against the months whose MRR instant may fall in its period (from
+# its start's month to its end's: two for a monthly period), not against all twelve.
+_MRR_INSTANT = "(%(at)s::timestamptz[])[k + 1]"
+_MRR = """
+SELECT k, i.currency,
        sum(l.amount) FILTER (WHERE i.billing_cycle = %(monthly)s),
        sum(l.amount) FILTER (WHERE i.billing_cycle = %(annual)s)
-FROM months m
-JOIN billing_invoiceline l
-  ON l.kind = %(plan)s AND l.period_start < m.mrr_at AND l.period_end >= m.mrr_at
-JOIN billing_invoice i ON i.id = l.invoice_id AND i.kind = %(period)s
+FROM billing_invoiceline l
+JOIN billing_invoice i ON i.id = l.invoice_id
 JOIN subscriptions_subscription s ON s.id = i.subscription_id
-WHERE (i.status = %(paid)s OR (i.status = %(open)s AND s.status <> %(incomplete)s))
-  AND NOT (s.status = %(ended)s AND s.ended_at < m.mrr_at)
-GROUP BY m.i, i.currency
-"""
+CROSS JOIN LATERAL generate_series(
+  greatest(0, {month_of_start}), least(%(last_index)s, {month_of_end})) k
+WHERE l.kind = %(plan)s AND i.kind = %(period)s
+  AND l.period_end > %(first)s AND l.period_start < %(now)s
+  AND (i.status = %(paid)s OR (i.status = %(open)s AND s.status <> %(incomplete)s))
+  AND l.period_start < {at} AND l.period_end >= {at}
+  AND NOT (s.status = %(ended)s AND s.ended_at < {at})
+GROUP BY k, i.currency
+""".format(
+    month_of_start=_MONTH.format(at="l.period_start"),
+    month_of_end=_MONTH.format(at="l.period_end"),
+    at=_MRR_INSTANT,
+)
 
 
 def mrr(*, months: list[Month], now: datetime) -> Figures:
@@ -142,29 +169,27 @@ def mrr(*, months: list[Month], now: datetime) -> Figures:
 
 MONEY_SERIES = ["invoiced", "collected", "credited"]
 
-_MONEY = """
-WITH months AS (
-  SELECT * FROM unnest(%(index)s::int[], %(start)s::timestamptz[], %(end)s::timestamptz[],
-                       %(at)s::timestamptz[]) AS m(i, start_at, end_at, mrr_at)
+_MONEY = _in_months(
+    """
+SELECT {month_of_issued}, i.currency, 'invoiced', sum(i.total)
+FROM billing_invoice i
+WHERE {in_issued} AND i.status <> %(void)s
+GROUP BY 1, 2
+UNION ALL
+SELECT {month_of_completed}, p.currency, 'collected', sum(p.amount)
+FROM billing_payment p
+WHERE {in_completed} AND p.status IN (%(succeeded)s, %(charged_back)s)
+GROUP BY 1, 2
+UNION ALL
+SELECT {month_of_credited}, c.currency, 'credited', sum(c.total)
+FROM billing_creditnote c
+WHERE {in_credited}
+GROUP BY 1, 2
+""",
+    issued="i.issued_at",
+    completed="coalesce(p.completed_at, p.created_at)",
+    credited="c.issued_at",
 )
-SELECT m.i, i.currency, 'invoiced', sum(i.total)
-FROM months m
-JOIN billing_invoice i ON i.issued_at >= m.start_at AND i.issued_at < m.end_at
-WHERE i.status <> %(void)s
-GROUP BY m.i, i.currency
-UNION ALL
-SELECT m.i, p.currency, 'collected', sum(p.amount)
-FROM months m
-JOIN billing_payment p ON coalesce(p.completed_at, p.created_at) >= m.start_at
-  AND coalesce(p.completed_at, p.created_at) < m.end_at
-WHERE p.status IN (%(succeeded)s, %(charged_back)s)
-GROUP BY m.i, p.currency
-UNION ALL
-SELECT m.i, c.currency, 'credited', sum(c.total)
-FROM months m
-JOIN billing_creditnote c ON c.issued_at >= m.start_at AND c.issued_at < m.end_at
-GROUP BY m.i, c.currency
-"""
 
 
 def money(*, months: list[Month], now: datetime) -> Figures:
@@ -177,40 +202,37 @@ def money(*, months: list[Month], now: datetime) -> Figures:
 
 FAILED_SERIES = ["opened", "recovered", "suspended", "written_off"]
 
-_FAILED = """
-WITH months AS (
-  SELECT * FROM unnest(%(index)s::int[], %(start)s::timestamptz[], %(end)s::timestamptz[],
-                       %(at)s::timestamptz[]) AS m(i, start_at, end_at, mrr_at)
-)
-SELECT m.i, s.currency, 'opened', count(*)
-FROM months m
-JOIN billing_dunningcase c ON c.started_at >= m.start_at AND c.started_at < m.end_at
-JOIN subscriptions_subscription s ON s.id = c.subscription_id
-GROUP BY m.i, s.currency
+_FAILED = _in_months(
+    """
+SELECT {month_of_started}, s.currency, 'opened', count(*)
+FROM billing_dunningcase c JOIN subscriptions_subscription s ON s.id = c.subscription_id
+WHERE {in_started}
+GROUP BY 1, 2
 UNION ALL
-SELECT m.i, s.currency, 'recovered', count(*)
-FROM months m
-JOIN billing_dunningcase c ON c.closed_at >= m.start_at AND c.closed_at < m.end_at
-JOIN subscriptions_subscription s ON s.id = c.subscription_id
-WHERE c.status = %(resolved)s AND NOT EXISTS (
+SELECT {month_of_closed}, s.currency, 'recovered', count(*)
+FROM billing_dunningcase c JOIN subscriptions_subscription s ON s.id = c.subscription_id
+WHERE {in_closed} AND c.status = %(resolved)s AND NOT EXISTS (
   SELECT 1 FROM billing_invoice w WHERE w.subscription_id = c.subscription_id
   AND w.status = %(uncollectible)s AND w.closed_at = c.closed_at)
-GROUP BY m.i, s.currency
+GROUP BY 1, 2
 UNION ALL
-SELECT m.i, s.currency, 'suspended', count(*)
-FROM months m
-JOIN billing_dunningstep st ON st.ran_at >= m.start_at AND st.ran_at < m.end_at
+SELECT {month_of_ran}, s.currency, 'suspended', count(*)
+FROM billing_dunningstep st
 JOIN billing_dunningcase c ON c.id = st.case_id
 JOIN subscriptions_subscription s ON s.id = c.subscription_id
-WHERE st.step = %(day_14)s AND st.result <> %(running)s
-GROUP BY m.i, s.currency
+WHERE {in_ran} AND st.step = %(day_14)s AND st.result <> %(running)s
+GROUP BY 1, 2
 UNION ALL
-SELECT m.i, i.currency, 'written_off', count(*)
-FROM months m
-JOIN billing_invoice i ON i.closed_at >= m.start_at AND i.closed_at < m.end_at
-WHERE i.status = %(uncollectible)s
-GROUP BY m.i, i.currency
-"""
+SELECT {month_of_written_off}, i.currency, 'written_off', count(*)
+FROM billing_invoice i
+WHERE {in_written_off} AND i.status = %(uncollectible)s
+GROUP BY 1, 2
+""",
+    started="c.started_at",
+    closed="c.closed_at",
+    ran="st.ran_at",
+    written_off="i.closed_at",
+)
 
 
 def failed_payments(*, months: list[Month], now: datetime) -> Figures:
@@ -222,16 +244,16 @@ def failed_payments(*, months: list[Month], now: datetime) -> Figures:
 
 CANCELLATION_SERIES = [value for value, _ in CancellationReason.choices]
 
-_CANCELLATIONS = """
-WITH months AS (
-  SELECT * FROM unnest(%(index)s::int[], %(start)s::timestamptz[], %(end)s::timestamptz[],
-                       %(at)s::timestamptz[]) AS m(i, start_at, end_at, mrr_at)
-)
-SELECT m.i, s.currency, coalesce(nullif(s.cancellation_reason, ''), %(other)s), count(*)
-FROM months m
-JOIN subscriptions_subscription s ON s.canceled_at >= m.start_at AND s.canceled_at < m.end_at
+_CANCELLATIONS = _in_months(
+    """
+SELECT {month_of_canceled}, s.currency,
+       coalesce(nullif(s.cancellation_reason, ''), %(other)s), count(*)
+FROM subscriptions_subscription s
+WHERE {in_canceled}
 GROUP BY 1, 2, 3
-"""
+""",
+    canceled="s.canceled_at",
+)
 
 
 def cancellations(*, months: list[Month], now: datetime) -> Figures:
@@ -240,19 +262,16 @@ def cancellations(*, months: list[Month], now: datetime) -> Figures:
     return _collect(_query(_CANCELLATIONS, _params(months, now)), months, CANCELLATION_SERIES)
 
 
-_NEW = """
-WITH months AS (
-  SELECT * FROM unnest(%(index)s::int[], %(start)s::timestamptz[], %(end)s::timestamptz[],
-                       %(at)s::timestamptz[]) AS m(i, start_at, end_at, mrr_at)
-)
-SELECT m.i, i.currency, 'new', count(*)
-FROM months m
-JOIN billing_invoice i ON i.period_start >= m.start_at AND i.period_start < m.end_at
-JOIN subscriptions_subscription s ON s.id = i.subscription_id
-WHERE i.starts_term AND i.kind = %(period)s
+_NEW = _in_months(
+    """
+SELECT {month_of_start}, i.currency, 'new', count(*)
+FROM billing_invoice i JOIN subscriptions_subscription s ON s.id = i.subscription_id
+WHERE {in_start} AND i.starts_term AND i.kind = %(period)s
   AND (i.status = %(paid)s OR (i.status = %(open)s AND s.status <> %(incomplete)s))
-GROUP BY m.i, i.currency
-"""
+GROUP BY 1, 2
+""",
+    start="i.period_start",
+)
 
 
 def new_subscriptions(*, months: list[Month], now: datetime) -> Figures:

@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from accounts.models import Organisation
 from billing.models import CreditNote, DunningCase, DunningStep, Invoice, InvoiceLine, Payment
 from portal import ops_figures
+from portal.dashboard import ops_dashboard
 from portal.ops_charts import ops_charts
 from subscriptions.models import Plan, Subscription
 from support import staff
@@ -119,6 +120,7 @@ def world():
     # F: a void invoice counts nowhere.
     f = subscription()
     period_invoice(f, price=50_000, start=at(10), end=at(11), status="void", starts_term=True)
+    period_invoice(f, price=50_000, start=at(11), end=at(12), status="void")
     # G: USD, monthly 50.00, started in November, paid.
     g = subscription(currency="USD")
     g_nov = period_invoice(g, price=5_000, start=at(11, 2), end=at(12, 2), starts_term=True)
@@ -268,6 +270,13 @@ def test_cancellations_by_reason_and_new_subscriptions(world):
         "EUR": {"new": by_month(Sep=1)},
         "USD": {"new": by_month(Nov=1)},
     }
+
+
+def test_this_months_figures_count_as_the_charts_do(world):
+    issued, collected = ops_dashboard(now=NOW)["month"]
+    # A's November and C's checkout invoice (123.00 each), G's $61.50; F's void one is not.
+    assert (issued.value, issued.detail) == ("3", "€246.00, $61.50")
+    assert (collected.value, collected.detail) == ("1 payment", "$61.50")
 
 
 def test_a_month_with_nothing_is_zero_and_no_data_means_no_chart():

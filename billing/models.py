@@ -183,6 +183,7 @@ class Invoice(models.Model):
             ("write_off", "Can mark an invoice uncollectible"),
             ("issue_revised_copy", "Can issue a revised copy of an invoice"),
             ("issue_credit_note", "Can issue a credit note or refund"),
+            ("export_finance", "Can download the finance export"),
         ]
         constraints = [
             # One invoice per subscription period, whatever retries or races happen.

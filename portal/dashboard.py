@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from django.db.models import Count, Q, Sum
+from django.db.models.functions import Coalesce
 from django.urls import reverse
 
 from accounts.models import Organisation
@@ -120,16 +121,19 @@ def _at_risk_figures(by_status: dict) -> list[Figure]:
 
 
 def _month_figures(month_start: datetime) -> list[Figure]:
-    """Invoices issued and money collected this calendar month (UTC), per currency."""
-    month_query = {"__gte": month_start.isoformat()}
+    """Invoices issued (void ones left out) and money collected this calendar month (UTC), per
+    currency, counted as the charts count them (portal.ops_figures.money)."""
+    counted = [s for s in Invoice.Status.values if s != Invoice.Status.VOID]
     issued = list(
-        Invoice.objects.filter(issued_at__gte=month_start)
+        Invoice.objects.filter(issued_at__gte=month_start, status__in=counted)
         .values("currency")
         .annotate(n=Count("id"), amount=Sum("total"))
         .order_by("currency")
     )
+    received = [Payment.Status.SUCCEEDED, Payment.Status.CHARGED_BACK]
     collected = list(
-        Payment.objects.filter(status=Payment.Status.SUCCEEDED, created_at__gte=month_start)
+        Payment.objects.annotate(at=Coalesce("completed_at", "created_at"))
+        .filter(status__in=received, at__gte=month_start)
         .values("currency")
         .annotate(n=Count("id"), amount=Sum("amount"))
         .order_by("currency")
@@ -139,7 +143,11 @@ def _month_figures(month_start: datetime) -> list[Figure]:
             label=f"Invoices issued in {month_start:%B %Y}",
             value=f"{sum(r['n'] for r in issued):,}",
             detail=_amounts(issued) or "—",
-            url=_url("billing_invoice", **{f"issued_at{k}": v for k, v in month_query.items()}),
+            url=_url(
+                "billing_invoice",
+                issued_at__gte=month_start.isoformat(),
+                status__in=",".join(counted),
+            ),
         ),
         Figure(
             label=f"Collected in {month_start:%B %Y}",
@@ -147,8 +155,8 @@ def _month_figures(month_start: datetime) -> list[Figure]:
             detail=_amounts(collected) or "—",
             url=_url(
                 "billing_payment",
-                status__exact="succeeded",
-                **{f"created_at{k}": v for k, v in month_query.items()},
+                status__in=",".join(received),
+                completed_at__gte=month_start.isoformat(),
             ),
         ),
     ]

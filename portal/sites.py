@@ -4,9 +4,17 @@ Its own module, not portal/admin.py: the site is built when the first app's admi
 registers a model, before portal/admin.py (which imports those modules) may load."""
 
 from django.contrib import admin
+from django.urls import path
 from django.utils import timezone
 
+from billing.admin_finance import (
+    EXPORT_PERMISSION,
+    FinanceExportForm,
+    finance_export_view,
+    initial_for,
+)
 from portal.dashboard import ops_dashboard
+from portal.ops_charts import ops_charts
 
 
 class PortalAdminSite(admin.AdminSite):
@@ -16,7 +24,19 @@ class PortalAdminSite(admin.AdminSite):
     site_title = "APPSeCONNECT ops"
     index_title = "Ops dashboard"
 
+    def get_urls(self):
+        return [
+            path(
+                "finance-export/",
+                self.admin_view(lambda request: finance_export_view(request, admin_site=self)),
+                name="finance_export",
+            ),
+            *super().get_urls(),
+        ]
+
     def index(self, request, extra_context=None):
-        return super().index(
-            request, {"dashboard": ops_dashboard(now=timezone.now()), **(extra_context or {})}
-        )
+        now = timezone.now()
+        context = {"dashboard": ops_dashboard(now=now), "charts": ops_charts(now=now)}
+        if request.user.has_perm(EXPORT_PERMISSION):
+            context["finance_export_form"] = FinanceExportForm(initial=initial_for(now), now=now)
+        return super().index(request, {**context, **(extra_context or {})})

@@ -20,6 +20,7 @@ MONEY_PERMISSIONS = (
     "billing.extend_grace",
     "billing.resolve_difference",
     "billing.adjust_balance",
+    "billing.export_finance",
     "support.reply_ticket",
 )
 ACCESS_PERMISSIONS = (

@@ -353,6 +353,9 @@ TABLE = {
     # download their PDFs.
     "admin:billing_invoice_credit_note": ops(get=200, post=400),
     "admin:billing_creditnote_pdf": ops(get=200, post=405),
+    # The finance export (portal.sites, billing.admin_finance): Billing staff may; without a
+    # period GET shows its form; it only answers GET.
+    "admin:finance_export": ops(get=200, post=405),
     # Staff groups have no permission on Django's groups nor allauth's email addresses
     # (support/staff.py, PROJECT_APPS); the rest of their family is as in ADMIN_FAMILY.
     "admin:auth_group_changelist": ops(get=403, post=403),

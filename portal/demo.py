@@ -8,6 +8,7 @@ the login, the memberships and a card known to the Stripe stand-in exist.
 See docs/architecture.md#decision-development-and-demo-contracts.
 """
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -21,13 +22,14 @@ from django.db import transaction
 
 from accounts.audit import SYSTEM, Actor
 from accounts.billing_recipients import billing_recipient_add
-from accounts.models import Membership, Organisation, User
+from accounts.models import Membership, Organisation, OutgoingEmail, User
 from accounts.services import organisation_create
 from billing import gateway
 from billing.cards import card_setup_begin, card_setup_complete
 from billing.checkout import subscription_checkout
 from billing.collection import dunning_advance
 from billing.credit_notes import credit_note_issue
+from billing.documents import invoice_documents_render_pending
 from billing.invoicing import billing_run_issue
 from billing.models import BillingProfile, CreditNote, Invoice, PaymentMethod
 from billing.payments import invoices_charge_due
@@ -151,6 +153,16 @@ def logins() -> list[tuple[str, str, str]]:
     return [*rows, ("Ops staff", "Django admin", OPS_EMAIL)]
 
 
+@contextlib.contextmanager
+def _emails_dated(moment: datetime):
+    """The emails written inside the block carry `moment`: the services take `now`, but an
+    email is stamped when it is written, and the Notifications page of a story told in the
+    past would otherwise show every message sent at seeding time."""
+    before = OutgoingEmail.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+    yield
+    OutgoingEmail.objects.filter(pk__gt=before).update(created_at=moment)
+
+
 # People and cards -----------------------------------------------------------------------------
 
 
@@ -229,14 +241,16 @@ def _subscribe(
         postal_code="D01 F5P2",
         country="IE",
     )
-    subscription_checkout(
-        organisation=organisation,
-        actor=SYSTEM,
-        plan=Plan.objects.get(code=story.plan),
-        billing_cycle=story.cycle,
-        currency="USD",
-        now=start,
-    )
+    with _emails_dated(start):
+        subscription_checkout(
+            organisation=organisation,
+            actor=SYSTEM,
+            plan=Plan.objects.get(code=story.plan),
+            billing_cycle=story.cycle,
+            currency="USD",
+            now=start,
+        )
+    _invoices_rendered(start + timedelta(minutes=1))
     return Subscription.objects.get(organisation=organisation)
 
 
@@ -247,9 +261,20 @@ def _renew_until(subscription: Subscription, moment: datetime, before_renewal=No
         end = subscription.current_period_end
         if before_renewal:
             before_renewal(subscription.current_period_start, end)
-        billing_run_issue(now=end)
-        invoices_charge_due(now=end)
+        with _emails_dated(end):
+            billing_run_issue(now=end)
+        _invoices_rendered(end)
+        charged = end + timedelta(minutes=1)
+        with _emails_dated(charged):
+            invoices_charge_due(now=charged)
         subscription.refresh_from_db()
+
+
+def _invoices_rendered(moment: datetime) -> None:
+    """Render the new invoices' PDFs as the worker would right after issue, so their "Invoice
+    from" emails carry the moment of the story, not of seeding."""
+    with _emails_dated(moment):
+        invoice_documents_render_pending(now=moment)
 
 
 # The stories ----------------------------------------------------------------------------------
@@ -260,9 +285,9 @@ def _story_acme_trading(organisation: Organisation, story: Story, *, now: dateti
     machine API's ingest, last usage month over the limit (one overage on the renewal
     invoice), this month at about 85% with the 80% alert sent, a credit note to the customer
     balance, and an extra billing recipient."""
-    # Started ten days past a month boundary, so this usage month is ten days old and its
-    # records are spread over them.
-    start = now - relativedelta(months=4, days=10)
+    # Started 22 days past a month boundary, so this usage month is 22 days old whatever the
+    # date: 85% with a week left is the moment the alert and the forecast are about.
+    start = now - relativedelta(months=4, days=22)
     subscription = _subscribe(organisation, story, start=start)
     admin = Actor(user=User.objects.get(email=story.people[0][0]))
     flows, paused, key = _acme_flows(organisation, admin, at=start + timedelta(hours=1))
@@ -358,12 +383,14 @@ def _ingest(key: ApiKey, flows, *, begin: datetime, end: datetime, total: int, s
                     else "",
                 }
             )
-        result = sync_info_ingest(
-            key=key,
-            idempotency_key=f"demo-{begin:%Y%m%dT%H%M%S}-{first}",
-            body=json.dumps({"records": records}).encode(),
-            now=min(last + timedelta(minutes=1), sent_at),
-        )
+        received = min(last + timedelta(minutes=1), sent_at)
+        with _emails_dated(received):
+            result = sync_info_ingest(
+                key=key,
+                idempotency_key=f"demo-{begin:%Y%m%dT%H%M%S}-{first}",
+                body=json.dumps({"records": records}).encode(),
+                now=received,
+            )
         if result.status_code != 201:
             raise RuntimeError(f"The demo batch was refused: {result.body}")
 
@@ -404,7 +431,10 @@ def _story_initech(organisation: Organisation, story: Story, *, now: datetime) -
     subscription = _subscribe(organisation, story, start=start, card=VISA)
     _card_replace(organisation, story.card, now=start + timedelta(days=7))
     _renew_until(subscription, renewal)
-    dunning_advance(now=renewal + timedelta(days=3))
+    # Day 3 of the case opened by the renewal's charge (a minute after the renewal).
+    day_3 = renewal + timedelta(days=3, minutes=5)
+    with _emails_dated(day_3):
+        dunning_advance(now=day_3)
 
 
 def _card_replace(organisation: Organisation, number: str, *, now: datetime) -> None:
@@ -417,13 +447,14 @@ def _story_umbrella(organisation: Organisation, story: Story, *, now: datetime) 
     """Standard monthly, cancelled yesterday: service until the period ends, then its data is
     kept 30 days (the deletion countdown)."""
     subscription = _subscribe(organisation, story, start=now - timedelta(days=12))
-    subscription_cancel(
-        subscription=subscription,
-        actor=Actor(user=User.objects.get(email=story.people[0][0])),
-        reason=CancellationReason.PROJECT_ENDED,
-        detail="",
-        now=now - timedelta(days=1),
-    )
+    with _emails_dated(now - timedelta(days=1)):
+        subscription_cancel(
+            subscription=subscription,
+            actor=Actor(user=User.objects.get(email=story.people[0][0])),
+            reason=CancellationReason.PROJECT_ENDED,
+            detail="",
+            now=now - timedelta(days=1),
+        )
 
 
 def _sso_for_globex(organisation: Organisation, *, now: datetime) -> None:

@@ -10,7 +10,7 @@ usage month starts (the hardest case for "about 85% of the limit").
 import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -244,3 +244,29 @@ def test_seed_demo_refuses_with_debug_off_in_one_line():
     assert result.stderr.strip().splitlines() == [
         "CommandError: seed_demo creates known passwords and runs only with DEBUG on."
     ]
+
+
+def test_the_stories_emails_carry_the_moment_they_tell(still):
+    """The Notifications page reads like the story: each invoice's email at its issue, each
+    receipt after it, the alerts when usage crossed, not everything at the moment of seeding."""
+    acme = Organisation.objects.get(slug="acme-trading")
+    invoices = list(Invoice.objects.filter(organisation=acme).order_by("issued_at"))
+    assert len(invoices) >= 4
+    for invoice in invoices:
+        issued = OutgoingEmail.objects.filter(
+            organisation=acme, template="invoice_issued", subject__contains=invoice.number
+        ).values_list("created_at", flat=True)
+        receipts = OutgoingEmail.objects.filter(
+            organisation=acme, template="payment_receipt", subject__contains=invoice.number
+        ).values_list("created_at", flat=True)
+        assert issued, invoice.number
+        assert receipts, invoice.number
+        assert {moment.date() for moment in issued} == {invoice.issued_at.date()}
+        assert max(issued) < NOW
+        assert max(receipts) < NOW
+    alerts = OutgoingEmail.objects.filter(organisation=acme, template="usage_alert")
+    assert alerts.count() >= 3  # 80% and 100% last month, 80% this month (two recipients each)
+    assert all(moment < NOW for moment in alerts.values_list("created_at", flat=True))
+    initech = Organisation.objects.get(slug="initech")
+    day_3 = OutgoingEmail.objects.filter(organisation=initech).latest("created_at").created_at
+    assert NOW - day_3 < timedelta(hours=1)

@@ -23,11 +23,29 @@ AXE_OPTIONS = {
 }
 
 
+# The Django admin pages ops work in every day, also checked at 375 px: the dashboard, the
+# admin's own views, and these models' lists and change pages. The other generic ModelAdmin
+# pages share those templates and are checked at 1280 px.
+MAIN_ADMIN_MODELS = {
+    ("accounts", "organisation"),
+    ("accounts", "user"),
+    ("subscriptions", "subscription"),
+    ("billing", "invoice"),
+    ("billing", "creditnote"),
+    ("billing", "payment"),
+    ("billing", "dunningcase"),
+    ("billing", "dispute"),
+    ("support", "supportticket"),
+    ("retention", "datadeletionrequest"),
+}
+
+
 @dataclass(frozen=True)
 class Page:
     key: str  # the URL name, as in the matrix
     url: str  # path and query, without the host
     admin: bool  # a Django admin page (its own layout; not part of the overflow check)
+    main: bool = True  # checked at both widths (False: a generic admin page, at 1280 px only)
 
 
 def pages_for(role, world):
@@ -49,6 +67,8 @@ def pages_for(role, world):
                 key=key,
                 url=world.url(key, route),
                 admin=key.startswith("admin:") or family is not None,
+                main=family is None
+                or (family[0] in {"changelist", "change"} and family[1:] in MAIN_ADMIN_MODELS),
             )
         )
     return found
@@ -85,13 +105,23 @@ def session_cookie(user, portal_url):
     return {"name": settings.SESSION_COOKIE_NAME, "value": value, "url": portal_url}
 
 
+def axe_in_every_page(context):
+    """axe-core (bundled with axe-playwright-python, nothing fetched) in every document the
+    context opens, before the page's own scripts: injected once per context rather than sent
+    with every check."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    context.add_init_script(script=Axe().axe_script)
+
+
 def target_of(node):
     return " ".join(" > ".join(t) if isinstance(t, list) else t for t in node["target"])
 
 
-def axe_problems(axe, page):
-    """'rule (impact): selector; selector' for each serious or critical axe violation."""
-    results = axe.run(page, options=AXE_OPTIONS).response
+def axe_problems(page):
+    """'rule (impact): selector; selector' for each serious or critical axe violation. axe-core
+    is already in the page: the context adds it to every document (`axe_in_every_page`)."""
+    results = page.evaluate("options => axe.run(document, options)", AXE_OPTIONS)
     problems = []
     for violation in results["violations"]:
         nodes = [n for n in violation["nodes"] if n.get("impact") in FAILING_IMPACTS]

@@ -1,7 +1,8 @@
 """`make run` (scripts/run.sh) stops everything it started, on a TERM as on Ctrl-C.
 
-Each test starts the script with its own ports and RUN_DIR (a fresh folder, as in a new
-clone), so it never touches the services the rest of the suite uses. SEED_DEMO=0 skips the
+Each test starts the script with its own ports and the module's RUN_DIR (a fresh folder, as
+in a new clone, for the first; the second finds what the first left), so it never touches the
+services the rest of the suite uses. SEED_DEMO=0 skips the
 demo data (tests/core/test_seed_demo.py covers it); everything else starts as for a developer.
 """
 
@@ -108,8 +109,10 @@ def wait_for_page(url: str, script: subprocess.Popen, log: Path, seconds: float)
     pytest.fail(f"the dev server did not answer within {seconds}s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def run_dir():
+    """One folder for the module: the first run starts in a fresh clone's state (no .run
+    yet), the second finds the cluster the first left, as a second `make run` does."""
     # Not pytest's tmp_path: the `postgres` user must reach the cluster folder (0700 there).
     path = tempfile.mkdtemp(prefix="run-script-test-")
     os.chmod(path, 0o755)  # noqa: S103 - a throwaway folder Postgres must enter

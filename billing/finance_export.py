@@ -19,9 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from django.db import connections
-
 from billing.models import CreditNote, Refund
+from core.csv_copy import copy_csv
 
 COLUMNS = (
     "number",
@@ -41,7 +40,6 @@ COLUMNS = (
     "refunded",
     "status",
 )
-CHUNK_BYTES = 64 * 1024
 INVOICE, CREDIT_NOTE = "invoice", "credit_note"
 REVERSE_CHARGE = "reverse_charge"  # billing.tax's rule
 
@@ -156,11 +154,10 @@ ORDER BY issued_at, type DESC, number
 
 
 def finance_export_csv(*, period: ExportPeriod, using: str = "default") -> Iterator[bytes]:
-    """The CSV file, header first, in chunks of about CHUNK_BYTES.
+    """The CSV file, header first, in chunks (core.csv_copy).
 
-    A generator: nothing runs until the response is iterated, after the view has returned.
+    Lazy: no query runs until the response is iterated, after the view has returned.
     """
-    statement = f"COPY ({_SELECT.strip()}) TO STDOUT WITH (FORMAT csv, HEADER)"
     params = {
         "start": period.start,
         "end": period.end,
@@ -170,13 +167,4 @@ def finance_export_csv(*, period: ExportPeriod, using: str = "default") -> Itera
         "outside": CreditNote.Outcome.REFUNDED_OUTSIDE,
         "reverse_charge": REVERSE_CHARGE,
     }
-    with connections[using].cursor() as cursor, cursor.cursor.copy(statement, params) as copy:
-        chunk = bytearray()
-        for row in copy:
-            chunk += row[:-1]
-            chunk += b"\r\n"
-            if len(chunk) >= CHUNK_BYTES:
-                yield bytes(chunk)
-                chunk.clear()
-        if chunk:
-            yield bytes(chunk)
+    return copy_csv(_SELECT.strip(), params, using=using)

@@ -6,6 +6,7 @@ usage chart is (x in percent of the width, y in px), each with a text legend and
 from dataclasses import dataclass
 from datetime import datetime
 
+from core.charts import axis_max, compact, px
 from core.money import format_money
 from portal import ops_figures
 from portal.ops_figures import Month
@@ -70,29 +71,8 @@ class Chart:
     label_y: int = LABEL_Y
 
 
-def _axis_max(highest: int) -> int:
-    """The smallest of 1, 2, 5, 10, 20, 50, ... at or above the highest value."""
-    scale = 1
-    while True:
-        for step in (1, 2, 5):
-            if highest <= step * scale:
-                return step * scale
-        scale *= 10
-
-
-def _compact(value: int) -> str:
-    for size, suffix in ((1_000_000, "M"), (1_000, "k")):
-        if value >= size:
-            return f"{value / size:g}{suffix}"
-    return str(value)
-
-
 def _pct(value: float) -> str:
     return f"{value:.3f}%"
-
-
-def _px(value: float) -> str:
-    return f"{value:.2f}"
 
 
 def bar_chart(
@@ -114,7 +94,7 @@ def bar_chart(
         return format_money(value, currency) if money else f"{value:,}"
 
     def axis(value: int) -> str:
-        return _compact(value // 100) if money else _compact(value)
+        return compact(value // 100) if money else compact(value)
 
     # The axis counts whole units of money so that its labels stay short ("2k", not "200k").
     unit = 100 if money else 1
@@ -124,7 +104,7 @@ def bar_chart(
         )
     else:
         highest = max((max(values[s.key]) for s in series), default=0)
-    top = _axis_max(-(-highest // unit)) * unit
+    top = axis_max(-(-highest // unit)) * unit
     plot = BOTTOM - TOP
     slot = 100 / len(months)
     group = slot * GROUP_SHARE
@@ -146,8 +126,8 @@ def bar_chart(
                 Bar(
                     x=_pct(x),
                     width=_pct(width),
-                    y=_px(y),
-                    height=_px(height),
+                    y=px(y),
+                    height=px(height),
                     css_class=item.css_class,
                     title=f"{month.label}{' (so far)' if month.is_current else ''}: "
                     f"{item.name} {show(value)}",
@@ -162,7 +142,7 @@ def bar_chart(
                 cells=[show(values[s.key][index]) for s in series],
             )
         )
-    ticks = [Tick(y=_px(BOTTOM - v * plot / top), label=axis(v)) for v in (0, top // 2, top)]
+    ticks = [Tick(y=px(BOTTOM - v * plot / top), label=axis(v)) for v in (0, top // 2, top)]
     if total:
         summary = "; ".join(f"{s.name} {show(sum(values[s.key]))}" for s in series)
         summary = (

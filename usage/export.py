@@ -15,7 +15,7 @@ is written as NULL, i.e. an empty field, where COPY would write "".
 from collections.abc import Iterator
 from datetime import datetime
 
-from django.db import connections
+from core.csv_copy import copy_csv
 
 COLUMNS = ("synced_at", "flow", "flow_id", "record_key", "status", "direction", "message")
 CHUNK_BYTES = 64 * 1024
@@ -66,20 +66,10 @@ def sync_info_csv(
 ) -> Iterator[bytes]:
     """The CSV file, header first, in chunks of about CHUNK_BYTES.
 
-    A generator: nothing runs until the response is iterated, which happens after the view
-    has returned, so the database work starts here, on the request's own connection.
+    Lazy: no query runs until the response is iterated, which happens after the view has
+    returned, so the database work starts then, on the request's own connection.
     """
     select, params = sync_info_select(
         organisation_id=organisation_id, start=start, end=end, flow_id=flow_id, status=status
     )
-    statement = f"COPY ({select}) TO STDOUT WITH (FORMAT csv, HEADER)"
-    with connections[using].cursor() as cursor, cursor.cursor.copy(statement, params) as copy:
-        chunk = bytearray()
-        for row in copy:
-            chunk += row[:-1]
-            chunk += b"\r\n"
-            if len(chunk) >= CHUNK_BYTES:
-                yield bytes(chunk)
-                chunk.clear()
-        if chunk:
-            yield bytes(chunk)
+    return copy_csv(select, params, using=using, chunk_bytes=CHUNK_BYTES)

@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta
 
 from django.db.models import Sum
 
+from core.charts import axis_max, compact, px
 from subscriptions.models import PlanChange, Subscription
 from usage.models import UsageCounter
 from usage.months import usage_month
@@ -26,13 +27,10 @@ from usage.selectors import (
     ChartTick,
     DayUsage,
     UsageChart,
-    _axis_max,
     _chart,
-    _compact,
     _level,
     _percent,
     _percent_used,
-    _px,
 )
 
 HISTORY_MONTHS = 12
@@ -232,7 +230,7 @@ def monthly_chart(months: list[UsageMonth]) -> MonthlyChart:
     """Bars of `months` (given newest first, drawn oldest to newest, left to right) against
     each month's limit, in the geometry and classes of the daily chart."""
     ordered = months[::-1]
-    top = _axis_max(max((max(m.transactions, m.limit) for m in ordered), default=0))
+    top = axis_max(max((max(m.transactions, m.limit) for m in ordered), default=0), smallest=10)
     plot = CHART_BOTTOM - CHART_TOP
     slot = 100 / max(len(ordered), 1)
     every = 1 if len(ordered) <= 6 else 2  # labels never crowd a phone screen
@@ -254,8 +252,8 @@ def monthly_chart(months: list[UsageMonth]) -> MonthlyChart:
                 limit=month.limit,
                 x=_percent(slot * index + slot * (1 - CHART_BAR_SHARE) / 2),
                 width=_percent(slot * CHART_BAR_SHARE),
-                y=_px(CHART_BOTTOM - height),
-                height=_px(height),
+                y=px(CHART_BOTTOM - height),
+                height=px(height),
                 css_class=css_class,
                 title=_month_title(month),
             )
@@ -264,7 +262,7 @@ def monthly_chart(months: list[UsageMonth]) -> MonthlyChart:
             LimitMark(
                 x1=_percent(slot * index),
                 x2=_percent(slot * (index + 1)),
-                y=_px(CHART_BOTTOM - month.limit * plot / top),
+                y=px(CHART_BOTTOM - month.limit * plot / top),
             )
         )
         # From the newest month back, so the current month always has its label.
@@ -275,7 +273,7 @@ def monthly_chart(months: list[UsageMonth]) -> MonthlyChart:
             labelled_year = year
             labels.append(ChartLabel(text=text, x=_percent(slot * index + slot / 2)))
     ticks = [
-        ChartTick(value=value, label=_compact(value), y=_px(CHART_BOTTOM - value * plot / top))
+        ChartTick(value=value, label=compact(value), y=px(CHART_BOTTOM - value * plot / top))
         for value in (0, top // 2, top)
     ]
     return MonthlyChart(

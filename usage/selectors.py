@@ -13,6 +13,7 @@ from django.db.models import Q, QuerySet, Sum
 from django.http import Http404
 
 from accounts.models import Organisation
+from core.charts import axis_max, compact, px
 from core.keyset import cursor_encode as keyset_cursor_encode
 from subscriptions.models import BillingCycle, ProcessFlow, Subscription
 from usage.alerts import FIXED_PERCENTS, MAX_CUSTOM
@@ -240,29 +241,6 @@ def usage_summary(*, subscription: Subscription, now: datetime) -> UsageSummary:
 # The daily chart ------------------------------------------------------------------------------
 
 
-def _axis_max(highest: int) -> int:
-    """The smallest of 10, 20, 50, 100, 200, 500, ... at or above the busiest day."""
-    scale = 10
-    while True:
-        for step in (1, 2, 5):
-            if highest <= step * scale:
-                return step * scale
-        scale *= 10
-
-
-def _compact(value: int) -> str:
-    """Axis labels: 500, 2.5k, 40k, 1.5M."""
-    for size, suffix in ((1_000_000, "M"), (1_000, "k")):
-        if value >= size:
-            return f"{value / size:g}{suffix}"
-    return str(value)
-
-
-def _px(value: float) -> str:
-    # Strings, so the template never localises a number inside SVG geometry.
-    return f"{value:.2f}".rstrip("0").rstrip(".")
-
-
 def _percent(value: float) -> str:
     return f"{value:.4f}".rstrip("0").rstrip(".") + "%"
 
@@ -284,7 +262,7 @@ def _bar_title(day: DayUsage) -> str:
 
 
 def _chart(days: list[DayUsage]) -> UsageChart:
-    top = _axis_max(max((d.transactions for d in days), default=0))
+    top = axis_max(max((d.transactions for d in days), default=0), smallest=10)
     plot = CHART_BOTTOM - CHART_TOP
     slot = 100 / max(len(days), 1)
     bars = []
@@ -299,8 +277,8 @@ def _chart(days: list[DayUsage]) -> UsageChart:
                 transactions=day.transactions,
                 x=_percent(slot * index + slot * (1 - CHART_BAR_SHARE) / 2),
                 width=_percent(slot * CHART_BAR_SHARE),
-                y=_px(CHART_BOTTOM - height),
-                height=_px(height),
+                y=px(CHART_BOTTOM - height),
+                height=px(height),
                 is_today=day.is_today,
                 is_future=day.is_future,
                 css_class=_bar_class(day),
@@ -315,7 +293,7 @@ def _chart(days: list[DayUsage]) -> UsageChart:
                 text = day.day.strftime("%-d %b")  # a new calendar month starts in between
             labels.append(ChartLabel(text=text, x=_percent(slot * index + slot / 2)))
     ticks = [
-        ChartTick(value=value, label=_compact(value), y=_px(CHART_BOTTOM - value * plot / top))
+        ChartTick(value=value, label=compact(value), y=px(CHART_BOTTOM - value * plot / top))
         for value in (0, top // 2, top)
     ]
     return UsageChart(

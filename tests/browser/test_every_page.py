@@ -25,8 +25,11 @@ import pytest
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect
 
+from tests.accounts.factories import MembershipFactory, OrganisationFactory, UserFactory
+from tests.billing.helpers import subscribe
 from tests.browser.pages import (
     OVERFLOW_JS,
+    Page,
     axe_in_every_page,
     axe_problems,
     pages_for,
@@ -61,12 +64,16 @@ def world(org, other_org, member, billing_user, admin, outsider):
 
 
 def crawl(browser, portal, world, role):
-    """([(page, width, problem)], {width: paths visited}) for `role`. Each page is opened once
-    and checked at each width in turn: the viewport is resized, and the layout follows (media
-    queries only, no script reads the width)."""
+    """([(page, width, problem)], {width: paths visited}) for `role`."""
+    return check_pages(browser, portal, world.users[role], pages_for(role, world))
+
+
+def check_pages(browser, portal, user, entries):
+    """([(page, width, problem)], {width: paths visited}) for `user` (None: signed out). Each
+    page is opened once and checked at each width in turn: the viewport is resized, and the
+    layout follows (media queries only, no script reads the width)."""
     problems = []
     visited = {width: [] for width in WIDTHS}
-    user = world.users[role]
     context = browser.new_context(viewport={"width": WIDTHS[0], "height": 900})
     context.set_default_timeout(10_000)
     axe_in_every_page(context)
@@ -74,7 +81,7 @@ def crawl(browser, portal, world, role):
         if user is not None:
             context.add_cookies([session_cookie(user, portal)])
         page = context.new_page()
-        for entry in pages_for(role, world):
+        for entry in entries:
             page.set_viewport_size({"width": WIDTHS[0], "height": 900})
             response = open_page(page, portal + entry.url)
             if response is None:  # a download or another answer that is not a page
@@ -82,7 +89,7 @@ def crawl(browser, portal, world, role):
             for width in WIDTHS if entry.main else WIDTHS[:1]:
                 if width != WIDTHS[0]:
                     page.set_viewport_size({"width": width, "height": 900})
-                visited[width].append(entry.url)
+                visited[width].append(page.url.removeprefix(portal))
                 if response.status != 200:
                     problems.append((entry, width, f"HTTP {response.status}"))
                     break
@@ -116,6 +123,47 @@ def test_every_page_is_accessible_and_fits_375_px(browser, portal, world, role):
     assert not problems, f"{role}: {len(problems)} problems\n" + "\n".join(
         f"{entry.url} [{entry.key}] at {width} px: {problem}" for entry, width, problem in problems
     )
+
+
+def test_the_pages_of_a_new_customer_and_of_an_upgrade(browser, portal, localstripe):
+    """The pages the matrix's world cannot show, being subscribed to Enterprise: an
+    organisation without a plan (Overview, Subscription, Choose a plan, Checkout with Stripe.js's
+    card form) and a Professional one confirming an upgrade."""
+    from django.urls import reverse
+    from django.utils import timezone
+
+    new = OrganisationFactory(name="New Co", slug="new-co")
+    newcomer = UserFactory(email="ada@new.test")
+    MembershipFactory(organisation=new, user=newcomer, role="admin")
+    growing = OrganisationFactory(name="Growing Ltd", slug="growing")
+    upgrader = UserFactory(email="ada@growing.test")
+    MembershipFactory(organisation=growing, user=upgrader, role="admin")
+    subscribe(growing, now=timezone.now() - timezone.timedelta(days=10))
+
+    def at(name, slug, query=""):
+        return Page(key=name, url=reverse(name, args=[slug]) + query, admin=False)
+
+    for user, entries in (
+        (
+            newcomer,
+            [
+                at("portal:overview", "new-co"),
+                at("subscriptions:settings", "new-co"),
+                at("billing:choose_plan", "new-co"),
+                at(
+                    "billing:checkout",
+                    "new-co",
+                    "?plan=professional&billing_cycle=monthly&currency=USD",
+                ),
+            ],
+        ),
+        (upgrader, [at("billing:upgrade_confirm", "growing", "?plan=enterprise")]),
+    ):
+        problems, visited = check_pages(browser, portal, user, entries)
+        assert visited[NARROW] == [entry.url for entry in entries]
+        assert not problems, "\n".join(
+            f"{entry.url} at {width} px: {problem}" for entry, width, problem in problems
+        )
 
 
 def test_the_organisation_menu_is_named_by_what_it_shows(browser, portal, world):

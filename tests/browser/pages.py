@@ -23,9 +23,9 @@ AXE_OPTIONS = {
 }
 
 
-# The Django admin pages ops work in every day, also checked at 375 px: the dashboard, the
-# admin's own views, and these models' lists and change pages. The other generic ModelAdmin
-# pages share those templates and are checked at 1280 px.
+# The main Django admin pages, those ops work in every day: the dashboard, the admin's own
+# views, and these models' lists and change pages. The other generic ModelAdmin pages are the
+# same templates (change list, change form) with other columns and fields.
 MAIN_ADMIN_MODELS = {
     ("accounts", "organisation"),
     ("accounts", "user"),
@@ -45,12 +45,11 @@ class Page:
     key: str  # the URL name, as in the matrix
     url: str  # path and query, without the host
     admin: bool  # a Django admin page (its own layout; not part of the overflow check)
-    main: bool = True  # checked at both widths (False: a generic admin page, at 1280 px only)
 
 
 def pages_for(role, world):
-    """Every URL the matrix gives `role` a 200 on GET, sorted by key. Django admin's history
-    page is one generic template for every model: only the first model's is listed."""
+    """Every URL the matrix gives `role` a 200 on GET, sorted by key; of Django admin's generic
+    pages, those of MAIN_ADMIN_MODELS, and one history page (one template for every model)."""
     found = []
     history_listed = False
     for key, (route, _pattern) in sorted(url_patterns().items()):
@@ -62,13 +61,13 @@ def pages_for(role, world):
             if history_listed:
                 continue
             history_listed = True
+        elif family is not None and family[1:] not in MAIN_ADMIN_MODELS:
+            continue
         found.append(
             Page(
                 key=key,
                 url=world.url(key, route),
                 admin=key.startswith("admin:") or family is not None,
-                main=family is None
-                or (family[0] in {"changelist", "change"} and family[1:] in MAIN_ADMIN_MODELS),
             )
         )
     return found

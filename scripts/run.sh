@@ -39,7 +39,7 @@ cleanup() {
     # tee): with no terminal, the shutdown messages go to a log file instead.
     trap '' PIPE
     if [ ! -t 1 ]; then exec >>"$RUN_DIR/shutdown.log" 2>&1; fi
-        # Reap each group: TERM (Celery's warm shutdown), KILL after 10s. A group is gone when
+    # Reap each group: TERM (Celery's warm shutdown), KILL after 10s. A group is gone when
     # `kill -0` finds none of its processes (the dev server's reloader child included).
     for pid in "${bg_pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
     for _ in $(seq 1 50); do

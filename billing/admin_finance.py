@@ -6,6 +6,7 @@ support.staff). The admin site (portal.sites) routes it.
 """
 
 import calendar
+from datetime import UTC
 
 from django import forms
 from django.core.exceptions import PermissionDenied
@@ -21,6 +22,7 @@ from billing.finance_export import (
     export_period,
     finance_export_csv,
 )
+from core.calendar_months import month_start, months_after
 
 EXPORT_PERMISSION = "billing.export_finance"
 MONTHS = [(n, f"{n:02d} – {calendar.month_name[n]}") for n in range(1, 13)]
@@ -83,12 +85,12 @@ class FinanceExportForm(forms.Form):
 
 def initial_for(now) -> dict:
     """Last month: what the accountant asks for most."""
-    previous = (now.month - 2) % 12 + 1
+    previous = months_after(month_start(now), -1)
     return {
         "period": "month",
-        "year": now.year - (now.month == 1),
-        "month": previous,
-        "quarter": (now.month - 1) // 3 + 1,
+        "year": previous.year,
+        "month": previous.month,
+        "quarter": (now.astimezone(UTC).month - 1) // 3 + 1,
     }
 
 

@@ -17,9 +17,10 @@ return gets a leading apostrophe, so a spreadsheet never runs it as a formula.
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from billing.models import CreditNote, Refund
+from core.calendar_months import utc_month
 from core.csv_copy import copy_csv
 
 COLUMNS = (
@@ -58,10 +59,6 @@ class PeriodError(ValueError):
     pass
 
 
-def _month(year: int, month: int) -> datetime:
-    return datetime(year + (month - 1) // 12, (month - 1) % 12 + 1, 1, tzinfo=UTC)
-
-
 def export_period(*, kind: str, year: int, number: int, now: datetime) -> ExportPeriod:
     """The month (`number` 1-12) or quarter (1-4) of `year`; one that has not started by `now`
     is refused (nothing to export yet), the current one gives what was issued so far."""
@@ -70,13 +67,13 @@ def export_period(*, kind: str, year: int, number: int, now: datetime) -> Export
     if kind == "month":
         if not 1 <= number <= 12:
             raise PeriodError("Choose a month from 1 to 12.")
-        start, end = _month(year, number), _month(year, number + 1)
+        start, end = utc_month(year, number), utc_month(year, number + 1)
         slug, label = f"{year}-{number:02d}", f"{start:%B %Y}"
     elif kind == "quarter":
         if not 1 <= number <= 4:
             raise PeriodError("Choose a quarter from Q1 to Q4.")
-        start, end = _month(year, 3 * number - 2), _month(year, 3 * number + 1)
-        last = _month(year, 3 * number)
+        start, end = utc_month(year, 3 * number - 2), utc_month(year, 3 * number + 1)
+        last = utc_month(year, 3 * number)
         slug, label = f"{year}-Q{number}", f"Q{number} {year} ({start:%B} – {last:%B})"
     else:
         raise PeriodError("Choose a month or a quarter.")

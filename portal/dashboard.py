@@ -5,7 +5,7 @@ costs the same with 10 or 10,000 of them; each links to the admin list it counts
 """
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from urllib.parse import urlencode
 
 from django.db.models import Count, Q, Sum
@@ -21,6 +21,7 @@ from billing.models import (
     ReconciliationDifference,
     Refund,
 )
+from core.calendar_months import month_start
 from core.money import format_money
 from subscriptions.models import Subscription
 from subscriptions.states import FAILING
@@ -250,11 +251,11 @@ def _money_back_figures() -> list[Figure]:
 
 
 def ops_dashboard(*, now: datetime) -> dict:
-    month_start = now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    this_month = month_start(now)
     by_status, organisations = _subscription_counts()
     statuses = _status_figures(by_status)
     at_risk = _at_risk_figures(by_status)
-    month = _month_figures(month_start)
+    month = _month_figures(this_month)
     usage = _usage_figure(now)
     support = _support_figure()
     checks = _money_check_figures()

@@ -9,13 +9,14 @@ decision; billing.finance_export lists the same invoices and credit notes a mont
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from django.db import connection
 
 from billing.dunning import RUNNING
 from billing.models import DunningCase, DunningStep, Invoice, InvoiceLine, Payment
+from core.calendar_months import month_start, months_after
 from core.money import round_half_up
 from subscriptions.models import BillingCycle, CancellationReason, Subscription
 
@@ -33,27 +34,11 @@ class Month:
         return f"{self.start:%b %Y}"
 
 
-def month_start(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-def next_month(start: datetime) -> datetime:
-    return start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
-
-
 def last_months(*, now: datetime, count: int = MONTHS) -> list[Month]:
     """The `count` calendar months (UTC) up to and including now's, oldest first."""
-    start = month_start(now)
-    starts = [start]
-    for _ in range(count - 1):
-        previous = starts[-1]
-        starts.append(
-            previous.replace(
-                year=previous.year - (previous.month == 1), month=(previous.month - 2) % 12 + 1
-            )
-        )
-    starts.reverse()
-    return [Month(start=s, end=next_month(s), is_current=s == start) for s in starts]
+    current = month_start(now)
+    starts = [months_after(current, offset) for offset in range(1 - count, 1)]
+    return [Month(start=s, end=months_after(s, 1), is_current=s == current) for s in starts]
 
 
 # Figures: {currency: {series: [value per month, oldest first]}} ----------------------------

@@ -163,11 +163,11 @@ def _check(response, *, status: int, marker: str | bytes | None = None, why: str
         response.success()
 
 
-class Browser(FastHttpUser):
-    """A signed-in Admin browsing the billing and usage pages of their organisation."""
+class SignedIn(FastHttpUser):
+    """An Admin of one organisation, signed in through the allauth form (no task of its own)."""
 
+    abstract = True
     wait_time = THINK
-    weight = 1
     STEPS = PLAN.get("only") or (
         "subscription",
         "invoice_history",
@@ -233,6 +233,12 @@ class Browser(FastHttpUser):
             **kwargs,
         )
 
+
+class Browser(SignedIn):
+    """A signed-in Admin browsing the billing and usage pages of their organisation."""
+
+    weight = 1
+
     @task
     def step(self):
         if self.signed_in:  # else the failed sign-in is counted; the user only waits
@@ -287,7 +293,7 @@ class Browser(FastHttpUser):
         return f"{self.base}/sync-info/{html.unescape(found.group(1))}" if found else None
 
 
-class SignedInFloor(Browser):
+class SignedInFloor(SignedIn):
     """The signed-in floor: an Admin signed in as a Browser is, asking for the view of
     bench/load_urls.py that stops after tenant_view."""
 
@@ -299,13 +305,11 @@ class SignedInFloor(Browser):
         weight = 0
         fixed_count = PLAN.get("signed_floor_users", 0)
 
+    @task
     def floor(self):
         if self.signed_in:
             with self._get("signed_in_floor", f"{self.base}/bench/floor/") as response:
                 _check(response, status=200, marker=b"ok\n")
-
-    # Only this: a subclass would otherwise also inherit Browser's task (the pages).
-    tasks = [floor]
 
 
 class Runtime(FastHttpUser):

@@ -22,14 +22,13 @@ or, --mode capacity, the page views/s the machine serves within p95 <= 100 ms.
    read.
 2. Collects the static files into a temporary directory and starts gunicorn on a free port with
    bench/load_settings.py (the production settings, DEBUG off, SSL redirect on, secure cookies;
-   plus the floor URL, bench/load_urls.py). Sync workers, --workers of them, default
-   2 x cores + 1: the pages spend their time in Python (templates, ORM) with short queries on a
-   local Postgres, so more processes than that only queue on the cores that Postgres and the
-   load client also need, and threads would share one interpreter lock per process. (Sync
-   workers close the connection after each response, as behind a proxy that does not keep
-   upstream connections alive; on localhost a new connection costs a fraction of a
-   millisecond.) --threads N > 1 switches to gthread workers to compare; --servers runs
-   everything against each setting in turn (sync:5,gthread:2x4).
+   plus the floors' URLs, bench/load_urls.py). As the production image runs it: gthread
+   workers, --workers processes (default 2 x cores - 1) of --threads 4 threads. Measured on 2
+   cores (--mode capacity --servers sync:5,sync:3,gthread:2x4,gthread:3x4): 3 x 4 threads
+   served as many page views/s as 3 sync workers and more than 5 (more processes than that
+   only queue on the cores Postgres and the load client also need), and a thread waiting on
+   Postgres or Stripe holds only itself. --threads 1 switches to sync workers (which close the
+   connection after each response); --servers runs everything against each setting in turn.
 3. Runs locust headless (bench/load_locustfile.py, FastHttpUser; what each user does is in its
    docstring): --users browsing Admins (think time 1-3 s between steps, uniform), --api-users
    runtimes posting 100-record batches, and users/5 anonymous floor users with the same think
@@ -84,8 +83,8 @@ from pathlib import Path
 parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 parser.add_argument("--users", type=int, default=50, help="signed-in browsing users")
 parser.add_argument("--duration", type=int, default=300, help="measured seconds")
-parser.add_argument("--workers", type=int, default=2 * (os.cpu_count() or 1) + 1)
-parser.add_argument("--threads", type=int, default=1, help=">1: gthread workers")
+parser.add_argument("--workers", type=int, default=max(2 * (os.cpu_count() or 1) - 1, 1))
+parser.add_argument("--threads", type=int, default=4, help=">1: gthread workers, 1: sync")
 parser.add_argument("--api-users", type=int, default=4, help="runtimes posting batches")
 parser.add_argument("--warmup", type=int, default=20, help="seconds after the last sign-in")
 parser.add_argument("--organisations", type=int, default=50)

@@ -13,7 +13,9 @@ def portal(request):
     """Brand, the current organisation, the organisation menu and the Settings navigation.
 
     Runs no query: the organisation and membership are the ones tenant_view put on the request,
-    and the menu and the unread marker are lazy (one query each, when the top bar renders).
+    with the organisation menu read in the same query (accounts.selectors.membership_for_user);
+    elsewhere the menu is lazy, and so is the unread marker (one query each, when the top bar
+    renders them).
     """
     context = {"product_name": settings.PRODUCT_NAME}
     user = getattr(request, "user", None)
@@ -24,8 +26,11 @@ def portal(request):
     membership = getattr(request, "membership", None)
     context["current_membership"] = membership
     context["current_organisation"] = getattr(request, "organisation", None)
-    # Lazy: the query runs only when the top bar renders the menu.
-    context["user_memberships"] = SimpleLazyObject(lambda: list(memberships_of_user(user=user)))
+    menu = getattr(membership, "menu_memberships", None)
+    if menu is None:
+        # Lazy: the query runs only when the top bar renders the menu.
+        menu = SimpleLazyObject(lambda: list(memberships_of_user(user=user)))
+    context["user_memberships"] = menu
     if membership is not None:
         urls = _organisation_urls(membership.organisation.slug, *routing)
         sections = sections_for(membership.role)

@@ -26,26 +26,23 @@ def membership_for_user(*, user: User, org_slug: str) -> Membership:
     """The user's active membership in the organisation `org_slug`, or 404.
 
     One query answers all that the frame of an organisation page asks before the view runs
-    (accounts.tenancy.tenant_view, then the context processors): the organisation, and the
-    columns the apps above accounts annotate through accounts.hooks (portal.frame: the SSO
-    configuration's flags, whether a dunning case is open).
+    (accounts.tenancy.tenant_view, then the context processors): the organisation, the columns
+    the apps above accounts annotate through accounts.hooks (portal.frame: the SSO
+    configuration's flags, whether a dunning case is open), and the organisation menu of the
+    top bar. It reads every active membership of the user, in the menu's order, and returns
+    the one of `org_slug` with the list on `menu_memberships` (accounts.context_processors).
+    Read fresh on every request, never cached: a removed member or a changed role counts at
+    once (docs/architecture.md#decision-page-frame-queries).
     """
     annotations = {}
     for extra in hooks.membership_annotations:
         annotations.update(extra())
-    try:
-        return (
-            Membership.objects.select_related("organisation")
-            .annotate(**annotations)
-            .get(
-                user=user,
-                organisation__slug=org_slug,
-                organisation__status=Organisation.Status.ACTIVE,
-                status=Membership.Status.ACTIVE,
-            )
-        )
-    except Membership.DoesNotExist:
-        raise Http404("No such organisation.") from None
+    memberships = list(memberships_of_user(user=user).annotate(**annotations))
+    for membership in memberships:
+        if membership.organisation.slug == org_slug:
+            membership.menu_memberships = memberships
+            return membership
+    raise Http404("No such organisation.")
 
 
 def memberships_of_user(*, user: User) -> QuerySet[Membership]:

@@ -10,8 +10,11 @@ measurement ends. Three kinds of users, each waiting `think` seconds (uniform) b
   loop at a random step so the users do not march in step.
 - Runtime (`api_users`): POSTs a batch of `batch` fresh records to /api/v1/sync-info with its
   environment's key and a new Idempotency-Key each time.
-- Floor (`floor_users`): GETs the trivial view of bench/load_urls.py, at about the rate each
-  page gets (one Floor user per step of the Browser loop's `users`).
+- Floor (`floor_users`): GETs the anonymous trivial view of bench/load_urls.py, at about the
+  rate each page gets (one Floor user per step of the Browser loop's `users`).
+- SignedInFloor (`signed_floor_users`): signs in as a Browser does, then GETs the signed-in
+  floor of bench/load_urls.py (middleware, session, user, tenant_view's membership lookup and
+  gates, nothing else) at the same rate as Floor.
 
 Every request goes out as the TLS proxy would forward it (X-Forwarded-Proto: https, and an
 X-Forwarded-For per browser). A request counts as an error when its status is not the expected
@@ -21,6 +24,12 @@ instead of the page, a non-PDF, a batch not fully accepted); redirects are never
 The measurement starts `warmup` seconds after the last browser has signed in (the sign-ins hash
 passwords, the first requests of each worker load templates) and lasts `duration` seconds; then
 this process stops. Response times are locust's, in milliseconds, kept raw (not bucketed).
+
+Capacity (`mode` "capacity", think time 0, one user class named on locust's command line): the
+users are raised to each count of `steps` in turn; each step is measured for `step_seconds`,
+`step_warmup` seconds after its users have all signed in, with the phase "step:<users>". At the
+start of each measured step the count is written to `marker` (bench/load.py starts the
+profiler on it). `only` restricts the Browser loop to those steps (the profile of one page).
 """
 
 import html
@@ -65,13 +74,51 @@ def _start(environment, **_kwargs):
     gevent.spawn(_control, environment)
 
 
-def _control(environment):
-    """Wait for every browser to sign in, warm up, measure, write the samples, stop."""
+def _wait_signed_in(count: int):
     deadline = time.monotonic() + PLAN["sign_in_timeout"]
-    while (
-        STATE["signed_in"] + STATE["sign_in_failed"] < PLAN["users"] and time.monotonic() < deadline
-    ):
-        gevent.sleep(0.25)
+    while STATE["signed_in"] + STATE["sign_in_failed"] < count and time.monotonic() < deadline:
+        gevent.sleep(0.1)
+
+
+def _control(environment):
+    if PLAN.get("mode") == "capacity":
+        _control_capacity(environment)
+        return
+    _control_think(environment)
+
+
+def _control_capacity(environment):
+    """Raise the users step by step; measure each step once its users have signed in."""
+    windows = []
+    for users in PLAN["steps"]:
+        environment.runner.start(users, spawn_rate=max(users, 1))
+        _wait_signed_in(users)
+        STATE["phase"] = "between"
+        gevent.sleep(PLAN["step_warmup"])
+        started = time.time()
+        STATE["phase"] = f"step:{users}"
+        if PLAN.get("marker"):
+            Path(PLAN["marker"]).write_text(str(users))
+        gevent.sleep(PLAN["step_seconds"])
+        STATE["phase"] = "between"
+        windows.append((users, started, time.time()))
+    Path(PLAN["samples"]).write_text(
+        json.dumps(
+            {
+                "windows": windows,
+                "signed_in": STATE["signed_in"],
+                "sign_in_failed": STATE["sign_in_failed"],
+                "samples": SAMPLES,
+                "errors": ERRORS,
+            }
+        )
+    )
+    environment.runner.quit()
+
+
+def _control_think(environment):
+    """Wait for every browser to sign in, warm up, measure, write the samples, stop."""
+    _wait_signed_in(PLAN["users"] + PLAN.get("signed_floor_users", 0))
     signed_in_at = time.time()
     gevent.sleep(PLAN["warmup"])
     STATE["phase"], STATE["started"] = "measure", time.time()
@@ -116,12 +163,18 @@ def _check(response, *, status: int, marker: str | bytes | None = None, why: str
         response.success()
 
 
-class Browser(FastHttpUser):
-    """A signed-in Admin browsing the billing and usage pages of their organisation."""
+class SignedIn(FastHttpUser):
+    """An Admin of one organisation, signed in through the allauth form (no task of its own)."""
 
+    abstract = True
     wait_time = THINK
-    weight = 1
-    STEPS = ("subscription", "invoice_history", "invoice_pdf", "sync_info", "sync_info_filtered")
+    STEPS = PLAN.get("only") or (
+        "subscription",
+        "invoice_history",
+        "invoice_pdf",
+        "sync_info",
+        "sync_info_filtered",
+    )
 
     def on_start(self):
         self.account = next(_accounts)
@@ -180,6 +233,12 @@ class Browser(FastHttpUser):
             **kwargs,
         )
 
+
+class Browser(SignedIn):
+    """A signed-in Admin browsing the billing and usage pages of their organisation."""
+
+    weight = 1
+
     @task
     def step(self):
         if self.signed_in:  # else the failed sign-in is counted; the user only waits
@@ -232,6 +291,25 @@ class Browser(FastHttpUser):
     def _older_link(self, response) -> str | None:
         found = re.search(r'<a href="(\?[^"]*)" rel="next">', response.text or "")
         return f"{self.base}/sync-info/{html.unescape(found.group(1))}" if found else None
+
+
+class SignedInFloor(SignedIn):
+    """The signed-in floor: an Admin signed in as a Browser is, asking for the view of
+    bench/load_urls.py that stops after tenant_view."""
+
+    # Alone in the capacity run (named on locust's command line); a fixed count beside the
+    # browsers otherwise.
+    if PLAN.get("mode") == "capacity":
+        weight = 1
+    else:
+        weight = 0
+        fixed_count = PLAN.get("signed_floor_users", 0)
+
+    @task
+    def floor(self):
+        if self.signed_in:
+            with self._get("signed_in_floor", f"{self.base}/bench/floor/") as response:
+                _check(response, status=200, marker=b"ok\n")
 
 
 class Runtime(FastHttpUser):

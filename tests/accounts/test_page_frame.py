@@ -1,14 +1,21 @@
 """The frame of every organisation page (tenant_view, the top bar, the banner) costs a fixed,
 small number of queries before the view's own: the session, the user, one membership query
-that also answers the SSO gate and whether a dunning case is open, then the unread marker and
-the organisation menu when the top bar renders them."""
+that also answers the SSO gate, whether a dunning case is open and the organisation menu, then
+the unread marker when the top bar renders it."""
+
+from datetime import UTC, datetime
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from tests.accounts.factories import MembershipFactory
+from accounts.audit import SYSTEM
+from accounts.models import Membership, Organisation
+from accounts.services import membership_change_role
+from tests.accounts.factories import MembershipFactory, OrganisationFactory
+
+NOW = datetime(2026, 3, 10, 9, 0, tzinfo=UTC)
 
 pytestmark = pytest.mark.django_db
 
@@ -22,11 +29,12 @@ def tables(captured):
 FRAME_BEFORE = [
     "django_session",
     "accounts_user",
-    "accounts_membership",  # with the organisation, its SSO flags and open dunning case
+    # With the organisation, its SSO flags and open dunning case, and the user's other
+    # memberships for the organisation menu.
+    "accounts_membership",
 ]
 FRAME_AFTER = [
     "accounts_outgoingemail",  # the unread marker
-    "accounts_membership",  # the organisation menu
 ]
 
 
@@ -69,3 +77,55 @@ def test_settings_navigation_links_each_section_of_the_role(client_for, org, bil
     assert nav.count("<li>") == 2
     assert '<a href="/o/acme/settings/subscription/">Subscription</a>' in nav
     assert '<a href="/o/acme/settings/billing/" aria-current="page">Billing</a>' in nav
+
+
+def menu(html: str) -> str:
+    return html.split('<details class="org-menu">', 1)[1].split("</details>", 1)[0]
+
+
+def test_the_role_and_the_menu_are_read_again_on_every_request(client_for, org, other_org, admin):
+    """The membership query that answers the frame is never cached: a changed role, or an
+    organisation of the menu that was deleted, shows on the very next request."""
+    user = MembershipFactory(organisation=org, role=Membership.Role.ADMIN).user
+    MembershipFactory(organisation=other_org, user=user)
+    client = client_for(user)
+    overview = reverse("portal:overview", args=[org.slug])
+    subscription = reverse("subscriptions:settings", args=[org.slug])
+    html = client.get(overview).content.decode()
+    assert "· Admin" in menu(html)
+    assert 'href="/o/globex/"' in menu(html)
+    assert client.get(subscription).status_code == 200
+
+    membership_change_role(
+        membership=Membership.objects.get(organisation=org, user=user),
+        actor=SYSTEM,
+        role=Membership.Role.MEMBER,
+        now=NOW,
+    )
+    assert client.get(subscription).status_code == 403
+    assert "· Member" in menu(client.get(overview).content.decode())
+
+    Organisation.objects.filter(pk=other_org.pk).update(status=Organisation.Status.DELETED)
+    html = client.get(overview).content.decode()
+    assert 'href="/o/globex/"' not in menu(html)
+    assert 'href="/o/acme/"' in menu(html)
+    assert client.get(reverse("portal:overview", args=[other_org.slug])).status_code == 404
+
+
+def test_the_frame_costs_the_same_whatever_the_number_of_organisations(client_for, org):
+    user = MembershipFactory(organisation=org, role=Membership.Role.MEMBER).user
+    client = client_for(user)
+    url = reverse("portal:overview", args=[org.slug])
+    client.get(url)
+    with CaptureQueriesContext(connection) as one:
+        client.get(url)
+    for name in ("Zeta", "Beta", "Delta"):
+        MembershipFactory(organisation=OrganisationFactory(name=name), user=user)
+    with CaptureQueriesContext(connection) as four:
+        html = client.get(url).content.decode()
+    assert tables(four) == tables(one)
+    # The menu lists them by name, whichever was joined first.
+    names = [name for name in ("Acme Trading", "Beta", "Delta", "Zeta") if name in menu(html)]
+    assert names == ["Acme Trading", "Beta", "Delta", "Zeta"]
+    positions = [menu(html).index(f">{name}<") for name in names]
+    assert positions == sorted(positions)

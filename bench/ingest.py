@@ -6,8 +6,8 @@ Serves the app with gunicorn (DEBUG off, several workers) on a scratch database
 per worker, not timed, so no worker answers its first request on the clock), and times it
 end to end (JSON, authentication, validation, COPY, usage counters, idempotency rows). Then
 COPYs as many equivalent rows from Python (psycopg) into a scratch table partitioned and
-indexed like usage_syncinfo, in one stream, and prints both rates and their ratio (target: the API at
-least 75% of raw COPY, at every volume from 50,000 to 2,000,000 records).
+indexed like usage_syncinfo, in one stream, and prints both rates and their ratio (target:
+the API at least 75% of raw COPY, at every volume from 50,000 to 2,000,000 records).
 
 It also prints the server time per batch, median and p95 (target: at most 8 ms per 1,000
 records at the median). That is gunicorn's own request time (the access log's %(D)s, in

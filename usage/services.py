@@ -8,6 +8,12 @@ body is a conflict. After each batch the usage alerts are checked (usage.alerts)
 claimed by a unique row, so one email per usage month however many batches cross at once.
 Each row is written with its retention tier (usage.partitions): the partition the purge
 will drop it with.
+
+The hot path (docs/architecture.md#decision-the-ingest-path-msgspec-binary-copy-raw-sql):
+a batch of plainly valid records is decoded by msgspec straight into typed structs and checked
+in one loop; anything else (an error, an unknown field, a snapshot, another spelling of a
+flow id) goes through the full check, which reports every error. The rows go to Postgres in
+one binary COPY, and the batch's few statements are raw SQL.
 """
 
 import contextlib
@@ -18,8 +24,10 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Literal, NamedTuple
 from uuid import UUID
 
+import msgspec
 from dateutil.relativedelta import relativedelta
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Sum
@@ -27,7 +35,7 @@ from django.db.models import Sum
 from accounts.audit import Actor, audit_record
 from accounts.models import Organisation
 from core.errors import ServiceError
-from subscriptions.models import Environment, ProcessFlow, Subscription
+from subscriptions.models import Environment, Subscription
 from usage.alerts import alerts_check, subscription_for_ingest
 from usage.models import ApiKey, IngestBatch, UsageCounter
 from usage.months import usage_month_of
@@ -130,8 +138,7 @@ class IngestResult:
     errors: list[dict] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Row:
+class _Row(NamedTuple):
     flow_id: int
     record_key: str
     status: str
@@ -255,6 +262,81 @@ def _validate(records, *, flows: dict[str, int], now: datetime) -> tuple[list[_R
     return rows, errors
 
 
+class _PlainRecord(msgspec.Struct, forbid_unknown_fields=True):
+    """A record as the runtime sends it, without a snapshot: what the fast path takes."""
+
+    flow_id: str
+    record_key: str
+    status: Literal["success", "failed"]
+    direction: Literal["inbound", "outbound"]
+    synced_at: str
+    message: str | None = ""
+    snapshot: None = None
+
+
+class _PlainBatch(msgspec.Struct, forbid_unknown_fields=True):
+    records: list[_PlainRecord]
+
+
+_plain_batch = msgspec.json.Decoder(_PlainBatch)
+
+
+def _validate_plain(body: bytes, *, flows: dict[str, int], now: datetime) -> list[_Row] | None:
+    """The rows of a batch whose every record is plainly valid, or None: then the full check
+    (`_parse_records`, `_validate`) answers, with every error.
+
+    Never laxer than the full check, only stricter: anything it is unsure of it leaves to it
+    (docs/architecture.md#decision-the-ingest-path-msgspec-binary-copy-raw-sql).
+    msgspec refuses what json.loads refuses (bad JSON or UTF-8, unpaired surrogates, NaN, a
+    byte-order mark) and, with unknown fields forbidden, never skips over a value json.loads
+    would refuse (too deep, too many digits). The checks left to Python are the full
+    check's own: the same functions, the same bounds.
+    """
+    try:
+        records = _plain_batch.decode(body).records
+    except (msgspec.MsgspecError, ValueError):
+        return None
+    if not 0 < len(records) <= MAX_RECORDS:
+        return None
+    oldest, newest = now - OLDEST, now + NEWEST
+    rows, texts = [], []
+    for record in records:
+        flow_pk = flows.get(record.flow_id)
+        raw_key = record.record_key
+        key = raw_key.strip(ASCII_SPACE)
+        message = record.message or ""
+        try:
+            synced_at = datetime.fromisoformat(record.synced_at)
+        except ValueError:
+            return None
+        if (
+            flow_pk is None
+            or not key
+            or len(raw_key) > 255
+            or len(message) > MAX_MESSAGE
+            or synced_at.tzinfo is None
+            or not oldest <= synced_at <= newest
+        ):
+            return None
+        rows.append(
+            _Row(
+                flow_pk,
+                key,
+                record.status,
+                record.direction,
+                synced_at.astimezone(UTC),
+                message,
+                None,
+            )
+        )
+        texts.append(key)
+        texts.append(message)
+    # One check for all the text: Python never pairs surrogates of two strings on joining.
+    if not _storable("".join(texts)):
+        return None
+    return rows
+
+
 def sync_info_ingest(
     *, key: ApiKey, idempotency_key: str, body: bytes, now: datetime
 ) -> IngestResult:
@@ -271,15 +353,18 @@ def sync_info_ingest(
             },
         )
     digest = hashlib.sha256(body).hexdigest()
-    previous = IngestBatch.objects.filter(
-        environment_id=key.environment_id, idempotency_key=idempotency_key
-    ).first()
+    previous, flows = _previous_and_flows(key, idempotency_key)
     if previous is not None:
         return _replay(previous, digest)
+    rows = _validate_plain(body, flows=flows, now=now)
+    if rows is not None:
+        return _batch_save(
+            key=key, idempotency_key=idempotency_key, digest=digest, rows=rows, now=now
+        )
     records = _parse_records(body)
     if isinstance(records, IngestResult):
         return records
-    rows, errors = _validate(records, flows=_environment_flows(key), now=now)
+    rows, errors = _validate(records, flows=flows, now=now)
     if errors:
         return IngestResult(
             400, {"error": "The batch was rejected; nothing was stored.", "errors": errors}, errors
@@ -308,14 +393,38 @@ def _parse_records(body: bytes) -> list | IngestResult:
     return records
 
 
-def _environment_flows(key: ApiKey) -> dict[str, int]:
-    """The key's environment's ProcessFlows: primary key by public id (canonical spelling)."""
-    return {
-        str(public_id): pk
-        for public_id, pk in ProcessFlow.objects.filter(
-            organisation_id=key.organisation_id, environment_id=key.environment_id
-        ).values_list("public_id", "pk")
-    }
+class _Previous(NamedTuple):
+    """The batch first sent with an idempotency key: what a resend is answered with."""
+
+    body_sha256: str
+    status_code: int
+    response: dict
+
+
+def _previous_and_flows(key: ApiKey, idempotency_key: str) -> tuple[_Previous | None, dict]:
+    """In one query: the batch already sent with `idempotency_key`, if any, and the key's
+    environment's ProcessFlows (primary key by public id, canonical spelling)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT b.body_sha256, b.status_code, b.response::text, "
+            "ARRAY(SELECT f.public_id::text FROM subscriptions_processflow f "
+            "WHERE f.organisation_id = %s AND f.environment_id = %s ORDER BY f.id), "
+            "ARRAY(SELECT f.id FROM subscriptions_processflow f "
+            "WHERE f.organisation_id = %s AND f.environment_id = %s ORDER BY f.id) "
+            "FROM (SELECT 1) AS one LEFT JOIN usage_ingestbatch b "
+            "ON b.environment_id = %s AND b.idempotency_key = %s",
+            [
+                key.organisation_id,
+                key.environment_id,
+                key.organisation_id,
+                key.environment_id,
+                key.environment_id,
+                idempotency_key,
+            ],
+        )
+        digest, status_code, response, public_ids, pks = cursor.fetchone()
+    previous = None if digest is None else _Previous(digest, status_code, json.loads(response))
+    return previous, dict(zip(public_ids, pks, strict=True))
 
 
 def _batch_save(
@@ -324,30 +433,37 @@ def _batch_save(
     """Record the batch, store and count its rows in one transaction; a concurrent twin with
     the same key that won is answered as it was."""
     try:
-        with transaction.atomic():
-            batch = IngestBatch.objects.create(
-                organisation_id=key.organisation_id,
-                environment_id=key.environment_id,
-                idempotency_key=idempotency_key,
-                body_sha256=digest,
-                status_code=201,
-                response={},
-                record_count=len(rows),
-                created_at=now,
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO usage_ingestbatch (organisation_id, environment_id, "
+                "idempotency_key, body_sha256, status_code, response, record_count, created_at) "
+                "VALUES (%s, %s, %s, %s, 201, '{}', %s, %s) RETURNING id",
+                [
+                    key.organisation_id,
+                    key.environment_id,
+                    idempotency_key,
+                    digest,
+                    len(rows),
+                    now,
+                ],
             )
-            usage = _store(batch=batch, key=key, rows=rows, now=now)
-            batch.response = {"batch": batch.pk, "accepted": len(rows), "usage": usage}
-            batch.save(update_fields=["response"])
+            (batch_id,) = cursor.fetchone()
+            usage = _store(batch_id=batch_id, key=key, rows=rows, now=now)
+            response = {"batch": batch_id, "accepted": len(rows), "usage": usage}
+            cursor.execute(
+                "UPDATE usage_ingestbatch SET response = %s::jsonb WHERE id = %s",
+                [json.dumps(response), batch_id],
+            )
     except IntegrityError:
         # The same key arrived twice at once: the first one won; answer as it did.
         previous = IngestBatch.objects.get(
             environment_id=key.environment_id, idempotency_key=idempotency_key
         )
         return _replay(previous, digest)
-    return IngestResult(201, batch.response)
+    return IngestResult(201, response)
 
 
-def _replay(previous: IngestBatch, digest: str) -> IngestResult:
+def _replay(previous: IngestBatch | _Previous, digest: str) -> IngestResult:
     if previous.body_sha256 != digest:
         return IngestResult(
             409,
@@ -356,15 +472,31 @@ def _replay(previous: IngestBatch, digest: str) -> IngestResult:
     return IngestResult(previous.status_code, previous.response)
 
 
-def _store(*, batch: IngestBatch, key: ApiKey, rows: list[_Row], now: datetime) -> dict:
+def _store(*, batch_id: int, key: ApiKey, rows: list[_Row], now: datetime) -> dict:
     organisation = key.organisation
     subscription = subscription_for_ingest(organisation=organisation, now=now)
     retention = ingest_retention(subscription)
-    _copy(batch=batch, key=key, rows=rows, retention=retention)
+    _copy(batch_id=batch_id, key=key, rows=rows, retention=retention)
     return _count(organisation=organisation, subscription=subscription, rows=rows, now=now)
 
 
-def _copy(*, batch: IngestBatch, key: ApiKey, rows: list[_Row], retention: Retention) -> None:
+# The types of the COPY's columns, for the binary format (usage/migrations/0004_retention_tiers.py).
+_COPY_TYPES = [
+    "int8",
+    "int8",
+    "int8",
+    "int8",
+    "varchar",
+    "varchar",
+    "varchar",
+    "timestamptz",
+    "varchar",
+    "bool",
+    "int2",
+]
+
+
+def _copy(*, batch_id: int, key: ApiKey, rows: list[_Row], retention: Retention) -> None:
     columns = (
         "organisation_id, environment_id, flow_id, batch_id, record_key, status, direction, "
         "synced_at, message, has_snapshot, retention_days"
@@ -375,7 +507,7 @@ def _copy(*, batch: IngestBatch, key: ApiKey, rows: list[_Row], retention: Reten
             key.organisation_id,
             key.environment_id,
             row.flow_id,
-            batch.pk,
+            batch_id,
             row.record_key,
             row.status,
             row.direction,
@@ -390,7 +522,9 @@ def _copy(*, batch: IngestBatch, key: ApiKey, rows: list[_Row], retention: Reten
         raw = cursor.cursor
         if not any(row.snapshot for row in rows):
             # Nothing links to the rows: the identity column numbers them (no id round trip).
-            with raw.copy(f"COPY usage_syncinfo ({columns}) FROM STDIN") as copy:
+            # Binary: Postgres parses no text, psycopg formats none.
+            with raw.copy(f"COPY usage_syncinfo ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(_COPY_TYPES)
                 for value in values:
                     copy.write_row(value)
             return
@@ -428,7 +562,7 @@ def _count(
     if subscription is None:
         return {"used": None, "limit": None}
     current_start, current_end = usage_month_of(subscription, now)
-    used = month_usage(organisation=organisation, month_start=current_start)
+    used = _month_used(organisation_id=organisation.pk, month_start=current_start)
     limit = subscription.plan.monthly_transactions
     alerts_check(
         subscription=subscription,
@@ -493,6 +627,17 @@ def _counters_add(*, organisation: Organisation, buckets: dict) -> None:
                 [count for _, count in ordered],
             ],
         )
+
+
+def _month_used(*, organisation_id: int, month_start: datetime) -> int:
+    """month_usage in raw SQL: the ORM's aggregate costs more Python than the query."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(sum(transactions), 0)::bigint FROM usage_usagecounter "
+            "WHERE organisation_id = %s AND month_start = %s",
+            [organisation_id, month_start],
+        )
+        return cursor.fetchone()[0]
 
 
 def month_usage(*, organisation: Organisation, month_start: datetime) -> int:

@@ -412,12 +412,15 @@ def _previous_and_flows(key: ApiKey, idempotency_key: str) -> tuple[_Previous | 
             "ARRAY(SELECT f.id FROM subscriptions_processflow f "
             "WHERE f.organisation_id = %s AND f.environment_id = %s ORDER BY f.id) "
             "FROM (SELECT 1) AS one LEFT JOIN usage_ingestbatch b "
-            "ON b.environment_id = %s AND b.idempotency_key = %s",
+            # The organisation too: on a sharded database the lookup stays on its shard
+            # (docs/scaling.md).
+            "ON b.organisation_id = %s AND b.environment_id = %s AND b.idempotency_key = %s",
             [
                 key.organisation_id,
                 key.environment_id,
                 key.organisation_id,
                 key.environment_id,
+                key.organisation_id,
                 key.environment_id,
                 idempotency_key,
             ],
@@ -457,7 +460,9 @@ def _batch_save(
     except IntegrityError:
         # The same key arrived twice at once: the first one won; answer as it did.
         previous = IngestBatch.objects.get(
-            environment_id=key.environment_id, idempotency_key=idempotency_key
+            organisation_id=key.organisation_id,
+            environment_id=key.environment_id,
+            idempotency_key=idempotency_key,
         )
         return _replay(previous, digest)
     return IngestResult(201, response)

@@ -13,10 +13,19 @@ It also prints the server time per batch, median and p95 (target: at most 8 ms p
 records at the median). That is gunicorn's own request time (the access log's %(D)s, in
 microseconds, from the request line read to the response written, in the worker), for the
 measured batches only: the access log carries each request's Idempotency-Key, and the
-warm-up's keys are told apart from the measured run's.
+warm-up's keys are told apart from the measured run's. Under full load that time includes
+the wait for a core, so it is printed twice: for the measured run, and for 30 batches sent
+one at a time afterwards (an idle server: what one batch costs). Beside it, raw COPY's own
+time per 1,000 rows: the part of a batch that is Postgres storing the rows, which no change
+to the API can remove while the rows are stored before the answer. Last, the size of a
+stored Sync Info row with its share of the indexes (docs/scaling.md).
+
+Defaults: 2 sync workers (one per core) and 3 client threads, the best of the settings
+measured on 2 cores (4 workers with 6 clients stored as many records a second, at twice the
+server time per batch; docs/scaling.md has the figures).
 
     make services-start && source scripts/env.sh && python bench/ingest.py \
-        [--records 2000000] [--batch 1000] [--clients 6] [--workers 4] [--profile]
+        [--records 2000000] [--batch 1000] [--clients 3] [--workers 2] [--profile]
 
 --profile first prints a cProfile of one in-process 1,000-record ingest (no HTTP).
 """
@@ -81,6 +90,7 @@ from usage.partitions import ingest_retention, partitions_ensure  # noqa: E402
 from usage.services import api_key_create  # noqa: E402
 
 RAW_TABLE = "bench_raw_syncinfo"
+IDLE_BATCHES = 30  # sent one at a time after the measured run
 
 
 def setup_tenant(now: datetime) -> tuple[str, list[ProcessFlow]]:
@@ -311,8 +321,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=2_000_000)
     parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=6)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     now = datetime.now(UTC)
@@ -365,18 +375,25 @@ def main():
             conn.execute("CHECKPOINT")
         batches = -(-args.records // args.batch)
         api_elapsed, run = post_all(plain, bodies, batches=batches, clients=args.clients)
+        _, idle_run = post_all(plain, bodies, batches=IDLE_BATCHES, clients=1)
     finally:
         server.terminate()
         server.wait(timeout=30)
     times = server_times(access_log, run)
+    idle_times = server_times(access_log, idle_run)
     shutil.rmtree(access_log.parent)
     assert len(times) == batches, (len(times), batches)
     posted = batches * args.batch
     with psycopg.connect(BENCH_URL, autocommit=True) as conn:
         stored = conn.execute("SELECT count(*) FROM usage_syncinfo").fetchone()[0]
         counted = conn.execute("SELECT sum(transactions) FROM usage_usagecounter").fetchone()[0]
+        (size,) = conn.execute(
+            "SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('usage_syncinfo') "
+            "WHERE isleaf"
+        ).fetchone()
         conn.execute("CHECKPOINT")
-    assert stored == counted == posted, (stored, counted, posted)
+    expected = posted + IDLE_BATCHES * args.batch
+    assert stored == counted == expected, (stored, counted, expected)
     api_rate = posted / api_elapsed
     print(
         f"  API:      {posted:>10,} records in {api_elapsed:7.2f} s = {api_rate:>9,.0f} records/s "
@@ -394,6 +411,12 @@ def main():
         f"  server time per {args.batch:,}-record batch (gunicorn's request time): "
         f"median {median:.1f} ms, p95 {p95:.1f} ms (target: median at most 8 ms per 1,000)"
     )
+    print(
+        f"  the same, {IDLE_BATCHES} batches one at a time (idle server): median "
+        f"{idle_times[len(idle_times) // 2]:.1f} ms; raw COPY's own time per "
+        f"{args.batch:,} rows: {args.batch / copy_rate * 1000:.1f} ms"
+    )
+    print(f"  stored Sync Info: {size / stored:.0f} bytes a row with its indexes")
 
 
 if __name__ == "__main__":

@@ -11,19 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import PRODUCT_APPS
+
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT = (
-    "accounts",
-    "billing",
-    "billing_portal",
-    "core",
-    "portal",
-    "retention",
-    "sso",
-    "subscriptions",
-    "support",
-    "usage",
-)
 
 # SQL's clock functions, and Django's Now() (a database function); not Python's now().
 DATABASE_CLOCK = re.compile(
@@ -56,7 +46,7 @@ def test_python_clocks_are_not_the_database_clock():
 def test_no_product_code_asks_the_database_for_the_time():
     found = {
         str(path.relative_to(ROOT)): uses
-        for package in PRODUCT
+        for package in PRODUCT_APPS
         for path in sorted((ROOT / package).rglob("*.py"))
         if (uses := database_clock_uses(path.read_text()))
     }

@@ -31,6 +31,7 @@ from billing import ledger
 from retention.deletion import organisation_data_delete
 from retention.models import DeletionRecord
 from subscriptions.models import Subscription
+from tests.helpers import PRODUCT_APPS
 from tests.subscriptions.factories import (
     EnvironmentFactory,
     ProcessFlowFactory,
@@ -43,18 +44,6 @@ from usage.services import api_key_create
 pytestmark = pytest.mark.django_db
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT_APPS = (
-    "accounts",
-    "billing",
-    "billing_portal",
-    "core",
-    "portal",
-    "retention",
-    "sso",
-    "subscriptions",
-    "support",
-    "usage",
-)
 TABLES = re.compile(r"\busage_(?:syncinfo|snapshot|usagecounter)\b")
 # Taking ids from the table's sequence reads no row (a distributed database hands out ranges).
 SEQUENCE = re.compile(r"pg_get_serial_sequence\('usage_\w+', 'id'\)")

@@ -20,7 +20,7 @@ from usage.alerts import FIXED_PERCENTS, MAX_CUSTOM
 from usage.models import AlertSettings, AlertThreshold, ApiKey, SyncInfo, UsageAlert, UsageCounter
 from usage.months import usage_month
 from usage.overage import overage_amount, overage_units
-from usage.projection import Projection, projection_make, window
+from usage.projection import PROJECTION_MONTHS_BACK, Projection, projection_make, window
 from usage.services import NEWEST
 
 WARNING_PERCENT = 80
@@ -108,6 +108,11 @@ class UsageSummary:
     alerts: list[AlertSent]
     # To the month's end at the last 7 days' average; None on a subscription's first day.
     projection: Projection | None = None
+    # The instant the figures are as of, and the window's total over the counters
+    # usage.projection.usage_projection sums: the upcoming invoice on the same page takes
+    # both instead of reading the same counters again (billing.upcoming).
+    as_of: datetime | None = None
+    projection_window_total: int = 0
 
     @property
     def start_format(self) -> str:
@@ -172,6 +177,7 @@ def usage_summary(*, subscription: Subscription, now: datetime) -> UsageSummary:
     # in one query.
     per_day = {}
     window_total = 0
+    projection_window_total = 0
     for month_start, day, total in (
         UsageCounter.objects.filter(
             Q(month_start=start) | Q(day__gte=window_first, day__lt=window_last),
@@ -188,6 +194,8 @@ def usage_summary(*, subscription: Subscription, now: datetime) -> UsageSummary:
             per_day[day] = total
         if window_first <= day < window_last:
             window_total += total
+            if month_start >= now - PROJECTION_MONTHS_BACK:
+                projection_window_total += total
     # The sum of the same rows month_usage() adds up (and the 80%/100% alerts compare).
     used = sum(per_day.values())
     alerts = [
@@ -235,6 +243,8 @@ def usage_summary(*, subscription: Subscription, now: datetime) -> UsageSummary:
             month_end=end,
             now=now,
         ),
+        as_of=now,
+        projection_window_total=projection_window_total,
     )
 
 

@@ -9,7 +9,8 @@ whatever the volume. The Sync Info page reads its rows by keyset, one page at a 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from django.db.models import Q, QuerySet, Sum
+from django.contrib.postgres.expressions import ArraySubquery
+from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
 from django.http import Http404
 
 from accounts.models import Organisation
@@ -474,6 +475,35 @@ def alert_choices(*, organisation: Organisation) -> AlertChoices:
             .order_by("percent")
         ),
         forecast=AlertSettings.objects.filter(organisation=organisation, forecast=True).exists(),
+    )
+
+
+@dataclass(frozen=True)
+class AlertPercents:
+    """What the Usage section of Settings > Subscription lists of an organisation's alert
+    choices: every threshold that alerts and the forecast opt-in (no rows to remove)."""
+
+    percents: list[int]
+    forecast: bool
+
+
+def alert_percents(*, organisation: Organisation) -> AlertPercents:
+    """The thresholds that alert, the fixed 80% and 100% included, lowest first, and the
+    forecast opt-in: alert_choices' figures in one query."""
+    found = (
+        Organisation.objects.filter(pk=organisation.pk)
+        .values(
+            custom=ArraySubquery(
+                AlertThreshold.objects.filter(organisation=OuterRef("pk")).values("percent")
+            ),
+            forecast=Exists(
+                AlertSettings.objects.filter(organisation=OuterRef("pk"), forecast=True)
+            ),
+        )
+        .get()
+    )
+    return AlertPercents(
+        percents=sorted([*FIXED_PERCENTS, *found["custom"]]), forecast=found["forecast"]
     )
 
 

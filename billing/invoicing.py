@@ -103,14 +103,19 @@ def _renew(subscriptions: list[Subscription], *, now: datetime) -> list[Invoice]
 
 
 def renewal_drafts(
-    subscriptions: list[Subscription], *, carried: dict[int, list[CarriedCharge]], now: datetime
+    subscriptions: list[Subscription],
+    *,
+    carried: dict[int, list[CarriedCharge]],
+    now: datetime,
+    known_usage: dict[tuple[int, datetime], int] | None = None,
 ) -> tuple[list[InvoiceDraft], list[tuple[Subscription, PlanChange]]]:
     """Each subscription's renewal invoice as a draft, the subscription moved (in memory) to its
     next period, and the scheduled downgrades that renewal applies. Writes nothing: the billing
     run saves what it returns, the upcoming invoice (billing.upcoming) only shows it, so the
-    preview is the invoice the run will issue."""
+    preview is the invoice the run will issue. `known_usage`: transactions of (organisation id,
+    usage month start) the caller already read (the upcoming invoice), not read again."""
     rates = tax_rates()
-    overages = _closed_months_overage(subscriptions)
+    overages = _closed_months_overage(subscriptions, known_usage or {})
     drafts = []
     downgraded = []
     for subscription in subscriptions:
@@ -149,12 +154,16 @@ def carried_owed(
     return owed
 
 
-def _closed_months_overage(subscriptions: list[Subscription]) -> dict[int, Overage]:
+def _closed_months_overage(
+    subscriptions: list[Subscription], known_usage: dict[tuple[int, datetime], int]
+) -> dict[int, Overage]:
     """The overage of each monthly subscription's closing period (its usage month), by
     subscription id, skipping months already billed. One aggregate query for the batch, plus
     one for the billed months only when some month went over its limit."""
     monthly = [s for s in subscriptions if s.billing_cycle == BillingCycle.MONTHLY]
-    usage = months_usage([(s.organisation_id, s.current_period_start) for s in monthly])
+    keys = [(s.organisation_id, s.current_period_start) for s in monthly]
+    usage = {key: known_usage[key] for key in keys if key in known_usage}
+    usage.update(months_usage([key for key in keys if key not in known_usage]))
     overages = {}
     for subscription in monthly:
         used = usage.get((subscription.organisation_id, subscription.current_period_start), 0)

@@ -10,6 +10,7 @@ it, tax from the billing information as it stands), an annual plan's overage inv
 what the billing run issues: with no change in between, they are the same to the cent.
 """
 
+import copy
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,7 +18,7 @@ from accounts.models import Organisation
 from billing.balance import balance_apply_preview
 from billing.drafts import InvoiceDraft, Overage, draft_overage_invoice, overage_for
 from billing.invoicing import carried_owed, renewal_drafts
-from billing.models import BalanceEntry, Invoice, InvoiceLine, OverageCharge
+from billing.models import BalanceEntry, BillingProfile, Invoice, InvoiceLine, OverageCharge
 from billing.tax import tax_rates
 from subscriptions.lifecycle import scheduled_changes_prefetch
 from subscriptions.models import BillingCycle, Subscription
@@ -25,6 +26,7 @@ from subscriptions.states import RENEWING
 from usage.billing import months_usage
 from usage.months import usage_month
 from usage.projection import Projection, usage_projection
+from usage.selectors import UsageSummary
 
 
 @dataclass
@@ -70,10 +72,39 @@ def _subscription(organisation: Organisation) -> Subscription | None:
     )
 
 
-def upcoming_invoices(*, organisation: Organisation, now: datetime) -> Upcoming:
+def _detached(subscription: Subscription, organisation: Organisation) -> Subscription:
+    """A copy of a subscription the page already read (plan, prices and `scheduled_changes`
+    loaded, as subscriptions.selectors.subscription_for_settings does), with the organisation's
+    billing information, for the dry run to move in memory: the page keeps showing the
+    original. One query (the billing information) instead of the fresh load's three."""
+    # The dry run sets the subscription's period, cycle, price and plan and marks a scheduled
+    # change applied: those get copies. The plans, prices and organisation it only reads are
+    # shared (a deep copy would also drop the prefetched prices and read them again).
+    detached = copy.copy(subscription)
+    detached.scheduled_changes = [copy.copy(change) for change in subscription.scheduled_changes]
+    detached.organisation = organisation
+    profile = BillingProfile.objects.filter(organisation=organisation).first()
+    Organisation.billing_profile.related.set_cached_value(organisation, profile)
+    return detached
+
+
+def upcoming_invoices(
+    *,
+    organisation: Organisation,
+    now: datetime,
+    subscription: Subscription | None = None,
+    usage: UsageSummary | None = None,
+) -> Upcoming:
     """The invoices the organisation's subscription will be issued next, as of `now`; a fixed
-    number of queries, whatever the history."""
-    subscription = _subscription(organisation)
+    number of queries, whatever the history. What the page already read is not read again:
+    `subscription`, the organisation's subscription with its plan, prices and
+    `scheduled_changes` (left as it is: the dry run works on a copy); `usage`, the Usage
+    section's figures as of the same `now` (this usage month's transactions and the
+    projection's window, from the same counters)."""
+    if subscription is None:
+        subscription = _subscription(organisation)
+    else:
+        subscription = _detached(subscription, organisation)
     if subscription is None:
         return Upcoming(invoices=[], no_renewal="none")
     status = subscription.status
@@ -81,7 +112,11 @@ def upcoming_invoices(*, organisation: Organisation, now: datetime) -> Upcoming:
         return Upcoming(invoices=[], no_renewal=status)
     zone = organisation.tzinfo
     month_start, month_end = usage_month(anchor=subscription.anchor_at, zone=zone, at=now)
-    used = months_usage([(organisation.pk, month_start)]).get((organisation.pk, month_start), 0)
+    known = usage is not None and usage.as_of == now and usage.month_start == month_start
+    if known:
+        used = usage.used
+    else:
+        used = months_usage([(organisation.pk, month_start)]).get((organisation.pk, month_start), 0)
     projection = usage_projection(
         organisation_id=organisation.pk,
         anchor_at=subscription.anchor_at,
@@ -89,6 +124,7 @@ def upcoming_invoices(*, organisation: Organisation, now: datetime) -> Upcoming:
         used=used,
         month_end=month_end,
         now=now,
+        window_total=usage.projection_window_total if known else None,
     )
     plan = subscription.plan
     projected_overage = None
@@ -100,9 +136,11 @@ def upcoming_invoices(*, organisation: Organisation, now: datetime) -> Upcoming:
             month_end=month_end,
             used=projection.projected,
         )
-    invoices = _overage_invoices(subscription, now=now, open_month=month_start)
+    invoices = _overage_invoices(
+        subscription, now=now, open_month=month_start, open_used=used if known else None
+    )
     if status in RENEWING and not subscription.cancel_at_period_end:
-        invoices.append(_renewal(subscription, month_start=month_start))
+        invoices.append(_renewal(subscription, month_start=month_start, used=used))
         no_renewal = ""
     else:
         no_renewal = "cancelled" if subscription.cancel_at_period_end else status
@@ -118,8 +156,9 @@ def upcoming_invoices(*, organisation: Organisation, now: datetime) -> Upcoming:
     )
 
 
-def _renewal(subscription: Subscription, *, month_start: datetime) -> UpcomingInvoice:
-    """The renewal invoice at the period's end, exactly as billing_run_issue drafts it."""
+def _renewal(subscription: Subscription, *, month_start: datetime, used: int) -> UpcomingInvoice:
+    """The renewal invoice at the period's end, exactly as billing_run_issue drafts it; `used`:
+    the transactions of the open usage month starting at `month_start`, already read."""
     issue_at = subscription.current_period_end
     # Monthly: the renewal bills the usage month that closes then, still open now.
     open_month = (
@@ -127,18 +166,21 @@ def _renewal(subscription: Subscription, *, month_start: datetime) -> UpcomingIn
         and subscription.current_period_start == month_start
     )
     [draft], _ = renewal_drafts(
-        [subscription], carried=carried_owed([subscription], lock=False), now=issue_at
+        [subscription],
+        carried=carried_owed([subscription], lock=False),
+        now=issue_at,
+        known_usage={(subscription.organisation_id, month_start): used},
     )
     return _upcoming(draft, issue_at=issue_at, open_month=open_month)
 
 
 def _overage_invoices(
-    subscription: Subscription, *, now: datetime, open_month: datetime
+    subscription: Subscription, *, now: datetime, open_month: datetime, open_used: int | None
 ) -> list[UpcomingInvoice]:
     """The overage-only invoices to come (billing.invoicing.overage_invoices_issue): each usage
     month of an annual term over the limit and not billed yet, at its close (a cancellation
     holds them to the term's end); a cancelled monthly plan's final month, at the period's
-    end. The open month's figure is its usage so far."""
+    end. The open month's figure is its usage so far (`open_used` when already read)."""
     zone = subscription.organisation.tzinfo
     cancelled = subscription.cancel_at_period_end
     annual = subscription.billing_cycle == BillingCycle.ANNUAL
@@ -151,7 +193,10 @@ def _overage_invoices(
         months.append((start, end))
         moment = end
     organisation_id = subscription.organisation_id
-    usage = months_usage([(organisation_id, start) for start, _ in months])
+    keys = [(organisation_id, start) for start, _ in months]
+    known = {} if open_used is None else {(organisation_id, open_month): open_used}
+    usage = {key: known[key] for key in keys if key in known}
+    usage.update(months_usage([key for key in keys if key not in known]))
     billed = set(
         OverageCharge.objects.filter(
             subscription=subscription, month_start__in=[start for start, _ in months]

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from django.db import connection
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 from django.http import Http404
 
 from accounts.models import Organisation
@@ -46,6 +46,40 @@ def subscription_for(*, organisation: Organisation) -> Subscription | None:
         .prefetch_related("plan__prices")
         .filter(organisation=organisation)
         .first()
+    )
+
+
+def subscription_for_settings(*, organisation: Organisation) -> Subscription | None:
+    """The organisation's subscription for Settings > Subscription, or None: its plan and the
+    plan's prices, and its scheduled plan change (at most one) with both plans and the new
+    plan's prices, in `scheduled_changes` as the billing run's loader has it
+    (subscriptions.lifecycle.scheduled_changes_prefetch). The page reads this once and the
+    upcoming invoice runs the billing run's dry run on a copy of it
+    (docs/architecture.md#decision-the-upcoming-invoice-is-the-billing-run-as-a-dry-run).
+    Three queries, four with a scheduled change."""
+    return (
+        Subscription.objects.select_related("plan")
+        .prefetch_related(
+            "plan__prices",
+            Prefetch(
+                "plan_changes",
+                queryset=PlanChange.objects.filter(status=PlanChange.Status.SCHEDULED)
+                .select_related("from_plan", "to_plan")
+                .prefetch_related("to_plan__prices"),
+                to_attr="scheduled_changes",
+            ),
+        )
+        .filter(organisation=organisation)
+        .first()
+    )
+
+
+def scheduled_downgrade(*, subscription: Subscription) -> PlanChange | None:
+    """The downgrade scheduled for the renewal of a subscription loaded by
+    subscription_for_settings, with both plans, or None (no query: plan_change_scheduled
+    without the round trip)."""
+    return next(
+        (c for c in subscription.scheduled_changes if c.kind == PlanChange.Kind.DOWNGRADE), None
     )
 
 

@@ -29,7 +29,9 @@ from subscriptions.selectors import (
     plan_list_lower,
     process_flow_get,
     process_flow_list,
+    scheduled_downgrade,
     subscription_for,
+    subscription_for_settings,
     usage_counts,
 )
 from subscriptions.services import (
@@ -191,7 +193,9 @@ def flow_resume_view(request, flow_id):
 def settings(request):
     """Settings > Subscription (article sections 2 and 11): plan, cycle, renewal date, limits,
     and the Usage section (this usage month's transactions, overage so far, daily chart)."""
-    subscription = subscription_for(organisation=request.organisation)
+    # Read once with its scheduled change: the upcoming invoice's dry run works on a copy
+    # (docs/architecture.md#decision-the-upcoming-invoice-is-the-billing-run-as-a-dry-run).
+    subscription = subscription_for_settings(organisation=request.organisation)
     context = {"subscription": subscription}
     if subscription is not None:
         plan = subscription.plan
@@ -210,7 +214,7 @@ def settings(request):
         context["can_change_plan"] = (
             request.membership.role == ADMIN and subscription.status in SERVING
         )
-        change = plan_change_scheduled(subscription=subscription)
+        change = scheduled_downgrade(subscription=subscription)
         if change is not None:
             features, limits = plan_differences(old=change.from_plan, new=change.to_plan)
             context.update(

@@ -57,6 +57,10 @@ def projection_make(
     )
 
 
+# How far back usage_projection looks for the window's counters: two usage months at most.
+PROJECTION_MONTHS_BACK = timedelta(days=40)
+
+
 def usage_projection(
     *,
     organisation_id: int,
@@ -65,25 +69,29 @@ def usage_projection(
     used: int,
     month_end: datetime,
     now: datetime,
+    window_total: int | None = None,
 ) -> Projection | None:
     """The projection of the usage month ending at `month_end`: one query over the daily
-    counters of the window (never Sync Info)."""
+    counters of the window (never Sync Info), none when the caller already summed them as
+    of the same `now` (`window_total`, usage.selectors.UsageSummary)."""
     first, last = window(
         today=now.astimezone(zone).date(), anchor_day=anchor_at.astimezone(zone).date()
     )
     days = (last - first).days
     if days <= 0:
         return None
-    total = (
-        UsageCounter.objects.filter(
-            organisation_id=organisation_id,
-            # Two usage months at most; the bound keeps the index range short.
-            month_start__gte=now - timedelta(days=40),
-            day__gte=first,
-            day__lt=last,
-        ).aggregate(total=Sum("transactions"))["total"]
-        or 0
-    )
+    total = window_total
+    if total is None:
+        total = (
+            UsageCounter.objects.filter(
+                organisation_id=organisation_id,
+                # Two usage months at most; the bound keeps the index range short.
+                month_start__gte=now - PROJECTION_MONTHS_BACK,
+                day__gte=first,
+                day__lt=last,
+            ).aggregate(total=Sum("transactions"))["total"]
+            or 0
+        )
     return projection_make(
         used=used, window_total=total, window_days=days, month_end=month_end, now=now
     )

@@ -9,7 +9,8 @@ whatever the volume. The Sync Info page reads its rows by keyset, one page at a 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from django.db.models import Q, QuerySet, Sum
+from django.contrib.postgres.expressions import ArraySubquery
+from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
 from django.http import Http404
 
 from accounts.models import Organisation
@@ -20,7 +21,7 @@ from usage.alerts import FIXED_PERCENTS, MAX_CUSTOM
 from usage.models import AlertSettings, AlertThreshold, ApiKey, SyncInfo, UsageAlert, UsageCounter
 from usage.months import usage_month
 from usage.overage import overage_amount, overage_units
-from usage.projection import Projection, projection_make, window
+from usage.projection import PROJECTION_MONTHS_BACK, Projection, projection_make, window
 from usage.services import NEWEST
 
 WARNING_PERCENT = 80
@@ -108,6 +109,11 @@ class UsageSummary:
     alerts: list[AlertSent]
     # To the month's end at the last 7 days' average; None on a subscription's first day.
     projection: Projection | None = None
+    # The instant the figures are as of, and the window's total over the counters
+    # usage.projection.usage_projection sums: the upcoming invoice on the same page takes
+    # both instead of reading the same counters again (billing.upcoming).
+    as_of: datetime | None = None
+    projection_window_total: int = 0
 
     @property
     def start_format(self) -> str:
@@ -172,6 +178,7 @@ def usage_summary(*, subscription: Subscription, now: datetime) -> UsageSummary:
     # in one query.
     per_day = {}
     window_total = 0
+    projection_window_total = 0
     for month_start, day, total in (
         UsageCounter.objects.filter(
             Q(month_start=start) | Q(day__gte=window_first, day__lt=window_last),
@@ -188,6 +195,8 @@ def usage_summary(*, subscription: Subscription, now: datetime) -> UsageSummary:
             per_day[day] = total
         if window_first <= day < window_last:
             window_total += total
+            if month_start >= now - PROJECTION_MONTHS_BACK:
+                projection_window_total += total
     # The sum of the same rows month_usage() adds up (and the 80%/100% alerts compare).
     used = sum(per_day.values())
     alerts = [
@@ -235,6 +244,8 @@ def usage_summary(*, subscription: Subscription, now: datetime) -> UsageSummary:
             month_end=end,
             now=now,
         ),
+        as_of=now,
+        projection_window_total=projection_window_total,
     )
 
 
@@ -464,6 +475,35 @@ def alert_choices(*, organisation: Organisation) -> AlertChoices:
             .order_by("percent")
         ),
         forecast=AlertSettings.objects.filter(organisation=organisation, forecast=True).exists(),
+    )
+
+
+@dataclass(frozen=True)
+class AlertPercents:
+    """What the Usage section of Settings > Subscription lists of an organisation's alert
+    choices: every threshold that alerts and the forecast opt-in (no rows to remove)."""
+
+    percents: list[int]
+    forecast: bool
+
+
+def alert_percents(*, organisation: Organisation) -> AlertPercents:
+    """The thresholds that alert, the fixed 80% and 100% included, lowest first, and the
+    forecast opt-in: alert_choices' figures in one query."""
+    found = (
+        Organisation.objects.filter(pk=organisation.pk)
+        .values(
+            custom=ArraySubquery(
+                AlertThreshold.objects.filter(organisation=OuterRef("pk")).values("percent")
+            ),
+            forecast=Exists(
+                AlertSettings.objects.filter(organisation=OuterRef("pk"), forecast=True)
+            ),
+        )
+        .get()
+    )
+    return AlertPercents(
+        percents=sorted([*FIXED_PERCENTS, *found["custom"]]), forecast=found["forecast"]
     )
 
 

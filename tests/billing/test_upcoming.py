@@ -27,8 +27,10 @@ from billing.models import (
 from billing.upcoming import upcoming_invoices
 from subscriptions.models import BillingCycle, Plan, PlanChange, Subscription
 from subscriptions.plan_changes import downgrade_schedule
+from subscriptions.selectors import subscription_for_settings
 from tests.subscriptions.factories import PERIOD_START, SubscriptionFactory
 from usage.models import UsageCounter
+from usage.selectors import usage_summary
 
 pytestmark = pytest.mark.django_db
 
@@ -434,3 +436,109 @@ def test_the_page_keeps_its_query_count_with_the_upcoming_invoice(
     with CaptureQueriesContext(connection) as many:
         client.get(url)
     assert len(many) == len(few)
+
+
+# What the page already read is not read again -------------------------------------------------
+
+
+def page_inputs(org, now):
+    """The subscription and the Usage section's figures as Settings > Subscription reads them."""
+    subscription = subscription_for_settings(organisation=org)
+    subscription.organisation = org
+    return subscription, usage_summary(subscription=subscription, now=now)
+
+
+def downgrade_to_standard(subscription, admin):
+    downgrade_schedule(
+        subscription=subscription,
+        actor=Actor(user=admin),
+        plan=Plan.objects.get(code="standard"),
+        keep_flow_ids=None,
+        now=PERIOD_START + timedelta(days=3),
+    )
+
+
+@pytest.mark.parametrize(
+    ("scenario", "now"),
+    [
+        ("monthly, overage so far", MINUTE_BEFORE),
+        ("monthly, projection", datetime(2026, 11, 20, 9, 0, tzinfo=UTC)),
+        ("scheduled downgrade", MINUTE_BEFORE),
+        ("annual, overage invoice", datetime(2026, 11, 20, 9, 0, tzinfo=UTC)),
+        ("cancelled, final overage", MINUTE_BEFORE),
+    ],
+)
+def test_with_what_the_page_read_the_figures_are_the_same(org, admin, scenario, now):
+    plan = Plan.objects.get(code="professional" if "downgrade" in scenario else "standard")
+    subscription = SubscriptionFactory(
+        organisation=org,
+        plan=plan,
+        billing_cycle=BillingCycle.ANNUAL if "annual" in scenario else BillingCycle.MONTHLY,
+        cancel_at_period_end="cancelled" in scenario,
+    )
+    BillingProfile.objects.update_or_create(organisation=org, defaults={"country": "IE"})
+    if "downgrade" in scenario:
+        downgrade_to_standard(subscription, admin)
+    for day in range(1, 19):
+        use(org, 4_000, day=day)  # 72,000: over the Standard plan's 50,000
+    fresh = upcoming_invoices(organisation=org, now=now)
+    page_subscription, usage = page_inputs(org, now)
+    before = snapshot()
+    with CaptureQueriesContext(connection) as queries:
+        reused = upcoming_invoices(
+            organisation=org, now=now, subscription=page_subscription, usage=usage
+        )
+    nothing_written(before)
+    assert reused.invoices
+    assert [preview_figures(u) for u in reused.invoices] == [
+        preview_figures(u) for u in fresh.invoices
+    ]
+    assert [(u.issue_at, u.open_month) for u in reused.invoices] == [
+        (u.issue_at, u.open_month) for u in fresh.invoices
+    ]
+    assert (reused.no_renewal, reused.projection, reused.projected_overage) == (
+        fresh.no_renewal,
+        fresh.projection,
+        fresh.projected_overage,
+    )
+    # Neither the subscription nor this month's counters are read again.
+    sql = " ".join(q["sql"] for q in queries.captured_queries)
+    assert "subscriptions_subscription" not in sql
+    assert "usage_usagecounter" not in sql
+    # The page's subscription is not moved to its next period by the dry run.
+    assert page_subscription.plan == plan
+    assert page_subscription.current_period_end == subscription.current_period_end
+    assert all(c.status == PlanChange.Status.SCHEDULED for c in page_subscription.scheduled_changes)
+
+
+def test_figures_as_of_another_instant_are_read_again(org):
+    SubscriptionFactory(organisation=org)
+    use(org, 60_000)
+    page_subscription, usage = page_inputs(org, MINUTE_BEFORE - timedelta(days=1))
+    use(org, 1_000, day=6)  # counted after the Usage section's figures
+    with CaptureQueriesContext(connection) as queries:
+        upcoming = upcoming_invoices(
+            organisation=org, now=MINUTE_BEFORE, subscription=page_subscription, usage=usage
+        )
+    assert sum("usage_usagecounter" in q["sql"] for q in queries.captured_queries) == 2
+    assert upcoming.projection.used == 61_000
+
+
+def test_the_page_after_a_scheduled_downgrade(client_for, org, admin, time_machine):
+    time_machine.move_to(MINUTE_BEFORE, tick=False)
+    subscription = SubscriptionFactory(organisation=org, plan=Plan.objects.get(code="professional"))
+    downgrade_to_standard(subscription, admin)
+    client = client_for(admin)
+    url = reverse("subscriptions:settings", args=[org.slug])
+    client.get(url)
+    with CaptureQueriesContext(connection) as queries:
+        body = client.get(url).content.decode()
+    sql = [q["sql"] for q in queries.captured_queries]  # before the next request resets the log
+    # The page shows the plan as it is, the upcoming invoice the plan the renewal applies.
+    assert "<dd><strong>Professional</strong>" in body
+    assert "Your plan changes to Standard on" in body
+    assert "Standard plan, monthly subscription" in section(client, org)
+    assert sum('FROM "subscriptions_subscription"' in s for s in sql) == 1
+    assert sum('FROM "subscriptions_planchange"' in s for s in sql) == 1
+    assert sum("usage_usagecounter" in s for s in sql) == 1
+    assert PlanChange.objects.get().status == PlanChange.Status.SCHEDULED

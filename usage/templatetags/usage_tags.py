@@ -1,7 +1,7 @@
 from django import template
 from django.utils import timezone
 
-from usage.selectors import alert_choices, usage_summary
+from usage.selectors import alert_percents, usage_summary
 
 register = template.Library()
 
@@ -21,7 +21,7 @@ def usage_summary_for(subscription):
 @register.simple_tag
 def usage_alert_choices_for(organisation):
     """The thresholds and forecast opt-in the Usage section's "Usage alerts" part lists."""
-    return alert_choices(organisation=organisation)
+    return alert_percents(organisation=organisation)
 
 
 @register.filter

@@ -30,14 +30,13 @@ from uuid import UUID
 import msgspec
 from dateutil.relativedelta import relativedelta
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Sum
 
 from accounts.audit import Actor, audit_record
 from accounts.models import Organisation
 from core.errors import ServiceError
 from subscriptions.models import Environment, Subscription
 from usage.alerts import alerts_check, subscription_for_ingest
-from usage.models import ApiKey, IngestBatch, UsageCounter
+from usage.models import ApiKey, IngestBatch
 from usage.months import usage_month_of
 from usage.partitions import SNAPSHOT_TABLE, SYNC_INFO_TABLE, Retention, ingest_retention
 
@@ -567,7 +566,7 @@ def _count(
     if subscription is None:
         return {"used": None, "limit": None}
     current_start, current_end = usage_month_of(subscription, now)
-    used = _month_used(organisation_id=organisation.pk, month_start=current_start)
+    used = month_usage(organisation=organisation, month_start=current_start)
     limit = subscription.plan.monthly_transactions
     alerts_check(
         subscription=subscription,
@@ -634,21 +633,13 @@ def _counters_add(*, organisation: Organisation, buckets: dict) -> None:
         )
 
 
-def _month_used(*, organisation_id: int, month_start: datetime) -> int:
-    """month_usage in raw SQL: the ORM's aggregate costs more Python than the query."""
+def month_usage(*, organisation: Organisation, month_start: datetime) -> int:
+    """The organisation's transactions in the usage month starting at `month_start`. Raw SQL:
+    it runs after every batch, and the ORM's aggregate costs more Python than the query."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT coalesce(sum(transactions), 0)::bigint FROM usage_usagecounter "
             "WHERE organisation_id = %s AND month_start = %s",
-            [organisation_id, month_start],
+            [organisation.pk, month_start],
         )
         return cursor.fetchone()[0]
-
-
-def month_usage(*, organisation: Organisation, month_start: datetime) -> int:
-    return (
-        UsageCounter.objects.filter(organisation=organisation, month_start=month_start).aggregate(
-            total=Sum("transactions")
-        )["total"]
-        or 0
-    )

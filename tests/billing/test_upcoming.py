@@ -166,8 +166,7 @@ def test_switch_to_annual_at_the_renewal(org):
     assert (issued.billing_cycle, issued.period_end) == ("annual", RENEWAL + relativedelta(years=1))
 
 
-def test_after_a_scheduled_downgrade(org, admin):
-    subscription = SubscriptionFactory(organisation=org, plan=Plan.objects.get(code="professional"))
+def downgrade_to_standard(subscription, admin):
     downgrade_schedule(
         subscription=subscription,
         actor=Actor(user=admin),
@@ -175,6 +174,11 @@ def test_after_a_scheduled_downgrade(org, admin):
         keep_flow_ids=None,
         now=PERIOD_START + timedelta(days=3),
     )
+
+
+def test_after_a_scheduled_downgrade(org, admin):
+    subscription = SubscriptionFactory(organisation=org, plan=Plan.objects.get(code="professional"))
+    downgrade_to_standard(subscription, admin)
     use(org, 3_000)
     renewal, issued = assert_preview_is_the_renewal(org, subscription)
     assert issued.plan_name == "Standard"
@@ -446,16 +450,6 @@ def page_inputs(org, now):
     subscription = subscription_for_settings(organisation=org)
     subscription.organisation = org
     return subscription, usage_summary(subscription=subscription, now=now)
-
-
-def downgrade_to_standard(subscription, admin):
-    downgrade_schedule(
-        subscription=subscription,
-        actor=Actor(user=admin),
-        plan=Plan.objects.get(code="standard"),
-        keep_flow_ids=None,
-        now=PERIOD_START + timedelta(days=3),
-    )
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from accounts.audit import Actor
 from subscriptions.models import Plan
+from tests.helpers import sync_info_post
 from tests.subscriptions.factories import (
     EnvironmentFactory,
     ProcessFlowFactory,
@@ -56,14 +57,7 @@ def record(flow, n=0, **overrides):
 
 
 def post(client, plain, records, key="batch-1", **extra):
-    return client.post(
-        "/api/v1/sync-info",
-        data=json.dumps({"records": records}),
-        content_type="application/json",
-        HTTP_AUTHORIZATION=f"Bearer {plain}",
-        HTTP_IDEMPOTENCY_KEY=key,
-        **extra,
-    )
+    return sync_info_post(client, plain, records, key=key, **extra)
 
 
 def used(org, subscription):

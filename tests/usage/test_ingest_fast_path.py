@@ -8,11 +8,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from django.utils import timezone
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from usage.services import _parse_records, _validate, _validate_plain
+from accounts.audit import Actor
+from subscriptions.models import Plan
+from tests.helpers import sync_info_post
+from tests.subscriptions.factories import (
+    EnvironmentFactory,
+    ProcessFlowFactory,
+    SubscriptionFactory,
+)
+from usage.partitions import partitions_ensure
+from usage.services import _parse_records, _validate, _validate_plain, api_key_create
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 FLOW = "6f1c1d2e-8a4b-4c3d-9e2f-0a1b2c3d4e5f"
@@ -124,18 +132,10 @@ def test_the_fast_path_never_differs_from_the_full_check(batch):
 
 
 @pytest.mark.django_db
-def test_a_batch_costs_the_same_queries_however_many_records(client, org, admin, settings):
-    from accounts.audit import Actor
-    from subscriptions.models import Plan
-    from tests.subscriptions.factories import (
-        EnvironmentFactory,
-        ProcessFlowFactory,
-        SubscriptionFactory,
-    )
-    from usage.partitions import partitions_ensure
-    from usage.services import api_key_create
-
-    now = timezone.now()
+def test_a_batch_costs_the_same_queries_however_many_records(client, org, admin, time_machine):
+    # Inside the factory subscription's usage month, on a clock the test fixes.
+    now = datetime(2026, 11, 12, 14, 0, tzinfo=UTC)
+    time_machine.move_to(now, tick=False)
     partitions_ensure(now=now)
     SubscriptionFactory(organisation=org, plan=Plan.objects.get(code="standard"))
     environment = EnvironmentFactory(organisation=org, name="Production")
@@ -154,13 +154,7 @@ def test_a_batch_costs_the_same_queries_however_many_records(client, org, admin,
             for n in range(count)
         ]
         with CaptureQueriesContext(connection) as captured:
-            response = client.post(
-                "/api/v1/sync-info",
-                data=json.dumps({"records": batch}),
-                content_type="application/json",
-                HTTP_AUTHORIZATION=f"Bearer {plain}",
-                HTTP_IDEMPOTENCY_KEY=key,
-            )
+            response = sync_info_post(client, plain, batch, key=key)
         assert response.status_code == 201, response.content
         return len(captured)
 

@@ -15,7 +15,6 @@ checks keep it so:
 """
 
 import ast
-import json
 import re
 import traceback
 from datetime import UTC, datetime, timedelta
@@ -31,7 +30,7 @@ from billing import ledger
 from retention.deletion import organisation_data_delete
 from retention.models import DeletionRecord
 from subscriptions.models import Subscription
-from tests.helpers import PRODUCT_APPS
+from tests.helpers import PRODUCT_APPS, sync_info_post
 from tests.subscriptions.factories import (
     EnvironmentFactory,
     ProcessFlowFactory,
@@ -233,13 +232,7 @@ def post(client, flow, plain, *, key: str, count: int, snapshot: bool, at: datet
         }
         for n in range(count)
     ]
-    response = client.post(
-        "/api/v1/sync-info",
-        data=json.dumps({"records": records}),
-        content_type="application/json",
-        HTTP_AUTHORIZATION=f"Bearer {plain}",
-        HTTP_IDEMPOTENCY_KEY=key,
-    )
+    response = sync_info_post(client, plain, records, key=key)
     assert response.status_code in (200, 201), response.content
 
 

@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "django.forms",
     "allauth",
     "allauth.account",
+    "allauth.mfa",
     "django_countries",
     "core",
     "accounts",

@@ -2,8 +2,10 @@ from allauth.account.adapter import DefaultAccountAdapter
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.audit import Actor
 from accounts.emails import email_queue
 from accounts.services import organisation_create
+from accounts.two_factor import ALLAUTH_NOTIFICATIONS, two_factor_record
 from core.http import client_ip
 
 
@@ -40,6 +42,17 @@ class AccountAdapter(DefaultAccountAdapter):
             body_html=body_html,
             template=template_prefix,
         )
+
+    def send_notification_mail(self, template_prefix, user, context=None, email=None):
+        # allauth.mfa reports each change of a second factor here, once: it becomes our audit
+        # rows and our email
+        # (docs/architecture.md#decision-two-factor-sign-in-builds-on-allauth-mfa).
+        change = ALLAUTH_NOTIFICATIONS.get(template_prefix)
+        if change is None:
+            return super().send_notification_mail(template_prefix, user, context, email)
+        actor = Actor(user=user, ip_address=client_ip(self.request) if self.request else None)
+        two_factor_record(user=user, change=change, actor=actor, now=timezone.now())
+        return None
 
     def format_email_subject(self, subject):
         from django.conf import settings

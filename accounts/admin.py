@@ -1,5 +1,6 @@
 """Django admin for ops staff: organisations, users, memberships, invitations, audit log, emails."""
 
+from allauth.mfa.models import Authenticator
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
@@ -22,6 +23,8 @@ from accounts.services import (
     membership_deactivate,
     membership_reactivate,
 )
+from accounts.two_factor import two_factor_reset, two_factor_status
+from core.admin import reason_asked
 from core.errors import ServiceError
 from core.http import client_ip
 
@@ -58,10 +61,11 @@ class UserAdmin(DjangoUserAdmin):
     list_display = ("email", "full_name", "is_staff", "is_active", "date_joined", "last_login")
     list_filter = ("is_staff", "is_active", "is_superuser")
     search_fields = ("email", "full_name")
-    readonly_fields = ("date_joined", "last_login")
+    readonly_fields = ("date_joined", "last_login", "two_factor")
     inlines = [MembershipInline]
+    actions = ["reset_two_factor"]
     fieldsets = (
-        (None, {"fields": ("email", "full_name", "password")}),
+        (None, {"fields": ("email", "full_name", "password", "two_factor")}),
         (
             "Access",
             {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")},
@@ -71,6 +75,47 @@ class UserAdmin(DjangoUserAdmin):
     add_fieldsets = (
         (None, {"classes": ("wide",), "fields": ("email", "full_name", "password1", "password2")}),
     )
+
+    @admin.display(description="Two-factor sign-in")
+    def two_factor(self, obj):
+        # Facts only: ops never see a secret or a code.
+        return str(two_factor_status(user=obj)) if obj.pk else ""
+
+    def has_reset_two_factor_permission(self, request):
+        # Changing how someone signs in is access, not money: only those who may change users
+        # (superusers), never the view-only "Billing staff" group (support/staff.py).
+        return request.user.has_perm("accounts.change_user")
+
+    @admin.action(
+        description="Reset two-factor sign-in (removes it, signs them out)",
+        permissions=["reset_two_factor"],
+    )
+    def reset_two_factor(self, request, queryset):
+        reason, page = reason_asked(
+            self,
+            request,
+            queryset,
+            action="reset_two_factor",
+            title="Reset two-factor sign-in",
+            intro=(
+                "Their authenticator app, security keys and recovery codes are removed and every "
+                "session of theirs ends. They sign in with their password and set up again."
+            ),
+        )
+        if page is not None:
+            return page
+        actor = Actor(user=request.user, ip_address=client_ip(request))
+        done = 0
+        for user in queryset:
+            if two_factor_reset(user=user, actor=actor, reason=reason, now=timezone.now()):
+                done += 1
+        self.message_user(request, f"Two-factor sign-in reset for {done} user(s).")
+        return None
+
+
+# Ops never see the secrets: allauth.mfa's own admin of authenticators is not offered.
+if admin.site.is_registered(Authenticator):
+    admin.site.unregister(Authenticator)
 
 
 # Registered by portal.admin, which adds the actions of the apps above accounts (the

@@ -59,6 +59,7 @@ def _portal_urls(script_prefix: str, urlconf: str) -> dict[str, str]:
     return {
         "home": reverse("accounts:home"),
         "change_password": reverse("account_change_password"),
+        "security": reverse("accounts:security"),
         "logout": reverse("account_logout"),
     }
 

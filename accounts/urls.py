@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from accounts import views
+from accounts import security_views, views
 
 app_name = "accounts"
 
@@ -18,6 +18,24 @@ public_urlpatterns = [
         "billing-recipients/confirm/<str:token>/",
         views.billing_recipient_confirm_view,
         name="billing_recipient_confirm",
+    ),
+    # Security: the user's own two-factor sign-in and sessions (accounts/security_views.py).
+    path("account/security/", security_views.security, name="security"),
+    path("account/security/app/", security_views.totp_activate_view, name="security_totp_activate"),
+    path(
+        "account/security/app/remove/",
+        security_views.totp_deactivate_view,
+        name="security_totp_deactivate",
+    ),
+    path(
+        "account/security/recovery-codes/",
+        security_views.recovery_codes_view,
+        name="security_recovery_codes",
+    ),
+    path(
+        "account/security/recovery-codes/regenerate/",
+        security_views.recovery_codes_regenerate,
+        name="security_recovery_codes_regenerate",
     ),
 ]
 

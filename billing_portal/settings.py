@@ -50,6 +50,8 @@ INSTALLED_APPS = [
     "allauth",
     "allauth.account",
     "allauth.mfa",
+    # allauth.mfa's security key pages use naturaltime.
+    "django.contrib.humanize",
     "django_countries",
     "core",
     "accounts",
@@ -161,6 +163,20 @@ ACCOUNT_RATE_LIMITS = {
     "confirm_email": "1/3m/key",
     "change_password": "5/m/user",
 }
+# Two-factor sign-in on allauth.mfa
+# (docs/architecture.md#decision-two-factor-sign-in-builds-on-allauth-mfa).
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
+MFA_TOTP_ISSUER = PRODUCT_NAME
+# 0: only the current 30-second code is accepted. A wider window would make a shoulder-surfed or
+# phished code usable for longer; phone clocks are network-synced, so drift is rare.
+MFA_TOTP_TOLERANCE = 0
+MFA_RECOVERY_CODE_COUNT = 10
+# Recovery codes are shown (and downloadable) once, right after they are generated.
+MFA_RECOVERY_CODES_SHOW_ONCE = True
+MFA_FORMS = {"deactivate_totp": "accounts.security_forms.DeactivateTOTPForm"}
+# Security keys as a second factor only; passkey sign-in (no password) is not offered.
+MFA_PASSKEY_LOGIN_ENABLED = False
+MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN = DEBUG
 # Our own limits (core/ratelimit.py), per client IP: opening or submitting an
 # emailed link, unknown link tokens (guessing), starting an SSO sign-in (one SsoRequest row
 # each; an office behind one address signs in together, hence as many as password sign-ins).

@@ -145,6 +145,7 @@ def ops(*, get, post):
 
 
 HOME = to("accounts:home")
+REAUTH = to("account_reauthenticate")
 IDP = to("https://idp.example.test/sso")  # the test IdP's sign-in URL (devkit/saml_idp.py)
 TO_CHANGE = to("./change/")  # the change page of the object asked for
 
@@ -294,6 +295,50 @@ TABLE = {
     "stripe_webhook": public(get=405, post=400),
     "healthz": public(get=200, post=405),
     # django-allauth (keys and codes are made up, so those pages say the link is invalid).
+    # Security and two-factor sign-in (accounts/security_views.py, allauth.mfa). Changing a
+    # second factor asks for the password again first (allauth's reauthentication).
+    "accounts:security": public(get=signed_in(200), post=signed_in(405)),
+    "accounts:security_totp_activate": public(get=signed_in(REAUTH), post=signed_in(REAUTH)),
+    "accounts:security_totp_deactivate": public(
+        get=signed_in(to("accounts:security")), post=signed_in(to("accounts:security"))
+    ),
+    "accounts:security_recovery_codes": public(
+        get=signed_in(to("accounts:security")), post=signed_in(to("accounts:security"))
+    ),
+    "accounts:security_recovery_codes_regenerate": public(
+        get=signed_in(405), post=signed_in(REAUTH)
+    ),
+    "mfa_index": public(get=signed_in(200), post=signed_in(405)),
+    "mfa_authenticate": public(
+        get=signed_in(to("/"), anonymous=to("account_login")),
+        post=signed_in(to("/"), anonymous=to("account_login")),
+    ),
+    "mfa_reauthenticate": public(get=signed_in(REAUTH), post=signed_in(REAUTH)),
+    "mfa_activate_totp": public(
+        get=signed_in(REAUTH, anonymous=to("account_login")),
+        post=signed_in(REAUTH, anonymous=to("account_login")),
+    ),
+    "mfa_deactivate_totp": public(get=signed_in(404), post=signed_in(404)),
+    "mfa_view_recovery_codes": public(get=signed_in(404), post=signed_in(405)),
+    "mfa_generate_recovery_codes": public(
+        get=signed_in(REAUTH, anonymous=to("account_login")),
+        post=signed_in(REAUTH, anonymous=to("account_login")),
+    ),
+    "mfa_download_recovery_codes": public(get=signed_in(404), post=signed_in(404)),
+    "mfa_list_webauthn": public(get=signed_in(200), post=signed_in(405)),
+    "mfa_add_webauthn": public(
+        get=signed_in(REAUTH, anonymous=to("account_login")),
+        post=signed_in(REAUTH, anonymous=to("account_login")),
+    ),
+    "mfa_reauthenticate_webauthn": public(get=signed_in(REAUTH), post=signed_in(REAUTH)),
+    "mfa_remove_webauthn": public(
+        get=signed_in(REAUTH, anonymous=to("account_login")),
+        post=signed_in(REAUTH, anonymous=to("account_login")),
+    ),
+    "mfa_edit_webauthn": public(
+        get=signed_in(REAUTH, anonymous=to("account_login")),
+        post=signed_in(REAUTH, anonymous=to("account_login")),
+    ),
     "account_login": public(
         get=signed_in(HOME, anonymous=200), post=signed_in(HOME, anonymous=200)
     ),
@@ -503,6 +548,9 @@ class World:
             "invoice_pk": Invoice.objects.get(number="INV-2026-000101").pk,
             "credit_note_pk": CreditNote.objects.get(number="CN-2026-000101").pk,
             "id": admin.pk,  # admin:auth_user_password_change
+            # allauth.mfa's security key pages: no one's key (tests/accounts/test_two_factor.py
+            # tries another user's).
+            "pk": 2**31 - 1,
             # billing:usage_month: A's current usage month, by the local date it starts on.
             "month": usage_month_of(org.subscription, timezone.now())[0]
             .astimezone(org.tzinfo)

@@ -187,6 +187,17 @@ def test_setup_then_codes_once_then_next(client, admin, org, committed):
     assert message.subject == "An authenticator app was added to your account"
 
 
+def test_security_offers_next_once_two_factor_is_on(client_for, admin, org):
+    client = client_for(admin)
+    target = reverse("accounts:users", args=[org.slug])
+    before = client.get(SECURITY, {"next": target}).content.decode()
+    assert f'href="{reverse("accounts:security_totp_activate")}?next=%2Fo%2Facme%2F' in before
+    assert f'<a href="{target}">Continue where you were</a>' not in before
+    with_app(admin)
+    after = client.get(SECURITY, {"next": target}).content.decode()
+    assert f'<a href="{target}">Continue where you were</a>' in after
+
+
 def test_next_elsewhere_is_ignored(client, admin):
     recently_signed_in(client, admin)
     page = client.get(SECURITY, {"next": "https://evil.test/o/acme/"}).content.decode()

@@ -72,13 +72,11 @@ class OrganisationForm(forms.Form):
 
 class TwoFactorPolicyForm(forms.Form):
     policy = forms.ChoiceField(
-        label="Two-factor sign-in",
+        label="Who must use two-factor sign-in",
         choices=Organisation.TwoFactorPolicy.choices,
         widget=forms.RadioSelect,
         error_messages={"invalid_choice": "Choose one of the two-factor options."},
-        help_text="The people it applies to must add a second factor (an authenticator app or "
-        "a security key) before they can use this organisation's pages; without one they are "
-        "sent to set it up. People who sign in through your single sign-on are not asked.",
+        help_text="People who sign in through your single sign-on are not asked.",
     )
 
 

@@ -4,7 +4,7 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 
-from accounts.models import Membership, User, time_zone_choices
+from accounts.models import Membership, Organisation, User, time_zone_choices
 from accounts.services import ORGANISATION_NAME_MAX
 from accounts.tenancy import password_sign_in_refusal
 
@@ -68,6 +68,16 @@ class OrganisationForm(forms.Form):
         if not name:
             raise forms.ValidationError("Enter the organisation name.")
         return name
+
+
+class TwoFactorPolicyForm(forms.Form):
+    policy = forms.ChoiceField(
+        label="Who must use two-factor sign-in",
+        choices=Organisation.TwoFactorPolicy.choices,
+        widget=forms.RadioSelect,
+        error_messages={"invalid_choice": "Choose one of the two-factor options."},
+        help_text="People who sign in through your single sign-on are not asked.",
+    )
 
 
 class PrimaryEmailForm(forms.Form):

@@ -95,6 +95,16 @@ class Organisation(models.Model):
         ACTIVE = "active", "Active"
         DELETED = "deleted", "Deleted"
 
+    class TwoFactorPolicy(models.TextChoices):
+        # Who must have a second factor to use the organisation's pages
+        # (accounts.two_factor_policy; docs/architecture.md#decision-two-factor-policy-gate).
+        OFF = "off", "Not required"
+        ADMINS_AND_BILLING = (
+            "admins_and_billing",
+            "Require two-factor sign-in for Admins and Billing contacts",
+        )
+        EVERYONE = "everyone", "Require two-factor sign-in for everyone"
+
     name = models.CharField(max_length=100)
     # Fixed at creation so links and bookmarks survive a rename.
     slug = models.SlugField(max_length=60, unique=True)
@@ -105,6 +115,9 @@ class Organisation(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    two_factor_policy = models.CharField(
+        max_length=20, choices=TwoFactorPolicy.choices, default=TwoFactorPolicy.OFF
     )
 
     class Meta:

@@ -4,7 +4,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import F, Min, Q, QuerySet, Value
+from allauth.mfa.models import Authenticator
+from django.db.models import Exists, F, Min, OuterRef, Q, QuerySet, Value
 from django.db.models.functions import Lower
 from django.http import Http404
 
@@ -57,10 +58,19 @@ def memberships_of_user(*, user: User) -> QuerySet[Membership]:
     )
 
 
+def second_factors(user) -> QuerySet[Authenticator]:
+    """The authenticators of `user` (a User or an OuterRef) that are a second factor: any but
+    the recovery codes, which only back one up."""
+    return Authenticator.objects.filter(user=user).exclude(type=Authenticator.Type.RECOVERY_CODES)
+
+
 def membership_list(*, organisation: Organisation) -> QuerySet[Membership]:
+    """The organisation's members, each with `has_two_factor` (whether they can sign in with a
+    second factor, for the two-factor policy), in one query."""
     return (
         Membership.objects.filter(organisation=organisation)
         .select_related("user")
+        .annotate(has_two_factor=Exists(second_factors(OuterRef("user"))))
         .order_by("status", "user__full_name", "user__email")
     )
 

@@ -8,10 +8,12 @@ Views then fetch objects only through selectors scoped to `request.organisation`
 
 The apps above accounts add their own rules through accounts.hooks (composed in portal.frame):
 the access gates run before the role check (single sign-on: a session from organisation A's
-IdP opens only A, and an enforcing organisation opens only to its IdP's sessions), the write
-guards refuse a change (POST, PUT, PATCH, DELETE) with 403 unless the view is declared with
-`allow_when_ended=True` (once the subscription has ended the pages are read-only, except
-choosing a plan again, billing details, ...). See docs/architecture.md#accounts.
+IdP opens only A, and an enforcing organisation opens only to its IdP's sessions); then the
+organisation's two-factor policy sends a person it covers who has no second factor to set one
+up (accounts.two_factor_policy); the write guards refuse a change (POST, PUT, PATCH, DELETE)
+with 403 unless the view is declared with `allow_when_ended=True` (once the subscription has
+ended the pages are read-only, except choosing a plan again, billing details, ...).
+See docs/architecture.md#accounts.
 """
 
 from functools import wraps
@@ -23,6 +25,7 @@ from django.utils import timezone
 from accounts import hooks
 from accounts.roles import ALL_ROLES
 from accounts.selectors import membership_for_user
+from accounts.two_factor_policy import setup_redirect, setup_required
 from core.observability import log_context
 
 SESSION_KEY = "current_org"
@@ -54,6 +57,15 @@ def tenant_view(*, roles=ALL_ROLES, section: str | None = None, allow_when_ended
                 response = gate(request, membership)
                 if response is not None:
                     return response
+            # After the access gates (SSO wins), before anything else: a person the
+            # organisation's two-factor policy covers, without a second factor, may only go
+            # set one up (docs/architecture.md#decision-two-factor-policy-gate).
+            if setup_required(
+                membership, request.user, sso_organisation_id=request.session.get(SSO_SESSION_KEY)
+            ):
+                return setup_redirect(
+                    request, membership.organisation, next_url=request.get_full_path()
+                )
             if request.session.get(SESSION_KEY) != org_slug:
                 request.session[SESSION_KEY] = org_slug
             if membership.role not in roles:

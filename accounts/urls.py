@@ -69,6 +69,11 @@ organisation_urlpatterns = [
     ),
     path("settings/organisation/", views.organisation_settings, name="organisation"),
     path(
+        "settings/organisation/two-factor/",
+        views.organisation_two_factor,
+        name="organisation_two_factor",
+    ),
+    path(
         "settings/organisation/primary-email/",
         views.organisation_primary_email,
         name="organisation_primary_email",

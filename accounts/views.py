@@ -17,6 +17,7 @@ from accounts.forms import (
     OrganisationForm,
     PrimaryEmailForm,
     RoleForm,
+    TwoFactorPolicyForm,
 )
 from accounts.models import PrimaryEmailChange, User
 from accounts.roles import ADMIN_ONLY, ALL_ROLES, sections_for
@@ -48,7 +49,14 @@ from accounts.services import (
     primary_email_change_request,
     primary_email_change_verify,
 )
-from accounts.tenancy import SESSION_KEY, tenant_view
+from accounts.tenancy import SESSION_KEY, SSO_SESSION_KEY, tenant_view
+from accounts.two_factor_policy import (
+    has_two_factor,
+    lacking_counts,
+    organisation_two_factor_policy_set,
+    setup_redirect,
+    setup_required,
+)
 from core import ratelimit
 from core.errors import ServiceError
 from core.forms import form_error
@@ -308,7 +316,7 @@ def invitation_revoke_view(request, invitation_id):
 # Settings > Organisation -----------------------------------------------------------------
 
 
-def _organisation_page(request, *, form=None, email_form=None, status=200):
+def _organisation_page(request, *, form=None, email_form=None, two_factor_form=None, status=200):
     organisation = request.organisation
     form = form or OrganisationForm(
         initial={"name": organisation.name, "time_zone": organisation.time_zone}
@@ -319,7 +327,15 @@ def _organisation_page(request, *, form=None, email_form=None, status=200):
     return render(
         request,
         "accounts/organisation.html",
-        {"form": form, "email_form": email_form or PrimaryEmailForm(), "pending_change": pending},
+        {
+            "form": form,
+            "email_form": email_form or PrimaryEmailForm(),
+            "pending_change": pending,
+            "two_factor_form": two_factor_form
+            or TwoFactorPolicyForm(initial={"policy": organisation.two_factor_policy}),
+            "own_two_factor": has_two_factor(request.user),
+            "lacking_two_factor": lacking_counts(organisation=organisation),
+        },
         status=status,
     )
 
@@ -344,6 +360,28 @@ def organisation_settings(request):
             messages.success(request, "Organisation details saved.")
             return redirect("accounts:organisation", org_slug=request.organisation.slug)
     return _organisation_page(request, form=form, status=400)
+
+
+@tenant_view(roles=ADMIN_ONLY, section="organisation")
+@require_POST
+def organisation_two_factor(request):
+    form = TwoFactorPolicyForm(request.POST)
+    if form.is_valid():
+        try:
+            organisation = organisation_two_factor_policy_set(
+                organisation=request.organisation,
+                actor=Actor.from_request(request),
+                policy=form.cleaned_data["policy"],
+                now=timezone.now(),
+            )
+        except ServiceError as error:
+            form_error(form, error)
+        else:
+            messages.success(
+                request, f"Two-factor sign-in: {organisation.get_two_factor_policy_display()}."
+            )
+            return redirect("accounts:organisation", org_slug=organisation.slug)
+    return _organisation_page(request, two_factor_form=form, status=400)
 
 
 @tenant_view(roles=ADMIN_ONLY, section="organisation")
@@ -399,6 +437,18 @@ def _link_error(request, error: ServiceError, *, title: str, tone: str = "error"
     )
 
 
+def _welcome(request, membership):
+    """The Overview of the organisation just joined; straight to the Security page first when
+    its two-factor policy covers the new role and the person has no second factor yet."""
+    organisation = membership.organisation
+    messages.success(request, f"Welcome to {organisation.name}.")
+    overview = hooks.overview_url(organisation.slug)
+    sso_organisation_id = request.session.get(SSO_SESSION_KEY)
+    if setup_required(membership, membership.user, sso_organisation_id=sso_organisation_id):
+        return setup_redirect(request, organisation, next_url=overview)
+    return redirect(overview)
+
+
 @ratelimit.per_ip("invitation")
 def invitation_accept_view(request, token):
     if refused := _guessing_refused(request):
@@ -418,8 +468,7 @@ def invitation_accept_view(request, token):
                 )
             except ServiceError as error:
                 return _link_error(request, error, title="This invitation cannot be used")
-            messages.success(request, f"Welcome to {membership.organisation.name}.")
-            return redirect(hooks.overview_url(membership.organisation.slug))
+            return _welcome(request, membership)
         return render(request, "accounts/invitation_accept.html", {"invitation": invitation})
 
     if User.objects.filter(email__iexact=invitation.email).exists():
@@ -445,8 +494,7 @@ def invitation_accept_view(request, token):
         except ServiceError as error:
             return _link_error(request, error, title="This invitation cannot be used")
         login(request, membership.user, backend="django.contrib.auth.backends.ModelBackend")
-        messages.success(request, f"Welcome to {membership.organisation.name}.")
-        return redirect(hooks.overview_url(membership.organisation.slug))
+        return _welcome(request, membership)
     return render(
         request, "accounts/invitation_signup.html", {"invitation": invitation, "form": form}
     )

@@ -198,6 +198,7 @@ NOTIFICATION_PAGES = {
     "primary_email_verify": (("accounts:organisation", "Organisation"),),
     "primary_email_change_requested": (("accounts:organisation", "Organisation"),),
     "primary_email_changed": (("accounts:organisation", "Organisation"),),
+    "two_factor_policy_changed": (("accounts:organisation", "Organisation"),),
 }
 
 

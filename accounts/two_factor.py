@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 from accounts.audit import Actor, audit_record, reason_change
 from accounts.emails import email_send
 from accounts.models import Membership, Organisation, User
+from accounts.selectors import second_factors
 from accounts.services import user_end_sessions
 from core.errors import ServiceError
 
@@ -83,14 +84,9 @@ class TwoFactorStatus:
 
 
 def has_two_factor(user: User) -> bool:
-    """Whether the user has a second factor (an app or a security key). One query."""
-    if not user.is_authenticated:
-        return False
-    return (
-        Authenticator.objects.filter(user_id=user.pk)
-        .exclude(type=Authenticator.Type.RECOVERY_CODES)
-        .exists()
-    )
+    """Whether the user has a second factor (an app or a security key; recovery codes only back
+    one up). One query."""
+    return user.is_authenticated and second_factors(user).exists()
 
 
 def two_factor_status(*, user: User) -> TwoFactorStatus:

@@ -27,6 +27,7 @@ from accounts.audit import Actor, audit_record, changes_between
 from accounts.emails import email_send
 from accounts.models import Membership, Organisation, User
 from accounts.selectors import second_factors
+from accounts.two_factor import has_two_factor
 from core.errors import ServiceError
 
 Policy = Organisation.TwoFactorPolicy
@@ -46,14 +47,6 @@ SCOPE_WORDS = {
 class TwoFactorPolicyError(StrEnum):
     INVALID_CHOICE = "invalid_choice"
     OWN_SECOND_FACTOR_REQUIRED = "own_second_factor_required"
-
-
-def has_two_factor(user: User) -> bool:
-    """Whether `user` can sign in with a second factor. One query.
-
-    The one check the policy uses; point it at the Security page's own rule when they differ.
-    """
-    return second_factors(user).exists()
 
 
 def policy_applies(organisation: Organisation, role: str) -> bool:

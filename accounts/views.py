@@ -50,8 +50,8 @@ from accounts.services import (
     primary_email_change_verify,
 )
 from accounts.tenancy import SESSION_KEY, SSO_SESSION_KEY, tenant_view
+from accounts.two_factor import has_two_factor
 from accounts.two_factor_policy import (
-    has_two_factor,
     lacking_counts,
     organisation_two_factor_policy_set,
     setup_redirect,

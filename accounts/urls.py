@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from accounts import views
+from accounts import session_views, views
 
 app_name = "accounts"
 
@@ -18,6 +18,17 @@ public_urlpatterns = [
         "billing-recipients/confirm/<str:token>/",
         views.billing_recipient_confirm_view,
         name="billing_recipient_confirm",
+    ),
+    # Signing sessions out from Security (accounts.session_views).
+    path(
+        "account/security/sessions/<uuid:session_id>/end/",
+        session_views.session_end,
+        name="session_end",
+    ),
+    path(
+        "account/security/sessions/end-others/",
+        session_views.sessions_end_others,
+        name="sessions_end_others",
     ),
 ]
 

@@ -15,7 +15,7 @@ import json
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils.crypto import salted_hmac
 
 from accounts.audit import Actor, audit_record
@@ -28,6 +28,7 @@ from accounts.models import (
     OutgoingEmail,
     User,
 )
+from accounts.services import user_end_sessions
 from core.errors import ServiceError
 from core.links import absolute_url
 from retention.deletion import DeletionError, organisation_data_delete
@@ -312,7 +313,7 @@ def _account_anonymise(user: User, *, pseudonym: str) -> int:
     user.set_unusable_password()
     user.save(update_fields=["email", "full_name", "is_active", "password"])
     # Ends every session (the session hash includes the epoch and the password).
-    User.objects.filter(pk=user.pk).update(session_epoch=F("session_epoch") + 1)
+    user_end_sessions(user=user)
     return deleted
 
 

@@ -75,6 +75,7 @@ from sso import configuration as sso_configuration
 from sso.models import SsoAttempt
 from support import staff
 from tests.accounts.factories import InvitationFactory, UserFactory
+from tests.accounts.sessions import signed_in_session
 from tests.accounts.tenancy_objects import billing_recipient_of, organisation_objects
 from tests.subscriptions.factories import ConnectionFactory, SubscriptionFactory, plan
 from usage.models import UsageAlert
@@ -279,6 +280,12 @@ TABLE = {
     "accounts:primary_email_verify": public(get=200, post=200),
     # A billing recipient's confirmation link: no sign-in, anyone with the link confirms.
     "accounts:billing_recipient_confirm": public(get=200, post=200),
+    # Ending sessions from Security: POST only; A's Admin ends their other session, anyone
+    # else asking for it gets a 404 (and ends nothing: see MAY_WRITE).
+    "accounts:session_end": public(
+        get=405, post=(LOGIN, 404, 404, to("accounts:security"), 404, 404)
+    ),
+    "accounts:sessions_end_others": public(get=405, post=signed_in(to("accounts:security"))),
     # Public SAML endpoints of A (SSO configured, not enforced); Test SSO may be forwarded to
     # a colleague who is not signed in (README, Single sign-on).
     "sso:sign_in": public(get=200, post=400),
@@ -503,6 +510,8 @@ class World:
             "invoice_pk": Invoice.objects.get(number="INV-2026-000101").pk,
             "credit_note_pk": CreditNote.objects.get(number="CN-2026-000101").pk,
             "id": admin.pk,  # admin:auth_user_password_change
+            # accounts:session_end: another signed-in session of A's Admin.
+            "session_id": signed_in_session(admin).public_id,
             # billing:usage_month: A's current usage month, by the local date it starts on.
             "month": usage_month_of(org.subscription, timezone.now())[0]
             .astimezone(org.tzinfo)
@@ -693,7 +702,7 @@ class Visitor:
 
 
 # tenant_view remembers the organisation last opened in the session, before the role check.
-MAY_WRITE = {"django_session"}
+MAY_WRITE = {"accounts_usersession"}
 
 
 def rows_written():

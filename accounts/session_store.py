@@ -6,6 +6,7 @@ Django's engine rewrites the whole row on every save; this one writes the record
 SessionRecordMiddleware notes a use, so a save never resets them.
 """
 
+import ipaddress
 from datetime import datetime
 
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY
@@ -17,6 +18,15 @@ from django.utils import timezone
 from accounts.models import UserSession
 
 USER_AGENT_MAX = 300
+
+
+def _valid_ip(value: str | None) -> str | None:
+    """The address, or None when the proxy passed something that is not one: the column is
+    an inet, and a bad value must not make the session unsaveable."""
+    try:
+        return str(ipaddress.ip_address(value)) if value else None
+    except ValueError:
+        return None
 
 
 class SessionStore(DBStore):
@@ -40,7 +50,7 @@ class SessionStore(DBStore):
         self._pending_use = {
             "last_seen_at": now,
             "user_agent": (user_agent or "")[:USER_AGENT_MAX],
-            "ip_address": ip_address,
+            "ip_address": _valid_ip(ip_address),
         }
         self.modified = True
 

@@ -150,6 +150,15 @@ def test_the_address_is_the_one_the_proxy_passes(member, settings, proxies):
     assert sign_in(client, member).ip_address == "203.0.113.50"
 
 
+@pytest.mark.parametrize("forwarded", ["unknown", "203.0.113.500", "<script>"])
+def test_an_address_that_is_not_one_is_not_recorded(member, settings, forwarded):
+    settings.TRUSTED_PROXY_COUNT = 1
+    client = Client(REMOTE_ADDR="10.0.0.2", HTTP_X_FORWARDED_FOR=forwarded)
+    session = sign_in(client, member)
+    assert session.ip_address is None
+    assert "Unknown" in security(client).content.decode()
+
+
 def test_a_long_user_agent_is_truncated(member):
     session = sign_in(browser("Mozilla/5.0 " + "x" * 1000), member)
     assert len(session.user_agent) == 300

@@ -1,12 +1,14 @@
 """Sign-in notices: an email on a sign-in from a browser not seen before for that user
 (docs/architecture.md#decision-session-records-and-sign-in-notices)."""
 
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
 from django.conf import settings
 from django.core import mail
+from django.db import connection
 from django.http import HttpRequest
 from django.test import Client
 from django.urls import reverse
@@ -17,6 +19,7 @@ from accounts.signin_notices import (
     BROWSER_COOKIE,
     browser_id_from_request,
     known_browsers_purge,
+    signin_record,
 )
 from core.jobs import all_jobs
 from tests.accounts.factories import PASSWORD, UserFactory
@@ -174,3 +177,39 @@ def test_browsers_unseen_for_two_years_are_forgotten(person):
 def test_the_purge_is_a_scheduled_job(person):
     assert "purge_known_browsers" in {job.name for job in all_jobs()}
     assert purge_known_browsers(now=NOW) == "0 known browser(s) forgotten"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_sign_ins_of_a_new_browser_at_once_send_one_notice():
+    person = UserFactory(email="pat@example.test")
+    signin_record(
+        user=person, browser_id="first-browser", user_agent=CHROME_MAC, ip_address=None, now=NOW
+    )
+    start = threading.Barrier(2)
+    results = []
+
+    def sign_in_now():
+        try:
+            start.wait(10)
+            results.append(
+                signin_record(
+                    user=person,
+                    browser_id="second-browser",
+                    user_agent=SAFARI_IPHONE,
+                    ip_address="203.0.113.7",
+                    now=NOW,
+                )
+            )
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            results.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=sign_in_now) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(map(repr, results)) == ["False", "True"]
+    assert OutgoingEmail.objects.filter(template="new_signin").count() == 1
+    assert KnownBrowser.objects.filter(user=person).count() == 2

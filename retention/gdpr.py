@@ -23,6 +23,7 @@ from accounts.emails import email_send
 from accounts.models import (
     AuditEvent,
     Invitation,
+    KnownBrowser,
     Membership,
     Organisation,
     OutgoingEmail,
@@ -312,8 +313,10 @@ def _account_anonymise(user: User, *, pseudonym: str) -> int:
     user.is_active = False
     user.set_unusable_password()
     user.save(update_fields=["email", "full_name", "is_active", "password"])
-    # Ends every session (the session hash includes the epoch and the password).
+    # Ends every session (the session hash includes the epoch and the password), and forgets
+    # the browsers of sign-in notices.
     user_end_sessions(user=user)
+    KnownBrowser.objects.filter(user=user).delete()
     return deleted
 
 

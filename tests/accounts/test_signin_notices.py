@@ -147,7 +147,7 @@ def test_a_browser_known_for_one_user_is_new_for_another(person, committed):
     assert notice.to == ["sam@example.test"]
 
 
-def test_a_forced_sign_in_outside_a_request_sends_nothing_twice(person, committed):
+def test_a_forced_sign_in_counts_as_a_browser_too(person, committed):
     # Tests and ops tooling sign in without a browser: the first one is remembered, the next
     # is a new browser (force_login carries no cookie), as for a real one.
     with committed():

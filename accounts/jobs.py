@@ -2,6 +2,7 @@ from celery.schedules import crontab
 
 from accounts.delivery import email_deliver_pending
 from accounts.services import invitation_expire_due
+from accounts.signin_notices import known_browsers_purge
 from core.jobs import scheduled_job
 
 
@@ -15,3 +16,9 @@ def expire_invitations(*, now):
 def deliver_pending_emails(*, now):
     """Send the emails whose background delivery failed or never started."""
     return f"{email_deliver_pending(now=now)} email(s) delivered"
+
+
+@scheduled_job(name="purge_known_browsers", schedule=crontab(minute=17, hour=3))
+def purge_known_browsers(*, now):
+    """Forget the browsers of sign-in notices unseen for two years."""
+    return f"{known_browsers_purge(now=now)} known browser(s) forgotten"

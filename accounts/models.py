@@ -1,9 +1,11 @@
 import uuid
 import zoneinfo
+from importlib import import_module
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
+from django.contrib.sessions.base_session import AbstractBaseSession
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
@@ -385,3 +387,56 @@ class OutgoingEmail(models.Model):
 
     def __str__(self):
         return f"{self.template} → {self.to_email} ({self.status})"
+
+
+class UserSession(AbstractBaseSession):
+    """A Django database session with who it belongs to and where it was last used, so a user
+    can see and end their sessions
+    (docs/architecture.md#decision-session-records-and-sign-in-notices).
+    Filled by accounts.session_store and accounts.middleware.SessionRecordMiddleware."""
+
+    # Null while the session is anonymous (before sign-in).
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    # For URLs and pages: the session key itself never leaves the cookie.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    # The session's copy of User.get_session_auth_hash(): a session whose hash no longer matches
+    # (password changed, sessions ended) is dead and is not listed.
+    auth_hash = models.CharField(max_length=128, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "expire_date"])]
+
+    def __str__(self):
+        return f"session {self.public_id}"
+
+    @classmethod
+    def get_session_store_class(cls):
+        # The configured engine (accounts.session_store), looked up by name: that module
+        # imports this one.
+        return import_module(settings.SESSION_ENGINE).SessionStore
+
+
+class KnownBrowser(models.Model):
+    """A browser a user has signed in from, recognised by the random id of its signed
+    `portal_browser` cookie. Only a hash of the id is kept, and the cookie carries no user data."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    browser_hash = models.CharField(max_length=64)
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "browser_hash"], name="accounts_knownbrowser_user_browser_unique"
+            )
+        ]
+
+    def __str__(self):
+        return f"browser of user {self.user_id}"

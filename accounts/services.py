@@ -18,7 +18,14 @@ from django.utils.text import slugify
 
 from accounts.audit import Actor, audit_record, changes_between
 from accounts.emails import email_send
-from accounts.models import Invitation, Membership, Organisation, PrimaryEmailChange, User
+from accounts.models import (
+    Invitation,
+    Membership,
+    Organisation,
+    PrimaryEmailChange,
+    User,
+    UserSession,
+)
 from accounts.tokens import new_token, token_digest
 from core.errors import ServiceError
 from core.links import absolute_url
@@ -581,7 +588,10 @@ def invitation_expire_due(*, now: datetime) -> int:
 
 
 def user_end_sessions(*, user: User) -> None:
-    """Sign the user out of every session at once (the session hash includes session_epoch)."""
+    """Sign the user out of every session at once: their session rows go (and leave the
+    Security page's list), and bumping session_epoch, which the session hash includes, ends
+    any session row this misses."""
+    UserSession.objects.filter(user=user).delete()
     User.objects.filter(pk=user.pk).update(session_epoch=F("session_epoch") + 1)
 
 

@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from accounts import security_views, views
+from accounts import security_views, session_views, views
 
 app_name = "accounts"
 
@@ -36,6 +36,17 @@ public_urlpatterns = [
         "account/security/recovery-codes/regenerate/",
         security_views.recovery_codes_regenerate,
         name="security_recovery_codes_regenerate",
+    ),
+    # Signing sessions out from Security (accounts.session_views).
+    path(
+        "account/security/sessions/<uuid:session_id>/end/",
+        session_views.session_end,
+        name="session_end",
+    ),
+    path(
+        "account/security/sessions/end-others/",
+        session_views.sessions_end_others,
+        name="sessions_end_others",
     ),
 ]
 

@@ -73,6 +73,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Session records and the sign-in notices' browser cookie (accounts.middleware).
+    "accounts.middleware.SessionRecordMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
@@ -118,7 +120,9 @@ CACHES = {
 }
 # Sessions live in Postgres: signing in keeps working while Redis is down, and ending a
 # user's sessions is a database update (see accounts.models.User.get_session_auth_hash).
-SESSION_ENGINE = "django.contrib.sessions.backends.db"
+# Database sessions with a record of each
+# (docs/architecture.md#decision-session-records-and-sign-in-notices).
+SESSION_ENGINE = "accounts.session_store"
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 60 * 60 * 24 * 14)
 
 AUTH_USER_MODEL = "accounts.User"

@@ -15,7 +15,7 @@ import json
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils.crypto import salted_hmac
 
 from accounts.audit import Actor, audit_record
@@ -23,11 +23,13 @@ from accounts.emails import email_send
 from accounts.models import (
     AuditEvent,
     Invitation,
+    KnownBrowser,
     Membership,
     Organisation,
     OutgoingEmail,
     User,
 )
+from accounts.services import user_end_sessions
 from core.errors import ServiceError
 from core.links import absolute_url
 from retention.deletion import DeletionError, organisation_data_delete
@@ -311,8 +313,10 @@ def _account_anonymise(user: User, *, pseudonym: str) -> int:
     user.is_active = False
     user.set_unusable_password()
     user.save(update_fields=["email", "full_name", "is_active", "password"])
-    # Ends every session (the session hash includes the epoch and the password).
-    User.objects.filter(pk=user.pk).update(session_epoch=F("session_epoch") + 1)
+    # Ends every session (the session hash includes the epoch and the password), and forgets
+    # the browsers of sign-in notices.
+    user_end_sessions(user=user)
+    KnownBrowser.objects.filter(user=user).delete()
     return deleted
 
 

@@ -27,7 +27,7 @@ def tables(captured):
 
 # Before the view: tenant_view's reads. After it: what the top bar renders.
 FRAME_BEFORE = [
-    "django_session",
+    "accounts_usersession",
     "accounts_user",
     # With the organisation, its SSO flags and open dunning case, and the user's other
     # memberships for the organisation menu.

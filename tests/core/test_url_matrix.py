@@ -75,6 +75,7 @@ from sso import configuration as sso_configuration
 from sso.models import SsoAttempt
 from support import staff
 from tests.accounts.factories import InvitationFactory, UserFactory
+from tests.accounts.sessions import signed_in_session
 from tests.accounts.tenancy_objects import billing_recipient_of, organisation_objects
 from tests.subscriptions.factories import ConnectionFactory, SubscriptionFactory, plan
 from usage.models import UsageAlert
@@ -282,6 +283,12 @@ TABLE = {
     "accounts:primary_email_verify": public(get=200, post=200),
     # A billing recipient's confirmation link: no sign-in, anyone with the link confirms.
     "accounts:billing_recipient_confirm": public(get=200, post=200),
+    # Ending sessions from Security: POST only; A's Admin ends their other session, anyone
+    # else asking for it gets a 404 (and ends nothing: see MAY_WRITE).
+    "accounts:session_end": public(
+        get=405, post=(LOGIN, 404, 404, to("accounts:security"), 404, 404)
+    ),
+    "accounts:sessions_end_others": public(get=405, post=signed_in(to("accounts:security"))),
     # Public SAML endpoints of A (SSO configured, not enforced); Test SSO may be forwarded to
     # a colleague who is not signed in (README, Single sign-on).
     "sso:sign_in": public(get=200, post=400),
@@ -553,6 +560,8 @@ class World:
             # allauth.mfa's security key pages: no one's key (tests/accounts/test_two_factor.py
             # tries another user's).
             "pk": 2**31 - 1,
+            # accounts:session_end: another signed-in session of A's Admin.
+            "session_id": signed_in_session(admin).public_id,
             # billing:usage_month: A's current usage month, by the local date it starts on.
             "month": usage_month_of(org.subscription, timezone.now())[0]
             .astimezone(org.tzinfo)
@@ -744,7 +753,7 @@ class Visitor:
 
 
 # tenant_view remembers the organisation last opened in the session, before the role check.
-MAY_WRITE = {"django_session"}
+MAY_WRITE = {"accounts_usersession"}
 
 
 def rows_written():

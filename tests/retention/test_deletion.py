@@ -218,6 +218,9 @@ def _fill(organisation, *, status=Subscription.Status.ENDED, ended_at=ENDED_AT, 
 # when a new one appears), with the lookup to its organisation or None for shared tables.
 ORGANISATION_PATHS = {
     "accounts.User": None,
+    # A user's sessions and known browsers are the person's, not an organisation's.
+    "accounts.UserSession": None,
+    "accounts.KnownBrowser": None,
     "accounts.Organisation": "pk",
     "accounts.Membership": "organisation",
     "accounts.Invitation": "organisation",

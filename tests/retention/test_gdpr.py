@@ -8,7 +8,15 @@ from django.core import mail
 from django.urls import reverse
 
 from accounts.audit import Actor, audit_record
-from accounts.models import AuditEvent, Invitation, Membership, OutgoingEmail, User
+from accounts.models import (
+    AuditEvent,
+    Invitation,
+    KnownBrowser,
+    Membership,
+    OutgoingEmail,
+    User,
+    UserSession,
+)
 from core.errors import ServiceError
 from retention.gdpr import (
     _pseudonym_for,
@@ -23,6 +31,7 @@ from retention.gdpr_review import (
 from retention.models import DataDeletionRequest, DeletionRecord
 from sso.models import SsoAttempt
 from tests.accounts.factories import InvitationFactory, MembershipFactory, UserFactory
+from tests.accounts.sessions import signed_in_session
 from tests.subscriptions.factories import SubscriptionFactory
 from tests.support.factories import SupportTicketFactory
 
@@ -220,6 +229,10 @@ def test_approval_deletes_the_persons_data_and_anonymises_the_account(
     ticket = SupportTicketFactory(
         organisation=org, subject="Refund", contact_email="member@acme.test", created_by=member
     )
+    signed_in_session(member)
+    KnownBrowser.objects.create(
+        user=member, browser_hash="a" * 64, first_seen_at=NOW, last_seen_at=NOW
+    )
     deletion_request = request_for(org, admin, member)
     mail.outbox.clear()
     with committed():
@@ -262,6 +275,8 @@ def test_approval_deletes_the_persons_data_and_anonymises_the_account(
         False,
     )
     assert member.session_epoch == 1
+    assert not UserSession.objects.filter(user=member).exists()
+    assert not KnownBrowser.objects.filter(user=member).exists()
     assert not EmailAddress.objects.filter(user=member).exists()
     assert not OutgoingEmail.objects.filter(to_email="member@acme.test").exists()
     assert subjects(mail.outbox) == [

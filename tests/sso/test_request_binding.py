@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from django.contrib.sessions.models import Session
 from django.db import connection
 from django.test import Client
 
+from accounts.models import UserSession as Session
 from devkit.saml_idp import decode, encode
 from sso import saml
 from sso.models import SsoAttempt, SsoRequest

@@ -1,6 +1,5 @@
 """Django admin for ops staff: organisations, users, memberships, invitations, audit log, emails."""
 
-from allauth.mfa.models import Authenticator
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
@@ -111,11 +110,6 @@ class UserAdmin(DjangoUserAdmin):
                 done += 1
         self.message_user(request, f"Two-factor sign-in reset for {done} user(s).")
         return None
-
-
-# Ops never see the secrets: allauth.mfa's own admin of authenticators is not offered.
-if admin.site.is_registered(Authenticator):
-    admin.site.unregister(Authenticator)
 
 
 # Registered by portal.admin, which adds the actions of the apps above accounts (the

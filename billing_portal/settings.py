@@ -111,11 +111,18 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:56379/0")
 CACHES = {
     "default": {
-        # Django's Redis cache that fails open: the cache holds rate-limit counters only.
+        # Django's Redis cache that fails open: it holds rate-limit counters and allauth's
+        # used-code markers (which fail closed, below) only.
         "BACKEND": "core.ratelimit.FailOpenRedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "portal",
         "TIMEOUT": 300,
+        "OPTIONS": {
+            # allauth marks a used authenticator-app code with cache.add: while Redis is away
+            # that code is refused rather than accepted twice (recovery codes and security
+            # keys live in Postgres and still work).
+            "FAIL_CLOSED_ADD_PREFIXES": ["allauth.mfa.totp.used"],
+        },
     }
 }
 # Sessions live in Postgres: signing in keeps working while Redis is down, and ending a

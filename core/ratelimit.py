@@ -143,6 +143,10 @@ class FailOpenRedisCache(RedisCache):
     a 500 on every sign-in (allauth calls the cache directly). `add` reports success so that
     allauth's cache lock is taken and its limits pass. Short socket timeouts keep a hung Redis
     from holding requests, and after a failure Redis is left alone for RETRY_SECONDS.
+
+    Except for keys named in the OPTIONS' FAIL_CLOSED_ADD_PREFIXES: there `add` is a one-time
+    marker (a two-factor code already used), and reporting success while Redis is away would
+    accept the same code twice, so it reports failure.
     """
 
     RETRY_SECONDS = 5
@@ -150,7 +154,9 @@ class FailOpenRedisCache(RedisCache):
     _down_until: dict[str, float] = {}
 
     def __init__(self, server, params):
-        super().__init__(server, params)
+        options = dict(params.get("OPTIONS") or {})
+        self._fail_closed_prefixes = tuple(options.pop("FAIL_CLOSED_ADD_PREFIXES", ()))
+        super().__init__(server, {**params, "OPTIONS": options})
         self._options = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, **self._options}
         self._server_key = ",".join(self._servers)
 
@@ -166,7 +172,10 @@ class FailOpenRedisCache(RedisCache):
             return fallback
 
     def add(self, key, value, timeout=DEFAULT_TIMEOUT, version=None):
-        return self._call(True, super().add, key, value, timeout, version)
+        fail_closed = bool(self._fail_closed_prefixes) and key.startswith(
+            self._fail_closed_prefixes
+        )
+        return self._call(not fail_closed, super().add, key, value, timeout, version)
 
     def get(self, key, default=None, version=None):
         return self._call(default, super().get, key, default, version)

@@ -3,6 +3,7 @@
 Its own module, not portal/admin.py: the site is built when the first app's admin module
 registers a model, before portal/admin.py (which imports those modules) may load."""
 
+from allauth.mfa.models import Authenticator
 from django.contrib import admin
 from django.urls import path
 from django.utils import timezone
@@ -23,6 +24,21 @@ class PortalAdminSite(admin.AdminSite):
     site_header = "APPSeCONNECT ops"
     site_title = "APPSeCONNECT ops"
     index_title = "Ops dashboard"
+
+    # Models a library registers that this site does not offer. allauth.mfa's authenticators:
+    # ops never see two-factor secrets; the user's page shows the facts and offers the reset
+    # (accounts.admin).
+    NOT_OFFERED = (Authenticator,)
+
+    def register(self, model_or_iterable, admin_class=None, **options):
+        models = (
+            model_or_iterable
+            if isinstance(model_or_iterable, list | tuple)
+            else [model_or_iterable]
+        )
+        offered = [model for model in models if model not in self.NOT_OFFERED]
+        if offered:
+            super().register(offered, admin_class, **options)
 
     def get_urls(self):
         return [

@@ -15,10 +15,18 @@ import base64
 import json
 import logging
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis as redis_lib
+from allauth.mfa.models import Authenticator
+from allauth.mfa.recovery_codes.internal.auth import RecoveryCodes
+from allauth.mfa.totp.internal.auth import (
+    TOTP,
+    format_hotp_value,
+    generate_totp_secret,
+    hotp_value,
+)
 from django.core import mail
 from django.core.cache import caches
 from django.test import override_settings
@@ -247,3 +255,33 @@ def test_pages_stay_quick_with_redis_hung(client, org, portal, redis_server, com
     assert sum(seconds for _s, seconds in hung.values()) < 20
     email = OutgoingEmail.objects.get(to_email="hung@example.test")
     assert email.status == "queued"
+
+
+def test_an_authenticator_code_is_refused_while_redis_is_away_and_a_recovery_code_works(
+    client, redis_server, time_machine
+):
+    """allauth marks a used authenticator-app code in the cache; a cache that forgot the mark
+    would accept the code twice, so while Redis is away codes are refused (the settings'
+    FAIL_CLOSED_ADD_PREFIXES), and recovery codes, kept in Postgres, still sign in."""
+    time_machine.move_to(datetime(2027, 3, 10, 9, 0, 15, tzinfo=UTC), tick=False)
+    user = UserFactory(email="two.factor@acme.test")
+    secret = generate_totp_secret()
+    TOTP.activate(user, secret)
+    recovery = RecoveryCodes.activate(user).get_unused_codes()[0]
+    code = format_hotp_value(hotp_value(secret, int(time.time()) // 30))
+    app = Authenticator.objects.get(user=user, type=Authenticator.Type.TOTP).wrap()
+    assert app.validate_code(code) is True
+    assert app.validate_code(code) is False  # used: Redis remembers
+
+    redis_server.stop()
+    time_machine.shift(timedelta(seconds=30))
+    fresh = format_hotp_value(hotp_value(secret, int(time.time()) // 30))
+    assert app.validate_code(fresh) is False
+
+    sign_in = {"login": user.email, "password": PASSWORD}
+    assert client.post(reverse("account_login"), sign_in)["Location"] == reverse("mfa_authenticate")
+    refused = client.post(reverse("mfa_authenticate"), {"code": fresh})
+    assert refused.status_code == 200
+    assert "_auth_user_id" not in client.session
+    client.post(reverse("mfa_authenticate"), {"code": recovery})
+    assert int(client.session["_auth_user_id"]) == user.pk

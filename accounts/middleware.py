@@ -4,6 +4,8 @@
 from datetime import timedelta
 
 from django.contrib.auth import SESSION_KEY
+from django.shortcuts import redirect
+from django.urls import reverse
 from django.utils import timezone
 
 from accounts.session_store import SessionStore
@@ -51,3 +53,36 @@ class SessionRecordMiddleware:
                 user_agent=request.META.get("HTTP_USER_AGENT", ""),
                 ip_address=client_ip(request),
             )
+
+
+# allauth.mfa's own management pages and where ours are: allauth.urls brings them along, and
+# its flows still lead to some (after a security key is added, to its recovery codes page).
+# One set of pages, with our rules (one authenticator app per user, a code to remove it, the
+# codes downloadable once), so allauth's send the person to ours.
+ALLAUTH_MANAGEMENT_PAGES = {
+    "mfa_index": "accounts:security",
+    "mfa_activate_totp": "accounts:security_totp_activate",
+    "mfa_deactivate_totp": "accounts:security_totp_deactivate",
+    "mfa_view_recovery_codes": "accounts:security_recovery_codes",
+    "mfa_download_recovery_codes": "accounts:security_recovery_codes",
+    "mfa_generate_recovery_codes": "accounts:security",
+}
+
+
+class AllauthManagementPagesMiddleware:
+    """Sends allauth.mfa's management pages to the Security page's own (query string kept, so a
+    `next` survives); a POST there changes nothing."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_view(self, request, view_func, view_args, view_kwargs):
+        match = request.resolver_match
+        ours = ALLAUTH_MANAGEMENT_PAGES.get(match.url_name) if not match.namespace else None
+        if ours is None:
+            return None
+        query = request.META.get("QUERY_STRING", "")
+        return redirect(f"{reverse(ours)}?{query}" if query else reverse(ours))

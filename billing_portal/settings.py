@@ -78,6 +78,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    # allauth.mfa's management pages lead to the Security page's own (accounts.middleware).
+    "accounts.middleware.AllauthManagementPagesMiddleware",
 ]
 
 ROOT_URLCONF = "billing_portal.urls"

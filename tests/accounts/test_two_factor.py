@@ -314,11 +314,13 @@ def test_removal_without_a_code_is_refused(client, admin):
     assert has_two_factor(admin)
 
 
-def test_alauth_removal_url_also_asks_for_a_code(client, admin):
-    with_app(admin)
+def test_allauths_removal_url_leads_to_ours_and_removes_nothing(client, admin):
+    secret = with_app(admin)
     recently_signed_in(client, admin)
-    assert client.get(reverse("mfa_deactivate_totp")).status_code == 200
-    client.post(reverse("mfa_deactivate_totp"), {})
+    ours = reverse("accounts:security_totp_deactivate")
+    assert client.get(reverse("mfa_deactivate_totp"))["Location"] == ours
+    posted = client.post(reverse("mfa_deactivate_totp"), {"code": code_at(secret)})
+    assert posted["Location"] == ours
     assert has_two_factor(admin)
 
 
@@ -581,3 +583,18 @@ def test_ops_never_get_allauths_authenticator_admin():
     from django.contrib import admin as django_admin
 
     assert not django_admin.site.is_registered(Authenticator)
+
+
+# allauth's own management pages lead to ours (accounts.middleware).
+
+
+def test_allauths_management_pages_lead_to_ours_keeping_next_and_changing_nothing(client, admin):
+    recently_signed_in(client, admin)
+    page = client.get(reverse("mfa_activate_totp"), {"next": "/o/acme/"})
+    assert page.status_code == 302
+    assert page["Location"] == reverse("accounts:security_totp_activate") + "?next=%2Fo%2Facme%2F"
+    secret = setup_secret(client)
+    posted = client.post(reverse("mfa_activate_totp"), {"code": code_at(secret)})
+    assert posted["Location"] == reverse("accounts:security_totp_activate")
+    assert not Authenticator.objects.filter(user=admin).exists()
+    assert client.get(reverse("mfa_index"))["Location"] == reverse("accounts:security")

@@ -1,6 +1,7 @@
 """A security key end to end in a real browser: Chromium's virtual authenticator (DevTools'
-WebAuthn domain) plays the key. The user adds it from Security, signs out, and signs in again
-with the password and the key instead of a code; the change is audited and emailed.
+WebAuthn domain) plays the key. The user adds it from Security (allauth's key pages, which
+lead to our recovery codes page), signs out, and signs in again with the password and the key
+instead of a code; the change is audited and emailed.
 
 WebAuthn needs a secure origin: the live server is http://localhost, which browsers treat as
 one, and the server side is told to accept that origin (MFA_WEBAUTHN_ALLOW_INSECURE_ORIGIN, on
@@ -58,7 +59,13 @@ def test_a_security_key_is_added_from_security_and_signs_in_instead_of_a_code(
     page.get_by_role("button", name="Confirm").click()
     page.get_by_label("Name").fill("Desk key")
     page.get_by_role("button", name="Add", exact=True).click()
-    page.wait_for_url(re.compile(r"/(recovery-codes|2fa)/"))
+    # The first second factor comes with recovery codes: shown once, on our page, downloadable.
+    page.wait_for_url(re.compile(r"/account/security/recovery-codes/"))
+    codes = Authenticator.objects.get(user=admin, type=Authenticator.Type.RECOVERY_CODES)
+    unused = codes.wrap().get_unused_codes()
+    assert len(unused) == 10
+    expect(page.get_by_text(unused[0], exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name="Download as a text file")).to_be_visible()
     assert Authenticator.objects.filter(user=admin, type=Authenticator.Type.WEBAUTHN).count() == 1
     assert len(devtools.send("WebAuthn.getCredentials", {"authenticatorId": key})["credentials"])
     assert AuditEvent.objects.filter(

@@ -317,23 +317,29 @@ TABLE = {
     "accounts:security_recovery_codes_regenerate": public(
         get=signed_in(405), post=signed_in(REAUTH)
     ),
-    "mfa_index": public(get=signed_in(200), post=signed_in(405)),
+    # allauth.mfa's management pages send everyone to the Security page's own
+    # (accounts.middleware.AllauthManagementPagesMiddleware).
+    "mfa_index": public(get=to("accounts:security"), post=to("accounts:security")),
     "mfa_authenticate": public(
         get=signed_in(to("/"), anonymous=to("account_login")),
         post=signed_in(to("/"), anonymous=to("account_login")),
     ),
     "mfa_reauthenticate": public(get=signed_in(REAUTH), post=signed_in(REAUTH)),
     "mfa_activate_totp": public(
-        get=signed_in(REAUTH, anonymous=to("account_login")),
-        post=signed_in(REAUTH, anonymous=to("account_login")),
+        get=to("accounts:security_totp_activate"), post=to("accounts:security_totp_activate")
     ),
-    "mfa_deactivate_totp": public(get=signed_in(404), post=signed_in(404)),
-    "mfa_view_recovery_codes": public(get=signed_in(404), post=signed_in(405)),
+    "mfa_deactivate_totp": public(
+        get=to("accounts:security_totp_deactivate"), post=to("accounts:security_totp_deactivate")
+    ),
+    "mfa_view_recovery_codes": public(
+        get=to("accounts:security_recovery_codes"), post=to("accounts:security_recovery_codes")
+    ),
     "mfa_generate_recovery_codes": public(
-        get=signed_in(REAUTH, anonymous=to("account_login")),
-        post=signed_in(REAUTH, anonymous=to("account_login")),
+        get=to("accounts:security"), post=to("accounts:security")
     ),
-    "mfa_download_recovery_codes": public(get=signed_in(404), post=signed_in(404)),
+    "mfa_download_recovery_codes": public(
+        get=to("accounts:security_recovery_codes"), post=to("accounts:security_recovery_codes")
+    ),
     "mfa_list_webauthn": public(get=signed_in(200), post=signed_in(405)),
     "mfa_add_webauthn": public(
         get=signed_in(REAUTH, anonymous=to("account_login")),

@@ -56,6 +56,11 @@ def organisation_lock(organisation: Organisation) -> Organisation:
     return Organisation.objects.select_for_update().get(pk=organisation.pk)
 
 
+def user_lock(user: User) -> None:
+    """Lock the user's row (inside a transaction): one change of how they sign in at a time."""
+    User.objects.select_for_update().filter(pk=user.pk).first()
+
+
 def _clean_organisation_name(name: str) -> str:
     name = " ".join((name or "").split())
     if not name:

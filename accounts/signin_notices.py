@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from accounts.emails import email_send
 from accounts.models import KnownBrowser, User
+from accounts.services import user_lock
 from accounts.user_agents import describe_user_agent
 from core.http import client_ip
 from core.links import absolute_url
@@ -78,7 +79,7 @@ def signin_record(
     browser_hash = _browser_hash(browser_id)
     with transaction.atomic():
         # One sign-in of a user at a time decides whether a browser is new.
-        User.objects.select_for_update().filter(pk=user.pk).first()
+        user_lock(user)
         updated = KnownBrowser.objects.filter(user=user, browser_hash=browser_hash).update(
             last_seen_at=now
         )

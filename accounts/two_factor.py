@@ -18,7 +18,7 @@ from accounts.audit import Actor, audit_record, reason_change
 from accounts.emails import email_send
 from accounts.models import Membership, Organisation, User
 from accounts.selectors import second_factors
-from accounts.services import user_end_sessions
+from accounts.services import user_end_sessions, user_lock
 from core.errors import ServiceError
 
 
@@ -146,7 +146,7 @@ def totp_activate(request, form) -> None:
     user = request.user
     try:
         with transaction.atomic():
-            User.objects.select_for_update().filter(pk=user.pk).first()
+            user_lock(user)
             if Authenticator.objects.filter(user_id=user.pk, type=Authenticator.Type.TOTP).exists():
                 raise ServiceError(
                     "An authenticator app is already set up for your account.",
@@ -168,7 +168,7 @@ def two_factor_reset(*, user: User, actor: Actor, reason: str, now: datetime) ->
     if not reason:
         raise ServiceError("Give a reason: it is kept in the audit log.")
     with transaction.atomic():
-        User.objects.select_for_update().filter(pk=user.pk).first()
+        user_lock(user)
         removed, _ = Authenticator.objects.filter(user_id=user.pk).delete()
         if not removed:
             return 0

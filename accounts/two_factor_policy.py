@@ -27,6 +27,7 @@ from accounts.audit import Actor, audit_record, changes_between
 from accounts.emails import email_send
 from accounts.models import Membership, Organisation, User
 from accounts.selectors import second_factors
+from accounts.services import organisation_lock
 from accounts.two_factor import has_two_factor
 from core.errors import ServiceError
 
@@ -124,7 +125,7 @@ def organisation_two_factor_policy_set(
             field="policy",
         )
     with transaction.atomic():
-        organisation = Organisation.objects.select_for_update().get(pk=organisation.pk)
+        organisation = organisation_lock(organisation)
         changes = changes_between(
             {"two_factor_policy": organisation.two_factor_policy},
             {"two_factor_policy": policy},

@@ -41,3 +41,27 @@ def billing_staff(email: str):
     user = UserFactory(email=email, is_staff=True)
     user.groups.add(Group.objects.get(name=staff.BILLING))
     return user
+
+
+# Two animation frames after the load event: the layout the person sees.
+_SETTLED_WIDTH_JS = """
+() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(
+  () => done(document.documentElement.scrollWidth))))
+"""
+
+
+def page_width(page) -> int:
+    """How wide the page lays out once it has settled.
+
+    On a phone Chromium lays a new page out 980 px wide until it applies the page's viewport
+    tag, which can come a frame after the first content shows: measured at once, a page that
+    fits can read 980 px (and `scrollWidth <= innerWidth` can hold on a page that does not).
+    """
+    page.wait_for_load_state("load")
+    return page.evaluate(_SETTLED_WIDTH_JS)
+
+
+def assert_fits_screen(page) -> None:
+    """Nothing wider than the screen: no sideways scrolling."""
+    screen, width = page.viewport_size["width"], page_width(page)
+    assert width <= screen, f"the page is {width} px wide on a {screen} px screen"

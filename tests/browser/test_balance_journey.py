@@ -7,7 +7,7 @@ from playwright.sync_api import expect
 from accounts.models import AuditEvent
 from billing.models import BalanceEntry
 from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
-from tests.browser.helpers import billing_staff
+from tests.browser.helpers import billing_staff, page_width
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -60,5 +60,5 @@ def test_ops_add_credit_and_the_customer_sees_it_on_a_phone(new_page, portal):
     expect(row).to_contain_text("+$50.00")
     expect(phone.get_by_text("Goodwill after the outage")).to_have_count(0)
     # Nothing overflows the narrow screen but the table, which scrolls on its own.
-    width = phone.evaluate("document.documentElement.scrollWidth")
+    width = page_width(phone)
     assert width <= 375

@@ -15,7 +15,7 @@ from billing import gateway
 from billing.models import CreditNote, Payment
 from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 from tests.billing.helpers import subscribe
-from tests.browser.helpers import billing_staff
+from tests.browser.helpers import assert_fits_screen, billing_staff
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -120,5 +120,5 @@ def test_ops_refund_100_and_the_billing_contact_downloads_the_credit_note(new_pa
         assert box is not None
         assert box["x"] >= 0, box
         assert box["x"] + box["width"] <= 375, box
-    assert phone.evaluate("document.documentElement.scrollWidth") <= 375
+    assert_fits_screen(phone)
     assert re.search(r"\$982\.77", phone.locator("table").inner_text())

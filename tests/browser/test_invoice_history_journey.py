@@ -15,6 +15,7 @@ from playwright.sync_api import expect
 from billing.models import CreditNote, Invoice
 from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 from tests.billing.test_invoice_history import at, credit_note, invoice, many_invoices
+from tests.browser.helpers import assert_fits_screen
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 
@@ -32,10 +33,6 @@ def sign_in(page, portal, email):
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign In").click()
-
-
-def no_sideways_scroll(page) -> None:
-    assert page.evaluate("document.documentElement.scrollWidth") <= page.viewport_size["width"]
 
 
 @pytest.fixture
@@ -124,15 +121,15 @@ def test_an_accountant_filters_pages_exports_and_reads_on_a_phone(new_page, port
     expect(phone.get_by_role("row").filter(has_text="CN-2026-000001")).to_contain_text(
         "Added to balance"
     )
-    no_sideways_scroll(phone)
+    assert_fits_screen(phone)
     shot(phone, "375-filtered")
     phone.get_by_label("Type").select_option("credit_note")
     phone.get_by_role("button", name="Apply filters").click()
     expect(phone.locator("table.invoice-history tbody > tr")).to_have_count(2)
     expect(phone.get_by_text("On invoice INV-2026-000002").first).to_be_visible()
-    no_sideways_scroll(phone)
+    assert_fits_screen(phone)
     shot(phone, "375-credit-notes")
     phone.goto(f"{portal}/o/ledger-co/settings/billing/invoices/?year=2025&status=open")
     expect(phone.get_by_text("No invoices match these filters.")).to_be_visible()
-    no_sideways_scroll(phone)
+    assert_fits_screen(phone)
     shot(phone, "375-empty")

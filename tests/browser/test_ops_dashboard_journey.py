@@ -11,7 +11,7 @@ import time_machine
 from playwright.sync_api import expect
 
 from tests.accounts.factories import PASSWORD
-from tests.browser.helpers import billing_staff
+from tests.browser.helpers import assert_fits_screen, billing_staff
 from tests.portal.test_ops_charts import NOW, world  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.django_db(transaction=True, serialized_rollback=True)
@@ -50,7 +50,7 @@ def test_billing_staff_read_the_charts_and_export_a_month(
     if SCREENSHOTS:
         page.screenshot(path=str(Path(SCREENSHOTS) / f"dashboard-{width}.png"), full_page=True)
     # Nothing wider than the screen.
-    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    assert_fits_screen(page)
 
     # The data table behind the chart, opened from the keyboard.
     summary = page.locator("#ops-chart-mrr-eur-caption ~ details summary")
@@ -69,7 +69,7 @@ def test_billing_staff_read_the_charts_and_export_a_month(
     expect(page.get_by_role("alert")).to_have_text("Q1 2027 (January – March) has not started yet.")
     if SCREENSHOTS:
         page.screenshot(path=str(Path(SCREENSHOTS) / f"export-error-{width}.png"), full_page=True)
-    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    assert_fits_screen(page)
 
     # October 2026, by keyboard: the month radio, then the fields, then the button.
     form = page.locator("form.ops-finance-form")

@@ -19,6 +19,7 @@ from sso.models import SsoConfiguration
 from subscriptions.models import Subscription
 from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 from tests.billing.factories import issued_invoice
+from tests.browser.helpers import assert_fits_screen
 from tests.subscriptions.factories import (
     EnvironmentFactory,
     ProcessFlowFactory,
@@ -104,11 +105,6 @@ def look(page, name):
         page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
 
 
-def assert_fits(page):
-    """Nothing wider than the screen: no sideways scrolling on a phone."""
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-
-
 ROLES = {
     "admin": ("ceo@northwind.test", ["payment_failed", "card_expiring", "cancellation", "sso"]),
     "billing": ("ap@northwind.test", ["payment_failed", "card_expiring", "cancellation"]),
@@ -144,7 +140,7 @@ def test_each_role_sees_what_needs_attention_on_desktop_and_phone(new_page, port
             expect(
                 page.get_by_role("region", name="Recent invoices").locator("tbody tr")
             ).to_have_count(3)
-        assert_fits(page)
+        assert_fits_screen(page)
         look(page, f"overview-{role}-{width}")
 
     # From the keyboard: the first item's link is reachable and opens where it is fixed.
@@ -175,5 +171,5 @@ def test_an_account_in_good_standing_says_nothing_needs_attention(new_page, port
         expect(page.get_by_role("region", name="Needs your attention")).to_contain_text(
             "Nothing needs your attention."
         )
-        assert_fits(page)
+        assert_fits_screen(page)
         look(page, f"overview-calm-{width}")

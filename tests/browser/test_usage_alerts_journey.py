@@ -9,6 +9,7 @@ from playwright.sync_api import expect
 
 from subscriptions.models import Plan
 from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
+from tests.browser.helpers import assert_fits_screen
 from tests.subscriptions.factories import SubscriptionFactory
 from usage.models import AlertSettings, AlertThreshold
 
@@ -73,7 +74,7 @@ def test_an_admin_manages_the_usage_alerts(new_page, portal):
     sign_in(phone, portal, "boss@alerted.test")
     phone.goto(f"{portal}/o/alerted-co/settings/subscription/usage-alerts/")
     expect(phone.get_by_role("button", name="Remove the 150% alert")).to_be_visible()
-    assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    assert_fits_screen(phone)
     shot(phone, "alerts-375")
     phone.goto(f"{portal}/o/alerted-co/settings/subscription/")
     expect(phone.get_by_role("region", name="Usage")).to_contain_text(

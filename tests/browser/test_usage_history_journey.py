@@ -12,6 +12,7 @@ from playwright.sync_api import expect
 from billing.models import OverageCharge
 from tests.accounts.factories import PASSWORD, MembershipFactory, OrganisationFactory, UserFactory
 from tests.billing.factories import issued_invoice
+from tests.browser.helpers import assert_fits_screen
 from tests.subscriptions.factories import SubscriptionFactory
 from usage.models import UsageCounter
 from usage.months import usage_month_of
@@ -112,6 +113,6 @@ def test_usage_history_from_the_usage_section(new_page, portal):
     sign_in(phone, portal)
     phone.goto(f"{portal}/o/metered-co/settings/subscription/usage/")
     expect(phone.get_by_role("table").locator("tbody tr")).to_have_count(12)
-    assert phone.evaluate("document.documentElement.scrollWidth") <= 375
+    assert_fits_screen(phone)
     wrap = phone.locator(".table-wrap").first
     assert wrap.evaluate("e => e.scrollWidth <= e.clientWidth")

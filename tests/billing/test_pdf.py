@@ -1,7 +1,10 @@
 """Invoice PDFs (billing.pdf), read back as text."""
 
 import io
+import itertools
 import logging
+import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -10,8 +13,13 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from pypdf import PdfReader
 
-from billing.models import Invoice, InvoiceDocument
-from billing.pdf import invoice_pdf_bytes, invoice_pdf_html, tax_rate_display
+from billing.models import BalanceEntry, CreditNote, CreditNoteLine, Invoice, InvoiceDocument
+from billing.pdf import (
+    credit_note_pdf_bytes,
+    invoice_pdf_bytes,
+    invoice_pdf_html,
+    tax_rate_display,
+)
 from billing.tax import REVERSE_CHARGE_NOTE
 from tests.accounts.factories import OrganisationFactory
 from tests.billing.factories import billing_details, issued_invoice, local, plan_line
@@ -26,6 +34,88 @@ def pdf_pages(pdf: bytes) -> list[str]:
 
 def pdf_text(pdf: bytes) -> str:
     return " ".join(pdf_pages(pdf))
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run of text where the PDF shows it, in points: where it starts and where its advance
+    ends (after any space the text is stripped of), and its baseline."""
+
+    text: str
+    left: float
+    right: float
+    baseline: float
+
+
+class _Font:
+    """A font as WeasyPrint embeds it: two-byte glyph codes (Identity-H), their widths (/W) and
+    their text (/ToUnicode)."""
+
+    def __init__(self, font):
+        assert font["/Encoding"] == "/Identity-H"
+        glyphs = font["/DescendantFonts"][0].get_object()
+        self.default_width = glyphs.get("/DW", 1000)
+        self.widths = {}
+        spec = list(glyphs.get("/W", []))
+        while spec:
+            first, rest = spec[0], spec[1]
+            if isinstance(rest, list):  # first [w1 w2 ...]
+                self.widths.update((first + i, width) for i, width in enumerate(rest))
+                spec = spec[2:]
+            else:  # first last width
+                self.widths.update((code, spec[2]) for code in range(first, rest + 1))
+                spec = spec[3:]
+        cmap = font["/ToUnicode"].get_object().get_data().decode("latin-1")
+        self.text = {}
+        for block in re.findall(r"beginbfchar(.*?)endbfchar", cmap, re.S):
+            for code, text in re.findall(r"<([0-9a-fA-F]+)>\s*<([0-9a-fA-F]+)>", block):
+                self.text[int(code, 16)] = bytes.fromhex(text).decode("utf-16-be")
+
+    def show(self, items, size: float) -> tuple[str, float]:
+        """The text a TJ operator shows and how far it advances, in text space."""
+        text, advance = [], 0.0
+        for item in items:
+            if isinstance(item, int | float):
+                advance -= item / 1000 * size
+                continue
+            data = item.original_bytes
+            for i in range(0, len(data), 2):
+                code = int.from_bytes(data[i : i + 2], "big")
+                text.append(self.text[code])
+                advance += self.widths.get(code, self.default_width) / 1000 * size
+        return "".join(text), advance
+
+
+class _PageRuns:
+    """A page's runs of text, one per TJ operator (WeasyPrint shows each text box with one),
+    measured like `pdftotext -bbox` with the widths the PDF's fonts carry."""
+
+    def __init__(self, page):
+        self.fonts = {
+            name: _Font(ref.get_object()) for name, ref in page["/Resources"]["/Font"].items()
+        }
+        self.runs: list[Run] = []
+        self.matrix = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+        page.extract_text(visitor_operand_before=self.visit)
+
+    def visit(self, operator, operands, cm, _tm):
+        if operator == b"Tm":
+            self.matrix = [float(value) for value in operands]
+        elif operator == b"Tf":
+            self.font, self.size = self.fonts[operands[0]], float(operands[1])
+        elif operator == b"TJ":
+            text, advance = self.font.show(operands[0], self.size)
+            # The text matrix's origin through the current transformation; the text is upright.
+            scale, x, y = self.matrix[0], self.matrix[4], self.matrix[5]
+            left = x * cm[0] + y * cm[2] + cm[4]
+            baseline = x * cm[1] + y * cm[3] + cm[5]
+            self.runs.append(Run(text.strip(), left, left + advance * scale * cm[0], baseline))
+            self.matrix[4] += advance * scale
+
+
+def text_runs(pdf: bytes) -> list[list[Run]]:
+    """Each page's runs of text, in the order the PDF draws them."""
+    return [_PageRuns(page).runs for page in PdfReader(io.BytesIO(pdf)).pages]
 
 
 def overage_line(**fields):
@@ -316,6 +406,144 @@ def test_weasyprint_reports_no_problem(caplog):
         invoice_pdf_bytes(invoice=invoice)
 
     assert [record.getMessage() for record in caplog.records] == []
+
+
+# How far (points) an amount may end from where right-alignment puts it: the widths a PDF
+# carries are rounded to a thousandth of the font size.
+SLACK = 0.25
+
+
+def one(runs: list[Run], text: str) -> Run:
+    [run] = [run for run in runs if run.text == text]
+    return run
+
+
+def row(runs: list[Run], first: str) -> list[Run]:
+    """The runs on the baseline of the first run starting with `first`, left to right."""
+    baseline = next(run for run in runs if run.text.startswith(first)).baseline
+    return sorted((run for run in runs if abs(run.baseline - baseline) < 0.5), key=lambda r: r.left)
+
+
+def texts(runs: list[Run]) -> list[str]:
+    return [run.text for run in runs]
+
+
+def assert_ends_at(run: Run, edge: float):
+    assert abs(run.right - edge) < SLACK, f"{run.text!r} ends at {run.right:.2f}, not {edge:.2f}"
+
+
+def assert_apart(runs: list[Run]):
+    for run, after in itertools.pairwise(runs):
+        assert run.right < after.left, f"{run.text!r} runs into {after.text!r}"
+
+
+# The tables have a fixed layout, which renders about twice as fast as the automatic one: a
+# column no longer widens for what it holds, so the widest realistic amounts must fit the widths
+# the stylesheet sets. A right-aligned amount too wide for its column loses its alignment: it
+# starts at the column's left edge and runs into the next column or the page margin. So the
+# widest amount in each column must end where a short one does.
+
+
+def test_the_largest_amounts_fit_their_invoice_columns():
+    credit = 1_234_567_890
+    invoice = issued_invoice(
+        lines=[
+            plan_line("Enterprise plan (annual)", 1_234_567_890),
+            overage_line(quantity=1_000_000, unit_amount=1),
+        ],
+        status=Invoice.Status.PAID,
+        paid_at=local(2026, 12, 1, 0, 6),
+        credit_applied=credit,
+        amount_paid=1_519_748_505 - credit,
+    )
+    BalanceEntry.objects.create(
+        organisation=invoice.organisation,
+        currency="EUR",
+        kind=BalanceEntry.Kind.APPLIED,
+        amount=-credit,
+        invoice=invoice,
+        description="Credit applied (CN-2026-000001)",
+        created_at=invoice.issued_at,
+    )
+
+    [runs] = text_runs(invoice_pdf_bytes(invoice=invoice))
+
+    plan, overage = row(runs, "Enterprise plan"), row(runs, "Transaction overage")
+    assert texts(plan[1:]) == ["1", "€12,345,678.90", "€12,345,678.90"]
+    assert texts(overage[1:]) == ["1,000,000", "€0.01", "€10,000.00"]
+    assert_ends_at(overage[1], plan[1].right)
+    assert_ends_at(plan[2], overage[2].right)
+    assert_ends_at(plan[3], overage[3].right)
+    assert_apart(plan)
+    assert_apart(overage)
+    edge = overage[3].right
+    # The amounts end where the page's content does, as the page number.
+    assert_ends_at(one(runs, "Page 1 of 1"), edge)
+    for label, shown in [
+        ("Subtotal", "€12,355,678.90"),
+        ("VAT 23%", "€2,841,806.15"),
+        ("Total", "€15,197,485.05"),
+        ("Credit applied", "-€12,345,678.90"),
+        ("Amount paid", "€2,851,806.15"),
+        ("Amount due", "€0.00"),
+    ]:
+        totals_row = row(runs, label)
+        assert texts(totals_row[1:]) == [shown]
+        assert_ends_at(totals_row[1], edge)
+        assert_apart(totals_row)
+    # The summary, above the lines, shows the total in large type.
+    summary = next(run for run in runs if run.text == "€15,197,485.05")
+    assert_ends_at(summary, one(runs, "paid 1 Dec 2026").right)
+    assert_apart([one(runs, "Professional plan, monthly"), summary])
+
+
+def test_the_largest_amounts_fit_their_credit_note_columns():
+    invoice = issued_invoice(lines=[plan_line("Enterprise plan (annual)", 1_234_567_890)])
+    credit_note = CreditNote.objects.create(
+        organisation=invoice.organisation,
+        invoice=invoice,
+        number="CN-2026-000900",
+        reason=CreditNote.Reason.WRONG_AMOUNT,
+        outcome=CreditNote.Outcome.REDUCE_DUE,
+        currency="EUR",
+        subtotal=1_234_567_990,
+        tax_amount=1_234_567_890,
+        total=2_469_135_880,
+        issued_at=local(2026, 12, 5),
+    )
+    for position, (description, amount, tax) in enumerate(
+        [("Enterprise plan (annual)", 1_234_567_890, 1_234_567_890), ("Setup fee", 100, 0)], 1
+    ):
+        CreditNoteLine.objects.create(
+            credit_note=credit_note,
+            position=position,
+            description=description,
+            amount=amount,
+            tax_amount=tax,
+        )
+
+    [runs] = text_runs(credit_note_pdf_bytes(credit_note=credit_note))
+
+    plan, setup = row(runs, "Enterprise plan"), row(runs, "Setup fee")
+    assert texts(plan[1:]) == ["€12,345,678.90", "€12,345,678.90", "€24,691,357.80"]
+    assert texts(setup[1:]) == ["€1.00", "€0.00", "€1.00"]
+    for widest, short in zip(plan[1:], setup[1:], strict=True):
+        assert_ends_at(widest, short.right)
+    assert_apart(plan)
+    edge = setup[3].right
+    assert_ends_at(one(runs, "Page 1 of 1"), edge)
+    for label, shown in [
+        ("Subtotal credited", "€12,345,679.90"),
+        ("VAT 23%", "€12,345,678.90"),
+        ("Total credited", "€24,691,358.80"),
+    ]:
+        totals_row = row(runs, label)
+        assert texts(totals_row[1:]) == [shown]
+        assert_ends_at(totals_row[1], edge)
+        assert_apart(totals_row)
+    summary = next(run for run in runs if run.text == "€24,691,358.80")
+    assert_ends_at(summary, one(runs, "credited").right)
+    assert_apart([one(runs, f"Credit of invoice {invoice.number}"), summary])
 
 
 @pytest.mark.parametrize(

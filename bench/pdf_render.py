@@ -9,7 +9,7 @@ prints the median of 20 runs, after 3 warm-ups, of (run alternately)
   (b) `invoice_pdf_bytes()`: reading the lines, the template and WeasyPrint.
 Target: (b) within 1.5x of (a).
 
-(a) is mostly WeasyPrint's layout. The documents' tables have a fixed layout
+(a) is mostly WeasyPrint's layout. The documents' tables (but the small totals) have a fixed layout
 (templates/billing/document_pdf_base.html): the automatic one, which measures every cell, took
 over half of (a) here (on two cores, about 290 ms with it against 150 ms without).
 """

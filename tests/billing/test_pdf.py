@@ -437,11 +437,21 @@ def assert_apart(runs: list[Run]):
         assert run.right < after.left, f"{run.text!r} runs into {after.text!r}"
 
 
-# The tables have a fixed layout, which renders about twice as fast as the automatic one: a
-# column no longer widens for what it holds, so the widest realistic amounts must fit the widths
-# the stylesheet sets. A right-aligned amount too wide for its column loses its alignment: it
-# starts at the column's left edge and runs into the next column or the page margin. So the
-# widest amount in each column must end where a short one does.
+def assert_totals(runs: list[Run], edge: float, rows: list[tuple[str, str]]):
+    """Each totals row shows its one amount, ending at the amount column's edge, clear of its
+    label."""
+    for label, shown in rows:
+        totals_row = row(runs, label)
+        assert texts(totals_row[1:]) == [shown]
+        assert_ends_at(totals_row[1], edge)
+        assert_apart(totals_row)
+
+
+# The tables but the totals have a fixed layout, which renders about twice as fast as the
+# automatic one: a column no longer widens for what it holds, so the widest realistic amounts must
+# fit the widths the stylesheet sets. A right-aligned amount too wide for its column loses its
+# alignment: it starts at the column's left edge and runs into the next column or the page
+# margin. So the widest amount in each column must end where a short one does.
 
 
 def test_the_largest_amounts_fit_their_invoice_columns():
@@ -479,18 +489,18 @@ def test_the_largest_amounts_fit_their_invoice_columns():
     edge = overage[3].right
     # The amounts end where the page's content does, as the page number.
     assert_ends_at(one(runs, "Page 1 of 1"), edge)
-    for label, shown in [
-        ("Subtotal", "€12,355,678.90"),
-        ("VAT 23%", "€2,841,806.15"),
-        ("Total", "€15,197,485.05"),
-        ("Credit applied", "-€12,345,678.90"),
-        ("Amount paid", "€2,851,806.15"),
-        ("Amount due", "€0.00"),
-    ]:
-        totals_row = row(runs, label)
-        assert texts(totals_row[1:]) == [shown]
-        assert_ends_at(totals_row[1], edge)
-        assert_apart(totals_row)
+    assert_totals(
+        runs,
+        edge,
+        [
+            ("Subtotal", "€12,355,678.90"),
+            ("VAT 23%", "€2,841,806.15"),
+            ("Total", "€15,197,485.05"),
+            ("Credit applied", "-€12,345,678.90"),
+            ("Amount paid", "€2,851,806.15"),
+            ("Amount due", "€0.00"),
+        ],
+    )
     # The summary, above the lines, shows the total in large type.
     summary = next(run for run in runs if run.text == "€15,197,485.05")
     assert_ends_at(summary, one(runs, "paid 1 Dec 2026").right)
@@ -532,15 +542,15 @@ def test_the_largest_amounts_fit_their_credit_note_columns():
     assert_apart(plan)
     edge = setup[3].right
     assert_ends_at(one(runs, "Page 1 of 1"), edge)
-    for label, shown in [
-        ("Subtotal credited", "€12,345,679.90"),
-        ("VAT 23%", "€12,345,678.90"),
-        ("Total credited", "€24,691,358.80"),
-    ]:
-        totals_row = row(runs, label)
-        assert texts(totals_row[1:]) == [shown]
-        assert_ends_at(totals_row[1], edge)
-        assert_apart(totals_row)
+    assert_totals(
+        runs,
+        edge,
+        [
+            ("Subtotal credited", "€12,345,679.90"),
+            ("VAT 23%", "€12,345,678.90"),
+            ("Total credited", "€24,691,358.80"),
+        ],
+    )
     summary = next(run for run in runs if run.text == "€24,691,358.80")
     assert_ends_at(summary, one(runs, "credited").right)
     assert_apart([one(runs, f"Credit of invoice {invoice.number}"), summary])
